@@ -1,0 +1,48 @@
+"""Searchers: stable-baselines3 agents and baselines, each a config choice (``agent=...``).
+
+A searcher has one method, ``search(env, seed)``, which plays the env (or scores policies
+through ``env.problem``) until the problem's evaluations are spent. The best policy is kept
+by the problem, never by the searcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from rlprune.agents.baselines import RandomSearch, UniformSearch
+from rlprune.agents.sb3 import ALGORITHMS, SB3Search
+from rlprune.envs.prune_env import PruneEnv
+
+from rlprune.errors import ConfigError
+
+__all__ = ["SEARCHERS", "RandomSearch", "SB3Search", "Searcher", "UniformSearch", "make_searcher"]
+
+BASELINES = {"uniform": UniformSearch, "random": RandomSearch}
+SEARCHERS = sorted([*ALGORITHMS, *BASELINES])
+
+
+class Searcher(Protocol):
+    """Anything that spends a search problem's evaluations."""
+
+    def search(self, env: PruneEnv, seed: int) -> None:
+        """Search until ``env.problem.exhausted``."""
+
+
+def make_searcher(cfg: Mapping[str, Any], progress_bar: bool = False) -> Searcher:
+    """The searcher an ``agent`` config node names.
+
+    Raises:
+        ConfigError: for an unknown agent name.
+    """
+    name = cfg["name"]
+    if name in BASELINES:
+        return BASELINES[name]()
+    if name in ALGORITHMS:
+        return SB3Search(
+            algorithm=name,
+            hyperparameters=dict(cfg.get("hyperparameters") or {}),
+            action_noise=cfg.get("action_noise"),
+            progress_bar=progress_bar,
+        )
+    raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")

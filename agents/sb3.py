@@ -1,0 +1,51 @@
+"""stable-baselines3 agents as searchers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rlprune.envs.prune_env import PruneEnv
+from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+
+ALGORITHMS = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG}
+
+
+class StopWhenExhausted(BaseCallback):
+    """Ends training as soon as the search problem has spent its evaluations."""
+
+    def __init__(self, env: PruneEnv) -> None:
+        super().__init__()
+        self.problem = env.problem
+
+    def _on_step(self) -> bool:
+        return not self.problem.exhausted
+
+
+@dataclass
+class SB3Search:
+    """A stable-baselines3 algorithm trained on the env until the evaluations are spent.
+
+    Args:
+        algorithm: ``ppo``, ``a2c``, ``sac``, ``td3`` or ``ddpg``.
+        hyperparameters: keyword arguments of the algorithm's constructor.
+        action_noise: standard deviation of Gaussian exploration noise (TD3, DDPG).
+        progress_bar: show SB3's progress bar.
+    """
+
+    algorithm: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    action_noise: float | None = None
+    progress_bar: bool = False
+
+    def search(self, env: PruneEnv, seed: int) -> None:
+        """Train until ``env.problem`` is exhausted."""
+        kwargs = dict(self.hyperparameters)
+        if self.action_noise is not None:
+            kwargs["action_noise"] = NormalActionNoise(np.zeros(2), np.full(2, self.action_noise))
+        agent = ALGORITHMS[self.algorithm]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+        steps = (env.problem.evaluations - env.problem.used) * len(env.space)
+        agent.learn(total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar)

@@ -1,0 +1,13 @@
+"""The search environment ``rlprune/Prune-v0`` and the pieces it is built from."""
+
+import gymnasium as gym
+from rlprune.envs.evaluator import PolicyEvaluator
+from rlprune.envs.problem import Outcome, SearchProblem
+from rlprune.envs.prune_env import PruneEnv
+from rlprune.envs.space import SearchSpace, build_space
+
+__all__ = ["ENV_ID", "Outcome", "PolicyEvaluator", "PruneEnv", "SearchProblem", "SearchSpace", "build_space"]
+
+ENV_ID = "rlprune/Prune-v0"
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="rlprune.envs.prune_env:PruneEnv")

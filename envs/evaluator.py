@@ -1,0 +1,62 @@
+"""Score policies on the reward split, fast: one attached model, cached masks, memoized scores."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from rlprune.compress import attach, mask_for, set_choice
+from rlprune.errors import RlpruneError
+from rlprune.policy import Policy
+from rlprune.training import Score, evaluate
+
+
+class PolicyEvaluator:
+    """Accuracy and loss of the masked, quantized network on a fixed batch.
+
+    The network is copied and attached once; each evaluation only swaps masks and bit-widths
+    in. Masks are cached per layer and density option, and the scores of identical policies
+    are memoized, so a search that revisits a policy pays nothing.
+
+    Args:
+        model: the trained dense network (left unchanged).
+        names: the searched layers.
+        x, y: the reward split.
+        pad: N:M pads (True) or refuses a reduction length that is not a multiple of M.
+    """
+
+    def __init__(
+        self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, pad: bool = True
+    ) -> None:
+        self.model = copy.deepcopy(model).eval()
+        attach(self.model, names)
+        self.x, self.y, self.pad = x, y, pad
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._memo: dict[Policy, Score] = {}
+        self.forward_passes = 0
+
+    def __call__(self, policy: Policy) -> Score:
+        """The reward-split score of ``policy`` (memoized).
+
+        Raises:
+            RlpruneError: when the network's outputs are not finite under this policy.
+        """
+        if policy in self._memo:
+            return self._memo[policy]
+        for name, choice in policy:
+            layer = self.model.get_submodule(name)
+            key = (name, choice.pattern, choice.keep, choice.group)
+            if key not in self._masks:
+                self._masks[key] = mask_for(layer, name, choice, self.pad)
+            set_choice(layer, choice, self._masks[key])
+        score = evaluate(self.model, self.x, self.y)
+        self.forward_passes += 1
+        if not math.isfinite(score.loss):
+            raise RlpruneError(
+                f"the network's loss is {score.loss} under policy {policy.to_dict()}; check the model"
+            )
+        self._memo[policy] = score
+        return score

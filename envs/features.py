@@ -1,0 +1,67 @@
+"""Observation features of the search env (ALGORITHMS.md, Search environment).
+
+Static features describe each layer once (shape, cost shares, sensitivity); the env appends
+the dynamic ones (budget, latency spent and still needed, previous action) at every step.
+Every entry lies in [0, 1], or [-1, 1] for actions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rlprune.envs.evaluator import PolicyEvaluator
+from rlprune.envs.space import SearchSpace
+
+KINDS = ("conv1d", "conv2d", "linear")
+DYNAMIC_FEATURES = 8
+
+
+def _log_share(values: list[float]) -> np.ndarray:
+    """``log(1 + v) / log(1 + max v)``: sizes spanning orders of magnitude, in [0, 1]."""
+    top = math.log1p(max(values))
+    return np.array([math.log1p(v) / top if top > 0 else 0.0 for v in values])
+
+
+def measure_sensitivity(space: SearchSpace, evaluator: PolicyEvaluator) -> np.ndarray:
+    """Reward-split accuracy drop when only one layer is compressed, ``[layers, 3]`` in [0, 1].
+
+    Columns: the density option nearest to half, the sparsest option (both at the highest
+    bit-width), and dense at the lowest bit-width. Each is the accuracy lost relative to the
+    uncompressed network, divided by that network's accuracy. Costs ``3·layers`` evaluations,
+    spent once per search and not counted against ``search.evaluations``.
+    """
+    top_bits = len(space.bits) - 1
+    reference = [(len(shapes) - 1, top_bits) for shapes in space.shapes]
+    base = evaluator(space.policy(reference)).accuracy
+    drops = np.zeros((len(space), 3))
+    for i, shapes in enumerate(space.shapes):
+        half = int(np.argmin([abs(s.density - 0.5) for s in shapes]))
+        for column, pick in enumerate([(half, top_bits), (0, top_bits), (len(shapes) - 1, 0)]):
+            picks = list(reference)
+            picks[i] = pick
+            accuracy = evaluator(space.policy(picks)).accuracy
+            drops[i, column] = np.clip((base - accuracy) / max(base, 1e-9), 0.0, 1.0)
+    return drops
+
+
+def static_features(space: SearchSpace, sensitivity: np.ndarray) -> np.ndarray:
+    """Per-layer features, ``[layers, 13 + sensitivity columns]``, each in [0, 1]."""
+    layers = space.layers
+    count = len(layers)
+    dense = np.array([t[-1, -1] for t in space.latency])
+    cheapest = space.min_latency
+    columns = [
+        np.arange(count) / max(count - 1, 1),
+        *[np.array([layer.kind == kind for layer in layers], dtype=float) for kind in KINDS],
+        _log_share([layer.in_channels for layer in layers]),
+        _log_share([layer.out_channels for layer in layers]),
+        _log_share([math.prod(layer.kernel_size) for layer in layers]),
+        _log_share([max(layer.stride, default=1) for layer in layers]),
+        _log_share([layer.out_positions for layer in layers]),
+        np.array([layer.params for layer in layers]) / sum(layer.params for layer in layers),
+        np.array([layer.macs for layer in layers]) / sum(layer.macs for layer in layers),
+        dense / dense.sum(),
+        cheapest / np.maximum(dense, 1e-30),
+    ]
+    return np.concatenate([np.stack(columns, axis=1), sensitivity], axis=1).astype(np.float32)

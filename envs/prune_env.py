@@ -1,0 +1,103 @@
+"""The Gymnasium environment ``rlprune/Prune-v0``: one step per searched layer.
+
+The action ``Box([-1, 1]^2)`` asks for a density (−1 the sparsest option of the layer, +1
+dense) and a bit-width (−1 the lowest the device runs, +1 the highest). The action wall
+(:meth:`SearchSpace.project`) turns the wish into the nearest option that keeps the episode
+within budget and uses it, so every finished episode is within budget and the reward, given at
+the last step, is about accuracy alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from rlprune.envs.features import DYNAMIC_FEATURES, static_features
+from rlprune.envs.problem import Outcome, SearchProblem
+
+
+class PruneEnv(gym.Env):
+    """Per-layer sparsity and bit-width search as an episodic MDP.
+
+    Args:
+        problem: the search problem; every finished episode spends one of its evaluations.
+        sensitivity: per-layer sensitivity features, ``[layers, k]`` in [0, 1].
+        baseline_momentum: when set, the reward is the score minus a moving average of past
+            scores (AMC's variance reduction); ``None`` gives the raw score.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self, problem: SearchProblem, sensitivity: np.ndarray, baseline_momentum: float | None = None
+    ) -> None:
+        super().__init__()
+        self.problem = problem
+        self.space = problem.space
+        self.features = static_features(self.space, sensitivity)
+        self.baseline_momentum = baseline_momentum
+        self.baseline: float | None = None
+        size = self.features.shape[1] + DYNAMIC_FEATURES
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(size,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self._start_episode()
+
+    def _start_episode(self) -> None:
+        self.layer = 0
+        self.spent = 0.0
+        self.picks: list[tuple[int, int]] = []
+        self.previous = np.zeros(2, dtype=np.float32)
+
+    def _observation(self) -> np.ndarray:
+        space, t = self.space, min(self.layer, len(self.space) - 1)
+        total = space.dense_latency
+        budget = space.absolute_budget(self.problem.budget)
+        rest_min = space.min_latency[t + 1 :].sum()
+        upper = budget - self.spent - rest_min
+        dynamic = [
+            self.problem.budget,
+            self.spent / total,
+            rest_min / total,
+            space.max_latency[t + 1 :].sum() / total,
+            np.clip(upper / space.max_latency[t], 0.0, 1.0),
+            space.fixed_latency / total,
+            *self.previous,
+        ]
+        obs = np.concatenate([self.features[t], np.asarray(dynamic, dtype=np.float32)])
+        return np.clip(obs, -1.0, 1.0).astype(np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
+        """Start a new episode at the first searched layer."""
+        super().reset(seed=seed)
+        self._start_episode()
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Decide the current layer; the last step evaluates the policy and returns its reward."""
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
+        space, t = self.space, self.layer
+        densities = [s.density for s in space.shapes[t]]
+        sparsest = min(densities)
+        want_density = sparsest + (action[0] + 1.0) / 2.0 * (1.0 - sparsest)
+        want_bits = (action[1] + 1.0) / 2.0
+        budget = space.absolute_budget(self.problem.budget)
+        pick = space.project(t, want_density, want_bits, self.spent, budget)
+        self.picks.append(pick)
+        self.spent += float(space.latency[t][pick])
+        self.previous = action
+        self.layer += 1
+        if self.layer < len(space):
+            return self._observation(), 0.0, False, False, {}
+        outcome = self.problem.score(self.picks)
+        return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
+
+    def _reward(self, outcome: Outcome) -> float:
+        value = self.problem.value(outcome)
+        if self.baseline_momentum is None:
+            return float(value)
+        previous = value if self.baseline is None else self.baseline
+        self.baseline = previous + self.baseline_momentum * (value - previous)
+        return float(value - previous)

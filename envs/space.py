@@ -1,0 +1,248 @@
+"""The discrete search space of one network on one device, and the budget arithmetic.
+
+Each searched layer has a list of *density options* (pattern, keep, group), sorted from the
+sparsest to dense, and the device's bit-widths. Their latencies are computed once into a
+table, so the env's action wall and every baseline work on numbers, not on models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlprune.errors import BudgetError, ConfigError
+from rlprune.hardware import LatencyModel
+from rlprune.layers import LayerInfo
+from rlprune.policy import Choice, Pattern, Policy
+
+SEARCHABLE_PATTERNS = (Pattern.KOFN_WEIGHT, Pattern.NM, Pattern.NM_TRANSPOSABLE, Pattern.UNSTRUCTURED)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A density option of one layer: a pattern with ``keep`` of ``group`` kept."""
+
+    pattern: Pattern
+    keep: int
+    group: int
+
+    @property
+    def density(self) -> float:
+        """Share of weights kept."""
+        return self.keep / self.group
+
+    def choice(self, bits: int) -> Choice:
+        """This option at ``bits`` for weights and activations."""
+        pattern = Pattern.DENSE if self.keep == self.group else self.pattern
+        return Choice(pattern, self.keep, self.group, w_bits=bits, a_bits=bits)
+
+
+def layer_shapes(
+    layer: LayerInfo, pattern: Pattern, levels: int, min_density: float, nm_options: Sequence[tuple[int, int]]
+) -> tuple[list[Shape], str | None]:
+    """The density options of ``layer`` under ``pattern``, sparsest first, dense last.
+
+    Returns the options and, when the layer cannot take the pattern, the reason it stays dense.
+    """
+    dense = Shape(Pattern.DENSE, 1, 1)
+    if pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
+        usable = [(n, m) for n, m in nm_options if layer.reduction % m == 0]
+        if pattern is Pattern.NM_TRANSPOSABLE:
+            usable = [(n, m) for n, m in usable if layer.out_channels % m == 0]
+        if not usable:
+            if pattern is Pattern.NM:
+                return [
+                    dense
+                ], f"reduction length {layer.reduction} is not a multiple of any M in {list(nm_options)}"
+            return [dense], (
+                f"reduction length {layer.reduction} and output channels {layer.out_channels} are not both "
+                f"multiples of any M in {list(nm_options)}"
+            )
+        shapes = sorted({Shape(pattern, n, m) for n, m in usable}, key=lambda s: s.density)
+        return [*shapes, dense], None
+    # k-of-n keeps k of the n = reduction weights of each row; unstructured, k of the whole layer
+    n = layer.reduction if pattern is Pattern.KOFN_WEIGHT else layer.params
+    keeps = np.unique(np.clip(np.round(np.linspace(min_density, 1.0, levels) * n), 1, n).astype(int))
+    shapes = [Shape(pattern, int(k), n) for k in keeps if k < n]
+    return [*shapes, dense], None
+
+
+@dataclass
+class SearchSpace:
+    """Per-layer options and their latencies, for a model on a device.
+
+    Attributes:
+        layers: the searched layers, in forward order.
+        shapes: per layer, its density options (sparsest first, dense last).
+        bits: bit-widths to choose from, ascending.
+        latency: per layer, an array ``[len(shapes), len(bits)]`` of seconds.
+        fixed_latency: seconds of the layers that are not searched (kept at reference precision).
+        dense_latency: seconds of the whole network, dense at the device's reference precision.
+        skipped: layers that cannot take the pattern and stay dense, with the reason.
+    """
+
+    layers: list[LayerInfo]
+    shapes: list[list[Shape]]
+    bits: tuple[int, ...]
+    latency: list[np.ndarray]
+    fixed_latency: float
+    dense_latency: float
+    skipped: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def min_latency(self) -> np.ndarray:
+        """Cheapest latency of each layer."""
+        return np.array([t.min() for t in self.latency])
+
+    @property
+    def max_latency(self) -> np.ndarray:
+        """Most expensive latency of each layer."""
+        return np.array([t.max() for t in self.latency])
+
+    def relative(self, seconds: float) -> float:
+        """Seconds of searched layers plus the fixed part, as a share of the dense network."""
+        return (seconds + self.fixed_latency) / self.dense_latency
+
+    def absolute_budget(self, budget: float) -> float:
+        """The seconds the searched layers may spend under a relative ``budget``."""
+        return budget * self.dense_latency - self.fixed_latency
+
+    def cheapest(self) -> float:
+        """The lowest relative latency any policy reaches."""
+        return self.relative(float(self.min_latency.sum()))
+
+    def check_budget(self, budget: float) -> None:
+        """Raise when no policy of this space meets ``budget``."""
+        if not 0.0 < budget <= 1.0:
+            raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
+        cheapest = self.cheapest()
+        if cheapest > budget + 1e-12:
+            raise BudgetError(
+                f"budget.latency={budget} is below the cheapest reachable latency {cheapest:.4f} of the "
+                f"dense model on this hardware; use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}"
+            )
+
+    def choice(self, layer: int, shape: int, bits: int) -> Choice:
+        """The choice of option ``(shape, bits)`` (indices) at ``layer``."""
+        return self.shapes[layer][shape].choice(self.bits[bits])
+
+    def policy(self, picks: Sequence[tuple[int, int]]) -> Policy:
+        """The policy of one ``(shape, bits)`` index pair per layer."""
+        return Policy(
+            tuple(
+                (lay.name, self.choice(i, s, b))
+                for i, (lay, (s, b)) in enumerate(zip(self.layers, picks, strict=True))
+            )
+        )
+
+    def policy_latency(self, picks: Sequence[tuple[int, int]]) -> float:
+        """Relative latency of a policy given as index pairs."""
+        return self.relative(float(sum(self.latency[i][s, b] for i, (s, b) in enumerate(picks))))
+
+    def project(
+        self, layer: int, want_density: float, want_bits: float, spent: float, budget: float
+    ) -> tuple[int, int]:
+        """The action wall: the option nearest to the wish that keeps the episode within budget.
+
+        Args:
+            layer: index of the layer being decided.
+            want_density: desired density in [0, 1].
+            want_bits: desired position in the bits list, in [0, 1].
+            spent: seconds already spent by earlier layers.
+            budget: seconds the searched layers may spend in all.
+
+        The option must leave the later layers room for their cheapest choices (so the
+        episode ends within budget) and should leave them no more than their dearest choices
+        can spend (so the budget is used). Among allowed options the nearest to the wish wins;
+        when no option falls in that band, the dearest option within budget is taken.
+        """
+        table = self.latency[layer]
+        upper = budget - spent - self.min_latency[layer + 1 :].sum()
+        lower = budget - spent - self.max_latency[layer + 1 :].sum()
+        densities = np.array([s.density for s in self.shapes[layer]])
+        bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
+        distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
+        slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
+        feasible = table <= upper + slack
+        in_band = feasible & (table >= lower - slack)
+        if in_band.any():
+            allowed = in_band
+        elif feasible.any():  # the band falls between two options: spend as much as is allowed
+            allowed = table == table[feasible].max()
+        else:  # unreachable once the budget was checked, but never step further out of it
+            allowed = table == table.min()
+        # nearest wish first; on a tie, the dearer option (it uses the budget)
+        score = np.where(allowed, distance, np.inf) - 1e-6 * table / max(table.max(), 1e-30)
+        shape, bits = np.unravel_index(int(np.argmin(score)), table.shape)
+        return int(shape), int(bits)
+
+
+def build_space(
+    all_layers: Sequence[LayerInfo],
+    searched: Sequence[LayerInfo],
+    hardware: LatencyModel,
+    pattern: str,
+    bits: Sequence[int] | None,
+    levels: int,
+    min_density: float,
+    nm_options: Sequence[Sequence[int]] | None,
+) -> SearchSpace:
+    """Enumerate the options of every searched layer and cost them on ``hardware``.
+
+    Raises:
+        ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
+    """
+    try:
+        pat = Pattern(pattern)
+    except ValueError:
+        raise ConfigError(
+            f"unknown search.pattern {pattern!r}; valid: {[p.value for p in SEARCHABLE_PATTERNS]}"
+        ) from None
+    if pat not in SEARCHABLE_PATTERNS:
+        raise ConfigError(
+            f"search.pattern={pattern} is not searchable; valid: {[p.value for p in SEARCHABLE_PATTERNS]}"
+        )
+    if pat not in hardware.patterns:
+        raise ConfigError(
+            f"hardware {hardware.name} cannot run pattern {pat.value}; "
+            f"it runs {[p.value for p in hardware.patterns]}"
+        )
+    if not 0.0 < min_density <= 1.0:
+        raise ConfigError(f"search.min_density must be in (0, 1], got {min_density}")
+    if levels < 2:
+        raise ConfigError(f"search.levels must be >= 2, got {levels}")
+    chosen_bits = tuple(sorted(bits)) if bits else tuple(hardware.bits)
+    unsupported = [b for b in chosen_bits if b not in hardware.bits]
+    if unsupported:
+        raise ConfigError(
+            f"search.bits {unsupported} not supported by hardware {hardware.name}; "
+            f"valid: {list(hardware.bits)}"
+        )
+    nm = [tuple(o) for o in nm_options] if nm_options else list(hardware.nm_options)
+    for n, m in nm:
+        if not 0 < n < m:
+            raise ConfigError(f"search.nm_options: N:M must have 0 < N < M, got {n}:{m}")
+    if pat in (Pattern.NM, Pattern.NM_TRANSPOSABLE) and not nm:
+        raise ConfigError(
+            f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
+        )
+
+    shapes, latency, skipped = [], [], {}
+    for layer in searched:
+        layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
+        if reason:
+            skipped[layer.name] = reason
+        shapes.append(layer_opts)
+        latency.append(
+            np.array([[hardware.latency(layer, s.choice(b)) for b in chosen_bits] for s in layer_opts])
+        )
+    reference = hardware.dense_choice()
+    searched_names = {lay.name for lay in searched}
+    fixed = sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names)
+    dense = sum(hardware.latency(lay, reference) for lay in all_layers)
+    return SearchSpace(list(searched), shapes, chosen_bits, latency, float(fixed), float(dense), skipped)

@@ -1,0 +1,9 @@
+"""rlprune: reinforcement-learning search for per-layer sparsity and bit-widths under a latency budget.
+
+The programmatic API mirrors the command line (see :mod:`rlprune.api`)::
+
+    from rlprune import api
+    report = api.run(cfg, "runs/demo")
+"""
+
+__version__ = "0.1.0"

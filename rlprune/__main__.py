@@ -1,0 +1,42 @@
+"""Command line: ``python -m rlprune [overrides]`` (or the ``rlprune`` script), configured by Hydra.
+
+A mistake the user can fix (bad value, infeasible budget, unknown model) prints one line
+starting with ``error:`` and exits with status 2; the traceback goes to ``error.log`` in the
+run folder, never to the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rlprune.errors import RlpruneError
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rlprune.conf", config_name="config")
+def _main(cfg: DictConfig) -> float:
+    from rlprune.api import run  # imported here so --help and --cfg stay fast
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        report = run(cfg, run_dir)
+    except RlpruneError as exc:
+        log = run_dir / "error.log"
+        log.write_text(traceback.format_exc())
+        print(f"error: {exc} (details: {log})", file=sys.stderr)
+        sys.exit(2)
+    return float(report["accuracy"]["search_best_reward"])
+
+
+def main() -> None:
+    """Entry point of ``python -m rlprune`` and of the ``rlprune`` console script."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

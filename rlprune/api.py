@@ -1,0 +1,326 @@
+"""The programmatic API: the chain of DESIGN.md as plain function calls.
+
+``run(cfg, run_dir)`` is what ``python -m rlprune`` calls; each stage is usable alone:
+
+    target = load_target(cfg)                    # data, dense model, layers
+    hardware = build_latency_model(cfg.hardware)
+    result = search(cfg, target, hardware)       # the best policy under the budget
+    model = finetune(target, result.best.policy, settings, seed)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from rlprune.agents import SEARCHERS, make_searcher
+from rlprune.compress import bake, calibrate_activations, compress
+from rlprune.data import Splits, load_splits
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
+from rlprune.envs.features import measure_sensitivity
+from rlprune.envs.problem import Outcome
+from rlprune.errors import ConfigError, ModelError
+from rlprune.hardware import LatencyModel, build_latency_model
+from rlprune.io import write_atomic, write_json_atomic, write_yaml_atomic
+from rlprune.layers import LayerInfo, discover_layers, select_layers
+from rlprune.policy import Policy
+from rlprune.report import layer_rows, print_report, size_ratio
+from rlprune.tracking import Tracker
+from rlprune.training import Score, TrainSettings, evaluate, train
+
+
+@dataclass
+class Target:
+    """What is being compressed: the data, the trained dense model and its layers."""
+
+    splits: Splits
+    model: nn.Module
+    layers: list[LayerInfo]
+    searched: list[LayerInfo]
+    dense_test: Score
+    dense_reward: Score
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search: the best policy and how it was found."""
+
+    best: Outcome
+    space: SearchSpace
+    evaluations: int
+    forward_passes: int
+    seconds: float
+
+
+def _plain(node: Any) -> Any:
+    """A config node as plain Python data (resolved)."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Instantiate the ``model`` config node (``_target_`` plus arguments).
+
+    Raises:
+        ModelError: when the class cannot be found or rejects its arguments.
+    """
+    try:
+        model = instantiate(model_cfg)
+    except InstantiationException as exc:
+        raise ModelError(f"cannot build model {model_cfg.get('_target_')!r}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model._target_={model_cfg.get('_target_')!r} did not build a torch.nn.Module")
+    return model
+
+
+def dense_cache_path(cfg: DictConfig) -> Path:
+    """Where the dense baseline of this model, data and training config is cached."""
+    key = {"model": _plain(cfg.model), "data": _plain(cfg.data), "dense": _plain(cfg.dense)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir) / "dense" / f"{cfg.data.name}-{digest}.pt"
+
+
+def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
+    """Load the cached dense baseline into ``model``, or train a fresh one once and cache it.
+
+    A truncated, corrupt or mismatched cache entry is retrained, never trusted.
+    """
+    path = dense_cache_path(cfg)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # any unreadable entry: rebuild it
+        print(f"dense cache {path} is unreadable ({type(exc).__name__}); retraining")
+    torch.manual_seed(cfg.dense.seed)
+    model = build_model(cfg.model)  # a failed load may have half-filled the old one
+    settings = TrainSettings(
+        epochs=cfg.dense.epochs,
+        lr=cfg.dense.lr,
+        batch_size=cfg.dense.batch_size,
+        weight_decay=cfg.dense.weight_decay,
+    )
+    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed)
+    write_atomic(path, lambda f: torch.save(model.state_dict(), f))
+    return model
+
+
+def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[LayerInfo]]:
+    """Data, an untrained model and its layers: everything the budget check needs, in seconds."""
+    splits = load_splits(cfg.data.name, cfg.cache_dir, cfg.data.reward_fraction, cfg.data.split_seed)
+    torch.manual_seed(cfg.dense.seed)
+    model = build_model(cfg.model)
+    layers = discover_layers(model, splits.train_x[:1])
+    searched = select_layers(layers, cfg.layers.exclude_first, cfg.layers.exclude_last)
+    return model, splits, layers, searched
+
+
+def make_space(
+    cfg: DictConfig, layers: list[LayerInfo], searched: list[LayerInfo], hardware: LatencyModel
+) -> SearchSpace:
+    """The search space of the ``search`` config on ``hardware``."""
+    s = cfg.search
+    return build_space(
+        layers, searched, hardware, s.pattern, _plain(s.bits), s.levels, s.min_density, _plain(s.nm_options)
+    )
+
+
+def load_target(cfg: DictConfig) -> Target:
+    """Data, trained dense model (cached) and layers of the configured target."""
+    return train_target(cfg, *describe(cfg))
+
+
+def train_target(
+    cfg: DictConfig, model: nn.Module, splits: Splits, layers: list[LayerInfo], searched: list[LayerInfo]
+) -> Target:
+    """The :class:`Target` of :func:`describe`'s pieces, with the dense model trained (or loaded)."""
+    model = train_dense(cfg, model, splits)
+    return Target(
+        splits=splits,
+        model=model,
+        layers=layers,
+        searched=searched,
+        dense_test=evaluate(model, splits.test_x, splits.test_y),
+        dense_reward=evaluate(model, splits.reward_x, splits.reward_y),
+    )
+
+
+def search(
+    cfg: DictConfig,
+    target: Target,
+    hardware: LatencyModel,
+    tracker: Tracker | None = None,
+    run_dir: Path | None = None,
+) -> SearchResult:
+    """Run the configured searcher for ``search.evaluations`` policies and return the best.
+
+    When ``run_dir`` is given, the best policy so far is written to ``policy.yaml`` whenever
+    it improves, so an interrupted search keeps it.
+    """
+    space = make_space(cfg, target.layers, target.searched, hardware)
+    evaluator = PolicyEvaluator(
+        target.model,
+        [lay.name for lay in target.searched],
+        target.splits.reward_x,
+        target.splits.reward_y,
+        cfg.search.nm_pad,
+    )
+    problem = SearchProblem(space, evaluator, cfg.budget.latency, cfg.search.evaluations, cfg.reward.metric)
+    if tracker is not None:
+        problem.listeners.append(tracker.log_outcome)
+    if run_dir is not None:
+        problem.listeners.append(
+            lambda outcome, improved: (
+                improved and write_policy(run_dir / "policy.yaml", outcome, hardware.name)
+            )
+        )
+    env = PruneEnv(problem, measure_sensitivity(space, evaluator), cfg.reward.baseline_momentum)
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar).search(env, cfg.seed)
+    if problem.best is None:
+        raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
+    return SearchResult(
+        problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
+    )
+
+
+def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:
+    """Write a policy and how it scored to ``path`` (YAML, atomically)."""
+    write_yaml_atomic(
+        path,
+        {
+            "hardware": hardware,
+            "budget": outcome.budget,
+            "latency": round(outcome.latency, 6),
+            "reward_accuracy": round(outcome.accuracy, 6),
+            "episode": outcome.episode,
+            "layers": outcome.policy.to_dict(),
+        },
+    )
+
+
+def read_policy(path: str | Path) -> Policy:
+    """The policy stored in a ``policy.yaml``."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict) or "layers" not in data:
+        raise ConfigError(f"{path} is not a policy file: it has no 'layers' mapping")
+    return Policy.from_dict(data["layers"])
+
+
+def finetune(
+    target: Target, policy: Policy, settings: TrainSettings, seed: int, pad: bool = True
+) -> nn.Module:
+    """Apply ``policy`` to a copy of the dense model and train it back with masks and fake quantization."""
+    model = compress(target.model, policy, pad=pad)
+    calibrate_activations(model, target.splits.train_x)
+    if settings.epochs > 0:
+        train(model, target.splits.train_x, target.splits.train_y, settings, seed)
+    return model
+
+
+def test_score(model: nn.Module, splits: Splits) -> Score:
+    """Test accuracy of a compressed model, its activation ranges calibrated on the reward split."""
+    calibrate_activations(model, splits.reward_x)
+    return evaluate(model, splits.test_x, splits.test_y)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """The whole chain: target, search, finetune, report, export. Returns the report."""
+    run_dir = Path(run_dir)
+    budget, evaluations = float(cfg.budget.latency), int(cfg.search.evaluations)
+    if not 0.0 < budget <= 1.0:
+        raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
+    if evaluations < 1:
+        raise ConfigError(f"search.evaluations must be >= 1, got {evaluations}")
+    if cfg.agent.name not in SEARCHERS:
+        raise ConfigError(f"unknown agent {cfg.agent.name!r}; valid: {SEARCHERS}")
+    hardware = build_latency_model(_plain(cfg.hardware))
+    model, splits, layers, searched = describe(cfg)
+    make_space(cfg, layers, searched, hardware).check_budget(budget)  # fail fast, before training
+
+    tracker = Tracker(
+        cfg.wandb.mode,
+        cfg.wandb.project,
+        run_dir,
+        _plain(cfg),
+        name=f"{cfg.data.name}-{hardware.name}-{cfg.agent.name}-b{budget}-s{cfg.seed}",
+        group=cfg.wandb.group,
+        tags=[cfg.agent.name, hardware.name, cfg.data.name],
+    )
+    try:
+        target = train_target(cfg, model, splits, layers, searched)
+        result = search(cfg, target, hardware, tracker, run_dir)
+        policy = result.best.policy
+        before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad), splits)
+        settings = TrainSettings(
+            epochs=cfg.finetune.epochs,
+            lr=cfg.finetune.lr,
+            batch_size=cfg.finetune.batch_size,
+            weight_decay=cfg.finetune.weight_decay,
+        )
+        tuned = finetune(target, policy, settings, cfg.seed, cfg.search.nm_pad)
+        after = test_score(tuned, splits)
+        rows = layer_rows(layers, policy, hardware, result.space.skipped)
+        report = {
+            "budget": budget,
+            "latency": result.best.latency,
+            "size_ratio": size_ratio(layers, rows),
+            "hardware": hardware.name,
+            "accuracy": {
+                "dense_test": target.dense_test.accuracy,
+                "dense_reward": target.dense_reward.accuracy,
+                "search_best_reward": result.best.accuracy,
+                "pruned_test_before_finetune": before.accuracy,
+                "pruned_test_after_finetune": after.accuracy,
+            },
+            "search": {
+                "agent": cfg.agent.name,
+                "evaluations": result.evaluations,
+                "forward_passes": result.forward_passes,
+                "best_episode": result.best.episode,
+                "seconds": result.seconds,
+            },
+            "finetune": asdict(settings),
+            "skipped": result.space.skipped,
+            "layers": rows,
+        }
+        write_json_atomic(run_dir / "report.json", report)
+        write_policy(run_dir / "policy.yaml", result.best, hardware.name)
+        write_atomic(run_dir / "model.pt", lambda f: torch.save(bake(tuned).state_dict(), f))
+        print_report(report)
+        tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
+        tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
+        tracker.log_artifact(
+            "compressed", "model", [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
+        )
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    return report

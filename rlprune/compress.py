@@ -1,0 +1,120 @@
+"""Apply a policy to a network: masks and fake quantizers that keep every shape.
+
+Each searched layer gets a weight parametrization ``w -> q(mask ⊙ w)`` (so the mask is
+re-applied on every forward pass and after every optimizer step the dense weight underneath
+stays intact) and an input fake-quantizer run as a forward pre-hook. One attached model can be
+re-targeted to another policy cheaply with :func:`set_choice`; that is how the search
+evaluates thousands of policies without copying the network.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from rlprune.masks import compute_mask
+from rlprune.policy import FLOAT_BITS, Choice, Policy
+from rlprune.quant import ActivationQuantizer, fake_quantize_weight
+
+
+class MaskedQuantizedWeight(nn.Module):
+    """Weight parametrization ``w -> fake_quantize(w ⊙ mask, bits)``.
+
+    The mask is a boolean buffer with the weight's shape; gradients reach the kept weights
+    only (plain masked training).
+    """
+
+    def __init__(self, mask: torch.Tensor, bits: int = FLOAT_BITS) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_weight(weight * self.mask, self.bits)
+
+
+def _quantize_input(module: nn.Module, args: tuple) -> tuple:
+    # A plain function (not a closure) so deep copies of the model keep working hooks.
+    return (module.input_quantizer(args[0]), *args[1:])
+
+
+def attach(model: nn.Module, names: list[str]) -> None:
+    """Give each named layer an all-ones mask, float weights and a float input quantizer."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if parametrize.is_parametrized(layer, "weight"):
+            continue
+        mask = torch.ones_like(layer.weight, dtype=torch.bool)
+        parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
+        layer.input_quantizer = ActivationQuantizer()
+        layer.register_forward_pre_hook(_quantize_input)
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's unmasked, unquantized weight."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
+def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
+    """Point an attached layer at ``mask`` and the bit-widths of ``choice``."""
+    parametrization = layer.parametrizations.weight[0]
+    parametrization.mask = mask
+    parametrization.bits = choice.w_bits
+    layer.input_quantizer.bits = choice.a_bits
+
+
+def mask_for(layer: nn.Module, name: str, choice: Choice, pad: bool) -> torch.Tensor:
+    """The magnitude mask of ``choice`` for ``layer``'s dense weight."""
+    with torch.no_grad():
+        return compute_mask(dense_weight(layer), choice, pad=pad, name=name)
+
+
+def compress(
+    model: nn.Module, policy: Policy, masks: Mapping[str, torch.Tensor] | None = None, pad: bool = True
+) -> nn.Module:
+    """A copy of ``model`` with the masks and quantizers of ``policy`` attached.
+
+    Args:
+        model: the dense network (left unchanged).
+        policy: choices by layer name.
+        masks: precomputed masks by layer name; others are computed by magnitude.
+        pad: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
+    """
+    compressed = copy.deepcopy(model)
+    names = [name for name, _ in policy]
+    attach(compressed, names)
+    for name, choice in policy:
+        layer = compressed.get_submodule(name)
+        mask = masks[name] if masks is not None and name in masks else mask_for(layer, name, choice, pad)
+        set_choice(layer, choice, mask)
+    return compressed
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> None:
+    """Record the input range of every activation quantizer from a pass over ``x``."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    for q in quantizers:
+        q.calibrated.fill_(False)
+        q.train()  # observe ranges while the rest of the model stays in eval mode
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
+    for q in quantizers:
+        q.eval()
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Fold masks and weight quantization into plain weights, in place, and return the model.
+
+    Activation quantizers stay, so the baked model computes what the compressed one did.
+    """
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model

@@ -1,0 +1,170 @@
+"""The interface every latency model implements, and the network sum.
+
+A latency model answers one question: how many seconds does one batch of ``batch_size``
+samples take through this layer under this choice (pattern, keep/group, bits)? The env, the
+baselines and the report only ever call :meth:`LatencyModel.latency`, so an analytical model
+(roofline, BitFusion, BOPs) and a measured lookup table are interchangeable.
+
+Conventions shared by every model:
+
+* ``32`` bits means float. A float weight or activation runs at the device's
+  ``reference_bits`` (FP16 on a GPU, FP32 on a CPU, 8-bit fixed point on BitFusion), so
+  ``Choice(w_bits=32, a_bits=32)`` costs the same as :meth:`LatencyModel.dense_choice`.
+* ``a_bits`` is the precision of the layer's input activations. The layer's *output* is
+  costed at the same precision (the epilogue writes what the next quantized layer reads), so a
+  layer's latency depends on its own choice only, which the env's action wall relies on.
+* Filter pruning (``keep`` of ``group = out_channels`` filters) is costed as the smaller dense
+  layer ``layer.with_channels(layer.in_channels, keep)``. The next layer's fewer input
+  channels are the caller's business: it passes an adjusted :class:`LayerInfo`.
+* Results are deterministic and memoized per ``(layer, choice)``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from rlprune.errors import ConfigError
+from rlprune.hardware.storage import check_group
+from rlprune.layers import LayerInfo
+from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Choice, Pattern, Policy
+
+LAYER_KINDS = ("linear", "conv1d", "conv2d")
+_CACHE_LIMIT = 1 << 16
+
+
+class LatencyModel(abc.ABC):
+    """Seconds per batch of a layer under a choice, on one device.
+
+    Attributes:
+        name: the device/model name (the Hydra choice, e.g. ``a100``).
+        batch_size: samples per batch that :meth:`latency` is for.
+        bits: weight/activation bit-widths the device runs, ascending: the search's choices.
+            32 (float) is always accepted as well and costed at ``reference_bits``.
+        reference_bits: precision of the dense baseline on this device.
+        nm_options: ``(keep N, group M)`` patterns the device accelerates; empty when none.
+        patterns: the patterns the device can run (always dense and filter).
+    """
+
+    name: str
+    batch_size: int
+    bits: tuple[int, ...]
+    reference_bits: int
+    nm_options: tuple[tuple[int, int], ...]
+    patterns: tuple[Pattern, ...]
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        batch_size: int,
+        bits: Sequence[int],
+        reference_bits: int,
+        nm_options: Sequence[tuple[int, int]] = (),
+        patterns: Sequence[Pattern | str] = (Pattern.DENSE, Pattern.FILTER),
+    ) -> None:
+        where = f"hardware '{name}'"
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        bad = [b for b in bits if b not in SUPPORTED_BITS]
+        if bad or not bits:
+            raise ConfigError(f"{where}: bits {list(bits)} must be a non-empty subset of {SUPPORTED_BITS}")
+        if reference_bits not in SUPPORTED_BITS:
+            raise ConfigError(f"{where}: reference_bits={reference_bits} must be one of {SUPPORTED_BITS}")
+        pats = {Pattern(p) for p in patterns} | {Pattern.DENSE, Pattern.FILTER}
+        self.name = name
+        self.batch_size = batch_size
+        self.bits = tuple(sorted(set(bits)))
+        self.reference_bits = reference_bits
+        self.nm_options = tuple((int(n), int(m)) for n, m in nm_options)
+        self.patterns = tuple(p for p in Pattern if p in pats)
+        self._cache: dict[tuple[LayerInfo, Choice], float] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
+
+    # -- the interface -------------------------------------------------------------------------
+
+    def latency(self, layer: LayerInfo, choice: Choice) -> float:
+        """Seconds for one batch of ``batch_size`` samples through ``layer`` under ``choice``.
+
+        Raises:
+            ConfigError: when the device cannot run ``choice`` (pattern or bits not supported,
+                or a keep/group that does not fit the layer).
+        """
+        key = (layer, choice)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        self.check(layer, choice)
+        seconds = float(self._latency(layer, choice))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = seconds
+        return seconds
+
+    @abc.abstractmethod
+    def _latency(self, layer: LayerInfo, choice: Choice) -> float:
+        """The model's formula; ``choice`` has been checked by :meth:`check`."""
+
+    def dense_choice(self) -> Choice:
+        """Dense at the reference precision for weights and activations: the baseline."""
+        return Choice(Pattern.DENSE, 1, 1, w_bits=self.reference_bits, a_bits=self.reference_bits)
+
+    def effective_bits(self, bits: int) -> int:
+        """The precision ``bits`` runs at: float (32) runs at ``reference_bits``."""
+        return self.reference_bits if bits == FLOAT_BITS else bits
+
+    def check(self, layer: LayerInfo, choice: Choice) -> None:
+        """Raise :class:`ConfigError` unless this device can run ``choice`` on ``layer``."""
+        if layer.kind not in LAYER_KINDS:
+            raise ConfigError(
+                f"hardware '{self.name}': layer '{layer.name}' has kind {layer.kind!r}; "
+                f"latency models cost {list(LAYER_KINDS)}"
+            )
+        if choice.pattern not in self.patterns:
+            raise ConfigError(
+                f"hardware '{self.name}' cannot run pattern '{choice.pattern.value}' "
+                f"(layer '{layer.name}'); it runs {[p.value for p in self.patterns]}"
+            )
+        for field in ("w_bits", "a_bits"):
+            bits = getattr(choice, field)
+            if bits != FLOAT_BITS and bits not in self.bits:
+                raise ConfigError(
+                    f"hardware '{self.name}' does not run {field}={bits} (layer '{layer.name}', "
+                    f"pattern '{choice.pattern.value}'); it runs bits {list(self.bits)}, "
+                    f"or 32 = float at the reference {self.reference_bits} bits"
+                )
+        check_group(layer, choice, self.name)
+
+    def supports(self, layer: LayerInfo, choice: Choice) -> bool:
+        """Whether :meth:`latency` accepts ``choice`` on ``layer``."""
+        try:
+            self.check(layer, choice)
+        except ConfigError:
+            return False
+        return True
+
+
+def network_latency(
+    model: LatencyModel,
+    layers: Sequence[LayerInfo],
+    choices: Sequence[Choice] | Mapping[str, Choice] | Policy,
+) -> float:
+    """Seconds per batch of the whole network: the sum of the per-layer latencies.
+
+    Args:
+        model: the latency model.
+        layers: the layers, in forward order. Pass already adjusted layers where upstream
+            filter pruning reduced a layer's input channels.
+        choices: one choice per layer (same order), or a mapping / :class:`Policy` by layer
+            name, where a layer not named runs :meth:`LatencyModel.dense_choice`.
+    """
+    if isinstance(choices, Policy | Mapping):
+        get = choices.get
+        picked = [get(layer.name, model.dense_choice()) for layer in layers]
+    else:
+        picked = list(choices)
+        if len(picked) != len(layers):
+            raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
+    return float(sum(model.latency(layer, choice) for layer, choice in zip(layers, picked, strict=True)))

@@ -1,0 +1,195 @@
+"""Find the prunable layers of a network and describe them as plain data.
+
+A traced forward pass on one example gives each Conv1d/Conv2d/Linear its input and output
+feature-map sizes, from which MACs follow. Everything downstream (hardware models, the env,
+the report) works on :class:`LayerInfo` and never on modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from rlprune.errors import ModelError
+
+PRUNABLE_TYPES: dict[type[nn.Module], str] = {
+    nn.Linear: "linear",
+    nn.Conv1d: "conv1d",
+    nn.Conv2d: "conv2d",
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Shapes and costs of one prunable layer, for a single input sample.
+
+    Attributes:
+        name: the module's qualified name in the model (``model.get_submodule(name)``).
+        kind: ``linear``, ``conv1d`` or ``conv2d``.
+        in_channels: input channels (Linear: in_features).
+        out_channels: output channels (Linear: out_features).
+        kernel_size: kernel extent per spatial dim; ``()`` for Linear.
+        stride: stride per spatial dim; ``()`` for Linear.
+        groups: convolution groups (1 for Linear).
+        in_shape: shape of the input activation of one sample, channels first.
+        out_shape: shape of the output activation of one sample, channels first.
+        has_bias: whether the layer adds a bias.
+    """
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    groups: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    has_bias: bool = True
+
+    @property
+    def reduction(self) -> int:
+        """Length of the reduction dimension of the 2-D weight view: ``c_in/g * prod(kernel)``."""
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    @property
+    def params(self) -> int:
+        """Number of weights (bias excluded)."""
+        return self.out_channels * self.reduction
+
+    @property
+    def out_positions(self) -> int:
+        """Output positions per sample: spatial size for convs, leading dims for Linear."""
+        if self.kind == "linear":
+            return math.prod(self.out_shape[:-1]) if len(self.out_shape) > 1 else 1
+        return math.prod(self.out_shape[1:])
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per sample: ``positions * c_out * c_in/g * prod(kernel)``."""
+        return self.out_positions * self.params
+
+    @property
+    def in_elements(self) -> int:
+        """Input activation elements per sample."""
+        return math.prod(self.in_shape)
+
+    @property
+    def out_elements(self) -> int:
+        """Output activation elements per sample."""
+        return math.prod(self.out_shape)
+
+    def with_channels(self, in_channels: int, out_channels: int) -> LayerInfo:
+        """The same layer with fewer channels, as after filter pruning here or upstream."""
+        in_shape = _set_channels(self.in_shape, in_channels, self.kind)
+        out_shape = _set_channels(self.out_shape, out_channels, self.kind)
+        groups = self.groups
+        if groups > 1 and groups == self.in_channels:  # depthwise stays depthwise
+            groups = in_channels
+        return replace(
+            self,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            groups=groups,
+            in_shape=in_shape,
+            out_shape=out_shape,
+        )
+
+
+def _set_channels(shape: tuple[int, ...], channels: int, kind: str) -> tuple[int, ...]:
+    if kind == "linear":
+        return (*shape[:-1], channels)
+    return (channels, *shape[1:])
+
+
+def _describe(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerInfo:
+    kind = PRUNABLE_TYPES[type(module)]
+    if kind == "linear":
+        return LayerInfo(
+            name=name,
+            kind=kind,
+            in_channels=module.in_features,
+            out_channels=module.out_features,
+            kernel_size=(),
+            stride=(),
+            groups=1,
+            in_shape=tuple(x.shape[1:]),
+            out_shape=tuple(y.shape[1:]),
+            has_bias=module.bias is not None,
+        )
+    return LayerInfo(
+        name=name,
+        kind=kind,
+        in_channels=module.in_channels,
+        out_channels=module.out_channels,
+        kernel_size=tuple(module.kernel_size),
+        stride=tuple(module.stride),
+        groups=module.groups,
+        in_shape=tuple(x.shape[1:]),
+        out_shape=tuple(y.shape[1:]),
+        has_bias=module.bias is not None,
+    )
+
+
+def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """All Conv1d/Conv2d/Linear layers of ``model`` that run on ``example``, in forward order.
+
+    Args:
+        model: the network; it is run once in eval mode and left unchanged.
+        example: a batch of at least one input sample.
+
+    Raises:
+        ModelError: when the model rejects the input or has no prunable layer.
+    """
+    found: list[LayerInfo] = []
+    seen: set[str] = set()
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module) in PRUNABLE_TYPES:
+
+            def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
+                if name not in seen:  # a shared module is one layer, at its first call
+                    seen.add(name)
+                    found.append(_describe(name, mod, inputs[0], output))
+
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    except Exception as exc:  # the user's model: any failure means the shapes do not fit
+        raise ModelError(
+            f"the model rejects an input of shape {tuple(example[:1].shape)}: {exc}. "
+            "Check that model and data configs agree on channels and input size."
+        ) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not found:
+        raise ModelError(
+            f"{type(model).__name__} has no prunable layer (Conv1d, Conv2d or Linear) "
+            "on its forward path; rlprune needs at least one."
+        )
+    return found
+
+
+def select_layers(layers: list[LayerInfo], exclude_first: bool, exclude_last: bool) -> list[LayerInfo]:
+    """The layers the search decides for, after the first/last exclusion settings.
+
+    Raises:
+        ModelError: when the exclusions leave nothing to search.
+    """
+    start = 1 if exclude_first else 0
+    stop = len(layers) - 1 if exclude_last else len(layers)
+    chosen = layers[start:stop]
+    if not chosen:
+        raise ModelError(
+            f"the model has {len(layers)} prunable layer(s) and the exclusion settings "
+            "remove all of them; set layers.exclude_first=false or layers.exclude_last=false."
+        )
+    return chosen

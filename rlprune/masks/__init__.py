@@ -1,0 +1,38 @@
+"""Sparsity masks: k-of-n, N:M, transposable N:M, unstructured, learned, and their metrics.
+
+Every mask is a ``torch.bool`` tensor with exactly the weight's shape; applying one never changes
+a shape. Conventions (ALGORITHMS.md): ``keep`` of ``group`` is *kept*; N:M groups run along the
+reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
+"""
+
+from rlprune.masks.compute import compute_mask
+from rlprune.masks.criteria import CRITERIA, importance
+from rlprune.masks.gap import GapSchedule
+from rlprune.masks.kofn import GRANULARITIES, kofn_group_size, kofn_mask, unstructured_mask
+from rlprune.masks.learned import GumbelTopKMask
+from rlprune.masks.metrics import log10_mask_diversity, sad, transposable_tile_count
+from rlprune.masks.nm import nm_mask
+from rlprune.masks.srste import srste
+from rlprune.masks.transposable import METHODS, transposable_mask
+from rlprune.masks.views import unview, weight_view
+
+__all__ = [
+    "CRITERIA",
+    "GRANULARITIES",
+    "METHODS",
+    "GapSchedule",
+    "GumbelTopKMask",
+    "compute_mask",
+    "importance",
+    "kofn_group_size",
+    "kofn_mask",
+    "log10_mask_diversity",
+    "nm_mask",
+    "sad",
+    "srste",
+    "transposable_mask",
+    "transposable_tile_count",
+    "unstructured_mask",
+    "unview",
+    "weight_view",
+]

@@ -1,0 +1,113 @@
+"""Weights & Biases tracking. Offline by default: runs are written under the run folder and
+can be uploaded later with ``wandb sync``; ``wandb.mode=disabled`` turns tracking off."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlprune.envs.problem import Outcome
+from rlprune.errors import ConfigError
+
+MODES = ("offline", "online", "disabled")
+
+
+class Tracker:
+    """One W&B run for one rlprune run; a no-op when tracking is disabled.
+
+    Args:
+        mode: ``offline``, ``online`` or ``disabled``.
+        project: W&B project name.
+        run_dir: folder the offline run is written into (``<run_dir>/wandb``).
+        config: the resolved configuration, logged as the run's config.
+        name: run name; group and tags organise sweeps.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        run_dir: str | os.PathLike[str],
+        config: Mapping[str, Any],
+        name: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"wandb.mode must be one of {list(MODES)}, got {mode!r}")
+        self.run = None
+        if mode == "disabled":
+            return
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project,
+            mode=mode,
+            dir=str(run_dir),
+            config=dict(config),
+            name=name,
+            group=group,
+            tags=list(tags),
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", quiet=True),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a W&B run is open."""
+        return self.run is not None
+
+    def log_outcome(self, outcome: Outcome, improved: bool) -> None:
+        """Log one evaluated policy (reward-split accuracy, latency, best so far)."""
+        if self.run is None:
+            return
+        self.run.log(
+            {
+                "search/accuracy": outcome.accuracy,
+                "search/loss": outcome.loss,
+                "search/latency": outcome.latency,
+                "search/improved": int(improved),
+            },
+            step=outcome.episode,
+        )
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Log a ``wandb.Table``."""
+        if self.run is not None:
+            self.run.log({key: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+    def log_summary(self, metrics: Mapping[str, Any]) -> None:
+        """Set final metrics in the run summary (nested keys joined with ``/``)."""
+        if self.run is None:
+            return
+        for key, value in _flatten(metrics).items():
+            self.run.summary[key] = value
+
+    def log_artifact(self, name: str, kind: str, files: Sequence[Path]) -> None:
+        """Log existing files as one artifact."""
+        if self.run is None:
+            return
+        artifact = self._wandb.Artifact(name, type=kind)
+        for path in files:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run."""
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, int | float | str | bool) or value is None:
+            flat[name] = value
+    return flat

@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: configs and a small search env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, build_space
+from rlprune.envs.features import measure_sensitivity
+
+from rlprune.hardware import build_latency_model
+from rlprune.layers import discover_layers
+from rlprune.models import MNIST1DCNN
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def hardware_config(name: str) -> dict:
+    """A hardware config group file as plain data."""
+    return OmegaConf.to_container(OmegaConf.load(CONF / "hardware" / f"{name}.yaml"), resolve=True)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The app's config with ``overrides``, as ``python -m rlprune`` would see it."""
+    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def make_env(
+    budget: float = 0.5,
+    evaluations: int = 1000,
+    pattern: str = "nm",
+    hardware: str = "a100",
+    samples: int = 64,
+) -> PruneEnv:
+    """An env over an untrained MNIST-1D CNN scored on random data: fast, for mechanics only."""
+    torch.manual_seed(0)
+    model = MNIST1DCNN().eval()
+    x = torch.randn(samples, 1, 40)
+    y = torch.randint(0, 10, (samples,))
+    layers = discover_layers(model, x)
+    device = build_latency_model(hardware_config(hardware))
+    space = build_space(layers, layers, device, pattern, None, 8, 0.05, None)
+    evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y)
+    problem = SearchProblem(space, evaluator, budget, evaluations)
+    return PruneEnv(problem, measure_sensitivity(space, evaluator))

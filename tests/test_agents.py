@@ -1,0 +1,37 @@
+import pytest
+from rlprune.agents import SEARCHERS, make_searcher
+
+from rlprune.errors import ConfigError
+from tests.support import compose_config, make_env
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c", "sac", "td3", "ddpg", "random"])
+def test_every_searcher_spends_exactly_its_evaluations(name):
+    from omegaconf import OmegaConf
+
+    env = make_env(budget=0.4, evaluations=20, samples=16)
+    agent_cfg = OmegaConf.to_container(compose_config(f"agent={name}").agent, resolve=True)
+    make_searcher(agent_cfg).search(env, seed=0)
+    assert env.problem.used == 20
+    assert env.problem.exhausted
+    best = env.problem.best
+    assert best is not None and best.latency <= 0.4 + 1e-9
+    assert all(o.latency <= 0.4 + 1e-9 for o in env.problem.history)
+
+
+def test_uniform_gives_every_layer_the_same_bits_and_nearest_density():
+    env = make_env(budget=0.4, evaluations=50, pattern="kofn_weight", samples=16)
+    make_searcher({"name": "uniform"}).search(env, seed=0)
+    assert 1 <= env.problem.used <= len(env.space.bits)
+    for outcome in env.problem.history:
+        assert outcome.latency <= 0.4 + 1e-9
+        bits = {choice.w_bits for _, choice in outcome.policy}
+        assert len(bits) == 1
+        densities = [choice.density for _, choice in outcome.policy]
+        assert max(densities) - min(densities) <= 0.2  # one common density, rounded per layer
+
+
+def test_unknown_agent_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown agent 'alphazero'; valid:"):
+        make_searcher({"name": "alphazero"})
+    assert {"ppo", "sac", "td3", "ddpg", "a2c", "uniform", "random"} <= set(SEARCHERS)

@@ -1,0 +1,77 @@
+"""End-to-end: the command line, as a user runs it, in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+QUICK = ["search.evaluations=40", "finetune.epochs=1", "dense.epochs=3", "progress_bar=false"]
+
+
+def rlprune(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlprune", f"hydra.run.dir={run_dir}", *overrides],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        timeout=600,
+    )
+
+
+def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
+    result = rlprune(tmp_path, "agent=ppo", "budget.latency=0.4", *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget"] == 0.4 and report["latency"] <= 0.4 + 1e-9
+    assert 0 < report["size_ratio"] < 1
+    for key in (
+        "dense_test",
+        "search_best_reward",
+        "pruned_test_before_finetune",
+        "pruned_test_after_finetune",
+    ):
+        assert 0.0 <= report["accuracy"][key] <= 1.0
+    assert report["search"]["agent"] == "ppo" and report["search"]["evaluations"] == 40
+    assert len(report["layers"]) == 6 and {"layer", "pattern", "keep", "group", "w_bits"} <= set(
+        report["layers"][0]
+    )
+    policy = yaml.safe_load((tmp_path / "policy.yaml").read_text())
+    assert policy["latency"] == pytest.approx(report["latency"], abs=1e-6)
+    assert set(policy["layers"]) == {row["layer"] for row in report["layers"]}
+    assert (tmp_path / "model.pt").stat().st_size > 0
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "latency %" in result.stdout and "after finetune" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["agent=alphazero"], "Could not find 'agent/alphazero'"),
+        (["hardware=tpu9"], "Could not find 'hardware/tpu9'"),
+        (["model=gpt5"], "Could not find 'model/gpt5'"),
+        (["budget.latency=1.5"], "error: budget.latency must be in (0, 1], got 1.5"),
+        (["budget.latency=0"], "error: budget.latency must be in (0, 1], got 0"),
+        (["budget.latency=0.001"], "below the cheapest reachable latency"),
+        (["search.evaluations=0"], "error: search.evaluations must be >= 1"),
+        (["search.pattern=zigzag"], "unknown search.pattern 'zigzag'"),
+    ],
+)
+def test_bad_input_stops_with_a_clear_message_and_no_traceback(tmp_path, overrides, message):
+    result = rlprune(tmp_path, *QUICK, "wandb.mode=disabled", *overrides)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    if message.startswith("error:"):
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1
+
+
+def test_valid_agent_names_are_listed_for_an_unknown_agent(tmp_path):
+    result = rlprune(tmp_path, "agent=alphazero")
+    assert "Available options in 'agent'" in result.stderr
+    for name in ("ppo", "sac", "uniform", "random"):
+        assert name in result.stderr

@@ -1,0 +1,83 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rlprune.envs import ENV_ID, PruneEnv
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from rlprune.errors import BudgetError, ConfigError
+from tests.support import make_env
+
+
+def play(env: PruneEnv, actions: np.ndarray) -> dict:
+    obs, _ = env.reset()
+    for t, action in enumerate(actions):
+        assert env.observation_space.contains(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        assert terminated == (t == len(actions) - 1) and not truncated
+    return info
+
+
+def test_env_passes_gymnasium_and_sb3_checkers(env):
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_env_is_registered():
+    assert ENV_ID in gym.registry
+    env = make_env()
+    made = gym.make(ENV_ID, problem=env.problem, sensitivity=np.zeros((len(env.space), 3)))
+    assert made.unwrapped.space is env.space
+
+
+CHEAPEST = make_env(budget=1.0, samples=16).space.cheapest()
+
+
+@settings(max_examples=25, deadline=None)
+@given(share=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_every_episode_ends_within_budget(share, seed):
+    budget = CHEAPEST + share * (1.0 - CHEAPEST)
+    env = make_env(budget=budget, samples=16)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        info = play(env, rng.uniform(-1, 1, size=(len(env.space), 2)))
+        assert info["outcome"].latency <= budget + 1e-9
+
+
+def test_full_budget_forces_the_dense_reference_whatever_the_actions(env):
+    env = make_env(budget=1.0)
+    info = play(env, -np.ones((len(env.space), 2)))
+    assert info["outcome"].latency == pytest.approx(1.0)
+    assert all(
+        choice.density == 1.0 and choice.w_bits == env.space.bits[-1] for _, choice in info["outcome"].policy
+    )
+
+
+def test_wishes_are_granted_when_the_budget_allows():
+    env = make_env(budget=0.9)
+    # asking for the sparsest, lowest-bit option on the first layer is cheap, so it is granted
+    env.reset()
+    env.step(np.array([-1.0, -1.0], dtype=np.float32))
+    shape, bits = env.picks[0]
+    assert bits == 0 and env.space.shapes[0][shape].density == min(s.density for s in env.space.shapes[0])
+
+
+def test_each_episode_spends_one_evaluation(env):
+    for _ in range(3):
+        play(env, np.zeros((len(env.space), 2)))
+    assert env.problem.used == 3
+    assert env.problem.best is not None and env.problem.best.latency <= 0.5 + 1e-9
+
+
+def test_infeasible_and_out_of_range_budgets_are_refused():
+    with pytest.raises(BudgetError, match="below the cheapest reachable latency"):
+        make_env(budget=0.001)
+    with pytest.raises(ConfigError, match=r"budget.latency must be in \(0, 1\]"):
+        make_env(budget=1.5)
+
+
+def test_layers_that_cannot_take_nm_are_skipped_with_a_reason(env):
+    assert "conv1" in env.space.skipped  # reduction length 1*5 is not a multiple of 4
+    assert [s.pattern.value for s in env.space.shapes[0]] == ["dense"]

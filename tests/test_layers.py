@@ -1,0 +1,50 @@
+import pytest
+import torch
+from torch import nn
+
+from rlprune.errors import ModelError
+from rlprune.layers import discover_layers, select_layers
+from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
+
+
+def test_mnist1d_cnn_layers_in_forward_order_with_macs():
+    layers = discover_layers(MNIST1DCNN(), torch.randn(3, 1, 40))
+    assert [lay.name for lay in layers] == ["conv1", "conv2", "conv3", "conv4", "fc1", "fc2"]
+    conv2 = layers[1]
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.stride) == (32, 64, (3,), (2,))
+    assert conv2.in_shape == (32, 40) and conv2.out_shape == (64, 20)
+    assert conv2.reduction == 32 * 3
+    assert conv2.macs == 20 * 64 * 32 * 3  # positions * c_out * c_in * k
+    fc1 = layers[4]
+    assert fc1.kind == "linear" and fc1.reduction == 128 * 10 and fc1.macs == 1280 * 128
+
+
+def test_conv2d_and_residual_layers():
+    layers = discover_layers(DigitsCNN(), torch.randn(1, 1, 8, 8))
+    assert layers[0].macs == 8 * 8 * 32 * 9
+    resnet = discover_layers(ResNet20(in_channels=1, width=8, dims=2), torch.randn(1, 1, 8, 8))
+    assert len(resnet) == 1 + 18 + 2 + 1  # stem, 9 blocks x 2 convs, 2 shortcut convs, fc
+
+
+def test_with_channels_scales_macs():
+    conv = discover_layers(MNIST1DCNN(), torch.randn(1, 1, 40))[2]
+    half = conv.with_channels(conv.in_channels // 2, conv.out_channels // 2)
+    assert half.macs * 4 == conv.macs
+    assert half.out_shape[0] == conv.out_channels // 2
+
+
+def test_model_without_prunable_layer_is_refused():
+    with pytest.raises(ModelError, match="no prunable layer"):
+        discover_layers(nn.Sequential(nn.ReLU(), nn.Flatten()), torch.randn(1, 4))
+
+
+def test_input_the_model_rejects_is_a_clear_error():
+    with pytest.raises(ModelError, match="rejects an input of shape"):
+        discover_layers(MNIST1DCNN(), torch.randn(1, 3, 40))
+
+
+def test_select_layers_exclusions():
+    layers = discover_layers(MNIST1DCNN(), torch.randn(1, 1, 40))
+    assert [lay.name for lay in select_layers(layers, True, True)] == ["conv2", "conv3", "conv4", "fc1"]
+    with pytest.raises(ModelError, match="exclusion settings"):
+        select_layers(layers[:1], True, False)
