@@ -52,7 +52,10 @@ def size_ratio(layers: Sequence[LayerInfo], rows: Sequence[dict[str, Any]]) -> f
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the per-layer table and the headline numbers."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: full layer names rather than 80 columns
+            console = Console(width=160)
     table = Table(title=f"rlprune policy — {report['search']['agent']} on {report['hardware']}")
     for column in ("layer", "kind", "pattern", "keep:group", "sparsity", "bits w/a", "latency %"):
         table.add_column(column, justify="left" if column in ("layer", "kind", "pattern") else "right")
