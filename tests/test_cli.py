@@ -75,3 +75,13 @@ def test_valid_agent_names_are_listed_for_an_unknown_agent(tmp_path):
     assert "Available options in 'agent'" in result.stderr
     for name in ("ppo", "sac", "uniform", "random"):
         assert name in result.stderr
+
+
+def test_same_seed_gives_a_byte_identical_policy_and_another_seed_differs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = rlprune(tmp_path / name, "agent=random", f"seed={seed}", "wandb.mode=disabled", *QUICK)
+        assert result.returncode == 0, result.stderr
+        runs[name] = (tmp_path / name / "policy.yaml").read_bytes()
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
