@@ -124,7 +124,11 @@ class GumbelTopKMask(nn.Module):
         return -(log_p.exp() * log_p).sum(-1).mean()
 
     def confidence(self) -> float:
-        """``1 - mean_g H(softmax(D_g)) / log n``: 1 when every group is certain."""
+        """``1 - mean_g H(softmax(D_g)) / log n``: 1 when every softmax is one-hot.
+
+        As ALGORITHMS.md defines it: a group whose softmax is spread evenly over its k kept units
+        scores ``1 - log k / log n``, not 1.
+        """
         n = self.logits.shape[-1]
         if n == 1:
             return 1.0

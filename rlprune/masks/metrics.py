@@ -35,7 +35,8 @@ def transposable_tile_count(keep: int, group: int) -> int:
 
     A DP over rows whose state is how many columns hold each count so far (columns are
     interchangeable, so their order does not matter): a row picks ``keep`` columns, taking
-    ``a_c`` of the columns at count ``c``, in ``prod C(n_c, a_c)`` ways.
+    ``a_c`` of the columns at count ``c``, in ``prod C(n_c, a_c)`` ways. Milliseconds for M <= 8,
+    about 2 s for 6:12, minutes for 8:16; cached per process.
     """
     states: dict[tuple[int, ...], int] = {(group,) + (0,) * keep: 1}
     for _ in range(group):

@@ -9,14 +9,16 @@ class _SRSTE(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, mask: torch.Tensor, decay: float
-    ):
+    ) -> torch.Tensor:
         mask = mask.to(weight.dtype)
         ctx.save_for_backward(weight, mask)
         ctx.decay = decay
         return weight * mask
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor):
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
         weight, mask = ctx.saved_tensors
         # The gradient reaches every weight (straight-through), and pruned weights also decay
         # towards zero so that the mask settles.

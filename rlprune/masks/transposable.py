@@ -23,9 +23,10 @@ from rlprune.masks.select import to_numpy
 from rlprune.masks.views import unview, weight_view
 
 METHODS = ("exact", "greedy")
-# Tiles solved together: enough to amortize Python's per-operation cost, few enough to stay in cache.
-GREEDY_CHUNK = 4096
-EXACT_CHUNK = 16384
+# Scores solved together (tiles x M x M): enough to amortize Python's cost per operation, few
+# enough for the greedy's temporaries to stay in cache.
+GREEDY_CHUNK = 2**18
+EXACT_CHUNK = 2**20
 COST_SCALE = 2**30  # scores are mapped to integers in [0, 2^30] per chunk for the exact solver
 _INF = 2**60  # "unreachable" in int64 path lengths; INF + INF still fits
 
@@ -54,7 +55,7 @@ def transposable_mask(
     check_tiles(rows, cols, keep, group, name)
     solve, chunk = (_exact, EXACT_CHUNK) if method == "exact" else (_greedy, GREEDY_CHUNK)
     tiles = to_tiles(view.cpu(), group)
-    kept = torch.cat([solve(part, keep) for part in tiles.split(chunk)])
+    kept = torch.cat([solve(part, keep) for part in tiles.split(max(1, chunk // group**2))])
     return unview(from_tiles(kept, rows, cols), scores.shape).to(scores.device)
 
 

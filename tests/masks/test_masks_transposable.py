@@ -66,8 +66,8 @@ def test_brute_force_counts_90_valid_2_of_4_tiles() -> None:
 def test_chunks_do_not_change_the_mask(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     scores = make_scores((16, 24), 5, True)
     whole = transposable_mask(scores, 4, 8, method=method)
-    monkeypatch.setattr("rlprune.masks.transposable.GREEDY_CHUNK", 2)
-    monkeypatch.setattr("rlprune.masks.transposable.EXACT_CHUNK", 2)
+    monkeypatch.setattr("rlprune.masks.transposable.GREEDY_CHUNK", 2 * 64)
+    monkeypatch.setattr("rlprune.masks.transposable.EXACT_CHUNK", 2 * 64)
     assert torch.equal(transposable_mask(scores, 4, 8, method=method), whole)
 
 
