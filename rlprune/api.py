@@ -5,7 +5,7 @@
     target = load_target(cfg)                    # data, dense model, layers
     hardware = build_latency_model(cfg.hardware)
     result = search(cfg, target, hardware)       # the best policy under the budget
-    model = finetune(target, result.best.policy, settings, seed)
+    tuned = finetune(target.model, result.best.policy, target.searched, target.splits, FinetuneSettings(), 0)
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, 
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, ModelError
-from rlprune.hardware import LatencyModel, build_latency_model
+from rlprune.finetune import FinetuneSettings, finetune
+from rlprune.hardware import LatencyModel, build_latency_model, network_latency
 from rlprune.io import write_atomic, write_json_atomic, write_yaml_atomic
 from rlprune.layers import LayerInfo, discover_layers, select_layers
 from rlprune.policy import Policy
@@ -233,17 +234,6 @@ def read_policy(path: str | Path) -> Policy:
     return Policy.from_dict(data["layers"])
 
 
-def finetune(
-    target: Target, policy: Policy, settings: TrainSettings, seed: int, pad: bool = True
-) -> nn.Module:
-    """Apply ``policy`` to a copy of the dense model and train it back with masks and fake quantization."""
-    model = compress(target.model, policy, pad=pad)
-    calibrate_activations(model, target.splits.train_x)
-    if settings.epochs > 0:
-        train(model, target.splits.train_x, target.splits.train_y, settings, seed)
-    return model
-
-
 def test_score(model: nn.Module, splits: Splits) -> Score:
     """Test accuracy of a compressed model, its activation ranges calibrated on the reward split."""
     calibrate_activations(model, splits.reward_x)
@@ -278,18 +268,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         result = search(cfg, target, hardware, tracker, run_dir)
         policy = result.best.policy
         before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad), splits)
-        settings = TrainSettings(
-            epochs=cfg.finetune.epochs,
-            lr=cfg.finetune.lr,
-            batch_size=cfg.finetune.batch_size,
-            weight_decay=cfg.finetune.weight_decay,
+        settings = FinetuneSettings.from_config(_plain(cfg.finetune))
+        tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad)
+        after = test_score(tuned.model, splits)
+        rows = layer_rows(
+            layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics
         )
-        tuned = finetune(target, policy, settings, cfg.seed, cfg.search.nm_pad)
-        after = test_score(tuned, splits)
-        rows = layer_rows(layers, policy, hardware, result.space.skipped)
+        latency = network_latency(hardware, layers, tuned.policy) / network_latency(
+            hardware, layers, Policy()
+        )
         report = {
             "budget": budget,
-            "latency": result.best.latency,
+            "latency": latency,
             "size_ratio": size_ratio(layers, rows),
             "hardware": hardware.name,
             "accuracy": {
@@ -304,6 +294,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 "evaluations": result.evaluations,
                 "forward_passes": result.forward_passes,
                 "best_episode": result.best.episode,
+                "latency": result.best.latency,
                 "seconds": result.seconds,
             },
             "finetune": asdict(settings),
@@ -312,7 +303,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         }
         write_json_atomic(run_dir / "report.json", report)
         write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-        write_atomic(run_dir / "model.pt", lambda f: torch.save(bake(tuned).state_dict(), f))
+        write_atomic(run_dir / "model.pt", lambda f: torch.save(bake(tuned.model).state_dict(), f))
         print_report(report)
         tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
         tracker.log_summary({k: v for k, v in report.items() if k != "layers"})

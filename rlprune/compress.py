@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from rlprune.masks import compute_mask
+from rlprune.masks import GumbelTopKMask, compute_mask, srste
 from rlprune.policy import FLOAT_BITS, Choice, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
 
@@ -24,17 +24,38 @@ from rlprune.quant import ActivationQuantizer, fake_quantize_weight
 class MaskedQuantizedWeight(nn.Module):
     """Weight parametrization ``w -> fake_quantize(w ⊙ mask, bits)``.
 
-    The mask is a boolean buffer with the weight's shape; gradients reach the kept weights
-    only (plain masked training).
+    The mask is a boolean buffer with the weight's shape. With ``decay=None`` gradients reach
+    the kept weights only (plain masked training); with a number, the backward pass is SR-STE's
+    ``g + decay·(1 − mask)⊙w`` on every weight, so pruned weights can regrow when the mask is
+    recomputed.
     """
 
-    def __init__(self, mask: torch.Tensor, bits: int = FLOAT_BITS) -> None:
+    def __init__(self, mask: torch.Tensor, bits: int = FLOAT_BITS, decay: float | None = None) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
         self.bits = bits
+        self.decay = decay
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return fake_quantize_weight(weight * self.mask, self.bits)
+        masked = weight * self.mask if self.decay is None else srste(weight, self.mask, self.decay)
+        return fake_quantize_weight(masked, self.bits)
+
+
+class LearnedMaskedWeight(nn.Module):
+    """Weight parametrization ``w -> fake_quantize(w ⊙ m, bits)`` with ``m`` a trainable Gumbel top-k mask."""
+
+    def __init__(self, sampler: GumbelTopKMask, bits: int = FLOAT_BITS) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.bits = bits
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The current deterministic mask (top-k of the logits)."""
+        return self.sampler.hard_mask()
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_weight(weight * self.sampler(), self.bits)
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -63,10 +84,21 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
 def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
     """Point an attached layer at ``mask`` and the bit-widths of ``choice``."""
-    parametrization = layer.parametrizations.weight[0]
+    parametrization = weight_parametrization(layer)
     parametrization.mask = mask
     parametrization.bits = choice.w_bits
     layer.input_quantizer.bits = choice.a_bits
+
+
+def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:
+    """The mask-and-quantize parametrization of an attached layer."""
+    return layer.parametrizations.weight[0]
+
+
+def use_learned_mask(layer: nn.Module, sampler: GumbelTopKMask) -> None:
+    """Swap an attached layer's fixed mask for a trainable one, keeping its bit-width."""
+    bits = weight_parametrization(layer).bits
+    layer.parametrizations.weight[0] = LearnedMaskedWeight(sampler, bits)
 
 
 def mask_for(layer: nn.Module, name: str, choice: Choice, pad: bool) -> torch.Tensor:

@@ -12,14 +12,28 @@ from rlprune.hardware import LatencyModel, weight_storage_bits
 from rlprune.layers import LayerInfo
 from rlprune.policy import Policy
 
+METRIC_HEADERS = {
+    "log10_mask_diversity": "log10 MD",
+    "sad": "SAD",
+    "confidence": "confidence",
+    "diversity": "diversity",
+}
+
 
 def layer_rows(
-    layers: Sequence[LayerInfo], policy: Policy, hardware: LatencyModel, skipped: dict[str, str]
+    layers: Sequence[LayerInfo],
+    policy: Policy,
+    hardware: LatencyModel,
+    skipped: dict[str, str],
+    metrics: dict[str, dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per prunable layer: its choice, its share of the policy's latency and its size.
+    """One row per prunable layer: its choice, latency share, size, and mask metrics.
 
-    Layers outside the search keep the device's dense reference choice.
+    Layers outside the search keep the device's dense reference choice; ``skipped`` says why a
+    layer could not take the pattern; ``metrics`` adds per-layer mask metrics (log10 mask
+    diversity, SAD, learned-mask confidence and diversity).
     """
+    metrics = metrics or {}
     reference = hardware.dense_choice()
     choices = [policy.get(layer.name, reference) for layer in layers]
     seconds = [hardware.latency(layer, choice) for layer, choice in zip(layers, choices, strict=True)]
@@ -40,6 +54,7 @@ def layer_rows(
                 "size_bits": weight_storage_bits(layer, choice, choice.w_bits, compressed=True),
                 "searched": layer.name in dict(policy.choices),
                 "skipped": skipped.get(layer.name),
+                **metrics.get(layer.name, {}),
             }
         )
     return rows
@@ -57,8 +72,11 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         if not console.is_terminal:  # logs and pipes: full layer names rather than 80 columns
             console = Console(width=160)
     table = Table(title=f"rlprune policy — {report['search']['agent']} on {report['hardware']}")
+    extra = [m for m in METRIC_HEADERS if any(row.get(m) is not None for row in report["layers"])]
     for column in ("layer", "kind", "pattern", "keep:group", "sparsity", "bits w/a", "latency %"):
         table.add_column(column, justify="left" if column in ("layer", "kind", "pattern") else "right")
+    for metric in extra:
+        table.add_column(METRIC_HEADERS[metric], justify="right")
     for row in report["layers"]:
         pattern = row["pattern"] + ("" if row["searched"] else " (fixed)")
         table.add_row(
@@ -69,6 +87,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f"{row['sparsity']:.2f}",
             f"{row['w_bits']}/{row['a_bits']}",
             f"{100 * row['latency_share']:.1f}",
+            *[f"{row[m]:.3g}" if row.get(m) is not None else "" for m in extra],
         )
     console.print(table)
     acc = report["accuracy"]
@@ -82,3 +101,9 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s",
         soft_wrap=True,
     )
+    if report["latency"] > report["budget"] + 1e-9:
+        console.print(
+            f"warning: finetune.mask={report['finetune']['mask']} recast the searched policy; "
+            f"its latency {report['latency']:.3f} exceeds the budget {report['budget']}",
+            soft_wrap=True,
+        )

@@ -54,6 +54,7 @@ def train(
     seed: int,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``(x, y)`` and return it.
 
@@ -63,7 +64,8 @@ def train(
         settings: optimiser settings.
         seed: seeds the shuffling, so two runs see the same batches.
         extra_loss: a regulariser added to every step's loss (for example a mask entropy).
-        on_epoch: called with the epoch index before each epoch (schedules such as annealing).
+        on_epoch: called with the epoch index before each epoch (schedules such as grow-and-prune).
+        on_step: called with the number of optimizer steps taken so far, after each step.
 
     Raises:
         RlpruneError: when the loss becomes NaN or infinite.
@@ -74,6 +76,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    step = 0
     for epoch in range(settings.epochs):
         if on_epoch is not None:
             on_epoch(epoch)
@@ -92,5 +95,8 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            step += 1
+            if on_step is not None:
+                on_step(step)
     model.eval()
     return model

@@ -85,3 +85,23 @@ def test_same_seed_gives_a_byte_identical_policy_and_another_seed_differs(tmp_pa
         runs[name] = (tmp_path / name / "policy.yaml").read_bytes()
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "metric"),
+    [
+        (
+            ["finetune.mask=nm", "finetune.nm.keep=2", "finetune.nm.group=4", "finetune.srste.decay=2e-4"],
+            "sad",
+        ),
+        (["finetune.mask=learned"], "confidence"),
+    ],
+)
+def test_finetune_mask_families_from_the_cli_report_their_metrics(tmp_path, overrides, metric):
+    overrides = [*overrides, "finetune.srste.refresh_steps=5"] if metric == "sad" else overrides
+    result = rlprune(tmp_path, "agent=random", "wandb.mode=disabled", *QUICK, *overrides)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["finetune"]["mask"] == overrides[0].split("=")[1]
+    assert any(row.get(metric) is not None for row in report["layers"])
+    assert all("log10_mask_diversity" in row for row in report["layers"] if row["searched"])

@@ -1,0 +1,319 @@
+"""Finetuning: apply a policy's masks and bit-widths to a copy of the dense model and train it back.
+
+The searched policy fixes each layer's density and bit-width. The finetune can keep its masks
+(``mask=policy``) or re-express the same densities in another mask family (N:M, transposable
+N:M, k-of-n, unstructured, or learned Gumbel top-k masks), and can train them with plain masked
+training, SR-STE with periodic mask refresh, and/or the scheduled grow-and-prune cycle (GaP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlprune.compress import (
+    LearnedMaskedWeight,
+    calibrate_activations,
+    compress,
+    dense_weight,
+    use_learned_mask,
+    weight_parametrization,
+)
+from rlprune.data import Splits
+from rlprune.errors import ConfigError
+from rlprune.layers import LayerInfo
+from rlprune.masks import (
+    CRITERIA,
+    GapSchedule,
+    GumbelTopKMask,
+    compute_mask,
+    importance,
+    log10_mask_diversity,
+    sad,
+)
+from rlprune.policy import Choice, Pattern, Policy
+from rlprune.training import TrainSettings, train
+
+MASK_FAMILIES = ("policy", "nm", "transposable", "kofn", "unstructured", "learned")
+LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How the chosen policy is applied and trained.
+
+    Attributes:
+        train: optimiser settings (epochs, lr, batch size, weight decay).
+        mask: ``policy`` keeps the searched masks; ``nm``, ``transposable``, ``kofn``,
+            ``unstructured`` and ``learned`` re-express each layer's density in that family.
+        nm: ``(keep N, group M)`` for ``nm`` and ``transposable``.
+        granularity: ``weight``, ``kernel`` or ``filter``, for ``learned`` masks.
+        criterion: ``magnitude``, ``taylor`` or ``random``: what the first masks keep (refreshes
+            and GaP re-prune by the magnitude of the current dense weights, as SR-STE does).
+        srste_decay: ``None`` for plain masked training; a number trains with SR-STE.
+        refresh_steps: recompute fixed masks from the dense weights every so many steps (0: never).
+        entropy_weight: weight of the learned masks' entropy regulariser.
+        gap_partitions: scheduled grow-and-prune over this many partitions (0: off).
+        gap_epochs_per_step: epochs a partition stays grown.
+    """
+
+    train: TrainSettings = field(default_factory=TrainSettings)
+    mask: str = "policy"
+    nm: tuple[int, int] = (2, 4)
+    granularity: str = "weight"
+    criterion: str = "magnitude"
+    srste_decay: float | None = None
+    refresh_steps: int = 0
+    entropy_weight: float = 5e-5
+    gap_partitions: int = 0
+    gap_epochs_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASK_FAMILIES:
+            raise ConfigError(f"finetune.mask={self.mask!r} is unknown; valid: {list(MASK_FAMILIES)}")
+        keep, group = self.nm
+        if not 0 < keep < group:
+            raise ConfigError(f"finetune.nm: N:M needs 0 < N < M, got keep={keep}, group={group}")
+        if self.granularity not in LEARNED_PATTERNS:
+            raise ConfigError(f"finetune.granularity={self.granularity!r}; valid: {list(LEARNED_PATTERNS)}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"finetune.criterion={self.criterion!r}; valid: {list(CRITERIA)}")
+        if self.refresh_steps < 0 or self.gap_partitions < 0 or self.train.epochs < 0:
+            raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> FinetuneSettings:
+        """Settings from the ``finetune`` config node."""
+        return cls(
+            train=TrainSettings(
+                epochs=cfg["epochs"],
+                lr=cfg["lr"],
+                batch_size=cfg["batch_size"],
+                weight_decay=cfg["weight_decay"],
+            ),
+            mask=cfg["mask"],
+            nm=(cfg["nm"]["keep"], cfg["nm"]["group"]),
+            granularity=cfg["granularity"],
+            criterion=cfg["criterion"],
+            srste_decay=cfg["srste"]["decay"],
+            refresh_steps=cfg["srste"]["refresh_steps"],
+            entropy_weight=cfg["learned"]["entropy_weight"],
+            gap_partitions=cfg["gap"]["partitions"],
+            gap_epochs_per_step=cfg["gap"]["epochs_per_step"],
+        )
+
+
+def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Choice | str:
+    """``choice``'s density and bits in the finetune's mask family, or why the layer keeps its own."""
+    density, bits = choice.density, {"w_bits": choice.w_bits, "a_bits": choice.a_bits}
+    family = settings.mask
+    if family in ("nm", "transposable"):
+        n, m = settings.nm
+        if layer.reduction % m or (family == "transposable" and layer.out_channels % m):
+            return f"shape {layer.out_channels}x{layer.reduction} does not divide into {n}:{m} groups"
+        pattern = Pattern.NM if family == "nm" else Pattern.NM_TRANSPOSABLE
+        return Choice(pattern, n, m, **bits)
+    if family == "kofn":
+        n = layer.reduction
+        return Choice(Pattern.KOFN_WEIGHT, max(1, min(n, round(density * n))), n, **bits)
+    if family == "unstructured":
+        n = layer.params
+        return Choice(Pattern.UNSTRUCTURED, max(1, min(n, round(density * n))), n, **bits)
+    if settings.granularity == "kernel" and layer.kind == "linear":
+        return "kernel granularity needs a convolution"
+    pattern = LEARNED_PATTERNS[settings.granularity]
+    n = {"weight": layer.reduction, "kernel": layer.in_channels // layer.groups, "filter": layer.out_channels}
+    units = n[settings.granularity]
+    return Choice(pattern, max(1, min(units, round(density * units))), units, **bits)
+
+
+def finetune_policy(
+    policy: Policy, layers: Sequence[LayerInfo], settings: FinetuneSettings
+) -> tuple[Policy, dict[str, str]]:
+    """The policy the finetune applies, and the layers that keep the searched choice (with why).
+
+    Dense layers stay dense; with ``mask=policy`` nothing changes.
+    """
+    if settings.mask == "policy":
+        return policy, {}
+    by_name = {layer.name: layer for layer in layers}
+    applied, kept = {}, {}
+    for name, choice in policy:
+        recast = choice if choice.pattern is Pattern.DENSE else _recast(by_name[name], choice, settings)
+        if isinstance(recast, str):
+            kept[name] = recast
+            recast = choice
+        applied[name] = recast
+    return Policy.of(applied), kept
+
+
+def taylor_scores(
+    model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance ``|w · ∂L/∂w|`` per layer, the gradient summed over a few batches."""
+    model.zero_grad(set_to_none=True)
+    for start in range(0, min(len(x), 512), 128):
+        F.cross_entropy(model(x[start : start + 128]), y[start : start + 128]).backward()
+    scores = {}
+    for name in names:
+        weight = dense_weight(model.get_submodule(name))
+        scores[name] = importance(weight, "taylor", grad=weight.grad)
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+@dataclass
+class FinetuneResult:
+    """The finetuned model, the policy it applies, and per-layer mask metrics."""
+
+    model: nn.Module
+    policy: Policy
+    kept: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+
+
+class _MaskTrainer:
+    """Mask schedules during training: SR-STE refresh, GaP grow/prune, learned-mask annealing."""
+
+    def __init__(
+        self, model: nn.Module, policy: Policy, settings: FinetuneSettings, steps: int, pad: bool
+    ) -> None:
+        self.model, self.settings, self.steps, self.pad = model, settings, max(1, steps), pad
+        self.choices = dict(policy.choices)
+        self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
+        self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
+        names = [n for n, c in policy if c.pattern is not Pattern.DENSE]
+        self.gap = (
+            GapSchedule(names, min(settings.gap_partitions, len(names)), settings.gap_epochs_per_step)
+            if settings.gap_partitions and names
+            else None
+        )
+
+    def _fixed(self, name: str) -> bool:
+        return not isinstance(weight_parametrization(self.model.get_submodule(name)), LearnedMaskedWeight)
+
+    def reprune(self, name: str, before: torch.Tensor | None = None) -> None:
+        """Recompute ``name``'s fixed mask by magnitude of its current dense weight.
+
+        Records the SAD against ``before`` (by default the mask in use).
+        """
+        layer = self.model.get_submodule(name)
+        parametrization = weight_parametrization(layer)
+        new = compute_mask(dense_weight(layer).detach(), self.choices[name], pad=self.pad, name=name)
+        self.sads[name].append(sad(parametrization.mask if before is None else before, new))
+        parametrization.mask = new
+
+    def on_epoch(self, epoch: int) -> None:
+        """GaP: grow this step's partition, prune back the one grown before; the last step prunes all."""
+        if self.gap is None:
+            return
+        last_step = epoch >= self.settings.train.epochs - self.settings.gap_epochs_per_step
+        grown = set() if last_step else self.gap.dense_layers(epoch)
+        for name in set(self.grown) - grown:
+            self.reprune(name, before=self.grown.pop(name))
+        for name in grown - set(self.grown):
+            parametrization = weight_parametrization(self.model.get_submodule(name))
+            self.grown[name] = parametrization.mask
+            parametrization.mask = torch.ones_like(parametrization.mask)
+
+    def on_step(self, step: int) -> None:
+        """SR-STE mask refresh and learned-mask temperature annealing."""
+        for module in self.model.modules():
+            if isinstance(module, GumbelTopKMask):
+                module.anneal(step / self.steps)
+        every = self.settings.refresh_steps
+        if every and step and step % every == 0:
+            for name in self.choices:
+                if (
+                    name not in self.grown
+                    and self._fixed(name)
+                    and self.choices[name].pattern is not Pattern.DENSE
+                ):
+                    self.reprune(name)
+
+    def entropy(self) -> torch.Tensor:
+        """The learned masks' entropy regulariser."""
+        terms = [m.entropy() for m in self.model.modules() if isinstance(m, GumbelTopKMask)]
+        return self.settings.entropy_weight * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def finetune(
+    dense: nn.Module,
+    policy: Policy,
+    layers: Sequence[LayerInfo],
+    splits: Splits,
+    settings: FinetuneSettings,
+    seed: int,
+    pad: bool = True,
+) -> FinetuneResult:
+    """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back."""
+    applied, kept = finetune_policy(policy, layers, settings)
+    names = [name for name, _ in applied]
+    scores: dict[str, torch.Tensor] = {}
+    if settings.criterion != "magnitude":
+        generator = torch.Generator().manual_seed(seed)
+        probe = compress(dense, Policy.of({name: Choice() for name in names}))
+        if settings.criterion == "taylor":
+            scores = taylor_scores(probe, names, splits.train_x, splits.train_y)
+        else:
+            scores = {
+                n: importance(dense.get_submodule(n).weight, "random", generator=generator) for n in names
+            }
+    masks = {
+        name: compute_mask(
+            dense.get_submodule(name).weight.detach(), c, scores=scores.get(name), pad=pad, name=name
+        )
+        for name, c in applied
+    }
+    model = compress(dense, applied, masks=masks, pad=pad)
+    for name, choice in applied:
+        layer = model.get_submodule(name)
+        if settings.mask == "learned" and choice.pattern in LEARNED_PATTERNS.values() and choice.density < 1:
+            sampler = GumbelTopKMask(
+                dense_weight(layer).shape,
+                choice.keep,
+                settings.granularity,
+                weight=dense_weight(layer),
+                name=name,
+            )
+            use_learned_mask(layer, sampler)
+        elif settings.srste_decay is not None:
+            weight_parametrization(layer).decay = settings.srste_decay
+    calibrate_activations(model, splits.train_x)
+    steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
+    trainer = _MaskTrainer(model, applied, settings, steps, pad)
+    if settings.train.epochs > 0:
+        train(
+            model,
+            splits.train_x,
+            splits.train_y,
+            settings.train,
+            seed,
+            extra_loss=trainer.entropy,
+            on_epoch=trainer.on_epoch,
+            on_step=trainer.on_step,
+        )
+    return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
+
+
+def _metrics(model: nn.Module, policy: Policy, trainer: _MaskTrainer) -> dict[str, dict[str, float]]:
+    metrics = {}
+    for name, choice in policy:
+        layer = model.get_submodule(name)
+        row: dict[str, float] = {
+            "log10_mask_diversity": log10_mask_diversity(choice, dense_weight(layer).shape, name=name)
+        }
+        parametrization = weight_parametrization(layer)
+        if isinstance(parametrization, LearnedMaskedWeight):
+            row["confidence"] = parametrization.sampler.confidence()
+            row["diversity"] = parametrization.sampler.diversity()
+        if trainer.sads[name]:
+            row["sad"] = trainer.sads[name][-1]
+        metrics[name] = row
+    return metrics

@@ -1,0 +1,116 @@
+"""The finetune stage: every mask family applies, trains, and keeps its pattern's invariants."""
+
+import pytest
+import torch
+
+from rlprune.compress import bake, weight_parametrization
+from rlprune.data import Splits
+from rlprune.errors import ConfigError
+from rlprune.finetune import FinetuneSettings, finetune, finetune_policy
+from rlprune.layers import discover_layers
+from rlprune.masks import weight_view
+from rlprune.models import MNIST1DCNN
+from rlprune.policy import Choice, Pattern, Policy
+from rlprune.training import TrainSettings
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = MNIST1DCNN(channels=(8, 16, 16, 16), hidden=16).eval()
+    x, y = torch.randn(96, 1, 40), torch.randint(0, 10, (96,))
+    splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], num_classes=10)
+    layers = discover_layers(model, x)
+    policy = Policy.of(
+        {
+            layer.name: Choice(Pattern.KOFN_WEIGHT, max(1, layer.reduction // 2), layer.reduction, 8, 8)
+            for layer in layers
+        }
+    )
+    return model, splits, layers, policy
+
+
+def settings(**kwargs) -> FinetuneSettings:
+    return FinetuneSettings(train=TrainSettings(epochs=2, lr=1e-3, batch_size=32, weight_decay=0.0), **kwargs)
+
+
+def kept_per_row(weight: torch.Tensor) -> torch.Tensor:
+    return (weight.reshape(weight.shape[0], -1) != 0).sum(1)
+
+
+def test_policy_masks_survive_training_exactly(setup):
+    model, splits, layers, policy = setup
+    result = finetune(model, policy, layers, splits, settings(), seed=0)
+    baked = bake(result.model)
+    for name, choice in policy:
+        assert (kept_per_row(baked.get_submodule(name).weight) <= choice.keep).all()
+    assert all(m["log10_mask_diversity"] > 0 for m in result.metrics.values())
+
+
+def test_nm_recast_with_srste_refresh_keeps_n_of_m_and_logs_sad(setup):
+    model, splits, layers, policy = setup
+    result = finetune(
+        model, policy, layers, splits, settings(mask="nm", srste_decay=2e-4, refresh_steps=2), seed=0
+    )
+    assert result.kept == {"conv1": "shape 8x5 does not divide into 2:4 groups"}
+    assert all(result.metrics[name]["sad"] >= 0 for name, c in result.policy if c.pattern is Pattern.NM)
+    baked = bake(result.model)
+    for name, choice in result.policy:
+        if choice.pattern is Pattern.NM:
+            groups = weight_view(baked.get_submodule(name).weight.detach()).reshape(-1, 4)
+            assert ((groups != 0).sum(1) <= 2).all()
+
+
+def test_srste_lets_pruned_weights_move_and_plain_masking_does_not(setup):
+    model, splits, layers, policy = setup
+    for decay, moves in ((None, False), (2e-4, True)):
+        result = finetune(model, policy, layers, splits, settings(srste_decay=decay), seed=0)
+        layer = result.model.get_submodule("fc1")
+        mask = weight_parametrization(layer).mask
+        original = model.fc1.weight.detach()
+        changed = (layer.parametrizations.weight.original.detach() != original)[~mask]
+        assert bool(changed.any()) == moves
+
+
+def test_learned_masks_keep_exactly_k_and_report_dpp_metrics(setup):
+    model, splits, layers, policy = setup
+    result = finetune(model, policy, layers, splits, settings(mask="learned"), seed=0)
+    for name, choice in result.policy:
+        mask = weight_parametrization(result.model.get_submodule(name)).mask
+        assert (mask.reshape(mask.shape[0], -1).sum(1) == choice.keep).all()
+        assert 0.0 <= result.metrics[name]["confidence"] <= 1.0
+        assert 0.0 <= result.metrics[name]["diversity"] <= 1.0
+
+
+def test_gap_grows_and_prunes_back_to_target(setup):
+    model, splits, layers, policy = setup
+    tuned = settings(gap_partitions=2, gap_epochs_per_step=1, criterion="taylor")
+    tuned = FinetuneSettings(**{**tuned.__dict__, "train": TrainSettings(epochs=3, lr=1e-3, batch_size=32)})
+    result = finetune(model, policy, layers, splits, tuned, seed=0)
+    baked = bake(result.model)
+    for name, choice in policy:  # the final prune leaves every layer at its target
+        assert (kept_per_row(baked.get_submodule(name).weight) <= choice.keep).all()
+    assert any("sad" in m for m in result.metrics.values())
+
+
+def test_recast_keeps_density_and_bits(setup):
+    _, _, layers, policy = setup
+    recast, kept = finetune_policy(policy, layers, settings(mask="unstructured"))
+    assert not kept
+    for (_, old), (_, new) in zip(policy, recast, strict=True):
+        assert new.pattern is Pattern.UNSTRUCTURED and new.w_bits == old.w_bits
+        assert abs(new.density - old.density) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mask": "zigzag"}, "finetune.mask='zigzag' is unknown"),
+        ({"nm": (4, 4)}, "N:M needs 0 < N < M"),
+        ({"criterion": "vibes"}, "finetune.criterion='vibes'"),
+        ({"granularity": "row"}, "finetune.granularity='row'"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**kwargs)
