@@ -14,7 +14,7 @@ from rlprune.envs.evaluator import PolicyEvaluator
 from rlprune.envs.space import SearchSpace
 
 KINDS = ("conv1d", "conv2d", "linear")
-DYNAMIC_FEATURES = 8
+DYNAMIC_FEATURES = 6  # budget, spent, rest min/max, allowed share, fixed share; then the previous action
 
 
 def _log_share(values: list[float]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The Gymnasium environment ``rlprune/Prune-v0``: one step per searched layer.
 
 The action ``Box([-1, 1]^2)`` asks for a density (−1 the sparsest option of the layer, +1
-dense) and a bit-width (−1 the lowest the device runs, +1 the highest). The action wall
+dense) and a bit-width (−1 the lowest the device runs, +1 the highest); when several sparsity
+patterns are searched, a third entry picks the layer's pattern. The action wall
 (:meth:`SearchSpace.project`) turns the wish into the nearest option that keeps the episode
 within budget and uses it, so every finished episode is within budget and the reward, given at
 the last step, is about accuracy alone.
@@ -38,16 +39,17 @@ class PruneEnv(gym.Env):
         self.features = static_features(self.space, sensitivity)
         self.baseline_momentum = baseline_momentum
         self.baseline: float | None = None
-        size = self.features.shape[1] + DYNAMIC_FEATURES
+        self.action_size = 2 if len(self.space.patterns) == 1 else 3
+        size = self.features.shape[1] + DYNAMIC_FEATURES + self.action_size
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(size,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_size,), dtype=np.float32)
         self._start_episode()
 
     def _start_episode(self) -> None:
         self.layer = 0
         self.spent = 0.0
         self.picks: list[tuple[int, int]] = []
-        self.previous = np.zeros(2, dtype=np.float32)
+        self.previous = np.zeros(self.action_size, dtype=np.float32)
 
     def _observation(self) -> np.ndarray:
         space, t = self.space, min(self.layer, len(self.space) - 1)
@@ -77,14 +79,17 @@ class PruneEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Decide the current layer; the last step evaluates the policy and returns its reward."""
-        action = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_size), -1.0, 1.0)
         space, t = self.space, self.layer
         densities = [s.density for s in space.shapes[t]]
         sparsest = min(densities)
         want_density = sparsest + (action[0] + 1.0) / 2.0 * (1.0 - sparsest)
         want_bits = (action[1] + 1.0) / 2.0
         budget = space.absolute_budget(self.problem.budget)
-        pick = space.project(t, want_density, want_bits, self.spent, budget)
+        want_pattern = None
+        if self.action_size == 3:  # evenly spaced positions in [-1, 1], one per pattern
+            want_pattern = round((action[2] + 1.0) / 2.0 * (len(space.patterns) - 1))
+        pick = space.project(t, want_density, want_bits, self.spent, budget, want_pattern)
         self.picks.append(pick)
         self.spent += float(space.latency[t][pick])
         self.previous = action

@@ -80,7 +80,8 @@ class SearchSpace:
         latency: per layer, an array ``[len(shapes), len(bits)]`` of seconds.
         fixed_latency: seconds of the layers that are not searched (kept at reference precision).
         dense_latency: seconds of the whole network, dense at the device's reference precision.
-        skipped: layers that cannot take the pattern and stay dense, with the reason.
+        skipped: layers that cannot take a searched pattern, with the reason.
+        patterns: the searched patterns; with more than one, each layer picks its own.
     """
 
     layers: list[LayerInfo]
@@ -90,6 +91,7 @@ class SearchSpace:
     fixed_latency: float
     dense_latency: float
     skipped: dict[str, str]
+    patterns: tuple[Pattern, ...]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -145,7 +147,13 @@ class SearchSpace:
         return self.relative(float(sum(self.latency[i][s, b] for i, (s, b) in enumerate(picks))))
 
     def project(
-        self, layer: int, want_density: float, want_bits: float, spent: float, budget: float
+        self,
+        layer: int,
+        want_density: float,
+        want_bits: float,
+        spent: float,
+        budget: float,
+        want_pattern: int | None = None,
     ) -> tuple[int, int]:
         """The action wall: the option nearest to the wish that keeps the episode within budget.
 
@@ -155,6 +163,8 @@ class SearchSpace:
             want_bits: desired position in the bits list, in [0, 1].
             spent: seconds already spent by earlier layers.
             budget: seconds the searched layers may spend in all.
+            want_pattern: index into ``patterns`` of the wished pattern, when several are searched;
+                an option of another pattern is one unit further from the wish (dense matches all).
 
         The option must leave the later layers room for their cheapest choices (so the
         episode ends within budget) and should leave them no more than their dearest choices
@@ -167,6 +177,10 @@ class SearchSpace:
         densities = np.array([s.density for s in self.shapes[layer]])
         bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
         distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
+        if want_pattern is not None:
+            wanted = self.patterns[want_pattern]
+            other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[layer]]
+            distance = distance + np.array(other, dtype=float)[:, None]
         slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
         feasible = table <= upper + slack
         in_band = feasible & (table >= lower - slack)
@@ -186,7 +200,7 @@ def build_space(
     all_layers: Sequence[LayerInfo],
     searched: Sequence[LayerInfo],
     hardware: LatencyModel,
-    pattern: str,
+    pattern: str | Sequence[str],
     bits: Sequence[int] | None,
     levels: int,
     min_density: float,
@@ -197,21 +211,17 @@ def build_space(
     Raises:
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
     """
-    try:
-        pat = Pattern(pattern)
-    except ValueError:
-        raise ConfigError(
-            f"unknown search.pattern {pattern!r}; valid: {[p.value for p in SEARCHABLE_PATTERNS]}"
-        ) from None
-    if pat not in SEARCHABLE_PATTERNS:
-        raise ConfigError(
-            f"search.pattern={pattern} is not searchable; valid: {[p.value for p in SEARCHABLE_PATTERNS]}"
-        )
-    if pat not in hardware.patterns:
-        raise ConfigError(
-            f"hardware {hardware.name} cannot run pattern {pat.value}; "
-            f"it runs {[p.value for p in hardware.patterns]}"
-        )
+    names = [pattern] if isinstance(pattern, str) else list(pattern)
+    valid = [p.value for p in SEARCHABLE_PATTERNS]
+    if not names or any(name not in valid for name in names):
+        raise ConfigError(f"unknown search.pattern {pattern!r}; valid: {valid}, or a list of them")
+    patterns = tuple(dict.fromkeys(Pattern(name) for name in names))
+    for pat in patterns:
+        if pat not in hardware.patterns:
+            raise ConfigError(
+                f"hardware {hardware.name} cannot run pattern {pat.value}; "
+                f"it runs {[p.value for p in hardware.patterns]}"
+            )
     if not 0.0 < min_density <= 1.0:
         raise ConfigError(f"search.min_density must be in (0, 1], got {min_density}")
     if levels < 2:
@@ -227,16 +237,22 @@ def build_space(
     for n, m in nm:
         if not 0 < n < m:
             raise ConfigError(f"search.nm_options: N:M must have 0 < N < M, got {n}:{m}")
-    if pat in (Pattern.NM, Pattern.NM_TRANSPOSABLE) and not nm:
+    if {Pattern.NM, Pattern.NM_TRANSPOSABLE} & set(patterns) and not nm:
         raise ConfigError(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
 
     shapes, latency, skipped = [], [], {}
     for layer in searched:
-        layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
-        if reason:
-            skipped[layer.name] = reason
+        options, reasons = {Shape(Pattern.DENSE, 1, 1)}, []
+        for pat in patterns:
+            layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
+            options.update(layer_opts)
+            if reason:
+                reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")
+        if reasons:
+            skipped[layer.name] = "; ".join(reasons)
+        layer_opts = sorted(options, key=lambda s: (s.density, s.pattern.value, s.keep))
         shapes.append(layer_opts)
         latency.append(
             np.array([[hardware.latency(layer, s.choice(b)) for b in chosen_bits] for s in layer_opts])
@@ -245,4 +261,6 @@ def build_space(
     searched_names = {lay.name for lay in searched}
     fixed = sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names)
     dense = sum(hardware.latency(lay, reference) for lay in all_layers)
-    return SearchSpace(list(searched), shapes, chosen_bits, latency, float(fixed), float(dense), skipped)
+    return SearchSpace(
+        list(searched), shapes, chosen_bits, latency, float(fixed), float(dense), skipped, patterns
+    )

@@ -31,7 +31,7 @@ def compose_config(*overrides: str) -> DictConfig:
 def make_env(
     budget: float = 0.5,
     evaluations: int = 1000,
-    pattern: str = "nm",
+    pattern: str | list[str] = "nm",
     hardware: str = "a100",
     samples: int = 64,
 ) -> PruneEnv:

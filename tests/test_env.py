@@ -81,3 +81,17 @@ def test_infeasible_and_out_of_range_budgets_are_refused():
 def test_layers_that_cannot_take_nm_are_skipped_with_a_reason(env):
     assert "conv1" in env.space.skipped  # reduction length 1*5 is not a multiple of 4
     assert [s.pattern.value for s in env.space.shapes[0]] == ["dense"]
+
+
+def test_several_patterns_add_a_pattern_action_and_each_layer_picks_its_own():
+    env = make_env(budget=0.6, pattern=["nm", "kofn_weight"], samples=16)
+    assert env.action_space.shape == (3,)
+    assert [p.value for p in env.space.patterns] == ["nm", "kofn_weight"]
+    gym_check_env(env, skip_render_check=True)
+    picked = set()
+    for wish in (-1.0, 1.0):  # -1 asks for the first pattern, +1 for the last
+        actions = np.tile(np.array([-0.2, 1.0, wish], dtype=np.float32), (len(env.space), 1))
+        info = play(env, actions)
+        assert info["outcome"].latency <= 0.6 + 1e-9
+        picked |= {choice.pattern.value for _, choice in info["outcome"].policy}
+    assert {"nm", "kofn_weight"} <= picked
