@@ -10,15 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from rlprune.agents.baselines import RandomSearch, UniformSearch
+from rlprune.agents.baselines import GreedySearch, RandomSearch, TPESearch, UniformSearch
 from rlprune.agents.sb3 import ALGORITHMS, SB3Search
 from rlprune.envs.prune_env import PruneEnv
 
 from rlprune.errors import ConfigError
 
-__all__ = ["SEARCHERS", "RandomSearch", "SB3Search", "Searcher", "UniformSearch", "make_searcher"]
+__all__ = [
+    "SEARCHERS",
+    "GreedySearch",
+    "RandomSearch",
+    "SB3Search",
+    "Searcher",
+    "TPESearch",
+    "UniformSearch",
+    "make_searcher",
+]
 
-BASELINES = {"uniform": UniformSearch, "random": RandomSearch}
+BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedySearch, "tpe": TPESearch}
 SEARCHERS = sorted([*ALGORITHMS, *BASELINES])
 
 

@@ -5,7 +5,7 @@ from rlprune.errors import ConfigError
 from tests.support import compose_config, make_env
 
 
-@pytest.mark.parametrize("name", ["ppo", "a2c", "sac", "td3", "ddpg", "random"])
+@pytest.mark.parametrize("name", ["ppo", "a2c", "sac", "td3", "ddpg", "random", "tpe"])
 def test_every_searcher_spends_exactly_its_evaluations(name):
     from omegaconf import OmegaConf
 
@@ -31,7 +31,16 @@ def test_uniform_gives_every_layer_the_same_bits_and_nearest_density():
         assert max(densities) - min(densities) <= 0.2  # one common density, rounded per layer
 
 
+def test_greedy_descends_to_the_budget_within_its_evaluations():
+    env = make_env(budget=0.4, evaluations=400, pattern="kofn_weight", samples=16)
+    make_searcher({"name": "greedy"}).search(env, seed=0)
+    assert 1 < env.problem.used <= 400
+    assert env.problem.best is not None and env.problem.best.latency <= 0.4 + 1e-9
+    # the first evaluation is the dense policy at the highest bit-width
+    assert env.problem.history[0].latency == pytest.approx(1.0)
+
+
 def test_unknown_agent_names_the_valid_ones():
     with pytest.raises(ConfigError, match="unknown agent 'alphazero'; valid:"):
         make_searcher({"name": "alphazero"})
-    assert {"ppo", "sac", "td3", "ddpg", "a2c", "uniform", "random"} <= set(SEARCHERS)
+    assert {"ppo", "sac", "td3", "ddpg", "a2c", "uniform", "random", "greedy", "tpe"} <= set(SEARCHERS)
