@@ -7,4 +7,5 @@ Figures are compared side by side within one run, because these machines are sha
 BENCHMARKS = {
     "search": "rlprune.bench.search",
     "masks": "rlprune.bench.masks",
+    "latency": "rlprune.bench.latency",
 }

@@ -8,7 +8,9 @@ Every model implements :class:`LatencyModel`; pick one with ``hardware=<name>`` 
   accelerates;
 * :class:`BitFusionModel` (``bitfusion``): a bit-flexible accelerator, cycle formula from
   Sharma et al. (ISCA 2018);
-* :class:`BopsModel` (``bops``): the bit-operations proxy.
+* :class:`BopsModel` (``bops``): the bit-operations proxy;
+* :class:`MeasuredModel` (``local_cpu``): a lookup table measured on this CPU with
+  ``torch.utils.benchmark``, cached per CPU model, torch version and thread count.
 """
 
 from rlprune.hardware.base import LatencyModel, network_latency
@@ -23,6 +25,7 @@ from rlprune.hardware.factory import (
     load_latency_model,
     register_latency_model,
 )
+from rlprune.hardware.measured import MeasuredModel
 from rlprune.hardware.profile import SOURCE_KINDS, DeviceProfile, NMOption, SparseKernel
 from rlprune.hardware.roofline import RooflineModel, RooflineTerms
 from rlprune.hardware.storage import log2_binomial_bits, weight_storage_bits
@@ -35,6 +38,7 @@ __all__ = [
     "BopsProfile",
     "DeviceProfile",
     "LatencyModel",
+    "MeasuredModel",
     "NMOption",
     "RooflineModel",
     "RooflineTerms",

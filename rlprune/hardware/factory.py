@@ -19,6 +19,7 @@ from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.bitfusion import BitFusionModel
 from rlprune.hardware.bops import BopsModel
+from rlprune.hardware.measured import MeasuredModel
 from rlprune.hardware.roofline import RooflineModel
 
 Builder = Callable[[Mapping[str, Any], str], LatencyModel]
@@ -27,6 +28,7 @@ _BUILDERS: dict[str, Builder] = {
     "roofline": RooflineModel.from_config,
     "bitfusion": BitFusionModel.from_config,
     "bops": BopsModel.from_config,
+    "measured": MeasuredModel.from_config,
 }
 
 

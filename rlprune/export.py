@@ -1,0 +1,192 @@
+"""Export a policy to a physically smaller (or int8) network that runs faster on a CPU.
+
+* :func:`export_filter_pruned`: every layer whose choice is ``Pattern.FILTER`` keeps
+  ``choice.keep`` of its output channels, the filters with the largest L1 norm; the channels
+  are removed for real with Torch-Pruning's dependency graph, so coupled layers follow (the
+  next layer's input channels, batch norms, the layers tied by residual adds, depthwise
+  convolutions).
+  - **Coupled requests** (two requested layers in one group, as the convolutions that feed
+    the same residual add): the group follows the *first listed* layer of the policy, with
+    indices by that layer's own L1 norms; later requests on an already pruned group are
+    ignored (:func:`export_filter_pruned` logs them).
+  - The final classifier's outputs are never pruned (:class:`ConfigError`).
+* :func:`effective_layers`: the :class:`LayerInfo` of the layers after export (fewer
+  output and input channels), so a latency model can cost a filter-pruned network. Cost them
+  with a dense choice at the layer's bits: the filter pruning is already in their shapes.
+* :func:`export_int8`: post-training static int8 quantization (FX graph mode, x86/fbgemm
+  engine, a few calibration batches; batch norm and ReLU are fused into the int8 convs).
+* :func:`fold_batch_norms`: a float deploy copy with every batch norm folded into the conv
+  before it (what an inference runtime does), for timing float exports fairly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from rlprune.errors import ConfigError, ModelError
+from rlprune.layers import LayerInfo, discover_layers
+from rlprune.policy import Pattern, Policy
+
+log = logging.getLogger(__name__)
+
+
+def _classifier_name(model: nn.Module, example: torch.Tensor) -> str:
+    """The last prunable layer in forward order: the network's output layer."""
+    return discover_layers(model, example)[-1].name
+
+
+def _smallest_l1(weight: torch.Tensor, keep: int) -> list[int]:
+    """Indices of the ``out - keep`` output channels with the smallest L1 norm (ties: lower index)."""
+    norms = weight.detach().abs().flatten(1).sum(1)
+    order = sorted(range(len(norms)), key=lambda i: (float(norms[i]), i))
+    return sorted(order[: len(norms) - keep])
+
+
+def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
+    """A physically smaller copy of ``model`` with the policy's filter pruning applied.
+
+    Args:
+        model: the network (unchanged; a deep copy is pruned). Weight parametrizations from
+            :mod:`rlprune.compress` must be removed first.
+        policy: per layer a choice; only ``Pattern.FILTER`` choices prune (``keep`` of
+            ``group = out_channels`` filters kept). Other patterns are ignored here.
+        example: an input batch, for tracing the dependency graph.
+
+    Raises:
+        ConfigError: a filter choice on the final classifier, on an unknown layer, or with a
+            group that is not the layer's ``out_channels``.
+    """
+    import torch_pruning as tp
+
+    pruned = copy.deepcopy(model).eval()
+    classifier = _classifier_name(pruned, example)
+    requests = [(name, c) for name, c in policy if c.pattern is Pattern.FILTER]
+    modules = dict(pruned.named_modules())
+    for name, choice in requests:
+        module = modules.get(name)
+        if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+            raise ConfigError(
+                f"filter choice for '{name}': the model has no Conv1d/Conv2d/Linear of that name"
+            )
+        out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        if choice.group != out:
+            raise ConfigError(
+                f"filter choice {choice.keep}:{choice.group} on layer '{name}' must have "
+                f"group = out_channels = {out}"
+            )
+        if name == classifier and choice.keep < choice.group:
+            raise ConfigError(
+                f"layer '{name}' is the final classifier: its {out} outputs are the classes and cannot be "
+                "filter-pruned; exclude it from filter pruning (layers.exclude_last=true)"
+            )
+    if not any(c.keep < c.group for _, c in requests):
+        return pruned
+    # Rank filters on the original weights, before upstream pruning shrinks their inputs, so the
+    # choice of filters does not depend on the order of the policy.
+    drop = {name: _smallest_l1(modules[name].weight, choice.keep) for name, choice in requests}
+    with torch.enable_grad():  # the graph is traced through autograd
+        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example[:1])
+    done: set[nn.Module] = set()
+    for name, _choice in requests:
+        module = modules[name]
+        if module in done:
+            log.info("filter choice for '%s' ignored: coupled with an earlier layer of the policy", name)
+            continue
+        is_linear = isinstance(module, nn.Linear)
+        fn = tp.prune_linear_out_channels if is_linear else tp.prune_conv_out_channels
+        idxs = drop[name]
+        group = graph.get_pruning_group(module, fn, idxs=idxs)
+        coupled = {dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)}
+        if not idxs:
+            done |= coupled
+            continue
+        if not graph.check_pruning_group(group):
+            raise ModelError(f"filter choice for '{name}' would remove every channel of a coupled layer")
+        with torch.no_grad():
+            group.prune()
+        done |= coupled
+    return pruned
+
+
+def effective_layers(
+    model: nn.Module, layers: Sequence[LayerInfo], policy: Policy, example: torch.Tensor
+) -> list[LayerInfo]:
+    """The ``LayerInfo`` of each of ``layers`` in the filter-pruned export, in the same order.
+
+    Output channels shrink where the policy (or a coupled layer) prunes filters, input
+    channels where an upstream layer does, so the reductions of the next layers are smaller
+    too. Cost them with a dense choice at each layer's bits.
+    """
+    exported = export_filter_pruned(model, policy, example)
+    found = {info.name: info for info in discover_layers(exported, example)}
+    missing = [layer.name for layer in layers if layer.name not in found]
+    if missing:
+        raise ModelError(f"layers {missing} are not on the exported model's forward path")
+    return [found[layer.name] for layer in layers]
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """A float copy for inference with every ``conv -> batch norm`` pair folded into the conv."""
+    from torch.fx.experimental.optimization import fuse
+
+    copy_ = copy.deepcopy(model).eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in copy_.modules()):
+        return copy_
+    return fuse(copy_)
+
+
+def int8_supported() -> str | None:
+    """The torch.ao engine that quantizes Linear/Conv on this CPU (x86 or fbgemm), or None."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm") if e in engines), None)
+
+
+def export_int8(
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[torch.Tensor] | None = None
+) -> nn.Module:
+    """Post-training static int8 quantization (FX graph mode) of ``model`` for this CPU.
+
+    Weights are per-channel qint8, activations per-tensor quint8 with ranges from the
+    calibration batches (default: 4 batches of 16 standard-normal samples shaped like
+    ``example``). Conv + batch norm + ReLU are fused into one int8 op.
+
+    Raises:
+        ModelError: when this CPU has no int8 engine or the model cannot be traced/quantized.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    engine = int8_supported()
+    if engine is None:
+        raise ModelError(
+            f"no int8 engine for Linear/Conv on this CPU (torch.ao engines: "
+            f"{torch.backends.quantized.supported_engines}); run the model in float"
+        )
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            float_model = copy.deepcopy(model).eval()
+            try:
+                prepared = prepare_fx(float_model, get_default_qconfig_mapping(engine), (example[:1],))
+                gen = torch.Generator().manual_seed(0)
+                batches = calibration or [
+                    torch.randn((16, *example.shape[1:]), generator=gen) for _ in range(4)
+                ]
+                with torch.no_grad():
+                    for batch in batches:
+                        prepared(batch)
+                return convert_fx(prepared)
+            except Exception as exc:  # tracing or a missing quantized op
+                raise ModelError(
+                    f"{type(model).__name__} cannot be quantized to int8 with torch.ao FX ({engine}): {exc}"
+                ) from exc
+    finally:
+        torch.backends.quantized.engine = previous

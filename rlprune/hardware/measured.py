@@ -1,0 +1,513 @@
+"""A latency lookup table measured on the machine at hand (ALGORITHMS.md, "Measured lookup table").
+
+``latency(layer, choice)`` is the median time of one batch of ``batch_size`` samples through
+the layer's op on this CPU, timed with :mod:`torch.utils.benchmark` at a fixed thread count.
+
+What is measured, and what is not:
+
+* Only what changes CPU time in PyTorch is measured: dense FP32 (``32`` bits), INT8 (``8``
+  bits, ``torch.ao`` quantized Linear / Conv1d / Conv2d on the x86/fbgemm engine, quantized
+  input, per-channel qint8 weights, as a deployed int8 layer runs between other int8 layers),
+  and fewer channels (filter pruning runs the smaller dense layer
+  ``layer.with_channels(in, keep)``; upstream pruning is the caller's adjusted ``LayerInfo``).
+  Where an op has no int8 kernel on this machine it is costed at FP32 (see
+  :attr:`MeasuredModel.int8_fallbacks`).
+* Shape-keeping sparse patterns (k-of-n, N:M, unstructured) run dense in PyTorch on a CPU:
+  they cost the same as dense at their bits, and ``nm_options`` is empty.
+* The op is followed by its ``epilogue`` (``relu``: an elementwise ReLU on the output, fused
+  into the int8 kernel as a deployed ``ConvReLU``/``LinearReLU`` is; ``none``: the op alone).
+  Every hidden layer of the zoo is followed by an activation, whose cost scales with the
+  layer's output and so belongs to the layer. Batch norm is assumed folded (deploy).
+* Channel counts are measured on a grid (multiples of ``channel_step``) and interpolated
+  bilinearly in ``(c_in, c_out)`` between the four neighbouring grid points; a count below
+  ``channel_step`` is measured as it is. Depthwise convolutions interpolate along ``c``;
+  other grouped convolutions are measured exactly. Every other dimension (kernel, stride,
+  padding, spatial size, batch) is part of the table's key.
+
+Measurements are cached as JSON in ``cache_dir/latency/``, keyed by CPU model, torch version
+and thread count (one file per key, with a SHA-256 checksum over key and entries). A corrupt,
+truncated or foreign (other key) file is ignored and rebuilt. Given the cache contents the
+model is deterministic; a shape not in the cache is measured on first use (or in a batch with
+:meth:`MeasuredModel.prefetch`, with a progress bar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from rlprune.errors import ConfigError
+from rlprune.hardware.base import LatencyModel
+from rlprune.hardware.profile import ConfigReader, read_common
+from rlprune.io import write_json_atomic
+from rlprune.layers import LayerInfo
+from rlprune.policy import FLOAT_BITS, Choice, Pattern
+
+log = logging.getLogger(__name__)
+
+MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "min_run_time", "warmup")
+CACHE_FORMAT = 1
+EPILOGUES = ("relu", "none")
+INT8_ENGINES = ("x86", "fbgemm")
+
+
+def default_cache_dir() -> str:
+    """The root config's default: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``."""
+    return os.environ.get("RLPRUNE_CACHE") or str(Path(os.environ.get("HOME", ".")) / ".cache" / "rlprune")
+
+
+def _cache_dir_resolver(*, _parent_: Any, _root_: Any) -> str:
+    # ``${rlprune.cache_dir:}`` in conf/hardware/local_cpu.yaml: the root config's ``cache_dir``
+    # when the file is composed into the full config (hardware=local_cpu), the default cache
+    # when the file is loaded on its own (a plain ``${cache_dir}`` would point at itself there).
+    if _parent_._get_parent() is not None:
+        value = OmegaConf.select(_root_, "cache_dir", default=None)
+        if value is not None:
+            return str(value)
+    return default_cache_dir()
+
+
+if not OmegaConf.has_resolver("rlprune.cache_dir"):
+    OmegaConf.register_new_resolver("rlprune.cache_dir", _cache_dir_resolver)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or ``platform.processor()`` elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def int8_engine() -> str | None:
+    """The quantized engine that runs int8 Linear/Conv on this CPU (x86 or fbgemm), or None."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in INT8_ENGINES if e in engines), None)
+
+
+def _grid(c: int, step: int) -> list[tuple[int, float]]:
+    """Grid points around ``c`` and their linear weights (one point when ``c`` is on the grid)."""
+    if c % step == 0 or c < step:
+        return [(c, 1.0)]
+    low = c // step * step
+    w = (c - low) / step
+    return [(low, 1.0 - w), (low + step, w)]
+
+
+def _padding(kind: str, layer: LayerInfo) -> tuple[int, ...]:
+    """The smallest padding per spatial dim that turns the layer's input size into its output size."""
+    pads = []
+    for size_in, size_out, k, s in zip(
+        layer.in_shape[1:], layer.out_shape[1:], layer.kernel_size, layer.stride, strict=True
+    ):
+        for p in range(k + 1):
+            if (size_in + 2 * p - k) // s + 1 == size_out:
+                pads.append(p)
+                break
+        else:
+            raise ConfigError(
+                f"layer '{layer.name}': cannot reproduce output size {size_out} from input {size_in} "
+                f"with kernel {k}, stride {s} (dilation is not supported by the measured table)"
+            )
+    return tuple(pads)
+
+
+class MeasuredModel(LatencyModel):
+    """Seconds per batch measured on this CPU, interpolated from a cached grid of channel counts.
+
+    Attributes:
+        threads: torch threads during timing (set only while timing, restored after).
+        channel_step: grid spacing of channel counts.
+        min_run_time: seconds of timing per measurement (``blocked_autorange``).
+        warmup: untimed calls before each measurement.
+        epilogue: ``relu`` or ``none``: what follows the op in the timed statement.
+        cache_dir: folder holding ``latency/<name>-<key>.json``.
+        measurements: how many measurements this instance has taken (cache misses).
+        int8_fallbacks: entry keys whose int8 op had no kernel here and were timed at FP32.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "local_cpu",
+        description: str = "",
+        batch_size: int = 1,
+        bits: Sequence[int] = (8, 32),
+        reference_bits: int = FLOAT_BITS,
+        threads: int = 1,
+        channel_step: int = 8,
+        min_run_time: float = 0.1,
+        warmup: int = 10,
+        epilogue: str = "relu",
+        cache_dir: str | os.PathLike[str] | None = None,
+        patterns: Sequence[Pattern | str] = tuple(Pattern),
+        progress: bool = True,
+        sources: Mapping[str, str] | None = None,
+    ) -> None:
+        if reference_bits != FLOAT_BITS:
+            raise ConfigError(f"hardware '{name}': reference_bits must be 32 (FP32 on a CPU)")
+        bad = [b for b in bits if b not in (8, FLOAT_BITS)]
+        if bad:
+            raise ConfigError(
+                f"hardware '{name}': bits {list(bits)}: only 8 (int8, torch.ao) and 32 (float) change "
+                "CPU time in PyTorch; drop the others"
+            )
+        if epilogue not in EPILOGUES:
+            raise ConfigError(
+                f"hardware '{name}': epilogue must be one of {list(EPILOGUES)}, got {epilogue!r}"
+            )
+        super().__init__(
+            name=name,
+            batch_size=batch_size,
+            bits=bits,
+            reference_bits=reference_bits,
+            nm_options=(),
+            patterns=patterns,
+        )
+        self.description = description
+        self.threads = int(threads)
+        self.channel_step = int(channel_step)
+        self.min_run_time = float(min_run_time)
+        self.warmup = int(warmup)
+        self.epilogue = epilogue
+        self.progress = progress
+        self.sources = dict(sources or {})
+        self.cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+        self.engine = int8_engine()
+        self.key = {
+            "cpu": cpu_model(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "threads": self.threads,
+        }
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        self.cache_path = self.cache_dir / "latency" / f"{name}-{digest}.json"
+        self.measurements = 0
+        self.int8_fallbacks: set[str] = set()
+        self._table: dict[str, float] = self._load()
+
+    # -- config --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], where: str = "hardware config") -> MeasuredModel:
+        """Build from a ``model: measured`` config node (plain data).
+
+        ``cache_dir`` may be absent, null or an unresolved ``${...}`` string (a YAML file read
+        without OmegaConf): the default cache (``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``) is used.
+        """
+        reader = ConfigReader(cfg, where)
+        reader.raw("model")
+        name, batch_size, reference, bits = read_common(reader)
+        description = reader.string("description", name)
+        threads = reader.integer("threads", minimum=1)
+        step = reader.integer("channel_step", minimum=1)
+        min_run_time = reader.number("min_run_time", positive=True)
+        warmup = reader.integer("warmup", 10, minimum=0)
+        epilogue = reader.string("epilogue", "relu")
+        if epilogue not in EPILOGUES:
+            raise reader.error("epilogue", f"one of {list(EPILOGUES)}", epilogue)
+        cache_dir = reader.raw("cache_dir", None)
+        if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
+            raise reader.error("cache_dir", "a folder path", cache_dir)
+        if isinstance(cache_dir, str) and ("${" in cache_dir or not cache_dir.strip()):
+            cache_dir = None
+        patterns = reader.patterns("patterns", [p.value for p in Pattern])
+        nm_raw = reader.raw("nm_options", [], "an empty list (no N:M kernels on a CPU in PyTorch)")
+        if nm_raw:
+            raise reader.error("nm_options", "an empty list: PyTorch on a CPU runs N:M masks dense", nm_raw)
+        progress = reader.raw("progress", True)
+        if not isinstance(progress, bool):
+            raise reader.error("progress", "true or false", progress)
+        sources = reader.sources(MEASURED_NUMBERS)
+        reader.finish()
+        if bits != tuple(sorted(set(bits) & {8, FLOAT_BITS})):
+            raise reader.error("bits", "a subset of [8, 32] (int8 and float are what a CPU runs)", list(bits))
+        return cls(
+            name=name,
+            description=description,
+            batch_size=batch_size,
+            bits=bits,
+            reference_bits=reference,
+            threads=threads,
+            channel_step=step,
+            min_run_time=min_run_time,
+            warmup=warmup,
+            epilogue=epilogue,
+            cache_dir=cache_dir,
+            patterns=patterns,
+            progress=progress,
+            sources=sources,
+        )
+
+    # -- the lookup ----------------------------------------------------------------------------
+
+    def _latency(self, layer: LayerInfo, choice: Choice) -> float:
+        points = self.grid_points(layer, choice)
+        missing = [spec for spec, _ in points if spec["key"] not in self._table]
+        if missing:
+            self._measure_all(missing, progress=False)
+        return float(sum(w * self._table[spec["key"]] for spec, w in points))
+
+    def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
+        """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""
+        if choice.pattern is Pattern.FILTER:
+            layer = layer.with_channels(layer.in_channels, choice.keep)
+        bits = 8 if max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8 else 32
+        step = self.channel_step
+        depthwise = layer.kind != "linear" and layer.groups > 1 and layer.groups == layer.in_channels
+        if depthwise and layer.out_channels == layer.in_channels:
+            corners = [((c, c), w) for c, w in _grid(layer.in_channels, step)]
+        elif layer.groups > 1:
+            corners = [((layer.in_channels, layer.out_channels), 1.0)]
+        else:
+            corners = [
+                ((ci, co), wi * wo)
+                for ci, wi in _grid(layer.in_channels, step)
+                for co, wo in _grid(layer.out_channels, step)
+            ]
+        return [(self._spec(layer, ci, co, bits), w) for (ci, co), w in corners if w > 0]
+
+    def _spec(self, layer: LayerInfo, c_in: int, c_out: int, bits: int) -> dict[str, Any]:
+        """What to time for one grid point: everything that builds the op, and its table key."""
+        kind = layer.kind
+        if kind == "linear":
+            lead, padding, groups = tuple(layer.in_shape[:-1]), (), 1
+            spatial = lead
+        else:
+            padding = _padding(kind, layer)
+            depthwise = layer.groups > 1 and layer.groups == layer.in_channels
+            groups = c_in if depthwise else layer.groups
+            spatial = tuple(layer.in_shape[1:])
+        spec = {
+            "kind": kind,
+            "c_in": c_in,
+            "c_out": c_out,
+            "kernel": list(layer.kernel_size),
+            "stride": list(layer.stride),
+            "padding": list(padding),
+            "groups": groups,
+            "spatial": list(spatial),
+            "bias": layer.has_bias,
+            "bits": bits,
+            "batch": self.batch_size,
+            "epilogue": self.epilogue,
+        }
+        spec["key"] = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        return spec
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    def prefetch(
+        self,
+        layers: Iterable[LayerInfo],
+        choices: Iterable[Choice] | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> int:
+        """Measure every grid entry that ``latency(layer, choice)`` needs and is not cached yet.
+
+        Args:
+            layers: the layers (already adjusted for upstream filter pruning).
+            choices: the choices to cover for every layer; ``None``: dense at every bit-width.
+            progress: show a tqdm bar (default: the config's ``progress``).
+
+        Returns:
+            The number of measurements taken.
+        """
+        choices = (
+            list(choices) if choices is not None else [Choice(Pattern.DENSE, 1, 1, b, b) for b in self.bits]
+        )
+        needed: dict[str, dict[str, Any]] = {}
+        for layer in layers:
+            for choice in choices:
+                if not self.supports(layer, choice):
+                    continue
+                for spec, _ in self.grid_points(layer, choice):
+                    if spec["key"] not in self._table:
+                        needed.setdefault(spec["key"], spec)
+        self._measure_all(list(needed.values()), progress=self.progress if progress is None else progress)
+        return len(needed)
+
+    def _measure_all(self, specs: list[dict[str, Any]], *, progress: bool) -> None:
+        if not specs:
+            return
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(specs), desc=f"measuring {self.name}", unit="op", leave=False)
+        try:
+            for spec in specs:
+                self._table[spec["key"]] = float(self._time(spec))
+                self.measurements += 1
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+            self._save()
+
+    @contextlib.contextmanager
+    def _timing_context(self) -> Iterator[None]:
+        threads = torch.get_num_threads()
+        engine = torch.backends.quantized.engine
+        torch.set_num_threads(self.threads)
+        try:
+            if self.engine is not None:
+                torch.backends.quantized.engine = self.engine
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+            torch.backends.quantized.engine = engine
+
+    def _build(self, spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+        """The op and an input batch for one grid entry (float or int8)."""
+        gen = torch.Generator().manual_seed(0)
+        kind, c_in, c_out = spec["kind"], spec["c_in"], spec["c_out"]
+        shape = (
+            (self.batch_size, *spec["spatial"], c_in)
+            if kind == "linear"
+            else (self.batch_size, c_in, *spec["spatial"])
+        )
+        x = torch.randn(shape, generator=gen)
+        if kind == "linear":
+            op: nn.Module = nn.Linear(c_in, c_out, bias=spec["bias"])
+        else:
+            conv = nn.Conv1d if kind == "conv1d" else nn.Conv2d
+            op = conv(
+                c_in,
+                c_out,
+                tuple(spec["kernel"]),
+                stride=tuple(spec["stride"]),
+                padding=tuple(spec["padding"]),
+                groups=spec["groups"],
+                bias=spec["bias"],
+            )
+        op.eval()
+        relu = spec["epilogue"] == "relu"
+        if spec["bits"] == 8:
+            if self.engine is None:
+                self.int8_fallbacks.add(spec["key"])
+            else:
+                try:
+                    return _int8_op(op, kind, relu), torch.quantize_per_tensor(x, 0.05, 64, torch.quint8)
+                except (RuntimeError, NotImplementedError, AttributeError, AssertionError) as exc:
+                    warnings.warn(f"no int8 kernel for {kind} here ({exc}); costing it at FP32", stacklevel=2)
+                    self.int8_fallbacks.add(spec["key"])
+        return (nn.Sequential(op, nn.ReLU()) if relu else op), x
+
+    def _time(self, spec: dict[str, Any]) -> float:
+        """Median seconds of one batch through the grid entry's op (torch.utils.benchmark)."""
+        from torch.utils.benchmark import Timer
+
+        with self._timing_context(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
+            op, x = self._build(spec)
+            op(x)  # int8 kernels pack weights lazily on the first call
+            for _ in range(self.warmup):
+                op(x)
+            timer = Timer("op(x)", globals={"op": op, "x": x}, num_threads=self.threads)
+            return float(timer.blocked_autorange(min_run_time=self.min_run_time).median)
+
+    # -- the cache file ------------------------------------------------------------------------
+
+    @staticmethod
+    def _checksum(key: Mapping[str, Any], entries: Mapping[str, float]) -> str:
+        body = json.dumps({"key": key, "entries": entries}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def _read(self) -> dict[str, float] | None:
+        """The entries of the cache file, or None when it is absent, corrupt or for another key."""
+        path = self.cache_path
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            ok = (
+                isinstance(data, dict)
+                and data.get("format") == CACHE_FORMAT
+                and data.get("key") == self.key
+                and isinstance(data.get("entries"), dict)
+                and data.get("checksum") == self._checksum(data["key"], data["entries"])
+            )
+            entries = data["entries"] if ok else {}
+            ok = ok and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in entries.values())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            log.warning("latency cache %s is corrupt or for another machine; it will be rebuilt", path)
+            return None
+        return dict(entries)
+
+    def _load(self) -> dict[str, float]:
+        return self._read() or {}
+
+    def _save(self) -> None:
+        on_disk = self._read() or {}  # another process may have added entries meanwhile
+        entries = {**on_disk, **self._table}
+        self._table = entries
+        write_json_atomic(
+            self.cache_path,
+            {
+                "format": CACHE_FORMAT,
+                "key": self.key,
+                "checksum": self._checksum(self.key, entries),
+                "entries": entries,
+            },
+        )
+
+    @property
+    def table(self) -> dict[str, float]:
+        """A copy of the measured entries (key -> seconds)."""
+        return dict(self._table)
+
+
+def _int8_op(op: nn.Module, kind: str, relu: bool) -> nn.Module:
+    """The deployed int8 version of a float Linear/Conv (per-channel qint8 weights), ReLU fused."""
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.quantized as nnq
+
+    w = op.weight.detach()
+    scales = w.abs().flatten(1).amax(1).clamp_min(1e-8) / 127
+    qw = torch.quantize_per_channel(
+        w, scales.double(), torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8
+    )
+    if kind == "linear":
+        cls = nniq.LinearReLU if relu else nnq.Linear
+        q = cls(op.in_features, op.out_features, op.bias is not None)  # bias_ / bias: positional
+    else:
+        cls = {
+            ("conv1d", False): nnq.Conv1d,
+            ("conv1d", True): nniq.ConvReLU1d,
+            ("conv2d", False): nnq.Conv2d,
+            ("conv2d", True): nniq.ConvReLU2d,
+        }[(kind, relu)]
+        q = cls(
+            op.in_channels,
+            op.out_channels,
+            op.kernel_size,
+            stride=op.stride,
+            padding=op.padding,
+            groups=op.groups,
+            bias=op.bias is not None,
+        )
+    q.set_weight_bias(qw, None if op.bias is None else op.bias.detach())
+    q.scale, q.zero_point = 0.05, 64
+    return q

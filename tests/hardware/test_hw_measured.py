@@ -1,0 +1,143 @@
+"""The measured lookup table: builds from its yaml, interpolates, caches safely. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
+from rlprune.layers import LayerInfo
+from rlprune.policy import Choice, Pattern
+
+CONV = LayerInfo("c", "conv1d", 16, 16, (3,), (1,), 1, (16, 20), (16, 20))
+LINEAR = LayerInfo("fc", "linear", 24, 16, (), (), 1, (24,), (16,))
+
+
+def plain_cfg(cache_dir, **extra) -> dict:
+    cfg = yaml.safe_load((hardware_config_dir() / "local_cpu.yaml").read_text())
+    cfg.update(cache_dir=str(cache_dir), min_run_time=0.001, warmup=1, progress=False, **extra)
+    return cfg
+
+
+def fake(model: MeasuredModel) -> list[dict]:
+    """Replace the timer by a deterministic function of the shape; return the specs it timed."""
+    timed = []
+
+    def time(spec):
+        timed.append(spec)
+        return 1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64) * (0.5 if spec["bits"] == 8 else 1.0)
+
+    model._time = time
+    return timed
+
+
+def dense(bits: int) -> Choice:
+    return Choice(Pattern.DENSE, 1, 1, bits, bits)
+
+
+def test_builds_from_yaml_and_measures_for_real(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path))
+    assert isinstance(model, MeasuredModel) and model.name == "local_cpu"
+    assert model.nm_options == () and model.bits == (8, 32)
+    for layer in (CONV, LINEAR):
+        for bits in (8, 32):
+            assert model.latency(layer, dense(bits)) > 0
+    assert model.measurements == 4
+    assert model.cache_path.is_file() and str(model.cache_path).startswith(str(tmp_path))
+
+
+def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "env"))
+    cfg = plain_cfg(tmp_path)
+    cfg["cache_dir"] = "${rlprune.cache_dir:}"
+    assert str(build_latency_model(cfg).cache_path).startswith(str(tmp_path / "env"))
+
+
+def test_interpolation_lies_between_grid_neighbours(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path))
+    fake(model)
+    layer = LayerInfo("c", "conv1d", 20, 20, (3,), (1,), 1, (20, 20), (20, 20))
+    points = model.grid_points(layer, dense(32))
+    assert sorted((s["c_in"], s["c_out"]) for s, _ in points) == [(16, 16), (16, 24), (24, 16), (24, 24)]
+    assert sum(w for _, w in points) == pytest.approx(1.0)
+    value = model.latency(layer, dense(32))
+    low = model.latency(layer.with_channels(16, 16), dense(32))
+    high = model.latency(layer.with_channels(24, 24), dense(32))
+    assert low <= value <= high
+    on_grid = model.grid_points(layer.with_channels(16, 8), dense(32))
+    assert len(on_grid) == 1 and on_grid[0][1] == 1.0
+
+
+def test_filter_and_sparse_patterns_cost_as_dense_shapes(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path))
+    fake(model)
+    filt = Choice(Pattern.FILTER, 8, 16, 32, 32)
+    assert model.latency(CONV, filt) == model.latency(CONV.with_channels(16, 8), dense(32))
+    nm = Choice(Pattern.NM, 2, 4, 8, 8)
+    assert model.latency(CONV, nm) == model.latency(CONV, dense(8))
+    points = model.grid_points(CONV, filt)
+    assert [(s["c_in"], s["c_out"]) for s, _ in points] == [(16, 8)]
+
+
+def test_cache_round_trips(tmp_path):
+    first = build_latency_model(plain_cfg(tmp_path))
+    fake(first)
+    assert first.prefetch([CONV, LINEAR], [dense(8), dense(32)]) == 4
+    values = [first.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)]
+    second = build_latency_model(plain_cfg(tmp_path))
+    timed = fake(second)
+    assert second.prefetch([CONV, LINEAR]) == 0
+    assert [second.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)] == values
+    assert timed == [] and second.measurements == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: "not json",
+        lambda text: text.replace("e-06", "e-05", 1),  # an entry edited: checksum fails
+    ],
+    ids=["truncated", "garbage", "checksum"],
+)
+def test_a_corrupt_cache_is_rebuilt(tmp_path, damage):
+    first = build_latency_model(plain_cfg(tmp_path))
+    fake(first)
+    first.latency(CONV, dense(32))
+    path = first.cache_path
+    path.write_text(damage(path.read_text()))
+    second = build_latency_model(plain_cfg(tmp_path))
+    timed = fake(second)
+    second.latency(CONV, dense(32))
+    assert len(timed) == 1
+    data = json.loads(path.read_text())  # rewritten, valid again
+    assert data["checksum"] == MeasuredModel._checksum(data["key"], data["entries"])
+
+
+def test_a_cache_with_another_key_is_not_used(tmp_path):
+    first = build_latency_model(plain_cfg(tmp_path))
+    fake(first)
+    first.latency(CONV, dense(32))
+    data = json.loads(first.cache_path.read_text())
+    data["key"]["cpu"] = "some other CPU"
+    data["checksum"] = MeasuredModel._checksum(data["key"], data["entries"])
+    first.cache_path.write_text(json.dumps(data))
+    second = build_latency_model(plain_cfg(tmp_path))
+    timed = fake(second)
+    second.latency(CONV, dense(32))
+    assert len(timed) == 1
+    other_threads = build_latency_model(plain_cfg(tmp_path, threads=2))
+    assert other_threads.cache_path != second.cache_path
+
+
+def test_bad_config_fails_with_a_message(tmp_path):
+    from rlprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nm_options"):
+        build_latency_model(plain_cfg(tmp_path, nm_options=[[2, 4]]))
+    with pytest.raises(ConfigError, match="bits"):
+        build_latency_model(plain_cfg(tmp_path, bits=[4, 8, 32]))
+    with pytest.raises(ConfigError, match="epilogue"):
+        build_latency_model(plain_cfg(tmp_path, epilogue="gelu"))

@@ -1,0 +1,97 @@
+"""Filter-pruned and int8 export: shapes, equivalence to zeroed filters, residual groups, the CLI bench."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from rlprune.errors import ConfigError
+from rlprune.export import effective_layers, export_filter_pruned, export_int8
+from rlprune.layers import discover_layers
+from rlprune.models import MNIST1DCNN, ResNet20
+from rlprune.policy import Choice, Pattern, Policy
+
+
+def filters(layers, keep: dict[str, int]) -> Policy:
+    by_name = {layer.name: layer for layer in layers}
+    return Policy.of({n: Choice(Pattern.FILTER, k, by_name[n].out_channels) for n, k in keep.items()})
+
+
+def params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_mnist1d_export_equals_zeroed_filters():
+    torch.manual_seed(0)
+    model = MNIST1DCNN().eval()
+    x = torch.randn(4, 1, 40)
+    layers = discover_layers(model, x)
+    keep = {"conv1": 16, "conv2": 40, "conv3": 24, "conv4": 64, "fc1": 72}
+    policy = filters(layers, keep)
+    exported = export_filter_pruned(model, policy, x)
+    assert exported(x).shape == (4, 10)
+    assert params(exported) < params(model)
+    eff = effective_layers(model, layers, policy, x)
+    for info in eff:
+        module = exported.get_submodule(info.name)
+        assert tuple(module.weight.shape[:2]) == (info.out_channels, info.in_channels)
+        if info.name in keep:
+            assert info.out_channels == keep[info.name]
+    assert eff[-1].out_channels == 10 and eff[-1].in_channels == 72
+    # the same network with the removed filters' weights and biases zeroed (no batch norm, ReLU(0) = 0)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, k in keep.items():
+            module = zeroed.get_submodule(name)
+            norms = module.weight.abs().flatten(1).sum(1)
+            drop = norms.argsort()[: len(norms) - k]
+            module.weight[drop] = 0
+            module.bias[drop] = 0
+        assert torch.allclose(exported(x), zeroed(x), atol=1e-5)
+
+
+def test_resnet20_residual_groups_export_and_run():
+    model = ResNet20(in_channels=1, width=16, dims=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    layers = discover_layers(model, x)
+    policy = filters(layers, {layer.name: max(8, layer.out_channels // 2) for layer in layers[:-1]})
+    exported = export_filter_pruned(model, policy, x)
+    assert exported(x).shape == (2, 10)
+    assert params(exported) < params(model)
+    eff = effective_layers(model, layers, policy, x)
+    assert [i.name for i in eff] == [layer.name for layer in layers]
+    assert eff[0].out_channels == 8  # the stem's group (stage 1 adds) follows the stem
+    assert eff[-1].in_channels == 32 and eff[-1].out_channels == 10
+
+
+def test_the_classifier_is_never_pruned():
+    model = MNIST1DCNN().eval()
+    x = torch.randn(1, 1, 40)
+    layers = discover_layers(model, x)
+    with pytest.raises(ConfigError, match="'fc2' is the final classifier"):
+        export_filter_pruned(model, filters(layers, {"fc2": 5}), x)
+    with pytest.raises(ConfigError, match="group = out_channels"):
+        export_filter_pruned(model, Policy.of({"conv1": Choice(Pattern.FILTER, 4, 8)}), x)
+
+
+def test_int8_export_runs():
+    model = MNIST1DCNN().eval()
+    x = torch.randn(2, 1, 40)
+    quantized = export_int8(model, x)
+    out = quantized(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_latency_bench_quick_writes_json(tmp_path):
+    from rlprune.bench.latency import main
+
+    out = tmp_path / "latency.json"
+    results = main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "latency" and data["machine"]["torch"] == torch.__version__
+    model = results["models"][0]
+    assert set(model["fidelity"]) == {"local_cpu", "arm_cpu", "flops", "bops"}
+    assert model["policies"] >= 2 and "filter_budget_0.5" in model["speedup"]
