@@ -13,7 +13,7 @@ def play(env: PruneEnv, rng: np.random.Generator) -> None:
     env.reset()
     done = False
     while not done:
-        _, _, done, _, _ = env.step(rng.uniform(-1.0, 1.0, size=2).astype(np.float32))
+        _, _, done, _, _ = env.step(rng.uniform(-1.0, 1.0, size=env.action_size).astype(np.float32))
 
 
 @dataclass
@@ -47,8 +47,7 @@ class UniformSearch:
                     (int(np.argmin([abs(s.density - density) for s in shapes])), bits)
                     for shapes in space.shapes
                 ]
-                seconds = sum(space.latency[i][p] for i, p in enumerate(picks))
-                if seconds <= budget + 1e-12:
+                if space.seconds(picks) <= budget + 1e-12:
                     if not problem.exhausted:
                         problem.score(picks)
                     break
@@ -74,17 +73,19 @@ class GreedySearch:
         """Descend until within budget or out of evaluations."""
         space, problem = env.space, env.problem
         budget = space.absolute_budget(problem.budget)
-        order = [np.argsort(-table.ravel(), kind="stable") for table in space.latency]  # dearest first
+        # each layer's options by their cost with a dense input, dearest first
+        tables = [table[-1] for table in space.latency]
+        order = [np.argsort(-table.ravel(), kind="stable") for table in tables]
         stride = [max(1, len(o) // self.steps) for o in order]
 
         def picks(rank: list[int]) -> list[tuple[int, int]]:
             return [
-                tuple(int(v) for v in np.unravel_index(order[i][r], space.latency[i].shape))
+                tuple(int(v) for v in np.unravel_index(order[i][r], tables[i].shape))
                 for i, r in enumerate(rank)
             ]
 
         def seconds(rank: list[int]) -> float:
-            return sum(float(space.latency[i].ravel()[order[i][r]]) for i, r in enumerate(rank))
+            return space.seconds(picks(rank))
 
         rank = [0] * len(space)
         accuracy = problem.score(picks(rank)).accuracy

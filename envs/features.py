@@ -49,7 +49,7 @@ def static_features(space: SearchSpace, sensitivity: np.ndarray) -> np.ndarray:
     """Per-layer features, ``[layers, 13 + sensitivity columns]``, each in [0, 1]."""
     layers = space.layers
     count = len(layers)
-    dense = np.array([t[-1, -1] for t in space.latency])
+    dense = np.array([t[-1, -1, -1] for t in space.latency])
     cheapest = space.min_latency
     columns = [
         np.arange(count) / max(count - 1, 1),

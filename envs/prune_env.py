@@ -89,9 +89,10 @@ class PruneEnv(gym.Env):
         want_pattern = None
         if self.action_size == 3:  # evenly spaced positions in [-1, 1], one per pattern
             want_pattern = round((action[2] + 1.0) / 2.0 * (len(space.patterns) - 1))
-        pick = space.project(t, want_density, want_bits, self.spent, budget, want_pattern)
+        previous = self.picks[-1][0] if self.picks else None
+        pick = space.project(t, want_density, want_bits, self.spent, budget, want_pattern, previous)
+        self.spent += float(space.table(t, previous)[pick])
         self.picks.append(pick)
-        self.spent += float(space.latency[t][pick])
         self.previous = action
         self.layer += 1
         if self.layer < len(space):

@@ -3,21 +3,34 @@
 Each searched layer has a list of *density options* (pattern, keep, group), sorted from the
 sparsest to dense, and the device's bit-widths. Their latencies are computed once into a
 table, so the env's action wall and every baseline work on numbers, not on models.
+
+Filter pruning couples neighbours: a layer that drops filters shrinks its consumer's input
+channels, so the consumer's cost depends on the earlier decision. Filter options are offered
+only where the layer's sole consumer is the next searched layer (Torch-Pruning's dependency
+graph says which, :func:`rlprune.layers.filter_couplings`), and that consumer's table gets one
+row per option of the layer before it. Layers are decided in forward order, so the row is
+known when the consumer is decided, and the action wall stays exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rlprune.errors import BudgetError, ConfigError
-from rlprune.hardware import LatencyModel
-from rlprune.layers import LayerInfo
+from rlprune.hardware import LatencyModel, with_fewer_inputs
+from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Choice, Pattern, Policy
 
-SEARCHABLE_PATTERNS = (Pattern.KOFN_WEIGHT, Pattern.NM, Pattern.NM_TRANSPOSABLE, Pattern.UNSTRUCTURED)
+SEARCHABLE_PATTERNS = (
+    Pattern.KOFN_WEIGHT,
+    Pattern.NM,
+    Pattern.NM_TRANSPOSABLE,
+    Pattern.UNSTRUCTURED,
+    Pattern.FILTER,
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +75,9 @@ def layer_shapes(
             )
         shapes = sorted({Shape(pattern, n, m) for n, m in usable}, key=lambda s: s.density)
         return [*shapes, dense], None
-    # k-of-n keeps k of the n = reduction weights of each row; unstructured, k of the whole layer
-    n = layer.reduction if pattern is Pattern.KOFN_WEIGHT else layer.params
+    # k-of-n keeps k of the n = reduction weights of each row; unstructured, k of the whole
+    # layer; filter, k of the n = out_channels filters
+    n = {Pattern.KOFN_WEIGHT: layer.reduction, Pattern.FILTER: layer.out_channels}.get(pattern, layer.params)
     keeps = np.unique(np.clip(np.round(np.linspace(min_density, 1.0, levels) * n), 1, n).astype(int))
     shapes = [Shape(pattern, int(k), n) for k in keeps if k < n]
     return [*shapes, dense], None
@@ -77,11 +91,15 @@ class SearchSpace:
         layers: the searched layers, in forward order.
         shapes: per layer, its density options (sparsest first, dense last).
         bits: bit-widths to choose from, ascending.
-        latency: per layer, an array ``[len(shapes), len(bits)]`` of seconds.
+        latency: per layer, an array ``[rows, len(shapes), len(bits)]`` of seconds. A layer fed
+            by the previous layer's filter options (``fed[i]``) has a row per option of that
+            layer; any other layer has one row.
         fixed_latency: seconds of the layers that are not searched (kept at reference precision).
         dense_latency: seconds of the whole network, dense at the device's reference precision.
         skipped: layers that cannot take a searched pattern, with the reason.
         patterns: the searched patterns; with more than one, each layer picks its own.
+        fed: per layer, whether its input channels follow the previous layer's option.
+        couplings: the layers' filter couplings (empty unless filter pruning is searched).
     """
 
     layers: list[LayerInfo]
@@ -92,19 +110,53 @@ class SearchSpace:
     dense_latency: float
     skipped: dict[str, str]
     patterns: tuple[Pattern, ...]
+    fed: list[bool] = field(default_factory=list)
+    couplings: dict[str, FilterCoupling] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.fed:
+            self.fed = [False] * len(self.layers)
+        # rest_min[i][s]: the fewest seconds layers i+1.. can take once layer i took option s
+        # (rest_max: the most); exact under coupling, by dynamic programming from the back.
+        self._rest_min = self._rest(np.min)
+        self._rest_max = self._rest(np.max)
+
+    def _rest(self, pick: np.ufunc) -> list[np.ndarray]:
+        rest = [np.zeros(len(shapes)) for shapes in self.shapes]
+        for i in range(len(self) - 2, -1, -1):
+            after = self.latency[i + 1] + rest[i + 1][None, :, None]  # [rows, shapes, bits]
+            per_row = pick(after.reshape(after.shape[0], -1), axis=1)
+            rest[i] = per_row if self.fed[i + 1] else np.full(len(self.shapes[i]), per_row[0])
+        return rest
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def min_latency(self) -> np.ndarray:
-        """Cheapest latency of each layer."""
+        """Cheapest latency of each layer (over every input row)."""
         return np.array([t.min() for t in self.latency])
 
     @property
     def max_latency(self) -> np.ndarray:
-        """Most expensive latency of each layer."""
+        """Most expensive latency of each layer (over every input row)."""
         return np.array([t.max() for t in self.latency])
+
+    def row(self, layer: int, previous_shape: int | None) -> int:
+        """The row of ``layer``'s table given the option index the previous layer took."""
+        return int(previous_shape) if self.fed[layer] and previous_shape is not None else 0
+
+    def table(self, layer: int, previous_shape: int | None = None) -> np.ndarray:
+        """Seconds ``[shapes, bits]`` of ``layer`` once the previous layer took ``previous_shape``."""
+        return self.latency[layer][self.row(layer, previous_shape)]
+
+    def seconds(self, picks: Sequence[tuple[int, int]]) -> float:
+        """Seconds of the searched layers under a policy given as index pairs."""
+        total, previous = 0.0, None
+        for i, (shape, bits) in enumerate(picks):
+            total += float(self.table(i, previous)[shape, bits])
+            previous = shape
+        return total
 
     def relative(self, seconds: float) -> float:
         """Seconds of searched layers plus the fixed part, as a share of the dense network."""
@@ -116,7 +168,7 @@ class SearchSpace:
 
     def cheapest(self) -> float:
         """The lowest relative latency any policy reaches."""
-        return self.relative(float(self.min_latency.sum()))
+        return self.relative(float((self.table(0) + self._rest_min[0][:, None]).min()))
 
     def check_budget(self, budget: float) -> None:
         """Raise when no policy of this space meets ``budget``."""
@@ -126,7 +178,9 @@ class SearchSpace:
         if cheapest > budget + 1e-12:
             raise BudgetError(
                 f"budget.latency={budget} is below the cheapest reachable latency {cheapest:.4f} of the "
-                f"dense model on this hardware; use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}"
+                f"dense model on this hardware with search.pattern={[p.value for p in self.patterns]}; "
+                f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}, or a pattern this device "
+                "runs faster (on a CPU: search.pattern=filter)"
             )
 
     def choice(self, layer: int, shape: int, bits: int) -> Choice:
@@ -144,7 +198,7 @@ class SearchSpace:
 
     def policy_latency(self, picks: Sequence[tuple[int, int]]) -> float:
         """Relative latency of a policy given as index pairs."""
-        return self.relative(float(sum(self.latency[i][s, b] for i, (s, b) in enumerate(picks))))
+        return self.relative(self.seconds(picks))
 
     def project(
         self,
@@ -154,6 +208,7 @@ class SearchSpace:
         spent: float,
         budget: float,
         want_pattern: int | None = None,
+        previous_shape: int | None = None,
     ) -> tuple[int, int]:
         """The action wall: the option nearest to the wish that keeps the episode within budget.
 
@@ -165,15 +220,16 @@ class SearchSpace:
             budget: seconds the searched layers may spend in all.
             want_pattern: index into ``patterns`` of the wished pattern, when several are searched;
                 an option of another pattern is one unit further from the wish (dense matches all).
+            previous_shape: the option index the previous layer took (its filters may feed this one).
 
         The option must leave the later layers room for their cheapest choices (so the
         episode ends within budget) and should leave them no more than their dearest choices
         can spend (so the budget is used). Among allowed options the nearest to the wish wins;
         when no option falls in that band, the dearest option within budget is taken.
         """
-        table = self.latency[layer]
-        upper = budget - spent - self.min_latency[layer + 1 :].sum()
-        lower = budget - spent - self.max_latency[layer + 1 :].sum()
+        table = self.table(layer, previous_shape)
+        upper = budget - spent - self._rest_min[layer][:, None]
+        lower = budget - spent - self._rest_max[layer][:, None]
         densities = np.array([s.density for s in self.shapes[layer]])
         bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
         distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
@@ -205,8 +261,12 @@ def build_space(
     levels: int,
     min_density: float,
     nm_options: Sequence[Sequence[int]] | None,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> SearchSpace:
     """Enumerate the options of every searched layer and cost them on ``hardware``.
+
+    ``couplings`` (from :func:`rlprune.layers.filter_couplings`) are needed when ``pattern``
+    includes ``filter``: they say whose input channels a layer's filters feed.
 
     Raises:
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
@@ -242,25 +302,73 @@ def build_space(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
 
-    shapes, latency, skipped = [], [], {}
-    for layer in searched:
+    if Pattern.FILTER in patterns and couplings is None:
+        raise ValueError(
+            "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
+        )
+    couplings = dict(couplings or {})
+    shapes, skipped = [], {}
+    for i, layer in enumerate(searched):
+        following = searched[i + 1].name if i + 1 < len(searched) else None
         options, reasons = {Shape(Pattern.DENSE, 1, 1)}, []
         for pat in patterns:
-            layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
+            if pat is Pattern.FILTER and (reason := _filter_blocked(couplings[layer.name], following)):
+                layer_opts = []
+            else:
+                layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
             options.update(layer_opts)
             if reason:
                 reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")
         if reasons:
             skipped[layer.name] = "; ".join(reasons)
-        layer_opts = sorted(options, key=lambda s: (s.density, s.pattern.value, s.keep))
-        shapes.append(layer_opts)
-        latency.append(
-            np.array([[hardware.latency(layer, s.choice(b)) for b in chosen_bits] for s in layer_opts])
+        shapes.append(sorted(options, key=lambda s: (s.density, s.pattern.value, s.keep)))
+
+    fed = [i > 0 and any(s.pattern is Pattern.FILTER for s in shapes[i - 1]) for i in range(len(searched))]
+    cells = []  # (row, option, bits) -> (layer, choice) of every table entry
+    for i, layer in enumerate(searched):
+        removed = [0]
+        if fed[i]:
+            per_filter = dict(couplings[searched[i - 1].name].consumers)[layer.name]
+            removed = [
+                (s.group - s.keep) * per_filter if s.pattern is Pattern.FILTER else 0 for s in shapes[i - 1]
+            ]
+        cells.append(
+            [
+                [[with_fewer_inputs(layer, s.choice(b), r) for b in chosen_bits] for s in shapes[i]]
+                for r in removed
+            ]
         )
+    hardware.prepare([cell for rows in cells for row in rows for option in row for cell in option])
+    latency = [
+        np.array([[[hardware.latency(*cell) for cell in option] for option in row] for row in rows])
+        for rows in cells
+    ]
     reference = hardware.dense_choice()
     searched_names = {lay.name for lay in searched}
     fixed = sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names)
     dense = sum(hardware.latency(lay, reference) for lay in all_layers)
     return SearchSpace(
-        list(searched), shapes, chosen_bits, latency, float(fixed), float(dense), skipped, patterns
+        list(searched),
+        shapes,
+        chosen_bits,
+        latency,
+        float(fixed),
+        float(dense),
+        skipped,
+        patterns,
+        fed,
+        couplings,
     )
+
+
+def _filter_blocked(coupling: FilterCoupling, following: str | None) -> str | None:
+    """Why a layer's filters are not searched, or None: they must feed the next searched layer only."""
+    if coupling.blocked:
+        return coupling.blocked
+    consumers = [name for name, _ in coupling.consumers]
+    if consumers != [following]:
+        return (
+            f"its outputs feed {consumers}; filter pruning is searched only where they feed just the "
+            "next searched layer"
+        )
+    return None

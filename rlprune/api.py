@@ -36,8 +36,8 @@ from rlprune.errors import ConfigError, ModelError
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, build_latency_model, network_latency
 from rlprune.io import write_atomic, write_json_atomic, write_yaml_atomic
-from rlprune.layers import LayerInfo, discover_layers, select_layers
-from rlprune.policy import Policy
+from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
 from rlprune.tracking import Tracker
 from rlprune.training import Score, TrainSettings, evaluate, train
@@ -139,12 +139,31 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
 
 
 def make_space(
-    cfg: DictConfig, layers: list[LayerInfo], searched: list[LayerInfo], hardware: LatencyModel
+    cfg: DictConfig,
+    model: nn.Module,
+    example: torch.Tensor,
+    layers: list[LayerInfo],
+    searched: list[LayerInfo],
+    hardware: LatencyModel,
 ) -> SearchSpace:
-    """The search space of the ``search`` config on ``hardware``."""
+    """The search space of the ``search`` config on ``hardware``.
+
+    When filter pruning is searched, the layers' couplings come from Torch-Pruning's
+    dependency graph of ``model`` traced on ``example``.
+    """
     s = cfg.search
+    patterns = [s.pattern] if isinstance(s.pattern, str) else list(s.pattern)
+    couplings = filter_couplings(model, example, layers) if Pattern.FILTER.value in patterns else None
     return build_space(
-        layers, searched, hardware, s.pattern, _plain(s.bits), s.levels, s.min_density, _plain(s.nm_options)
+        layers,
+        searched,
+        hardware,
+        _plain(s.pattern),
+        _plain(s.bits),
+        s.levels,
+        s.min_density,
+        _plain(s.nm_options),
+        couplings,
     )
 
 
@@ -180,7 +199,8 @@ def search(
     When ``run_dir`` is given, the best policy so far is written to ``policy.yaml`` whenever
     it improves, so an interrupted search keeps it.
     """
-    space = make_space(cfg, target.layers, target.searched, hardware)
+    example = target.splits.train_x[:1]
+    space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
     evaluator = PolicyEvaluator(
         target.model,
         [lay.name for lay in target.searched],
@@ -252,7 +272,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"unknown agent {cfg.agent.name!r}; valid: {SEARCHERS}")
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
-    make_space(cfg, layers, searched, hardware).check_budget(budget)  # fail fast, before training
+    make_space(cfg, model, splits.train_x[:1], layers, searched, hardware).check_budget(budget)  # fail fast
 
     tracker = Tracker(
         cfg.wandb.mode,
@@ -271,10 +291,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         settings = FinetuneSettings.from_config(_plain(cfg.finetune))
         tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad)
         after = test_score(tuned.model, splits)
+        couplings = result.space.couplings
         rows = layer_rows(
-            layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics
+            layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
         )
-        latency = network_latency(hardware, layers, tuned.policy) / network_latency(
+        latency = network_latency(hardware, layers, tuned.policy, couplings) / network_latency(
             hardware, layers, Policy()
         )
         report = {

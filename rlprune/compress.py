@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rlprune.masks import GumbelTopKMask, compute_mask, srste
-from rlprune.policy import FLOAT_BITS, Choice, Policy
+from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
 
 
@@ -58,6 +58,21 @@ class LearnedMaskedWeight(nn.Module):
         return fake_quantize_weight(weight * self.sampler(), self.bits)
 
 
+class FilterBias(nn.Module):
+    """Bias parametrization ``b -> b ⊙ kept``: a pruned filter outputs exactly zero, as once removed.
+
+    Without it a filter whose weights are masked still emits its bias, a constant channel the
+    next layer keeps reading, so the masked network would not compute what the exported one does.
+    """
+
+    def __init__(self, kept: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("kept", kept)
+
+    def forward(self, bias: torch.Tensor) -> torch.Tensor:
+        return bias * self.kept
+
+
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     # A plain function (not a closure) so deep copies of the model keep working hooks.
     return (module.input_quantizer(args[0]), *args[1:])
@@ -71,6 +86,9 @@ def attach(model: nn.Module, names: list[str]) -> None:
             continue
         mask = torch.ones_like(layer.weight, dtype=torch.bool)
         parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
+        if layer.bias is not None:
+            kept = torch.ones(layer.bias.shape, dtype=torch.bool)
+            parametrize.register_parametrization(layer, "bias", FilterBias(kept))
         layer.input_quantizer = ActivationQuantizer()
         layer.register_forward_pre_hook(_quantize_input)
 
@@ -88,6 +106,13 @@ def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
     parametrization.mask = mask
     parametrization.bits = choice.w_bits
     layer.input_quantizer.bits = choice.a_bits
+    if parametrize.is_parametrized(layer, "bias"):
+        filters = (
+            mask.flatten(1).any(1)
+            if choice.pattern is Pattern.FILTER
+            else torch.ones(len(mask), dtype=torch.bool)
+        )
+        layer.parametrizations.bias[0].kept = filters
 
 
 def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:
@@ -147,6 +172,7 @@ def bake(model: nn.Module) -> nn.Module:
     Activation quantizers stay, so the baked model computes what the compressed one did.
     """
     for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        for name in ("weight", "bias"):
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model

@@ -193,3 +193,59 @@ def select_layers(layers: list[LayerInfo], exclude_first: bool, exclude_last: bo
             "remove all of them; set layers.exclude_first=false or layers.exclude_last=false."
         )
     return chosen
+
+
+@dataclass(frozen=True)
+class FilterCoupling:
+    """What removing one of a layer's filters does to the rest of the network.
+
+    Attributes:
+        consumers: ``(name, inputs)`` of every prunable layer that loses ``inputs`` input
+            channels per filter removed (1 for a conv, the positions per channel for a Linear
+            after a flatten).
+        blocked: why this layer's filters cannot be pruned on their own (its output channels are
+            tied to another layer's by a residual add, a concatenation or a depthwise conv, or
+            they are the network's outputs); ``None`` when they can.
+    """
+
+    consumers: tuple[tuple[str, int], ...] = ()
+    blocked: str | None = None
+
+
+def filter_couplings(
+    model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]
+) -> dict[str, FilterCoupling]:
+    """The :class:`FilterCoupling` of each of ``layers``, read off Torch-Pruning's dependency graph.
+
+    The graph is traced once on ``example[:1]``; ``model`` is left unchanged.
+    """
+    import torch_pruning as tp
+
+    names = {module: name for name, module in model.named_modules()}
+    prunable = {layer.name for layer in layers}
+    with torch.enable_grad():  # the graph is traced through autograd
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+    couplings = {}
+    for layer in layers:
+        module = model.get_submodule(layer.name)
+        prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
+        consumers: dict[str, int] = {}
+        tied: list[str] = []
+        for dep, idxs in graph.get_pruning_group(module, prune, idxs=[0]):
+            other = names.get(dep.target.module)
+            if other not in prunable or other == layer.name:
+                continue
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                tied.append(other)
+            else:
+                consumers[other] = consumers.get(other, 0) + len(idxs)
+        blocked = None
+        if tied:
+            blocked = (
+                f"its output channels are tied to {sorted(set(tied))} (a residual add, concatenation or "
+                "depthwise conv), so they cannot be pruned on their own"
+            )
+        elif not consumers:
+            blocked = "its outputs are the network's outputs"
+        couplings[layer.name] = FilterCoupling(tuple(consumers.items()), blocked)
+    return couplings

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from rlprune.hardware import LatencyModel, weight_storage_bits
-from rlprune.layers import LayerInfo
+from rlprune.hardware import LatencyModel, weight_storage_bits, with_fewer_inputs
+from rlprune.hardware.base import inputs_removed
+from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Policy
 
 METRIC_HEADERS = {
@@ -26,20 +27,27 @@ def layer_rows(
     hardware: LatencyModel,
     skipped: dict[str, str],
     metrics: dict[str, dict[str, float]] | None = None,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per prunable layer: its choice, latency share, size, and mask metrics.
 
     Layers outside the search keep the device's dense reference choice; ``skipped`` says why a
     layer could not take the pattern; ``metrics`` adds per-layer mask metrics (log10 mask
-    diversity, SAD, learned-mask confidence and diversity).
+    diversity, SAD, learned-mask confidence and diversity). With ``couplings``, latency and size
+    count the input channels that upstream filter pruning removed.
     """
     metrics = metrics or {}
     reference = hardware.dense_choice()
     choices = [policy.get(layer.name, reference) for layer in layers]
-    seconds = [hardware.latency(layer, choice) for layer, choice in zip(layers, choices, strict=True)]
+    removed = inputs_removed(layers, choices, couplings) if couplings else {}
+    effective = [
+        with_fewer_inputs(layer, choice, removed.get(layer.name, 0))
+        for layer, choice in zip(layers, choices, strict=True)
+    ]
+    seconds = [hardware.latency(*cell) for cell in effective]
     total = sum(seconds)
     rows = []
-    for layer, choice, t in zip(layers, choices, seconds, strict=True):
+    for layer, choice, (smaller, cost_choice), t in zip(layers, choices, effective, seconds, strict=True):
         rows.append(
             {
                 "layer": layer.name,
@@ -51,7 +59,7 @@ def layer_rows(
                 "w_bits": choice.w_bits,
                 "a_bits": choice.a_bits,
                 "latency_share": round(t / total, 4),
-                "size_bits": weight_storage_bits(layer, choice, choice.w_bits, compressed=True),
+                "size_bits": weight_storage_bits(smaller, cost_choice, choice.w_bits, compressed=True),
                 "searched": layer.name in dict(policy.choices),
                 "skipped": skipped.get(layer.name),
                 **metrics.get(layer.name, {}),

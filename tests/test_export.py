@@ -93,5 +93,5 @@ def test_latency_bench_quick_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "latency" and data["machine"]["torch"] == torch.__version__
     model = results["models"][0]
-    assert set(model["fidelity"]) == {"local_cpu", "arm_cpu", "flops", "bops"}
+    assert set(model["fidelity"]["fp32"]) == {"local_cpu", "arm_cpu", "flops", "bops"}
     assert model["policies"] >= 2 and "filter_budget_0.5" in model["speedup"]

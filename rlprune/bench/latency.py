@@ -5,7 +5,8 @@ filter-pruning policies (per layer a keep count from multiples of 8 channels, 25
 final classifier is never pruned) at int8 or fp32 for the whole network (where torch.ao
 quantizes the model on this CPU), plus the dense fp32 and dense int8 policies. Each policy is
 exported to a real network (Torch-Pruning; batch norms folded for fp32, FX int8 for 8 bits),
-timed whole with ``torch.utils.benchmark`` (fixed threads, median of blocks), and predicted by
+timed whole and side by side with ``torch.utils.benchmark`` (fixed threads, the fastest of
+interleaved short blocks: :func:`rlprune.hardware.measured.time_calls`), and predicted by
 every latency model that applies:
 
 * ``local_cpu``: the measured lookup table, summed over the exported layers (seconds);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -43,7 +45,7 @@ from torch import nn
 from rlprune.errors import ModelError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
-from rlprune.hardware.measured import cpu_model, default_cache_dir
+from rlprune.hardware.measured import cpu_model, default_cache_dir, time_calls
 from rlprune.io import write_json_atomic
 from rlprune.layers import LayerInfo, discover_layers
 from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
@@ -69,18 +71,11 @@ def _timing(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_network(
-    module: nn.Module, x: torch.Tensor, threads: int, min_run_time: float, warmup: int = 10
-) -> float:
-    """Median seconds of one forward pass of ``module`` on ``x`` (torch.utils.benchmark)."""
-    from torch.utils.benchmark import Timer
-
-    module.eval()
+def time_networks(modules: list[nn.Module], x: torch.Tensor, threads: int, rounds: int) -> list[float]:
+    """Seconds of one forward pass of each module on ``x``, timed side by side (:func:`time_calls`)."""
     with _timing(threads):
-        for _ in range(warmup + 1):
-            module(x)
-        timer = Timer("m(x)", globals={"m": module, "x": x}, num_threads=threads)
-        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+        calls = [functools.partial(module.eval(), x) for module in modules]
+        return time_calls(calls, threads, rounds=rounds, block_time=0.001)
 
 
 def _keep_options(channels: int) -> list[int]:
@@ -140,6 +135,7 @@ def _metrics(
         "within10_ratio": float((rel_ratio <= 0.10).mean()),
         "kendall_tau": float(kendalltau(pred, meas).statistic),
     }
+    out["budget"] = budget
     inside = pr <= budget
     out["predicted_within_budget"] = int(inside.sum())
     out["over_budget_share"] = float((mr[inside] > budget).mean()) if inside.any() else 0.0
@@ -154,7 +150,7 @@ def run_model(
     name: str,
     policies: int,
     local: MeasuredModel,
-    min_run_time: float,
+    rounds: int,
     rng: random.Random,
     log: Callable[[str], None],
     quick: bool = False,
@@ -167,7 +163,6 @@ def run_model(
     layers = discover_layers(model, x)
     names = [layer.name for layer in layers]
     predictors = Predictors(local, layers[0].name)
-    threads = local.threads
     int8_note = None
     try:
         export_int8(model, x)
@@ -196,35 +191,14 @@ def run_model(
         samples.append((policy, rng.choice(sample_bits)))
 
     exported = [deploy(p, b) for p, b in samples]
-    local.prefetch(
-        [layer for _, eff in exported for layer in eff],
-        [Choice(Pattern.DENSE, 1, 1, b, b) for b in sample_bits],
+    local.prepare(
+        [
+            (layer, Choice(Pattern.DENSE, 1, 1, b, b))
+            for (_, b), (_, eff) in zip(samples, exported, strict=True)
+            for layer in eff
+        ]
     )
-    records = []
-    start = time.time()
-    dense_before = time_network(exported[0][0], x, threads, min_run_time)
-    for (policy, bits), (net, eff) in zip(samples, exported, strict=True):
-        records.append(
-            {
-                "bits": bits,
-                "keep": {n: c.keep for n, c in policy},
-                "measured": time_network(net, x, threads, min_run_time),
-                "predicted": predictors.predict(eff, bits),
-            }
-        )
-    dense_after = time_network(exported[0][0], x, threads, min_run_time)
-    log(f"  {name}: {len(records)} policies timed in {time.time() - start:.0f} s")
-
-    meas = np.array([r["measured"] for r in records])
-    meas_dense = records[0]["measured"]
-    budget = float(np.median(meas / meas_dense))
-    fidelity = {}
-    for key in PREDICTORS:
-        pred = np.array([r["predicted"][key] for r in records])
-        fidelity[key] = _metrics(pred, meas, pred[0], meas_dense, budget, absolute=key == "local_cpu")
-
     # §5: uniform filter pruning at predicted budget 0.5, and the dense int8 export
-    dense_fp32 = fold_batch_norms(model)
     dense_pred = network_latency(local, layers, [local.dense_choice()] * len(layers))
 
     def predicted_ratio(ratio: float) -> float:
@@ -235,29 +209,63 @@ def run_model(
     for _ in range(4 if quick else 8):
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
-    half_policy = _uniform_policy(layers, low)
-    half_net, half_eff = deploy(half_policy, 32)
-    speedups = {}
-    dense_t = time_network(dense_fp32, x, threads, min_run_time)
-    half_t = time_network(half_net, x, threads, min_run_time)
-    speedups["filter_budget_0.5"] = {
-        "keep_ratio": low,
-        "predicted_ratio": network_latency(local, half_eff, [local.dense_choice()] * len(half_eff))
-        / dense_pred,
-        "measured_ratio": half_t / dense_t,
-        "measured_s": half_t,
-        "dense_s": dense_t,
-    }
+    half_net, half_eff = deploy(_uniform_policy(layers, low), 32)
+    extra = {"dense": fold_batch_norms(model), "filter_budget_0.5": half_net}
     if 8 in bit_options:
-        int8_net = export_int8(model, x)
-        int8_t = time_network(int8_net, x, threads, min_run_time)
+        extra["int8"] = export_int8(model, x)
+
+    start = time.time()
+    # every network in one interleaved timing: the dense policy 4 times more, to show the noise
+    nets = [net for net, _ in exported] + [exported[0][0]] * 4 + [*extra.values()]
+    seconds = time_networks(nets, x, local.threads, rounds)
+    log(f"  {name}: {len(nets)} networks timed in {time.time() - start:.0f} s")
+    records = [
+        {
+            "bits": bits,
+            "keep": {n: c.keep for n, c in policy},
+            "measured": t,
+            "predicted": predictors.predict(eff, bits),
+        }
+        for (policy, bits), (_, eff), t in zip(samples, exported, seconds, strict=False)
+    ]
+    dense_repeats = seconds[len(samples) : len(samples) + 4]
+    timed = dict(zip(extra, seconds[len(samples) + 4 :], strict=True))
+
+    # per precision (int8 and fp32 networks behave differently here), ratios to dense fp32
+    meas_dense = records[0]["measured"]
+    fidelity: dict[str, dict[str, dict]] = {}
+    for bits in sample_bits:
+        chosen = [r for r in records if r["bits"] == bits]
+        meas = np.array([r["measured"] for r in chosen])
+        budget = float(np.median(meas / meas_dense))
+        fidelity[f"fp{bits}" if bits == 32 else f"int{bits}"] = {
+            key: _metrics(
+                np.array([r["predicted"][key] for r in chosen]),
+                meas,
+                records[0]["predicted"][key],
+                meas_dense,
+                budget,
+                absolute=key == "local_cpu",
+            )
+            for key in PREDICTORS
+        }
+
+    speedups = {
+        "filter_budget_0.5": {
+            "keep_ratio": low,
+            "predicted_ratio": network_latency(local, half_eff, [local.dense_choice()] * len(half_eff))
+            / dense_pred,
+        }
+    }
+    if "int8" in extra:
         int8_choice = Choice(Pattern.DENSE, 1, 1, 8, 8)
         speedups["int8"] = {
-            "predicted_ratio": network_latency(local, layers, [int8_choice] * len(layers)) / dense_pred,
-            "measured_ratio": int8_t / dense_t,
-            "measured_s": int8_t,
-            "dense_s": dense_t,
+            "predicted_ratio": network_latency(local, layers, [int8_choice] * len(layers)) / dense_pred
         }
+    for key, entry in speedups.items():
+        entry.update(
+            measured_ratio=timed[key] / timed["dense"], measured_s=timed[key], dense_s=timed["dense"]
+        )
     return {
         "model": name,
         "input_shape": list(shape),
@@ -265,8 +273,7 @@ def run_model(
         "bits": bit_options,
         "int8_note": int8_note,
         "policies": len(records),
-        "dense_measured_s": {"first": dense_before, "policy": meas_dense, "last": dense_after},
-        "budget": budget,
+        "dense_measured_s": {"policy": meas_dense, "repeats": dense_repeats},
         "fidelity": fidelity,
         "speedup": speedups,
         "records": records,
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m rlprune.bench latency", description=__doc__)
     parser.add_argument("--policies", type=int, default=50, help="random policies per model (plus dense)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per network")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (fastest kept)")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="measured table cache (default: rlprune's)"
     )
@@ -289,19 +296,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
     args = parser.parse_args(argv)
-    lut_time = 0.1
     if args.quick:
-        args.policies, args.models, args.min_run_time, lut_time = (
-            min(args.policies, 5),
-            args.models[:1],
-            0.02,
-            0.01,
-        )
+        args.policies, args.models, args.rounds = min(args.policies, 5), args.models[:1], 2
 
     local = MeasuredModel(
         name="local_cpu",
         threads=args.threads,
-        min_run_time=lut_time,
+        rounds=args.rounds,
         cache_dir=args.cache_dir or default_cache_dir(),
         progress=not args.quick,
     )
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()[0]
     started = time.time()
     results_models = [
-        run_model(m, args.policies, local, args.min_run_time, rng, print, args.quick) for m in args.models
+        run_model(m, args.policies, local, args.rounds, rng, print, args.quick) for m in args.models
     ]
     results = {
         "benchmark": "latency",
@@ -324,8 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "settings": {
             "policies": args.policies,
-            "min_run_time": args.min_run_time,
-            "lut_min_run_time": lut_time,
+            "rounds": args.rounds,
+            "lut_rounds": local.rounds,
             "batch_size": local.batch_size,
             "seed": args.seed,
             "quick": args.quick,
@@ -348,19 +349,20 @@ def main(argv: list[str] | None = None) -> dict:
         "others on the ratio to dense"
     )
     header = (
-        f"{'model':<12} {'latency model':<10} {'MAPE':>6} {'±10%':>5} {'ratio MAPE':>10} "
+        f"{'model':<12} {'policies':<8} {'latency model':<13} {'MAPE':>6} {'±10%':>5} {'ratio MAPE':>10} "
         f"{'±10% r':>6} {'τ':>5} {'over budget':>11}"
     )
     print(header)
     for r in results_models:
-        for key, f in r["fidelity"].items():
-            mape = f"{f['mape']:.1%}" if "mape" in f else "-"
-            within = f"{f['within10']:.0%}" if "within10" in f else "-"
-            print(
-                f"{r['model']:<12} {key:<10} {mape:>6} {within:>5} {f['mape_ratio']:>10.1%} "
-                f"{f['within10_ratio']:>6.0%} {f['kendall_tau']:>5.2f} "
-                f"{f['over_budget_share']:>6.0%} of {f['predicted_within_budget']:<3}"
-            )
+        for precision, table in r["fidelity"].items():
+            for key, f in table.items():
+                mape = f"{f['mape']:.1%}" if "mape" in f else "-"
+                within = f"{f['within10']:.0%}" if "within10" in f else "-"
+                print(
+                    f"{r['model']:<12} {precision:<8} {key:<13} {mape:>6} {within:>5} "
+                    f"{f['mape_ratio']:>10.1%} {f['within10_ratio']:>6.0%} {f['kendall_tau']:>5.2f} "
+                    f"{f['over_budget_share']:>6.0%} of {f['predicted_within_budget']:<3}"
+                )
     print(
         f"{'model':<12} {'export':<18} {'predicted':>9} {'measured':>8}  "
         "(ratio to dense fp32 measured in this run)"

@@ -13,7 +13,7 @@ Every model implements :class:`LatencyModel`; pick one with ``hardware=<name>`` 
   ``torch.utils.benchmark``, cached per CPU model, torch version and thread count.
 """
 
-from rlprune.hardware.base import LatencyModel, network_latency
+from rlprune.hardware.base import LatencyModel, network_latency, with_fewer_inputs
 from rlprune.hardware.bitfusion import BitFusionModel, BitFusionProfile, perf_factor
 from rlprune.hardware.bops import BopsModel, BopsProfile
 from rlprune.hardware.factory import (
@@ -54,4 +54,5 @@ __all__ = [
     "perf_factor",
     "register_latency_model",
     "weight_storage_bits",
+    "with_fewer_inputs",
 ]

@@ -14,8 +14,9 @@ Conventions shared by every model:
   costed at the same precision (the epilogue writes what the next quantized layer reads), so a
   layer's latency depends on its own choice only, which the env's action wall relies on.
 * Filter pruning (``keep`` of ``group = out_channels`` filters) is costed as the smaller dense
-  layer ``layer.with_channels(layer.in_channels, keep)``. The next layer's fewer input
-  channels are the caller's business: it passes an adjusted :class:`LayerInfo`.
+  layer ``layer.with_channels(layer.in_channels, keep)``. The consumers' fewer input channels
+  follow from the layers' :class:`~rlprune.layers.FilterCoupling` (:func:`with_fewer_inputs`,
+  :func:`network_latency`).
 * Results are deterministic and memoized per ``(layer, choice)``.
 """
 
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from rlprune.errors import ConfigError
-from rlprune.hardware.storage import check_group
-from rlprune.layers import LayerInfo
+from rlprune.hardware.storage import check_group, kofn_group_size
+from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Choice, Pattern, Policy
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d")
@@ -107,6 +109,10 @@ class LatencyModel(abc.ABC):
     def _latency(self, layer: LayerInfo, choice: Choice) -> float:
         """The model's formula; ``choice`` has been checked by :meth:`check`."""
 
+    def prepare(self, cells: Sequence[tuple[LayerInfo, Choice]]) -> None:
+        """Get ready to cost every ``(layer, choice)`` of ``cells``; a measured table measures them now."""
+        return None  # analytical models cost a cell when asked
+
     def dense_choice(self) -> Choice:
         """Dense at the reference precision for weights and activations: the baseline."""
         return Choice(Pattern.DENSE, 1, 1, w_bits=self.reference_bits, a_bits=self.reference_bits)
@@ -146,19 +152,53 @@ class LatencyModel(abc.ABC):
         return True
 
 
+def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[LayerInfo, Choice]:
+    """``layer`` after upstream filter pruning removed ``removed`` input channels, and ``choice`` on it.
+
+    N:M, filter and dense choices carry over; k-of-n and unstructured groups count the layer's
+    weights, so they shrink with it at the same density (at least one unit kept).
+    """
+    if removed == 0:
+        return layer, choice
+    smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels)
+    if choice.pattern in (Pattern.KOFN_WEIGHT, Pattern.KOFN_KERNEL, Pattern.UNSTRUCTURED):
+        n = (
+            smaller.params
+            if choice.pattern is Pattern.UNSTRUCTURED
+            else kofn_group_size(smaller, choice.pattern)
+        )
+        keep = min(n, max(1, round(choice.keep * n / choice.group)))
+        choice = replace(choice, keep=keep, group=n)
+    return smaller, choice
+
+
+def inputs_removed(
+    layers: Sequence[LayerInfo], choices: Sequence[Choice], couplings: Mapping[str, FilterCoupling]
+) -> dict[str, int]:
+    """Input channels each layer loses to the filter choices of the layers feeding it."""
+    removed: dict[str, int] = {}
+    for layer, choice in zip(layers, choices, strict=True):
+        if choice.pattern is Pattern.FILTER:
+            for consumer, per_filter in couplings[layer.name].consumers:
+                removed[consumer] = removed.get(consumer, 0) + (choice.group - choice.keep) * per_filter
+    return removed
+
+
 def network_latency(
     model: LatencyModel,
     layers: Sequence[LayerInfo],
     choices: Sequence[Choice] | Mapping[str, Choice] | Policy,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> float:
     """Seconds per batch of the whole network: the sum of the per-layer latencies.
 
     Args:
         model: the latency model.
-        layers: the layers, in forward order. Pass already adjusted layers where upstream
-            filter pruning reduced a layer's input channels.
+        layers: the layers, in forward order.
         choices: one choice per layer (same order), or a mapping / :class:`Policy` by layer
             name, where a layer not named runs :meth:`LatencyModel.dense_choice`.
+        couplings: the layers' filter couplings; with them, a filter choice also shrinks its
+            consumers' inputs. Without them, pass layers already adjusted for upstream pruning.
     """
     if isinstance(choices, Policy | Mapping):
         get = choices.get
@@ -167,4 +207,10 @@ def network_latency(
         picked = list(choices)
         if len(picked) != len(layers):
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
-    return float(sum(model.latency(layer, choice) for layer, choice in zip(layers, picked, strict=True)))
+    removed = inputs_removed(layers, picked, couplings) if couplings is not None else {}
+    return float(
+        sum(
+            model.latency(*with_fewer_inputs(layer, choice, removed.get(layer.name, 0)))
+            for layer, choice in zip(layers, picked, strict=True)
+        )
+    )

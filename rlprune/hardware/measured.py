@@ -1,7 +1,8 @@
 """A latency lookup table measured on the machine at hand (ALGORITHMS.md, "Measured lookup table").
 
-``latency(layer, choice)`` is the median time of one batch of ``batch_size`` samples through
-the layer's op on this CPU, timed with :mod:`torch.utils.benchmark` at a fixed thread count.
+``latency(layer, choice)`` is the time of one batch of ``batch_size`` samples through the
+layer's op on this CPU, timed with :mod:`torch.utils.benchmark` at a fixed thread count: the
+fastest short block over interleaved rounds (:func:`time_calls`, which says why not the median).
 
 What is measured, and what is not:
 
@@ -28,20 +29,22 @@ Measurements are cached as JSON in ``cache_dir/latency/``, keyed by CPU model, t
 and thread count (one file per key, with a SHA-256 checksum over key and entries). A corrupt,
 truncated or foreign (other key) file is ignored and rebuilt. Given the cache contents the
 model is deterministic; a shape not in the cache is measured on first use (or in a batch with
-:meth:`MeasuredModel.prefetch`, with a progress bar).
+:meth:`MeasuredModel.prepare`, with a progress bar).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,8 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 
 log = logging.getLogger(__name__)
 
-MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "min_run_time", "warmup")
-CACHE_FORMAT = 1
+MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
+CACHE_FORMAT = 3  # 3: fastest of 21 interleaved 1 ms blocks (1 was the median of blocks)
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -134,7 +137,8 @@ class MeasuredModel(LatencyModel):
     Attributes:
         threads: torch threads during timing (set only while timing, restored after).
         channel_step: grid spacing of channel counts.
-        min_run_time: seconds of timing per measurement (``blocked_autorange``).
+        rounds: interleaved timing rounds per measurement (:func:`time_calls`).
+        block_time: seconds of one timed block.
         warmup: untimed calls before each measurement.
         epilogue: ``relu`` or ``none``: what follows the op in the timed statement.
         cache_dir: folder holding ``latency/<name>-<key>.json``.
@@ -152,7 +156,8 @@ class MeasuredModel(LatencyModel):
         reference_bits: int = FLOAT_BITS,
         threads: int = 1,
         channel_step: int = 8,
-        min_run_time: float = 0.1,
+        rounds: int = 21,
+        block_time: float = 0.001,
         warmup: int = 10,
         epilogue: str = "relu",
         cache_dir: str | os.PathLike[str] | None = None,
@@ -183,7 +188,8 @@ class MeasuredModel(LatencyModel):
         self.description = description
         self.threads = int(threads)
         self.channel_step = int(channel_step)
-        self.min_run_time = float(min_run_time)
+        self.rounds = int(rounds)
+        self.block_time = float(block_time)
         self.warmup = int(warmup)
         self.epilogue = epilogue
         self.progress = progress
@@ -217,7 +223,8 @@ class MeasuredModel(LatencyModel):
         description = reader.string("description", name)
         threads = reader.integer("threads", minimum=1)
         step = reader.integer("channel_step", minimum=1)
-        min_run_time = reader.number("min_run_time", positive=True)
+        rounds = reader.integer("rounds", minimum=1)
+        block_time = reader.number("block_time", positive=True)
         warmup = reader.integer("warmup", 10, minimum=0)
         epilogue = reader.string("epilogue", "relu")
         if epilogue not in EPILOGUES:
@@ -246,7 +253,8 @@ class MeasuredModel(LatencyModel):
             reference_bits=reference,
             threads=threads,
             channel_step=step,
-            min_run_time=min_run_time,
+            rounds=rounds,
+            block_time=block_time,
             warmup=warmup,
             epilogue=epilogue,
             cache_dir=cache_dir,
@@ -313,55 +321,48 @@ class MeasuredModel(LatencyModel):
 
     # -- measuring -----------------------------------------------------------------------------
 
-    def prefetch(
-        self,
-        layers: Iterable[LayerInfo],
-        choices: Iterable[Choice] | None = None,
-        *,
-        progress: bool | None = None,
-    ) -> int:
-        """Measure every grid entry that ``latency(layer, choice)`` needs and is not cached yet.
+    def prepare(self, cells: Sequence[tuple[LayerInfo, Choice]], *, progress: bool | None = None) -> None:
+        """Measure every grid entry the ``(layer, choice)`` cells need that is not cached yet.
 
-        Args:
-            layers: the layers (already adjusted for upstream filter pruning).
-            choices: the choices to cover for every layer; ``None``: dense at every bit-width.
-            progress: show a tqdm bar (default: the config's ``progress``).
-
-        Returns:
-            The number of measurements taken.
+        Unsupported cells are left for :meth:`latency` to reject. Shows a tqdm bar (default:
+        the config's ``progress``) and saves the cache once at the end.
         """
-        choices = (
-            list(choices) if choices is not None else [Choice(Pattern.DENSE, 1, 1, b, b) for b in self.bits]
-        )
         needed: dict[str, dict[str, Any]] = {}
-        for layer in layers:
-            for choice in choices:
-                if not self.supports(layer, choice):
-                    continue
+        for layer, choice in cells:
+            if self.supports(layer, choice):
                 for spec, _ in self.grid_points(layer, choice):
                     if spec["key"] not in self._table:
                         needed.setdefault(spec["key"], spec)
         self._measure_all(list(needed.values()), progress=self.progress if progress is None else progress)
-        return len(needed)
 
-    def _measure_all(self, specs: list[dict[str, Any]], *, progress: bool) -> None:
+    def _measure_all(self, specs: list[dict[str, Any]], *, progress: bool, chunk: int = 32) -> None:
         if not specs:
             return
         bar = None
+        started = time.perf_counter()
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(specs), desc=f"measuring {self.name}", unit="op", leave=False)
         try:
-            for spec in specs:
-                self._table[spec["key"]] = float(self._time(spec))
-                self.measurements += 1
+            for start in range(0, len(specs), chunk):  # a chunk's ops are built and timed together
+                part = specs[start : start + chunk]
+                for spec, seconds in zip(part, self._time(part), strict=True):
+                    self._table[spec["key"]] = float(seconds)
+                self.measurements += len(part)
                 if bar is not None:
-                    bar.update()
+                    bar.update(len(part))
         finally:
             if bar is not None:
                 bar.close()
             self._save()
+        log.info(
+            "%s: measured %d ops in %.1f s, cached in %s",
+            self.name,
+            len(specs),
+            time.perf_counter() - started,
+            self.cache_path,
+        )
 
     @contextlib.contextmanager
     def _timing_context(self) -> Iterator[None]:
@@ -413,18 +414,12 @@ class MeasuredModel(LatencyModel):
                     self.int8_fallbacks.add(spec["key"])
         return (nn.Sequential(op, nn.ReLU()) if relu else op), x
 
-    def _time(self, spec: dict[str, Any]) -> float:
-        """Median seconds of one batch through the grid entry's op (torch.utils.benchmark)."""
-        from torch.utils.benchmark import Timer
-
+    def _time(self, specs: list[dict[str, Any]]) -> list[float]:
+        """Seconds of one batch through each grid entry's op (:func:`time_calls`)."""
         with self._timing_context(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
-            op, x = self._build(spec)
-            op(x)  # int8 kernels pack weights lazily on the first call
-            for _ in range(self.warmup):
-                op(x)
-            timer = Timer("op(x)", globals={"op": op, "x": x}, num_threads=self.threads)
-            return float(timer.blocked_autorange(min_run_time=self.min_run_time).median)
+            calls = [functools.partial(*self._build(spec)) for spec in specs]
+            return time_calls(calls, self.threads, self.rounds, self.block_time, self.warmup)
 
     # -- the cache file ------------------------------------------------------------------------
 
@@ -452,7 +447,11 @@ class MeasuredModel(LatencyModel):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             ok = False
         if not ok:
-            log.warning("latency cache %s is corrupt or for another machine; it will be rebuilt", path)
+            log.warning(
+                "latency cache %s is corrupt or stale (another format, CPU, torch or thread count); "
+                "it will be rebuilt",
+                path,
+            )
             return None
         return dict(entries)
 
@@ -477,6 +476,38 @@ class MeasuredModel(LatencyModel):
     def table(self) -> dict[str, float]:
         """A copy of the measured entries (key -> seconds)."""
         return dict(self._table)
+
+
+def time_calls(
+    calls: Sequence[Callable[[], object]],
+    threads: int,
+    rounds: int = 21,
+    block_time: float = 0.001,
+    warmup: int = 10,
+) -> list[float]:
+    """Seconds per call of each of ``calls``: its fastest short block over interleaved rounds.
+
+    Timed with :class:`torch.utils.benchmark.Timer` at ``threads`` threads. Each call is
+    warmed up, then every round times one block of about ``block_time`` seconds per call, the
+    calls taking turns. The minimum over rounds is kept, not the median: on a shared machine the
+    speed drifts by up to 2x between 0.3 s windows, so a median measures the neighbours as much
+    as the op, while the fastest of short, interleaved blocks repeats to about 1% (measured here).
+    """
+    from torch.utils.benchmark import Timer
+
+    timers, numbers = [], []
+    for call in calls:
+        for _ in range(warmup + 1):  # the first call also packs int8 weights
+            call()
+        timer = Timer("call()", globals={"call": call}, num_threads=threads)
+        once = timer.timeit(1).median
+        timers.append(timer)
+        numbers.append(max(1, int(block_time / max(once, 1e-9))))
+    best = [math.inf] * len(calls)
+    for _ in range(rounds):
+        for i, (timer, number) in enumerate(zip(timers, numbers, strict=True)):
+            best[i] = min(best[i], timer.timeit(number).median)
+    return best
 
 
 def _int8_op(op: nn.Module, kind: str, relu: bool) -> nn.Module:

@@ -17,7 +17,7 @@ LINEAR = LayerInfo("fc", "linear", 24, 16, (), (), 1, (24,), (16,))
 
 def plain_cfg(cache_dir, **extra) -> dict:
     cfg = yaml.safe_load((hardware_config_dir() / "local_cpu.yaml").read_text())
-    cfg.update(cache_dir=str(cache_dir), min_run_time=0.001, warmup=1, progress=False, **extra)
+    cfg.update(cache_dir=str(cache_dir), rounds=1, block_time=1e-4, warmup=1, progress=False, **extra)
     return cfg
 
 
@@ -25,9 +25,9 @@ def fake(model: MeasuredModel) -> list[dict]:
     """Replace the timer by a deterministic function of the shape; return the specs it timed."""
     timed = []
 
-    def time(spec):
-        timed.append(spec)
-        return 1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64) * (0.5 if spec["bits"] == 8 else 1.0)
+    def time(specs):
+        timed.extend(specs)
+        return [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * (0.5 if s["bits"] == 8 else 1.0) for s in specs]
 
     model._time = time
     return timed
@@ -84,11 +84,12 @@ def test_filter_and_sparse_patterns_cost_as_dense_shapes(tmp_path):
 def test_cache_round_trips(tmp_path):
     first = build_latency_model(plain_cfg(tmp_path))
     fake(first)
-    assert first.prefetch([CONV, LINEAR], [dense(8), dense(32)]) == 4
+    first.prepare([(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)])
+    assert first.measurements == 4
     values = [first.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)]
     second = build_latency_model(plain_cfg(tmp_path))
     timed = fake(second)
-    assert second.prefetch([CONV, LINEAR]) == 0
+    second.prepare([(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)])
     assert [second.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)] == values
     assert timed == [] and second.measurements == 0
 
