@@ -94,7 +94,8 @@ class SearchSpace:
         latency: per layer, an array ``[rows, len(shapes), len(bits)]`` of seconds. A layer fed
             by the previous layer's filter options (``fed[i]``) has a row per option of that
             layer; any other layer has one row.
-        fixed_latency: seconds of the layers that are not searched (kept at reference precision).
+        fixed_latency: seconds no choice changes: the layers that are not searched (kept at
+            reference precision) and the network's overhead outside its layers.
         dense_latency: seconds of the whole network, dense at the device's reference precision.
         skipped: layers that cannot take a searched pattern, with the reason.
         patterns: the searched patterns; with more than one, each layer picks its own.
@@ -112,6 +113,7 @@ class SearchSpace:
     patterns: tuple[Pattern, ...]
     fed: list[bool] = field(default_factory=list)
     couplings: dict[str, FilterCoupling] = field(default_factory=dict)
+    overhead: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.fed:
@@ -262,11 +264,13 @@ def build_space(
     min_density: float,
     nm_options: Sequence[Sequence[int]] | None,
     couplings: Mapping[str, FilterCoupling] | None = None,
+    overhead: float = 0.0,
 ) -> SearchSpace:
     """Enumerate the options of every searched layer and cost them on ``hardware``.
 
     ``couplings`` (from :func:`rlprune.layers.filter_couplings`) are needed when ``pattern``
-    includes ``filter``: they say whose input channels a layer's filters feed.
+    includes ``filter``: they say whose input channels a layer's filters feed. ``overhead`` is
+    the network's seconds outside its layers (:meth:`LatencyModel.calibrate`).
 
     Raises:
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
@@ -345,8 +349,10 @@ def build_space(
     ]
     reference = hardware.dense_choice()
     searched_names = {lay.name for lay in searched}
-    fixed = sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names)
-    dense = sum(hardware.latency(lay, reference) for lay in all_layers)
+    fixed = overhead + sum(
+        hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names
+    )
+    dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
     return SearchSpace(
         list(searched),
         shapes,
@@ -358,6 +364,7 @@ def build_space(
         patterns,
         fed,
         couplings,
+        overhead,
     )
 
 

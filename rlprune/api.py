@@ -146,7 +146,7 @@ def make_space(
     searched: list[LayerInfo],
     hardware: LatencyModel,
 ) -> SearchSpace:
-    """The search space of the ``search`` config on ``hardware``.
+    """The search space of the ``search`` config on ``hardware``, calibrated to ``model``.
 
     When filter pruning is searched, the layers' couplings come from Torch-Pruning's
     dependency graph of ``model`` traced on ``example``.
@@ -164,6 +164,7 @@ def make_space(
         s.min_density,
         _plain(s.nm_options),
         couplings,
+        hardware.calibrate(model, example),
     )
 
 
@@ -291,12 +292,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         settings = FinetuneSettings.from_config(_plain(cfg.finetune))
         tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad)
         after = test_score(tuned.model, splits)
-        couplings = result.space.couplings
+        couplings, overhead = result.space.couplings, result.space.overhead
         rows = layer_rows(
             layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
         )
-        latency = network_latency(hardware, layers, tuned.policy, couplings) / network_latency(
-            hardware, layers, Policy()
+        latency = (network_latency(hardware, layers, tuned.policy, couplings) + overhead) / (
+            network_latency(hardware, layers, Policy()) + overhead
         )
         report = {
             "budget": budget,

@@ -9,7 +9,8 @@ timed whole and side by side with ``torch.utils.benchmark`` (fixed threads, the 
 interleaved short blocks: :func:`rlprune.hardware.measured.time_calls`), and predicted by
 every latency model that applies:
 
-* ``local_cpu``: the measured lookup table, summed over the exported layers (seconds);
+* ``local_cpu``: the measured lookup table, summed over the exported layers, plus the glue
+  between them (:meth:`MeasuredModel.calibrate`, measured once on the dense model) (seconds);
 * ``arm_cpu``: the roofline of a different CPU, for reference (ranking only);
 * ``flops``: MACs of the exported layers (MACs x density; bits ignored);
 * ``bops``: the BOPs proxy.
@@ -102,8 +103,9 @@ def _uniform_policy(layers: list[LayerInfo], ratio: float) -> Policy:
 class Predictors:
     """The latency models compared, each turned into a network prediction of exported layers."""
 
-    def __init__(self, local: MeasuredModel, first_layer: str) -> None:
+    def __init__(self, local: MeasuredModel, first_layer: str, overhead: float) -> None:
         self.local = local
+        self.overhead = overhead
         self.arm = load_latency_model("arm_cpu")
         bops = load_latency_model("bops")
         assert isinstance(bops, BopsModel)
@@ -118,7 +120,7 @@ class Predictors:
             return network_latency(model, layers, self._choices(layers, bits))
 
         return {
-            "local_cpu": net(self.local),
+            "local_cpu": net(self.local) + self.overhead,
             "arm_cpu": net(self.arm),
             "flops": float(sum(layer.macs for layer in layers)),
             "bops": net(self.bops),
@@ -162,7 +164,8 @@ def run_model(
     x = torch.randn((local.batch_size, *shape))
     layers = discover_layers(model, x)
     names = [layer.name for layer in layers]
-    predictors = Predictors(local, layers[0].name)
+    overhead = local.calibrate(model, x)
+    predictors = Predictors(local, layers[0].name, overhead)
     int8_note = None
     try:
         export_int8(model, x)
@@ -198,12 +201,16 @@ def run_model(
             for layer in eff
         ]
     )
+
     # §5: uniform filter pruning at predicted budget 0.5, and the dense int8 export
-    dense_pred = network_latency(local, layers, [local.dense_choice()] * len(layers))
+    def table(eff: list[LayerInfo], bits: int = 32) -> float:
+        return network_latency(local, eff, [Choice(Pattern.DENSE, 1, 1, bits, bits)] * len(eff)) + overhead
+
+    dense_pred = table(layers)
 
     def predicted_ratio(ratio: float) -> float:
         _, eff = deploy(_uniform_policy(layers, ratio), 32)
-        return network_latency(local, eff, [local.dense_choice()] * len(eff)) / dense_pred
+        return table(eff) / dense_pred
 
     low, high = 0.05, 1.0
     for _ in range(4 if quick else 8):
@@ -253,15 +260,11 @@ def run_model(
     speedups = {
         "filter_budget_0.5": {
             "keep_ratio": low,
-            "predicted_ratio": network_latency(local, half_eff, [local.dense_choice()] * len(half_eff))
-            / dense_pred,
+            "predicted_ratio": table(half_eff) / dense_pred,
         }
     }
     if "int8" in extra:
-        int8_choice = Choice(Pattern.DENSE, 1, 1, 8, 8)
-        speedups["int8"] = {
-            "predicted_ratio": network_latency(local, layers, [int8_choice] * len(layers)) / dense_pred
-        }
+        speedups["int8"] = {"predicted_ratio": table(layers, 8) / dense_pred}
     for key, entry in speedups.items():
         entry.update(
             measured_ratio=timed[key] / timed["dense"], measured_s=timed[key], dense_s=timed["dense"]

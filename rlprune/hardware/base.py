@@ -26,6 +26,9 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import torch
+from torch import nn
+
 from rlprune.errors import ConfigError
 from rlprune.hardware.storage import check_group, kofn_group_size
 from rlprune.layers import FilterCoupling, LayerInfo
@@ -112,6 +115,15 @@ class LatencyModel(abc.ABC):
     def prepare(self, cells: Sequence[tuple[LayerInfo, Choice]]) -> None:
         """Get ready to cost every ``(layer, choice)`` of ``cells``; a measured table measures them now."""
         return None  # analytical models cost a cell when asked
+
+    def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
+        """Fit the model to ``network``; return its seconds outside the layers that no choice changes.
+
+        Analytical models count launch and glue costs in their per-layer terms: nothing to fit,
+        0 returned. A measured table times the glue between the layers (pooling, activations,
+        residual adds) and charges each layer the part that follows its width.
+        """
+        return 0.0
 
     def dense_choice(self) -> Choice:
         """Dense at the reference precision for weights and activations: the baseline."""

@@ -62,7 +62,7 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
-CACHE_FORMAT = 3  # 3: fastest of 21 interleaved 1 ms blocks (1 was the median of blocks)
+CACHE_FORMAT = 4  # 4: fastest of 21 interleaved 1 ms blocks, torch.relu epilogue (1: median of blocks)
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -207,6 +207,7 @@ class MeasuredModel(LatencyModel):
         self.measurements = 0
         self.int8_fallbacks: set[str] = set()
         self._table: dict[str, float] = self._load()
+        self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
 
     # -- config --------------------------------------------------------------------------------
 
@@ -270,7 +271,61 @@ class MeasuredModel(LatencyModel):
         missing = [spec for spec, _ in points if spec["key"] not in self._table]
         if missing:
             self._measure_all(missing, progress=False)
-        return float(sum(w * self._table[spec["key"]] for spec, w in points))
+        op = sum(w * self._table[spec["key"]] for spec, w in points)
+        glue, channels = self._glue.get(layer.name, (0.0, 1))
+        kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
+        return float(op + glue * kept / channels)
+
+    def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
+        """Measure what ``network`` spends outside its layers' ops; return the part no choice changes.
+
+        The ops between the layers (pooling, batch norm, activations, reshapes, residual adds,
+        the forward's own Python) are timed on a copy whose prunable layers are replaced by stubs
+        that return their recorded outputs (batch norms folded, as deployed). Halving one stub's
+        output channels shows how much of that time follows the layer's width: that share is
+        added to the layer's latency, scaled by the channels it keeps; the rest is returned.
+        Cached in the table under the network's structure; until called, layers cost their op.
+        """
+        from rlprune.export import fold_batch_norms
+
+        x = torch.randn((self.batch_size, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
+        net = fold_batch_norms(network).float()
+        digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}".encode()).hexdigest()[:16]
+        prefix = f"network:{digest}:"
+        outputs = _layer_outputs(net, x)
+        if prefix + "overhead" not in self._table:
+            self._table.update({prefix + k: v for k, v in self._measure_glue(net, x, outputs).items()})
+            self._save()
+        self._glue = {
+            name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
+        }
+        self._cache.clear()
+        return self._table[prefix + "overhead"]
+
+    def _measure_glue(
+        self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """``overhead`` and ``glue:<layer>`` seconds of ``net`` (see :meth:`calibrate`)."""
+        variants = {"": _stubbed(net, outputs)}
+        for name, out in outputs.items():
+            half = _stubbed(net, {**outputs, name: _halve_channels(out)})
+            try:
+                with torch.no_grad():
+                    half(x)
+                variants[name] = half
+            except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
+                pass
+        variants["stub call"] = _Stub(x)
+        with self._timing_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calls = [functools.partial(module, x) for module in variants.values()]
+            seconds = dict(
+                zip(variants, time_calls(calls, self.threads, self.rounds, self.block_time), strict=True)
+            )
+        full = seconds.pop("")
+        stub_calls = seconds.pop("stub call") * len(outputs)
+        glue = {f"glue:{name}": 2.0 * max(0.0, full - seconds.get(name, full)) for name in outputs}
+        return {"overhead": max(0.0, full - stub_calls - sum(glue.values())), **glue}
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
         """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""
@@ -378,7 +433,7 @@ class MeasuredModel(LatencyModel):
             torch.set_num_threads(threads)
             torch.backends.quantized.engine = engine
 
-    def _build(self, spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    def _build(self, spec: dict[str, Any]) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """The op and an input batch for one grid entry (float or int8)."""
         gen = torch.Generator().manual_seed(0)
         kind, c_in, c_out = spec["kind"], spec["c_in"], spec["c_out"]
@@ -412,7 +467,7 @@ class MeasuredModel(LatencyModel):
                 except (RuntimeError, NotImplementedError, AttributeError, AssertionError) as exc:
                     warnings.warn(f"no int8 kernel for {kind} here ({exc}); costing it at FP32", stacklevel=2)
                     self.int8_fallbacks.add(spec["key"])
-        return (nn.Sequential(op, nn.ReLU()) if relu else op), x
+        return (functools.partial(_then_relu, op) if relu else op), x
 
     def _time(self, specs: list[dict[str, Any]]) -> list[float]:
         """Seconds of one batch through each grid entry's op (:func:`time_calls`)."""
@@ -443,7 +498,7 @@ class MeasuredModel(LatencyModel):
                 and data.get("checksum") == self._checksum(data["key"], data["entries"])
             )
             entries = data["entries"] if ok else {}
-            ok = ok and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in entries.values())
+            ok = ok and all(isinstance(v, float) and math.isfinite(v) and v >= 0 for v in entries.values())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             ok = False
         if not ok:
@@ -508,6 +563,63 @@ def time_calls(
         for i, (timer, number) in enumerate(zip(timers, numbers, strict=True)):
             best[i] = min(best[i], timer.timeit(number).median)
     return best
+
+
+class _Stub(nn.Module):
+    """Stands in for a layer: returns its recorded output at the cost of a module call."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return self.output
+
+
+def _layer_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of every prunable layer of ``net`` on ``x``, by name, in forward order."""
+    from rlprune.layers import PRUNABLE_TYPES
+
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.setdefault(name, out.detach()))
+        for name, module in net.named_modules()
+        if type(module) in PRUNABLE_TYPES
+    ]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+def _stubbed(net: nn.Module, outputs: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``net`` whose named layers return the given outputs."""
+    import copy
+
+    stubbed = copy.deepcopy(net)
+    for name, output in outputs.items():
+        parent, _, child = name.rpartition(".")
+        setattr(stubbed.get_submodule(parent) if parent else stubbed, child, _Stub(output))
+    return stubbed
+
+
+def _channels(output: torch.Tensor) -> int:
+    """Channels of a layer output: dim 1 of a conv map, the last dim of a Linear's."""
+    return output.shape[1] if output.dim() > 2 else output.shape[-1]
+
+
+def _halve_channels(output: torch.Tensor) -> torch.Tensor:
+    dim = 1 if output.dim() > 2 else output.dim() - 1
+    return output.narrow(dim, 0, max(1, output.shape[dim] // 2)).contiguous()
+
+
+def _then_relu(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # torch.relu after the module call, as the zoo's forward passes write it: an nn.Sequential
+    # with nn.ReLU would add two module calls (microseconds each, a quarter of a small layer)
+    return torch.relu(op(x))
 
 
 def _int8_op(op: nn.Module, kind: str, relu: bool) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
@@ -142,3 +143,38 @@ def test_bad_config_fails_with_a_message(tmp_path):
         build_latency_model(plain_cfg(tmp_path, bits=[4, 8, 32]))
     with pytest.raises(ConfigError, match="epilogue"):
         build_latency_model(plain_cfg(tmp_path, epilogue="gelu"))
+
+
+def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
+    from rlprune.hardware import measured
+    from rlprune.layers import discover_layers
+    from rlprune.models import MNIST1DCNN, ResNet20
+
+    torch_model = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    layers = {layer.name: layer for layer in discover_layers(torch_model, x)}
+    model = build_latency_model(plain_cfg(tmp_path))
+    fake(model)
+    before = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
+    overhead = model.calibrate(torch_model, x)
+    assert overhead >= 0
+    after = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
+    assert all(after[name] >= before[name] for name in layers)
+    # a conv2 feeds a residual add: halving its output cannot run, so its glue stays constant
+    assert after["stages.0.0.conv2"] == before["stages.0.0.conv2"]
+    # a filter choice pays the glue of the channels it keeps, as the narrower layer does
+    conv1 = layers["stages.0.0.conv1"]
+    half = Choice(Pattern.FILTER, conv1.out_channels // 2, conv1.out_channels, 32, 32)
+    narrower = conv1.with_channels(conv1.in_channels, conv1.out_channels // 2)
+    assert model.latency(conv1, half) == pytest.approx(model.latency(narrower, dense(32)), rel=1e-12)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the calibration should come from the cache")
+
+    monkeypatch.setattr(measured, "time_calls", no_timing)
+    again = build_latency_model(plain_cfg(tmp_path))
+    fake(again)
+    assert again.calibrate(torch_model, x) == overhead
+    assert {name: again.latency(layer, dense(32)) for name, layer in layers.items()} == after
+    with pytest.raises(AssertionError, match="from the cache"):
+        again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
