@@ -33,6 +33,7 @@ from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, 
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, ModelError
+from rlprune.export import export_filter_pruned
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, build_latency_model, network_latency
 from rlprune.io import write_atomic, write_json_atomic, write_yaml_atomic
@@ -323,15 +324,25 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "skipped": result.space.skipped,
             "layers": rows,
         }
+        baked = bake(tuned.model)
+        outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
+        if any(choice.pattern is Pattern.FILTER for _, choice in tuned.policy):
+            # the filters removed for real: a smaller dense network, saved whole (torch.load it)
+            smaller = export_filter_pruned(baked, tuned.policy, splits.train_x[:1])
+            write_atomic(run_dir / "model_pruned.pt", lambda f: torch.save(smaller, f))
+            outputs.append(run_dir / "model_pruned.pt")
+            report["export"] = {
+                "model_pruned": "model_pruned.pt",
+                "params": sum(p.numel() for p in smaller.parameters()),
+                "dense_params": sum(p.numel() for p in target.model.parameters()),
+            }
         write_json_atomic(run_dir / "report.json", report)
         write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-        write_atomic(run_dir / "model.pt", lambda f: torch.save(bake(tuned.model).state_dict(), f))
+        write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
         print_report(report)
         tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
         tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
-        tracker.log_artifact(
-            "compressed", "model", [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
-        )
+        tracker.log_artifact("compressed", "model", outputs)
     except BaseException:
         tracker.finish(exit_code=1)
         raise

@@ -142,3 +142,8 @@ def test_cli_searches_filters_on_the_measured_table_and_reuses_it(tmp_path):
     assert any(row["pattern"] == "filter" for row in first["layers"])
     assert "local_cpu: measured" in first_log and "local_cpu: measured" not in second_log  # from the cache
     assert second["layers"] == first["layers"]
+    smaller = torch.load(tmp_path / "first" / "model_pruned.pt", weights_only=False)
+    assert first["export"]["params"] == sum(p.numel() for p in smaller.parameters())
+    assert first["export"]["params"] < first["export"]["dense_params"]
+    with torch.no_grad():
+        assert smaller(torch.randn(2, 1, 40)).shape == (2, 10)
