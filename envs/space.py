@@ -178,11 +178,11 @@ class SearchSpace:
             raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
         cheapest = self.cheapest()
         if cheapest > budget + 1e-12:
+            hint = "" if Pattern.FILTER in self.patterns else ", or search.pattern=filter (fewer channels)"
             raise BudgetError(
                 f"budget.latency={budget} is below the cheapest reachable latency {cheapest:.4f} of the "
                 f"dense model on this hardware with search.pattern={[p.value for p in self.patterns]}; "
-                f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}, or a pattern this device "
-                "runs faster (on a CPU: search.pattern=filter)"
+                f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}{hint}"
             )
 
     def choice(self, layer: int, shape: int, bits: int) -> Choice:
