@@ -62,7 +62,7 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
-CACHE_FORMAT = 4  # 4: fastest of 21 interleaved 1 ms blocks, torch.relu epilogue (1: median of blocks)
+CACHE_FORMAT = 6  # 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -208,6 +208,7 @@ class MeasuredModel(LatencyModel):
         self.int8_fallbacks: set[str] = set()
         self._table: dict[str, float] = self._load()
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
+        self._int8_glue = 0.0  # seconds each int8 layer adds to the network's glue, calibrate()
 
     # -- config --------------------------------------------------------------------------------
 
@@ -274,17 +275,24 @@ class MeasuredModel(LatencyModel):
         op = sum(w * self._table[spec["key"]] for spec, w in points)
         glue, channels = self._glue.get(layer.name, (0.0, 1))
         kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
-        return float(op + glue * kept / channels)
+        int8_glue = self._int8_glue if self._runs_int8(choice) else 0.0
+        return float(op + glue * kept / channels + int8_glue)
+
+    def _runs_int8(self, choice: Choice) -> bool:
+        return max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8
 
     def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
         """Measure what ``network`` spends outside its layers' ops; return the part no choice changes.
 
         The ops between the layers (pooling, batch norm, activations, reshapes, residual adds,
         the forward's own Python) are timed on a copy whose prunable layers are replaced by stubs
-        that return their recorded outputs (batch norms folded, as deployed). Halving one stub's
-        output channels shows how much of that time follows the layer's width: that share is
-        added to the layer's latency, scaled by the channels it keeps; the rest is returned.
-        Cached in the table under the network's structure; until called, layers cost their op.
+        that return their recorded outputs (batch norms folded, as deployed). Narrowing one
+        stub's output shows how much of that time follows the layer's width: that share is added
+        to the layer's latency, scaled by the channels it keeps; the rest is returned. Where
+        int8 is searched, the int8 export (torch.ao FX) is stubbed the same way: what its glue
+        (quantize, dequantize, quantized pooling and reshapes) costs beyond the FP32 glue is
+        spread over the layers, each int8 layer paying its share. Cached in the table under the
+        network's structure; until called, layers cost their op alone.
         """
         from rlprune.export import fold_batch_norms
 
@@ -299,39 +307,85 @@ class MeasuredModel(LatencyModel):
         self._glue = {
             name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
         }
+        self._int8_glue = self._table[prefix + "int8_glue"] / len(outputs)
         self._cache.clear()
         return self._table[prefix + "overhead"]
 
     def _measure_glue(
         self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        """``overhead`` and ``glue:<layer>`` seconds of ``net`` (see :meth:`calibrate`)."""
-        variants = {"": _stubbed(net, outputs)}
+        """``overhead`` and ``glue:<layer>`` seconds of ``net`` (see :meth:`calibrate`).
+
+        Each layer's stub is narrowed to a quarter of its channels (at least 2, which cannot
+        broadcast into a residual add); where the network still runs, the time saved, scaled to
+        all channels, is that layer's glue if it stands out of the noise: three times the gap
+        between two timings of the same stubbed network, and 1% of it.
+        """
+        kept = {name: max(2, _channels(out) // 4) for name, out in outputs.items()}
+        variants = {"full": _stubbed(net, outputs), "again": _stubbed(net, outputs)}
         for name, out in outputs.items():
-            half = _stubbed(net, {**outputs, name: _halve_channels(out)})
+            if _channels(out) <= kept[name]:
+                continue
+            narrow = _stubbed(net, {**outputs, name: _narrow_channels(out, kept[name])})
             try:
                 with torch.no_grad():
-                    half(x)
-                variants[name] = half
+                    narrow(x)
+                variants[name] = narrow
             except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
                 pass
         variants["stub call"] = _Stub(x)
+        int8 = self._stubbed_int8(net, x) if 8 in self.bits else None
+        if int8 is not None:
+            variants["int8"] = int8
         with self._timing_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calls = [functools.partial(module, x) for module in variants.values()]
-            seconds = dict(
-                zip(variants, time_calls(calls, self.threads, self.rounds, self.block_time), strict=True)
-            )
-        full = seconds.pop("")
+            timed = time_calls(calls, self.threads, 2 * self.rounds, self.block_time)
+        seconds = dict(zip(variants, timed, strict=True))
+        full, again = seconds.pop("full"), seconds.pop("again")
         stub_calls = seconds.pop("stub call") * len(outputs)
-        glue = {f"glue:{name}": 2.0 * max(0.0, full - seconds.get(name, full)) for name in outputs}
-        return {"overhead": max(0.0, full - stub_calls - sum(glue.values())), **glue}
+        int8_glue = max(0.0, seconds.pop("int8", full) - full)
+        noise = max(3.0 * abs(full - again), 0.01 * full)
+        glue = {}
+        for name, out in outputs.items():
+            channels = _channels(out)
+            saved = (full - seconds.get(name, full)) * channels / (channels - min(kept[name], channels - 1))
+            glue[f"glue:{name}"] = saved if saved > noise else 0.0
+        overhead = max(0.0, full - stub_calls - sum(glue.values()))
+        return {"overhead": overhead, "int8_glue": int8_glue, **glue}
+
+    def _stubbed_int8(self, net: nn.Module, x: torch.Tensor) -> nn.Module | None:
+        """The int8 export of ``net`` with its quantized layers stubbed, or None where it cannot run."""
+        from rlprune.errors import ModelError
+        from rlprune.export import export_int8
+
+        if self.engine is None:
+            return None
+        try:
+            quantized = export_int8(net, x)
+        except ModelError as exc:
+            log.warning("%s: no int8 glue measured: %s", self.name, exc)
+            return None
+        modules = dict(quantized.named_modules())
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [
+            modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.setdefault(name, out))
+            for name in _layer_outputs(net, x)
+            if name in modules
+        ]
+        try:
+            with self._timing_context():
+                quantized(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return _stubbed(quantized, outputs)
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
         """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""
         if choice.pattern is Pattern.FILTER:
             layer = layer.with_channels(layer.in_channels, choice.keep)
-        bits = 8 if max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8 else 32
+        bits = 8 if self._runs_int8(choice) else 32
         step = self.channel_step
         depthwise = layer.kind != "linear" and layer.groups > 1 and layer.groups == layer.in_channels
         if depthwise and layer.out_channels == layer.in_channels:
@@ -611,9 +665,9 @@ def _channels(output: torch.Tensor) -> int:
     return output.shape[1] if output.dim() > 2 else output.shape[-1]
 
 
-def _halve_channels(output: torch.Tensor) -> torch.Tensor:
+def _narrow_channels(output: torch.Tensor, channels: int) -> torch.Tensor:
     dim = 1 if output.dim() > 2 else output.dim() - 1
-    return output.narrow(dim, 0, max(1, output.shape[dim] // 2)).contiguous()
+    return output.narrow(dim, 0, channels).contiguous()
 
 
 def _then_relu(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
