@@ -2,11 +2,13 @@
 
 A mistake the user can fix (bad value, infeasible budget, unknown model) prints one line
 starting with ``error:`` and exits with status 2; the traceback goes to ``error.log`` in the
-run folder, never to the terminal.
+run folder, never to the terminal. An interrupted run (Ctrl-C, or SIGTERM from a cluster)
+says where its best policy so far is and exits with status 130.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +25,7 @@ def _main(cfg: DictConfig) -> float:
     from rlprune.api import run  # imported here so --help and --cfg stay fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run(cfg, run_dir)
     except RlpruneError as exc:
@@ -30,7 +33,17 @@ def _main(cfg: DictConfig) -> float:
         log.write_text(traceback.format_exc())
         print(f"error: {exc} (details: {log})", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        policy = run_dir / "policy.yaml"
+        kept = f"the best policy so far is in {policy}" if policy.exists() else "no policy was found yet"
+        print(f"error: interrupted; {kept}", file=sys.stderr)
+        sys.exit(130)
     return float(report["accuracy"]["search_best_reward"])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (a cluster's preemption, `kill`) ends the run as Ctrl-C does: outputs closed cleanly
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from rlprune.agents import SEARCHERS, make_searcher
 from rlprune.compress import bake, calibrate_activations, compress
+from rlprune.config import validate
 from rlprune.data import Splits, load_splits
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
 from rlprune.envs.features import measure_sensitivity
@@ -265,13 +266,17 @@ def test_score(model: nn.Module, splits: Splits) -> Score:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The whole chain: target, search, finetune, report, export. Returns the report."""
     run_dir = Path(run_dir)
-    budget, evaluations = float(cfg.budget.latency), int(cfg.search.evaluations)
-    if not 0.0 < budget <= 1.0:
-        raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
-    if evaluations < 1:
-        raise ConfigError(f"search.evaluations must be >= 1, got {evaluations}")
+    held = [name for name in ("report.json", "policy.yaml") if (run_dir / name).exists()]
+    if held:
+        raise ConfigError(
+            f"the run folder {run_dir} already holds a run ({', '.join(held)}); rlprune never overwrites "
+            "one: choose another hydra.run.dir"
+        )
+    validate(cfg)
+    budget = float(cfg.budget.latency)
     if cfg.agent.name not in SEARCHERS:
-        raise ConfigError(f"unknown agent {cfg.agent.name!r}; valid: {SEARCHERS}")
+        raise ConfigError(f"agent.name={cfg.agent.name!r} is not allowed: one of {SEARCHERS}")
+    settings = FinetuneSettings.from_config(_plain(cfg.finetune))
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     make_space(cfg, model, splits.train_x[:1], layers, searched, hardware).check_budget(budget)  # fail fast
@@ -290,7 +295,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         result = search(cfg, target, hardware, tracker, run_dir)
         policy = result.best.policy
         before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad), splits)
-        settings = FinetuneSettings.from_config(_plain(cfg.finetune))
         tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad)
         after = test_score(tuned.model, splits)
         couplings, overhead = result.space.couplings, result.space.overhead

@@ -47,29 +47,6 @@ def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
     assert "latency %" in result.stdout and "after finetune" in result.stdout
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["agent=alphazero"], "Could not find 'agent/alphazero'"),
-        (["hardware=tpu9"], "Could not find 'hardware/tpu9'"),
-        (["model=gpt5"], "Could not find 'model/gpt5'"),
-        (["budget.latency=1.5"], "error: budget.latency must be in (0, 1], got 1.5"),
-        (["budget.latency=0"], "error: budget.latency must be in (0, 1], got 0"),
-        (["budget.latency=0.001"], "below the cheapest reachable latency"),
-        (["search.evaluations=0"], "error: search.evaluations must be >= 1"),
-        (["search.pattern=zigzag"], "unknown search.pattern 'zigzag'"),
-    ],
-)
-def test_bad_input_stops_with_a_clear_message_and_no_traceback(tmp_path, overrides, message):
-    result = rlprune(tmp_path, *QUICK, "wandb.mode=disabled", *overrides)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    if message.startswith("error:"):
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1
-
-
 def test_valid_agent_names_are_listed_for_an_unknown_agent(tmp_path):
     result = rlprune(tmp_path, "agent=alphazero")
     assert "Available options in 'agent'" in result.stderr

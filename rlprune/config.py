@@ -1,0 +1,151 @@
+"""The config schema: the type of every key rlprune reads, and the ranges checked before any work.
+
+Hydra composes ``conf/config.yaml`` on top of :class:`RlpruneConfig` (stored in Hydra's
+ConfigStore as ``rlprune_schema``), so an unknown key or a value of the wrong type is refused
+while the config is composed, naming the key. :func:`validate` then checks the ranges of a
+composed config and raises one :class:`ConfigError` naming the key, the bad value and what is
+allowed. The groups whose keys depend on the choice (``model``, ``data``, ``agent``,
+``hardware``, ``finetune``) are checked by the code that reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from rlprune.errors import ConfigError
+from rlprune.policy import SUPPORTED_BITS
+
+PATTERNS = ("kofn_weight", "nm", "nm_transposable", "unstructured", "filter")
+METRICS = ("accuracy", "loss")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class BudgetConfig:
+    """``budget.*``: the latency budget relative to the dense model, in (0, 1]."""
+
+    latency: float = 0.25
+
+
+@dataclass
+class DenseConfig:
+    """``dense.*``: training of the dense baseline (once per model, data and settings)."""
+
+    epochs: int = 60
+    lr: float = 0.01
+    batch_size: int = 100
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class LayersConfig:
+    """``layers.*``: which prunable layers the search decides for."""
+
+    exclude_first: bool = False
+    exclude_last: bool = False
+
+
+@dataclass
+class SearchConfig:
+    """``search.*``: the search space and its cost in evaluations."""
+
+    evaluations: int = 1000
+    pattern: Any = "kofn_weight"  # one name or a list of names
+    bits: Any = None  # null or a list of bit-widths
+    nm_options: Any = None  # null or a list of [N, M]
+    levels: int = 20
+    min_density: float = 0.05
+    nm_pad: bool = True
+
+
+@dataclass
+class RewardConfig:
+    """``reward.*``: what the search maximises on the reward split."""
+
+    metric: str = "accuracy"
+    baseline_momentum: float | None = None
+
+
+@dataclass
+class WandbConfig:
+    """``wandb.*``: Weights & Biases tracking."""
+
+    mode: str = "offline"
+    project: str = "rlprune"
+    group: str | None = None
+
+
+@dataclass
+class RlpruneConfig:
+    """The whole tree. Group choices (``model``, ``data``, ...) are open mappings."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    agent: Any = MISSING
+    hardware: Any = MISSING
+    finetune: Any = MISSING
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    cache_dir: str = MISSING
+    progress_bar: bool = True
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+ConfigStore.instance().store(name="rlprune_schema", node=RlpruneConfig)
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the ranges of a composed config; raise :class:`ConfigError` on the first bad key."""
+    checks: list[tuple[str, bool, str]] = [
+        ("budget.latency", 0.0 < cfg.budget.latency <= 1.0, "a share of the dense latency in (0, 1]"),
+        ("search.evaluations", cfg.search.evaluations >= 1, "an integer >= 1"),
+        ("search.levels", cfg.search.levels >= 2, "an integer >= 2"),
+        ("search.min_density", 0.0 < cfg.search.min_density <= 1.0, "a density in (0, 1]"),
+        ("reward.metric", cfg.reward.metric in METRICS, f"one of {list(METRICS)}"),
+        ("wandb.mode", cfg.wandb.mode in WANDB_MODES, f"one of {list(WANDB_MODES)}"),
+        ("dense.epochs", cfg.dense.epochs >= 0, "an integer >= 0"),
+        ("dense.lr", cfg.dense.lr > 0, "a learning rate > 0"),
+        ("dense.batch_size", cfg.dense.batch_size >= 1, "an integer >= 1"),
+    ]
+    momentum = cfg.reward.baseline_momentum
+    checks.append(
+        ("reward.baseline_momentum", momentum is None or 0.0 < momentum <= 1.0, "null or in (0, 1]")
+    )
+    for key, ok, allowed in checks:
+        if not ok:
+            raise _fail(key, OmegaConf.select(cfg, key), allowed)
+
+    pattern = _plain(cfg.search.pattern)
+    names = [pattern] if isinstance(pattern, str) else pattern
+    if not isinstance(names, list) or not names or any(name not in PATTERNS for name in names):
+        raise _fail("search.pattern", pattern, f"one of {list(PATTERNS)}, or a list of them")
+    bits = _plain(cfg.search.bits)
+    if bits is not None and (
+        not isinstance(bits, list) or not bits or any(b not in SUPPORTED_BITS for b in bits)
+    ):
+        raise _fail("search.bits", bits, f"null or a list of bit-widths from {list(SUPPORTED_BITS)}")
+    options = _plain(cfg.search.nm_options)
+    if options is not None:
+        valid = isinstance(options, list) and all(
+            isinstance(o, list) and len(o) == 2 and all(isinstance(v, int) for v in o) and 0 < o[0] < o[1]
+            for o in options
+        )
+        if not valid or not options:
+            raise _fail("search.nm_options", options, "null or a list of [N, M] with 0 < N < M")
