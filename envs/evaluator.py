@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -26,16 +27,23 @@ class PolicyEvaluator:
         names: the searched layers.
         x, y: the reward split.
         pad: N:M pads (True) or refuses a reduction length that is not a multiple of M.
+        memo_size: scores of this many most recently evaluated policies are remembered.
     """
 
     def __init__(
-        self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor, pad: bool = True
+        self,
+        model: nn.Module,
+        names: list[str],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        pad: bool = True,
+        memo_size: int = 4096,
     ) -> None:
         self.model = copy.deepcopy(model).eval()
         attach(self.model, names)
-        self.x, self.y, self.pad = x, y, pad
+        self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
-        self._memo: dict[Policy, Score] = {}
+        self._memo: OrderedDict[Policy, Score] = OrderedDict()
         self.forward_passes = 0
 
     def __call__(self, policy: Policy) -> Score:
@@ -45,6 +53,7 @@ class PolicyEvaluator:
             RlpruneError: when the network's outputs are not finite under this policy.
         """
         if policy in self._memo:
+            self._memo.move_to_end(policy)
             return self._memo[policy]
         for name, choice in policy:
             layer = self.model.get_submodule(name)
@@ -59,4 +68,6 @@ class PolicyEvaluator:
                 f"the network's loss is {score.loss} under policy {policy.to_dict()}; check the model"
             )
         self._memo[policy] = score
+        if len(self._memo) > self.memo_size:  # least recently used first: a long search stays flat
+            self._memo.popitem(last=False)
         return score

@@ -64,15 +64,10 @@ class SearchProblem:
         space.check_budget(budget)
         self.space, self.evaluator, self.budget = space, evaluator, budget
         self.evaluations, self.metric = evaluations, metric
-        self.history: list[Outcome] = []
+        self.used = 0  # evaluations spent; outcomes go to the listeners, not to an ever-growing list
         self.best: Outcome | None = None
         self.listeners: list[Callable[[Outcome, bool], None]] = []
         self.started = time.perf_counter()
-
-    @property
-    def used(self) -> int:
-        """Evaluations spent so far."""
-        return len(self.history)
 
     @property
     def exhausted(self) -> bool:
@@ -97,7 +92,7 @@ class SearchProblem:
             latency=self.space.policy_latency(picks),
             budget=self.budget if budget is None else budget,
         )
-        self.history.append(outcome)
+        self.used += 1
         improved = outcome.latency <= outcome.budget + 1e-9 and (
             self.best is None or self.value(outcome) > self.value(self.best)
         )

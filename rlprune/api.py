@@ -14,7 +14,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,11 +196,13 @@ def search(
     hardware: LatencyModel,
     tracker: Tracker | None = None,
     run_dir: Path | None = None,
+    listeners: Sequence[Callable[[Outcome, bool], None]] = (),
 ) -> SearchResult:
     """Run the configured searcher for ``search.evaluations`` policies and return the best.
 
     When ``run_dir`` is given, the best policy so far is written to ``policy.yaml`` whenever
-    it improves, so an interrupted search keeps it.
+    it improves, so an interrupted search keeps it. Each of ``listeners`` is called with every
+    evaluated policy's outcome and whether it improved the best.
     """
     example = target.splits.train_x[:1]
     space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
@@ -212,6 +214,7 @@ def search(
         cfg.search.nm_pad,
     )
     problem = SearchProblem(space, evaluator, cfg.budget.latency, cfg.search.evaluations, cfg.reward.metric)
+    problem.listeners.extend(listeners)
     if tracker is not None:
         problem.listeners.append(tracker.log_outcome)
     if run_dir is not None:

@@ -46,3 +46,10 @@ def make_env(
     evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y)
     problem = SearchProblem(space, evaluator, budget, evaluations)
     return PruneEnv(problem, measure_sensitivity(space, evaluator))
+
+
+def record(env: PruneEnv) -> list:
+    """A list that collects every outcome the env's problem evaluates from now on."""
+    outcomes: list = []
+    env.problem.listeners.append(lambda outcome, improved: outcomes.append(outcome))
+    return outcomes

@@ -95,3 +95,22 @@ def test_several_patterns_add_a_pattern_action_and_each_layer_picks_its_own():
         assert info["outcome"].latency <= 0.6 + 1e-9
         picked |= {choice.pattern.value for _, choice in info["outcome"].policy}
     assert {"nm", "kofn_weight"} <= picked
+
+
+def test_the_score_memo_is_bounded_and_keeps_the_most_recent():
+    from rlprune.envs import PolicyEvaluator
+
+    env = make_env(pattern="kofn_weight", samples=16)
+    scored = env.problem.evaluator
+    evaluator = PolicyEvaluator(
+        scored.model, [lay.name for lay in env.space.layers], scored.x, scored.y, memo_size=2
+    )
+    top_bits = len(env.space.bits) - 1
+    policies = [env.space.policy([(s, top_bits) for _ in env.space.shapes]) for s in range(3)]
+    for policy in policies:
+        evaluator(policy)
+    assert evaluator.forward_passes == 3
+    evaluator(policies[2])  # remembered
+    assert evaluator.forward_passes == 3
+    evaluator(policies[0])  # forgotten: the memo holds the two most recent only
+    assert evaluator.forward_passes == 4

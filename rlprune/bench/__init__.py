@@ -8,4 +8,5 @@ BENCHMARKS = {
     "search": "rlprune.bench.search",
     "masks": "rlprune.bench.masks",
     "latency": "rlprune.bench.latency",
+    "soak": "rlprune.bench.soak",
 }
