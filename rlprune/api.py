@@ -178,15 +178,34 @@ def load_target(cfg: DictConfig) -> Target:
 def train_target(
     cfg: DictConfig, model: nn.Module, splits: Splits, layers: list[LayerInfo], searched: list[LayerInfo]
 ) -> Target:
-    """The :class:`Target` of :func:`describe`'s pieces, with the dense model trained (or loaded)."""
+    """The :class:`Target` of :func:`describe`'s pieces, with the dense model trained (or loaded).
+
+    Raises:
+        ModelError: when the dense model has non-finite weights, or has learned nothing (its
+            reward-split accuracy is no better than always answering the most frequent class),
+            so there is nothing for a search to keep.
+    """
     model = train_dense(cfg, model, splits)
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise ModelError(
+            f"the dense model has NaN or inf weights in {broken[:3]}; check dense.lr and the model"
+        )
+    dense_reward = evaluate(model, splits.reward_x, splits.reward_y)
+    majority = torch.bincount(splits.reward_y).max().item() / len(splits.reward_y)
+    if dense_reward.accuracy <= majority + 0.01:
+        raise ModelError(
+            f"the dense model's reward-split accuracy {dense_reward.accuracy:.3f} is no better than always "
+            f"answering the most frequent class ({majority:.3f}): it has not learned; train it longer "
+            "(dense.epochs) or check the model and data"
+        )
     return Target(
         splits=splits,
         model=model,
         layers=layers,
         searched=searched,
         dense_test=evaluate(model, splits.test_x, splits.test_y),
-        dense_reward=evaluate(model, splits.reward_x, splits.reward_y),
+        dense_reward=dense_reward,
     )
 
 

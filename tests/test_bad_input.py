@@ -72,6 +72,7 @@ CASES = [
     (["model._target_=no_such_package.Net"], "error: cannot build model 'no_such_package.Net'"),
     (["model=digits_cnn"], "error: the model rejects an input of shape (1, 1, 40)"),
     (["~model", "+model._target_=torch.nn.Flatten"], "error: Flatten has no prunable layer"),
+    (["dense.epochs=0"], "error: the dense model's reward-split accuracy"),  # untrained: at chance
 ]
 
 
