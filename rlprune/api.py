@@ -37,7 +37,7 @@ from rlprune.errors import ConfigError, ModelError
 from rlprune.export import export_filter_pruned
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, build_latency_model, network_latency
-from rlprune.io import write_atomic, write_json_atomic, write_yaml_atomic
+from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
 from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
@@ -288,12 +288,7 @@ def test_score(model: nn.Module, splits: Splits) -> Score:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The whole chain: target, search, finetune, report, export. Returns the report."""
     run_dir = Path(run_dir)
-    held = [name for name in ("report.json", "policy.yaml") if (run_dir / name).exists()]
-    if held:
-        raise ConfigError(
-            f"the run folder {run_dir} already holds a run ({', '.join(held)}); rlprune never overwrites "
-            "one: choose another hydra.run.dir"
-        )
+    check_fresh_run_dir(run_dir)
     validate(cfg)
     budget = float(cfg.budget.latency)
     if cfg.agent.name not in SEARCHERS:

@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import yaml
 
+from rlprune.errors import ConfigError
+
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path`` and rename it to ``path``."""
@@ -53,3 +55,16 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as block-style YAML to ``path`` atomically."""
     return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+RUN_OUTPUTS = ("report.json", "policy.yaml")
+
+
+def check_fresh_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`ConfigError` when ``run_dir`` already holds a run: rlprune never overwrites one."""
+    held = [name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
+    if held:
+        raise ConfigError(
+            f"the run folder {run_dir} already holds a run ({', '.join(held)}); rlprune never overwrites "
+            "one: choose another hydra.run.dir"
+        )
