@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from rlprune.compress import attach, mask_for, set_choice
 from rlprune.errors import RlpruneError
+from rlprune.layers import FilterCoupling
 from rlprune.policy import Policy
 from rlprune.training import Score, evaluate
 
@@ -28,6 +30,7 @@ class PolicyEvaluator:
         x, y: the reward split.
         pad: N:M pads (True) or refuses a reduction length that is not a multiple of M.
         memo_size: scores of this many most recently evaluated policies are remembered.
+        couplings: the layers' filter couplings (the batch norms a pruned filter silences).
     """
 
     def __init__(
@@ -38,9 +41,10 @@ class PolicyEvaluator:
         y: torch.Tensor,
         pad: bool = True,
         memo_size: int = 4096,
+        couplings: Mapping[str, FilterCoupling] | None = None,
     ) -> None:
         self.model = copy.deepcopy(model).eval()
-        attach(self.model, names)
+        attach(self.model, names, couplings)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
         self._memo: OrderedDict[Policy, Score] = OrderedDict()

@@ -231,6 +231,7 @@ def search(
         target.splits.reward_x,
         target.splits.reward_y,
         cfg.search.nm_pad,
+        couplings=space.couplings,
     )
     problem = SearchProblem(space, evaluator, cfg.budget.latency, cfg.search.evaluations, cfg.reward.metric)
     problem.listeners.extend(listeners)
@@ -311,10 +312,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         target = train_target(cfg, model, splits, layers, searched)
         result = search(cfg, target, hardware, tracker, run_dir)
         policy = result.best.policy
-        before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad), splits)
-        tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad)
+        couplings = result.space.couplings
+        before = test_score(
+            compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings), splits
+        )
+        tuned = finetune(
+            target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad, couplings
+        )
         after = test_score(tuned.model, splits)
-        couplings, overhead = result.space.couplings, result.space.overhead
+        overhead = result.space.overhead
         rows = layer_rows(
             layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
         )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from rlprune.layers import FilterCoupling
 from rlprune.masks import GumbelTopKMask, compute_mask, srste
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
@@ -58,19 +59,28 @@ class LearnedMaskedWeight(nn.Module):
         return fake_quantize_weight(weight * self.sampler(), self.bits)
 
 
-class FilterBias(nn.Module):
-    """Bias parametrization ``b -> b ⊙ kept``: a pruned filter outputs exactly zero, as once removed.
+class KeptFilters(nn.Module):
+    """Which output channels of a layer its filter choice keeps (all, for other patterns)."""
 
-    Without it a filter whose weights are masked still emits its bias, a constant channel the
-    next layer keeps reading, so the masked network would not compute what the exported one does.
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("kept", torch.ones(channels, dtype=torch.bool))
+
+
+class SilencePruned(nn.Module):
+    """Parametrization ``t -> t ⊙ kept`` of a per-channel bias, or a batch norm's scale and shift.
+
+    A filter whose weights are masked still emits its bias, and the batch norm after it its
+    shift: a constant channel the next layer keeps reading. Silencing both makes a pruned filter
+    output exactly zero, so the masked network computes what the exported one does.
     """
 
-    def __init__(self, kept: torch.Tensor) -> None:
+    def __init__(self, filters: KeptFilters) -> None:
         super().__init__()
-        self.register_buffer("kept", kept)
+        self.filters = filters  # shared with the layer: set_choice updates one buffer
 
-    def forward(self, bias: torch.Tensor) -> torch.Tensor:
-        return bias * self.kept
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * self.filters.kept
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -78,17 +88,26 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quantizer(args[0]), *args[1:])
 
 
-def attach(model: nn.Module, names: list[str]) -> None:
-    """Give each named layer an all-ones mask, float weights and a float input quantizer."""
+def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCoupling] | None = None) -> None:
+    """Give each named layer an all-ones mask, float weights and a float input quantizer.
+
+    A layer's bias, and the batch norms its ``couplings`` entry names, are silenced on the
+    channels whose filters a filter choice prunes.
+    """
     for name in names:
         layer = model.get_submodule(name)
         if parametrize.is_parametrized(layer, "weight"):
             continue
         mask = torch.ones_like(layer.weight, dtype=torch.bool)
         parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
-        if layer.bias is not None:
-            kept = torch.ones(layer.bias.shape, dtype=torch.bool)
-            parametrize.register_parametrization(layer, "bias", FilterBias(kept))
+        layer.kept_filters = KeptFilters(layer.weight.shape[0])
+        norms = couplings[name].norms if couplings and name in couplings else ()
+        for module, tensor in [
+            (layer, "bias"),
+            *((model.get_submodule(n), t) for n in norms for t in ("weight", "bias")),
+        ]:
+            if getattr(module, tensor, None) is not None:
+                parametrize.register_parametrization(module, tensor, SilencePruned(layer.kept_filters))
         layer.input_quantizer = ActivationQuantizer()
         layer.register_forward_pre_hook(_quantize_input)
 
@@ -106,13 +125,8 @@ def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
     parametrization.mask = mask
     parametrization.bits = choice.w_bits
     layer.input_quantizer.bits = choice.a_bits
-    if parametrize.is_parametrized(layer, "bias"):
-        filters = (
-            mask.flatten(1).any(1)
-            if choice.pattern is Pattern.FILTER
-            else torch.ones(len(mask), dtype=torch.bool)
-        )
-        layer.parametrizations.bias[0].kept = filters
+    pruning = choice.pattern is Pattern.FILTER
+    layer.kept_filters.kept = mask.flatten(1).any(1) if pruning else torch.ones(len(mask), dtype=torch.bool)
 
 
 def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:
@@ -133,7 +147,11 @@ def mask_for(layer: nn.Module, name: str, choice: Choice, pad: bool) -> torch.Te
 
 
 def compress(
-    model: nn.Module, policy: Policy, masks: Mapping[str, torch.Tensor] | None = None, pad: bool = True
+    model: nn.Module,
+    policy: Policy,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    pad: bool = True,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with the masks and quantizers of ``policy`` attached.
 
@@ -142,10 +160,11 @@ def compress(
         policy: choices by layer name.
         masks: precomputed masks by layer name; others are computed by magnitude.
         pad: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
+        couplings: the layers' filter couplings: the batch norms a pruned filter silences.
     """
     compressed = copy.deepcopy(model)
     names = [name for name, _ in policy]
-    attach(compressed, names)
+    attach(compressed, names, couplings)
     for name, choice in policy:
         layer = compressed.get_submodule(name)
         mask = masks[name] if masks is not None and name in masks else mask_for(layer, name, choice, pad)

@@ -27,7 +27,7 @@ from rlprune.compress import (
 )
 from rlprune.data import Splits
 from rlprune.errors import ConfigError
-from rlprune.layers import LayerInfo
+from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.masks import (
     CRITERIA,
     GapSchedule,
@@ -251,8 +251,12 @@ def finetune(
     settings: FinetuneSettings,
     seed: int,
     pad: bool = True,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> FinetuneResult:
-    """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back."""
+    """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back.
+
+    ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`).
+    """
     applied, kept = finetune_policy(policy, layers, settings)
     names = [name for name, _ in applied]
     scores: dict[str, torch.Tensor] = {}
@@ -271,7 +275,7 @@ def finetune(
         )
         for name, c in applied
     }
-    model = compress(dense, applied, masks=masks, pad=pad)
+    model = compress(dense, applied, masks=masks, pad=pad, couplings=couplings)
     for name, choice in applied:
         layer = model.get_submodule(name)
         if settings.mask == "learned" and choice.pattern in LEARNED_PATTERNS.values() and choice.density < 1:

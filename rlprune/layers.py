@@ -206,10 +206,13 @@ class FilterCoupling:
         blocked: why this layer's filters cannot be pruned on their own (its output channels are
             tied to another layer's by a residual add, a concatenation or a depthwise conv, or
             they are the network's outputs); ``None`` when they can.
+        norms: the batch norms whose channels go with the filters (a pruned filter must also
+            silence them, or their shift keeps a constant channel alive).
     """
 
     consumers: tuple[tuple[str, int], ...] = ()
     blocked: str | None = None
+    norms: tuple[str, ...] = ()
 
 
 def filter_couplings(
@@ -231,8 +234,11 @@ def filter_couplings(
         prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
         consumers: dict[str, int] = {}
         tied: list[str] = []
+        norms: list[str] = []
         for dep, idxs in graph.get_pruning_group(module, prune, idxs=[0]):
             other = names.get(dep.target.module)
+            if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm):
+                norms.append(other)
             if other not in prunable or other == layer.name:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
@@ -247,5 +253,5 @@ def filter_couplings(
             )
         elif not consumers:
             blocked = "its outputs are the network's outputs"
-        couplings[layer.name] = FilterCoupling(tuple(consumers.items()), blocked)
+        couplings[layer.name] = FilterCoupling(tuple(consumers.items()), blocked, tuple(dict.fromkeys(norms)))
     return couplings

@@ -148,3 +148,25 @@ def test_cli_searches_filters_on_the_measured_table_and_reuses_it(tmp_path):
     assert first["export"]["params"] < first["export"]["dense_params"]
     with torch.no_grad():
         assert smaller(torch.randn(2, 1, 40)).shape == (2, 10)
+
+
+def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():
+    torch.manual_seed(0)
+    resnet = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
+    for module in resnet.modules():  # shifts that would keep a pruned channel alive
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
+            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+    images = torch.randn(4, 1, 8, 8)
+    layers = discover_layers(resnet, images)
+    space, _ = filter_space(resnet, images, layers)
+    assert space.couplings["stages.0.0.conv1"].norms == ("stages.0.0.bn1",)
+    picks = [(0, len(space.bits) - 1) for _ in space.shapes]  # sparsest option everywhere
+    policy = space.policy(picks)
+    assert sum(c.pattern is Pattern.FILTER for _, c in policy) == 9
+    masked = compress(resnet, policy, couplings=space.couplings)
+    exported = export_filter_pruned(bake(compress(resnet, policy, couplings=space.couplings)), policy, images)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(images), masked(images), atol=1e-5, rtol=1e-5)
+        # without the couplings the batch norms' shifts survive, and the two differ
+        assert not torch.allclose(compress(resnet, policy)(images), exported(images), atol=1e-3)
