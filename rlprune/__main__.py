@@ -2,7 +2,8 @@
 
 A mistake the user can fix (bad value, infeasible budget, unknown model) prints one line
 starting with ``error:`` and exits with status 2; the traceback goes to ``error.log`` in the
-run folder, never to the terminal. An interrupted run (Ctrl-C, or SIGTERM from a cluster)
+run folder, never to the terminal; in a sweep (``-m``) the failed job is recorded and the
+others still run. An interrupted run (Ctrl-C, or SIGTERM from a cluster)
 says where its best policy so far is and exits with status 130.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlprune.errors import RlpruneError
@@ -32,6 +34,8 @@ def _main(cfg: DictConfig) -> float:
         log = run_dir / "error.log"
         log.write_text(traceback.format_exc())
         print(f"error: {exc} (details: {log})", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job, runs the others, then reports the first failure
         sys.exit(2)
     except KeyboardInterrupt:
         policy = run_dir / "policy.yaml"

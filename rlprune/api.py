@@ -328,6 +328,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             network_latency(hardware, layers, Policy()) + overhead
         )
         report = {
+            "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
             "budget": budget,
             "latency": latency,
             "size_ratio": size_ratio(layers, rows),

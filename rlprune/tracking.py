@@ -79,6 +79,11 @@ class Tracker:
         if self.run is not None:
             self.run.log({key: self._wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
+    def log_image(self, key: str, path: Path) -> None:
+        """Log a picture file (a plot) as a ``wandb.Image``."""
+        if self.run is not None:
+            self.run.log({key: self._wandb.Image(str(path))})
+
     def log_summary(self, metrics: Mapping[str, Any]) -> None:
         """Set final metrics in the run summary (nested keys joined with ``/``)."""
         if self.run is None:

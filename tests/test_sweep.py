@@ -1,0 +1,50 @@
+"""A budget sweep on Hydra's joblib launcher, then its Pareto report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from rlprune.pareto import Point, pareto_front
+
+
+def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rlprune", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    command += ["budget.latency=0.001,0.3,0.5", f"hydra.sweep.dir={sweep}", "search.evaluations=30"]
+    command += ["finetune.epochs=1", "dense.epochs=3", "progress_bar=false", "wandb.mode=disabled"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0  # the infeasible budget fails its job ...
+    assert "budget.latency=0.001 is below the cheapest reachable latency" in result.stderr
+    assert (sweep / "0" / "error.log").exists()
+    assert (sweep / "1" / "report.json").exists() and (
+        sweep / "2" / "report.json"
+    ).exists()  # ... not the others
+
+    report = subprocess.run(
+        [sys.executable, "-m", "rlprune.pareto", str(sweep)], capture_output=True, text=True, timeout=300
+    )
+    assert report.returncode == 0, report.stderr
+    table = json.loads((sweep / "pareto.json").read_text())
+    assert table["failed_runs"] == ["0"]
+    runs = {p["run"]: p for p in table["points"]}
+    assert set(runs) == {"1", "2", "dense"}
+    assert runs["1"]["latency"] <= 0.3 + 1e-9 and runs["2"]["latency"] <= 0.5 + 1e-9
+    assert any(p["pareto"] for p in table["points"])
+    assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pareto" in report.stdout
+
+
+def test_the_front_keeps_only_undominated_points_per_hardware():
+    def point(hw: str, latency: float, accuracy: float) -> Point:
+        return Point("r", hw, "ppo", latency, latency, accuracy, accuracy)
+
+    points = [
+        point("a", 0.3, 0.90),  # front: fastest
+        point("a", 0.5, 0.95),  # front: more accurate
+        point("a", 0.6, 0.94),  # dominated by the 0.5 point
+        point("a", 0.5, 0.95),  # a tie is not domination
+        point("b", 0.6, 0.94),  # another hardware: its own front
+    ]
+    assert pareto_front(points) == [True, True, False, True, True]
