@@ -39,6 +39,7 @@ from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, build_latency_model, network_latency
 from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
 from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
 from rlprune.tracking import Tracker
@@ -82,24 +83,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MODEL_SETTINGS = ("checkpoint", "train_dense")
+"""Keys of the ``model`` node that rlprune reads; every other key is an argument of ``_target_``."""
+
+
 def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Instantiate the ``model`` config node (``_target_`` plus arguments).
+    """The ``model`` config node's network: ``_target_`` plus arguments, filled from ``checkpoint``.
+
+    A whole module saved in ``checkpoint`` is used as it is (``_target_`` may then be null).
 
     Raises:
-        ModelError: when the class cannot be found or rejects its arguments.
+        ModelError: when the class cannot be found or rejects its arguments, or the checkpoint
+            is missing, unreadable or does not match the architecture.
     """
+    path = model_cfg.get("checkpoint")
+    loaded = read_checkpoint(path) if path else None
+    if isinstance(loaded, nn.Module):
+        return loaded
+    arguments = {k: v for k, v in model_cfg.items() if k not in MODEL_SETTINGS}
+    if not arguments.get("_target_"):
+        raise ModelError("model._target_ is not set: name the network's class (e.g. my_pkg.nets.MyNet)")
     try:
-        model = instantiate(model_cfg)
+        model = instantiate(arguments)
     except InstantiationException as exc:
         raise ModelError(f"cannot build model {model_cfg.get('_target_')!r}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"model._target_={model_cfg.get('_target_')!r} did not build a torch.nn.Module")
-    return model
+    return load_weights(model, loaded, path) if loaded is not None else model
 
 
 def dense_cache_path(cfg: DictConfig) -> Path:
-    """Where the dense baseline of this model, data and training config is cached."""
+    """Where the dense baseline of this model (checkpoint content included), data and training is cached."""
     key = {"model": _plain(cfg.model), "data": _plain(cfg.data), "dense": _plain(cfg.dense)}
+    if cfg.model.get("checkpoint"):
+        key["checkpoint_sha256"] = hashlib.sha256(
+            Path(cfg.model.checkpoint).expanduser().read_bytes()
+        ).hexdigest()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "dense" / f"{cfg.data.name}-{digest}.pt"
 
@@ -107,8 +126,11 @@ def dense_cache_path(cfg: DictConfig) -> Path:
 def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
     """Load the cached dense baseline into ``model``, or train a fresh one once and cache it.
 
-    A truncated, corrupt or mismatched cache entry is retrained, never trusted.
+    A truncated, corrupt or mismatched cache entry is retrained, never trusted. With
+    ``model.train_dense=false`` the model (from ``model.checkpoint``) is used as it is.
     """
+    if not cfg.model.get("train_dense", True):
+        return model.eval()
     path = dense_cache_path(cfg)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
