@@ -33,7 +33,7 @@ from rlprune.data import Splits, load_splits
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
-from rlprune.errors import ConfigError, ModelError
+from rlprune.errors import ConfigError, DataError, ModelError
 from rlprune.export import export_filter_pruned
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, build_latency_model, network_latency
@@ -154,7 +154,22 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
 
 def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[LayerInfo]]:
     """Data, an untrained model and its layers: everything the budget check needs, in seconds."""
-    splits = load_splits(cfg.data.name, cfg.cache_dir, cfg.data.reward_fraction, cfg.data.split_seed)
+    data = cfg.data
+    splits = load_splits(
+        data.name,
+        cfg.cache_dir,
+        data.reward_fraction,
+        data.split_seed,
+        root=data.get("root"),
+        normalize=bool(data.get("normalize", False)),
+        image_size=int(data.get("image_size", 32)),
+        channels=int(data.get("in_channels", 3)),
+    )
+    if splits.num_classes > data.num_classes:
+        raise DataError(
+            f"the data holds {splits.num_classes} classes but data.num_classes={data.num_classes}; "
+            f"set data.num_classes={splits.num_classes}"
+        )
     torch.manual_seed(cfg.dense.seed)
     model = build_model(cfg.model)
     layers = discover_layers(model, splits.train_x[:1])

@@ -1,8 +1,10 @@
 """Datasets as in-memory tensors, split into train, reward and test.
 
-The *reward split* is a fixed, seeded share of the training data. The search scores policies
-on it; the test split is touched only by the final report, so the reported accuracy is not
-the one the search optimised.
+Embedded datasets need nothing on disk (MNIST-1D is generated, digits ships with
+scikit-learn); the others are read from ``data.root`` (:mod:`rlprune.data.folders`), never
+downloaded. The *reward split* is a fixed, seeded share of the training data. The search
+scores policies on it; the test split is touched only by the final report, so the reported
+accuracy is not the one the search optimised.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ import numpy as np
 import torch
 
 from rlprune.data.embedded import load_digits_arrays, load_mnist1d_arrays
+from rlprune.data.folders import (
+    load_cifar10_arrays,
+    load_cifar100_arrays,
+    load_idx_arrays,
+    load_image_folder_arrays,
+)
 from rlprune.errors import ConfigError, DataError
 
-__all__ = ["LOADERS", "Splits", "load_splits", "make_splits"]
+__all__ = ["DATASETS", "Splits", "load_splits", "make_splits"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,15 @@ class Splits:
 
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-LOADERS: dict[str, Callable[[str], Arrays]] = {
-    "mnist1d": load_mnist1d_arrays,
-    "digits": load_digits_arrays,
+EMBEDDED: dict[str, Callable[[str], Arrays]] = {"mnist1d": load_mnist1d_arrays, "digits": load_digits_arrays}
+FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
+    "cifar10": load_cifar10_arrays,
+    "cifar100": load_cifar100_arrays,
+    "mnist": load_idx_arrays,
+    "fashion_mnist": load_idx_arrays,
+    "image_folder": load_image_folder_arrays,
 }
+DATASETS = sorted([*EMBEDDED, *FROM_FOLDER])
 
 
 def make_splits(
@@ -79,13 +92,38 @@ def make_splits(
     )
 
 
-def load_splits(name: str, cache_dir: str, reward_fraction: float, seed: int) -> Splits:
-    """Load the embedded dataset ``name`` and split it.
+def load_splits(
+    name: str,
+    cache_dir: str,
+    reward_fraction: float,
+    seed: int,
+    *,
+    root: str | None = None,
+    normalize: bool = False,
+    image_size: int = 32,
+    channels: int = 3,
+) -> Splits:
+    """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
+
+    Args:
+        normalize: standardize every input channel with the training data's mean and std.
+        image_size, channels: how an ``image_folder`` dataset's images are resized and read.
 
     Raises:
         ConfigError: for an unknown dataset name.
+        DataError: for a missing, malformed or empty dataset.
     """
-    if name not in LOADERS:
-        raise ConfigError(f"unknown dataset {name!r}; valid: {sorted(LOADERS)}")
-    x, y, x_test, y_test = LOADERS[name](cache_dir)
+    if name in EMBEDDED:
+        x, y, x_test, y_test = EMBEDDED[name](cache_dir)
+    elif name == "image_folder":
+        x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
+    elif name in FROM_FOLDER:
+        x, y, x_test, y_test = FROM_FOLDER[name](root)
+    else:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {DATASETS}")
+    if normalize:
+        axes = (0, *range(2, x.ndim))  # every axis but the channels
+        mean = x.mean(axis=axes, keepdims=True)[0]
+        std = x.std(axis=axes, keepdims=True)[0] + 1e-8
+        x, x_test = (x - mean) / std, (x_test - mean) / std
     return make_splits(x, y, x_test, y_test, reward_fraction, seed)
