@@ -44,7 +44,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -366,19 +366,8 @@ class MeasuredModel(LatencyModel):
         except ModelError as exc:
             log.warning("%s: no int8 glue measured: %s", self.name, exc)
             return None
-        modules = dict(quantized.named_modules())
-        outputs: dict[str, torch.Tensor] = {}
-        hooks = [
-            modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs.setdefault(name, out))
-            for name in _layer_outputs(net, x)
-            if name in modules
-        ]
-        try:
-            with self._timing_context():
-                quantized(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        with self._timing_context():  # the int8 engine
+            outputs = _record_outputs(quantized, x, _layer_outputs(net, x))
         return _stubbed(quantized, outputs)
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
@@ -630,15 +619,16 @@ class _Stub(nn.Module):
         return self.output
 
 
-def _layer_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The output of every prunable layer of ``net`` on ``x``, by name, in forward order."""
-    from rlprune.layers import PRUNABLE_TYPES
-
+def _record_outputs(net: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The outputs of the named modules of ``net`` on ``x`` (those that exist and run)."""
+    modules = dict(net.named_modules())
     outputs: dict[str, torch.Tensor] = {}
     hooks = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: outputs.setdefault(name, out.detach()))
-        for name, module in net.named_modules()
-        if type(module) in PRUNABLE_TYPES
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.setdefault(name, out.detach())
+        )
+        for name in names
+        if name in modules
     ]
     try:
         with torch.no_grad():
@@ -647,6 +637,13 @@ def _layer_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         for hook in hooks:
             hook.remove()
     return outputs
+
+
+def _layer_outputs(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of every prunable layer of ``net`` on ``x``, by name, in forward order."""
+    from rlprune.layers import PRUNABLE_TYPES
+
+    return _record_outputs(net, x, [name for name, m in net.named_modules() if type(m) in PRUNABLE_TYPES])
 
 
 def _stubbed(net: nn.Module, outputs: Mapping[str, torch.Tensor]) -> nn.Module:
