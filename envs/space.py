@@ -14,7 +14,7 @@ known when the consumer is decided, and the action wall stays exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,15 +22,7 @@ import numpy as np
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import LatencyModel, with_fewer_inputs
 from rlprune.layers import FilterCoupling, LayerInfo
-from rlprune.policy import Choice, Pattern, Policy
-
-SEARCHABLE_PATTERNS = (
-    Pattern.KOFN_WEIGHT,
-    Pattern.NM,
-    Pattern.NM_TRANSPOSABLE,
-    Pattern.UNSTRUCTURED,
-    Pattern.FILTER,
-)
+from rlprune.policy import SEARCHABLE_PATTERNS, Choice, Pattern, Policy
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,7 @@ class SearchSpace:
         patterns: the searched patterns; with more than one, each layer picks its own.
         fed: per layer, whether its input channels follow the previous layer's option.
         couplings: the layers' filter couplings (empty unless filter pruning is searched).
+        overhead: the network's seconds outside its layers (part of fixed and dense latency).
     """
 
     layers: list[LayerInfo]
@@ -123,7 +116,7 @@ class SearchSpace:
         self._rest_min = self._rest(np.min)
         self._rest_max = self._rest(np.max)
 
-    def _rest(self, pick: np.ufunc) -> list[np.ndarray]:
+    def _rest(self, pick: Callable[..., np.ndarray]) -> list[np.ndarray]:
         rest = [np.zeros(len(shapes)) for shapes in self.shapes]
         for i in range(len(self) - 2, -1, -1):
             after = self.latency[i + 1] + rest[i + 1][None, :, None]  # [rows, shapes, bits]

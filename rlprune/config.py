@@ -17,9 +17,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from rlprune.errors import ConfigError
-from rlprune.policy import SUPPORTED_BITS
+from rlprune.policy import SEARCHABLE_PATTERNS, SUPPORTED_BITS
 
-PATTERNS = ("kofn_weight", "nm", "nm_transposable", "unstructured", "filter")
+PATTERNS = tuple(p.value for p in SEARCHABLE_PATTERNS)
 METRICS = ("accuracy", "loss")
 WANDB_MODES = ("offline", "online", "disabled")
 

@@ -36,6 +36,16 @@ class Pattern(enum.StrEnum):
     NM_TRANSPOSABLE = "nm_transposable"  # every MxM tile keeps N per row and per column
 
 
+SEARCHABLE_PATTERNS = (
+    Pattern.KOFN_WEIGHT,
+    Pattern.NM,
+    Pattern.NM_TRANSPOSABLE,
+    Pattern.UNSTRUCTURED,
+    Pattern.FILTER,
+)
+"""The patterns ``search.pattern`` may name; dense is always an option besides them."""
+
+
 @dataclass(frozen=True)
 class Choice:
     """The decision for one layer.
