@@ -15,16 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
 
 from rlprune.api import load_target, search
+from rlprune.bench import compose_config
 from rlprune.hardware import build_latency_model
 from rlprune.io import write_json_atomic
-
-
-def _config(overrides: list[str]):
-    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"search.evaluations={args.evaluations}",
         *args.overrides,
     ]
-    cfg = _config(base)
+    cfg = compose_config(base)
     target = load_target(cfg)
     hardware = build_latency_model(cfg.hardware)
     cells = []
@@ -54,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         for agent in args.agents:
             runs = []
             for seed in args.seeds:
-                run_cfg = _config([*base, f"agent={agent}", f"budget.latency={budget}", f"seed={seed}"])
+                run = [f"agent={agent}", f"budget.latency={budget}", f"seed={seed}"]
+                run_cfg = compose_config([*base, *run])
                 result = search(run_cfg, target, hardware)
                 runs.append(
                     {

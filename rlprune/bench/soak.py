@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 
 from rlprune.api import load_target, search
+from rlprune.bench import compose_config
 from rlprune.envs import Outcome
 from rlprune.hardware import build_latency_model
 from rlprune.io import write_json_atomic
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"search.evaluations={args.evaluations}",
         *args.overrides,
     ]
-    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     target = load_target(cfg)
     hardware = build_latency_model(cfg.hardware)
     started = time.perf_counter()
