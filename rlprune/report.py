@@ -8,8 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from rlprune.hardware import LatencyModel, weight_storage_bits, with_fewer_inputs
-from rlprune.hardware.base import inputs_removed
+from rlprune.hardware import LatencyModel, effective_cells, weight_storage_bits
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Policy
 
@@ -39,11 +38,7 @@ def layer_rows(
     metrics = metrics or {}
     reference = hardware.dense_choice()
     choices = [policy.get(layer.name, reference) for layer in layers]
-    removed = inputs_removed(layers, choices, couplings) if couplings else {}
-    effective = [
-        with_fewer_inputs(layer, choice, removed.get(layer.name, 0))
-        for layer, choice in zip(layers, choices, strict=True)
-    ]
+    effective = effective_cells(layers, choices, couplings)
     seconds = [hardware.latency(*cell) for cell in effective]
     total = sum(seconds)
     rows = []

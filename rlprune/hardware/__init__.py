@@ -13,7 +13,7 @@ Every model implements :class:`LatencyModel`; pick one with ``hardware=<name>`` 
   ``torch.utils.benchmark``, cached per CPU model, torch version and thread count.
 """
 
-from rlprune.hardware.base import LatencyModel, network_latency, with_fewer_inputs
+from rlprune.hardware.base import LatencyModel, effective_cells, network_latency, with_fewer_inputs
 from rlprune.hardware.bitfusion import BitFusionModel, BitFusionProfile, perf_factor
 from rlprune.hardware.bops import BopsModel, BopsProfile
 from rlprune.hardware.factory import (
@@ -45,6 +45,7 @@ __all__ = [
     "SparseKernel",
     "available_hardware",
     "build_latency_model",
+    "effective_cells",
     "hardware_config_dir",
     "latency_model_kinds",
     "load_hardware_config",

@@ -184,16 +184,24 @@ def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[L
     return smaller, choice
 
 
-def inputs_removed(
-    layers: Sequence[LayerInfo], choices: Sequence[Choice], couplings: Mapping[str, FilterCoupling]
-) -> dict[str, int]:
-    """Input channels each layer loses to the filter choices of the layers feeding it."""
+def effective_cells(
+    layers: Sequence[LayerInfo], choices: Sequence[Choice], couplings: Mapping[str, FilterCoupling] | None
+) -> list[tuple[LayerInfo, Choice]]:
+    """Each layer with its choice, as costed once upstream filter choices removed its inputs.
+
+    A layer missing from ``couplings`` (or all of them, without couplings) is taken as given:
+    already adjusted, or its filter choice costed on itself alone.
+    """
+    couplings = couplings or {}
     removed: dict[str, int] = {}
     for layer, choice in zip(layers, choices, strict=True):
-        if choice.pattern is Pattern.FILTER:
+        if choice.pattern is Pattern.FILTER and layer.name in couplings:
             for consumer, per_filter in couplings[layer.name].consumers:
                 removed[consumer] = removed.get(consumer, 0) + (choice.group - choice.keep) * per_filter
-    return removed
+    return [
+        with_fewer_inputs(layer, choice, removed.get(layer.name, 0))
+        for layer, choice in zip(layers, choices, strict=True)
+    ]
 
 
 def network_latency(
@@ -219,10 +227,4 @@ def network_latency(
         picked = list(choices)
         if len(picked) != len(layers):
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
-    removed = inputs_removed(layers, picked, couplings) if couplings is not None else {}
-    return float(
-        sum(
-            model.latency(*with_fewer_inputs(layer, choice, removed.get(layer.name, 0)))
-            for layer, choice in zip(layers, picked, strict=True)
-        )
-    )
+    return float(sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings)))
