@@ -253,15 +253,19 @@ def search(
     tracker: Tracker | None = None,
     run_dir: Path | None = None,
     listeners: Sequence[Callable[[Outcome, bool], None]] = (),
+    space: SearchSpace | None = None,
 ) -> SearchResult:
     """Run the configured searcher for ``search.evaluations`` policies and return the best.
 
     When ``run_dir`` is given, the best policy so far is written to ``policy.yaml`` whenever
     it improves, so an interrupted search keeps it. Each of ``listeners`` is called with every
-    evaluated policy's outcome and whether it improved the best.
+    evaluated policy's outcome and whether it improved the best. ``space`` is the search space
+    when the caller built it already (:func:`make_space`; it depends on the model's structure,
+    not its weights).
     """
-    example = target.splits.train_x[:1]
-    space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
+    if space is None:
+        example = target.splits.train_x[:1]
+        space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
     evaluator = PolicyEvaluator(
         target.model,
         [lay.name for lay in target.searched],
@@ -289,6 +293,25 @@ def search(
     return SearchResult(
         problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
     )
+
+
+def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run_dir: Path) -> dict[str, Any]:
+    """Remove the policy's pruned filters for real and save the smaller network whole.
+
+    A policy the export cannot serve (a finetune that recast the classifier's outputs as
+    filters) keeps the run's other outputs; the report says why there is no smaller network.
+    """
+    try:
+        smaller = export_filter_pruned(baked, policy, example)
+    except (ConfigError, ModelError) as exc:
+        print(f"no model_pruned.pt: {exc}")
+        return {"model_pruned": None, "skipped": str(exc)}
+    write_atomic(run_dir / "model_pruned.pt", lambda f: torch.save(smaller, f))
+    return {
+        "model_pruned": "model_pruned.pt",
+        "params": sum(p.numel() for p in smaller.parameters()),
+        "dense_params": sum(p.numel() for p in baked.parameters()),
+    }
 
 
 def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:
@@ -334,7 +357,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     settings = FinetuneSettings.from_config(_plain(cfg.finetune))
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
-    make_space(cfg, model, splits.train_x[:1], layers, searched, hardware).check_budget(budget)  # fail fast
+    space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
+    space.check_budget(budget)  # fail fast, before the dense model is trained
 
     tracker = Tracker(
         cfg.wandb.mode,
@@ -347,7 +371,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     )
     try:
         target = train_target(cfg, model, splits, layers, searched)
-        result = search(cfg, target, hardware, tracker, run_dir)
+        result = search(cfg, target, hardware, tracker, run_dir, space=space)
         policy = result.best.policy
         couplings = result.space.couplings
         before = test_score(
@@ -392,15 +416,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         baked = bake(tuned.model)
         outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
         if any(choice.pattern is Pattern.FILTER for _, choice in tuned.policy):
-            # the filters removed for real: a smaller dense network, saved whole (torch.load it)
-            smaller = export_filter_pruned(baked, tuned.policy, splits.train_x[:1])
-            write_atomic(run_dir / "model_pruned.pt", lambda f: torch.save(smaller, f))
-            outputs.append(run_dir / "model_pruned.pt")
-            report["export"] = {
-                "model_pruned": "model_pruned.pt",
-                "params": sum(p.numel() for p in smaller.parameters()),
-                "dense_params": sum(p.numel() for p in target.model.parameters()),
-            }
+            report["export"] = _export_filters(baked, tuned.policy, splits.train_x[:1], run_dir)
+            if report["export"]["model_pruned"]:
+                outputs.append(run_dir / "model_pruned.pt")
         write_json_atomic(run_dir / "report.json", report)
         write_policy(run_dir / "policy.yaml", result.best, hardware.name)
         write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
