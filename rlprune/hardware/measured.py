@@ -346,11 +346,12 @@ class MeasuredModel(LatencyModel):
         stub_calls = seconds.pop("stub call") * len(outputs)
         int8_glue = max(0.0, seconds.pop("int8", full) - full)
         noise = max(3.0 * abs(full - again), 0.01 * full)
-        glue = {}
-        for name, out in outputs.items():
-            channels = _channels(out)
-            saved = (full - seconds.get(name, full)) * channels / (channels - min(kept[name], channels - 1))
-            glue[f"glue:{name}"] = saved if saved > noise else 0.0
+        glue = {f"glue:{name}": 0.0 for name in outputs}  # layers whose narrowing could not run: 0
+        for name, narrowed in seconds.items():  # what is left: the narrowed variants
+            channels = _channels(outputs[name])
+            saved = (full - narrowed) * channels / (channels - kept[name])
+            if saved > noise:
+                glue[f"glue:{name}"] = saved
         overhead = max(0.0, full - stub_calls - sum(glue.values()))
         return {"overhead": overhead, "int8_glue": int8_glue, **glue}
 
