@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from rlprune.agents.anchors import AnchorSearch
 from rlprune.agents.baselines import GreedySearch, RandomSearch, TPESearch, UniformSearch
 from rlprune.agents.sb3 import ALGORITHMS, SB3Search
 from rlprune.envs.prune_env import PruneEnv
@@ -18,6 +19,7 @@ from rlprune.errors import ConfigError
 
 __all__ = [
     "SEARCHERS",
+    "AnchorSearch",
     "GreedySearch",
     "RandomSearch",
     "SB3Search",
@@ -28,7 +30,8 @@ __all__ = [
 ]
 
 BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedySearch, "tpe": TPESearch}
-SEARCHERS = sorted([*ALGORITHMS, *BASELINES])
+ANCHORS = ("amc", "haq")  # the published RL searchers, reproduced on SB3's DDPG
+SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS])
 
 
 class Searcher(Protocol):
@@ -47,6 +50,9 @@ def make_searcher(cfg: Mapping[str, Any], progress_bar: bool = False) -> Searche
     name = cfg["name"]
     if name in BASELINES:
         return BASELINES[name]()
+    if name in ANCHORS:
+        settings = {k: v for k, v in cfg.items() if k not in ("name", "wall")}
+        return AnchorSearch(**settings, progress_bar=progress_bar)
     if name in ALGORITHMS:
         return SB3Search(
             algorithm=name,

@@ -6,6 +6,10 @@ patterns are searched, a third entry picks the layer's pattern. The action wall
 (:meth:`SearchSpace.project`) turns the wish into the nearest option that keeps the episode
 within budget and uses it, so every finished episode is within budget and the reward, given at
 the last step, is about accuracy alone.
+
+Two other walls reproduce the anchors (``wall``): AMC's keeps each step feasible but does not
+push the episode to use the budget, and HAQ's rounds each wish freely and, once the episode
+ends, lowers choices from the last layer back until the policy fits.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 from rlprune.envs.features import DYNAMIC_FEATURES, static_features
 from rlprune.envs.problem import Outcome, SearchProblem
 
+from rlprune.config import WALLS
+from rlprune.errors import BudgetError, ConfigError
+
 
 class PruneEnv(gym.Env):
     """Per-layer sparsity and bit-width search as an episodic MDP.
@@ -26,16 +33,37 @@ class PruneEnv(gym.Env):
         sensitivity: per-layer sensitivity features, ``[layers, k]`` in [0, 1].
         baseline_momentum: when set, the reward is the score minus a moving average of past
             scores (AMC's variance reduction); ``None`` gives the raw score.
+        wall: ``band`` (keep the episode feasible and use the budget), ``feasible`` (AMC's:
+            feasible only) or ``final`` (HAQ's: no wall during the episode, then
+            :meth:`SearchSpace.lower_until_within`).
+
+    Raises:
+        ConfigError: for an unknown wall.
+        BudgetError: for HAQ's wall when even the lowest choice of every layer misses the budget.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
-        self, problem: SearchProblem, sensitivity: np.ndarray, baseline_momentum: float | None = None
+        self,
+        problem: SearchProblem,
+        sensitivity: np.ndarray,
+        baseline_momentum: float | None = None,
+        wall: str = "band",
     ) -> None:
         super().__init__()
+        if wall not in WALLS:
+            raise ConfigError(f"agent.wall={wall!r} is not allowed: one of {list(WALLS)}")
         self.problem = problem
         self.space = problem.space
+        self.wall = wall
+        budget = self.space.absolute_budget(problem.budget)
+        if wall == "final" and not self.space.lowest_fits(budget):
+            raise BudgetError(
+                f"agent.wall=final (HAQ's rule) lowers bits and density until the budget holds, but even the "
+                f"lowest of both misses budget.latency={problem.budget} on this hardware; raise the budget "
+                "or use agent.wall=band"
+            )
         self.features = static_features(self.space, sensitivity)
         self.baseline_momentum = baseline_momentum
         self.baseline: float | None = None
@@ -90,13 +118,18 @@ class PruneEnv(gym.Env):
         if self.action_size == 3:  # evenly spaced positions in [-1, 1], one per pattern
             want_pattern = round((action[2] + 1.0) / 2.0 * (len(space.patterns) - 1))
         previous = self.picks[-1][0] if self.picks else None
-        pick = space.project(t, want_density, want_bits, self.spent, budget, want_pattern, previous)
+        limit = np.inf if self.wall == "final" else budget
+        pick = space.project(
+            t, want_density, want_bits, self.spent, limit, want_pattern, previous, fill=self.wall == "band"
+        )
         self.spent += float(space.table(t, previous)[pick])
         self.picks.append(pick)
         self.previous = action
         self.layer += 1
         if self.layer < len(space):
             return self._observation(), 0.0, False, False, {}
+        if self.wall == "final":
+            self.picks = space.lower_until_within(self.picks, budget)
         outcome = self.problem.score(self.picks)
         return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
 

@@ -204,6 +204,7 @@ class SearchSpace:
         budget: float,
         want_pattern: int | None = None,
         previous_shape: int | None = None,
+        fill: bool = True,
     ) -> tuple[int, int]:
         """The action wall: the option nearest to the wish that keeps the episode within budget.
 
@@ -216,6 +217,8 @@ class SearchSpace:
             want_pattern: index into ``patterns`` of the wished pattern, when several are searched;
                 an option of another pattern is one unit further from the wish (dense matches all).
             previous_shape: the option index the previous layer took (its filters may feed this one).
+            fill: also keep the budget used (below); ``False`` is AMC's wall, which only keeps
+                the episode feasible. With ``budget=inf`` this is plain rounding to the nearest option.
 
         The option must leave the later layers room for their cheapest choices (so the
         episode ends within budget) and should leave them no more than their dearest choices
@@ -223,8 +226,6 @@ class SearchSpace:
         when no option falls in that band, the dearest option within budget is taken.
         """
         table = self.table(layer, previous_shape)
-        upper = budget - spent - self._rest_min[layer][:, None]
-        lower = budget - spent - self._rest_max[layer][:, None]
         densities = np.array([s.density for s in self.shapes[layer]])
         bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
         distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
@@ -232,10 +233,15 @@ class SearchSpace:
             wanted = self.patterns[want_pattern]
             other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[layer]]
             distance = distance + np.array(other, dtype=float)[:, None]
-        slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
-        feasible = table <= upper + slack
-        in_band = feasible & (table >= lower - slack)
-        if in_band.any():
+        if np.isinf(budget):
+            feasible = in_band = np.ones(table.shape, dtype=bool)
+        else:
+            slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
+            feasible = table <= budget - spent - self._rest_min[layer][:, None] + slack
+            in_band = feasible & (table >= budget - spent - self._rest_max[layer][:, None] - slack)
+        if not fill and feasible.any():
+            allowed = feasible
+        elif in_band.any():
             allowed = in_band
         elif feasible.any():  # the band falls between two options: spend as much as is allowed
             allowed = table == table[feasible].max()
@@ -245,6 +251,33 @@ class SearchSpace:
         score = np.where(allowed, distance, np.inf) - 1e-6 * table / max(table.max(), 1e-30)
         shape, bits = np.unravel_index(int(np.argmin(score)), table.shape)
         return int(shape), int(bits)
+
+    def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
+        """HAQ's post-episode wall: lower choices from the last layer back until within ``budget``.
+
+        Each pass walks from the last layer to the first, lowering that layer's bit-width one
+        step and then its density one option, and stops as soon as the policy fits. The rule
+        assumes lower is cheaper; where it is not (int8 slower than FP32 on a small CPU layer)
+        it still ends, at the lowest choice of every layer, which :meth:`lowest_fits` checks.
+        """
+        picks = [tuple(p) for p in picks]
+        while self.seconds(picks) > budget:
+            lowered = False
+            for i in reversed(range(len(self))):
+                for axis in (1, 0):  # bits first, then density
+                    if picks[i][axis] > 0:
+                        pick = list(picks[i])
+                        pick[axis] -= 1
+                        picks[i], lowered = tuple(pick), True
+                        if self.seconds(picks) <= budget:
+                            return picks
+            if not lowered:
+                break
+        return picks
+
+    def lowest_fits(self, budget: float) -> bool:
+        """Whether the policy of every layer's lowest bits and sparsest option meets ``budget`` (seconds)."""
+        return self.seconds([(0, 0)] * len(self)) <= budget * (1 + 1e-9)
 
 
 def build_space(

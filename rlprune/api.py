@@ -284,7 +284,12 @@ def search(
                 improved and write_policy(run_dir / "policy.yaml", outcome, hardware.name)
             )
         )
-    env = PruneEnv(problem, measure_sensitivity(space, evaluator), cfg.reward.baseline_momentum)
+    env = PruneEnv(
+        problem,
+        measure_sensitivity(space, evaluator),
+        cfg.reward.baseline_momentum,
+        wall=cfg.agent.get("wall", "band"),
+    )
     seed_everything(cfg.seed)
     start = time.perf_counter()
     make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar).search(env, cfg.seed)

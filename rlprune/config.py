@@ -21,6 +21,8 @@ from rlprune.policy import SEARCHABLE_PATTERNS, SUPPORTED_BITS
 
 PATTERNS = tuple(p.value for p in SEARCHABLE_PATTERNS)
 METRICS = ("accuracy", "loss")
+# action walls of the env: rlprune's (keep feasible, use the budget), AMC's, HAQ's (envs/prune_env.py)
+WALLS = ("band", "feasible", "final")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -124,6 +126,8 @@ def validate(cfg: DictConfig) -> None:
         ("dense.lr", cfg.dense.lr > 0, "a learning rate > 0"),
         ("dense.batch_size", cfg.dense.batch_size >= 1, "an integer >= 1"),
     ]
+    wall = cfg.agent.get("wall", "band")
+    checks.append(("agent.wall", wall in WALLS, f"one of {list(WALLS)}"))
     momentum = cfg.reward.baseline_momentum
     checks.append(
         ("reward.baseline_momentum", momentum is None or 0.0 < momentum <= 1.0, "null or in (0, 1]")

@@ -34,6 +34,7 @@ def make_env(
     pattern: str | list[str] = "nm",
     hardware: str = "a100",
     samples: int = 64,
+    wall: str = "band",
 ) -> PruneEnv:
     """An env over an untrained MNIST-1D CNN scored on random data: fast, for mechanics only."""
     torch.manual_seed(0)
@@ -45,7 +46,7 @@ def make_env(
     space = build_space(layers, layers, device, pattern, None, 8, 0.05, None)
     evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y)
     problem = SearchProblem(space, evaluator, budget, evaluations)
-    return PruneEnv(problem, measure_sensitivity(space, evaluator))
+    return PruneEnv(problem, measure_sensitivity(space, evaluator), wall=wall)
 
 
 def record(env: PruneEnv) -> list:
