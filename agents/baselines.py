@@ -57,14 +57,14 @@ class UniformSearch:
 class GreedySearch:
     """Greedy descent by measured sensitivity: compress first where it costs least accuracy.
 
-    Each layer's options are ordered from dearest to cheapest. From the dense policy at the
-    highest bit-width, every round tries, for each layer, a step down that order (an eighth of
-    its options, one evaluation each, memoized) and keeps the step that loses the least
-    reward-split accuracy per second saved, until the budget is met. The last round's winner
-    is within budget; if the evaluations run out first, the search found nothing within budget.
+    From the dense policy at the highest bit-width, every round tries two steps for each layer,
+    one evaluation each: its density down by an eighth of its options, and its bit-width down
+    by one. It keeps the step that loses the least reward-split accuracy per second saved, until
+    the budget is met. Steps that save nothing (int8 can be slower than FP32 on a small CPU
+    layer) are not tried. If the evaluations run out first, the search found nothing within budget.
 
     Args:
-        steps: how many steps take a layer from dense to its cheapest option.
+        steps: how many density steps take a layer from dense to its sparsest option.
     """
 
     steps: int = 8
@@ -73,36 +73,28 @@ class GreedySearch:
         """Descend until within budget or out of evaluations."""
         space, problem = env.space, env.problem
         budget = space.absolute_budget(problem.budget)
-        # each layer's options by their cost with a dense input, dearest first
-        tables = [table[-1] for table in space.latency]
-        order = [np.argsort(-table.ravel(), kind="stable") for table in tables]
-        stride = [max(1, len(o) // self.steps) for o in order]
-
-        def picks(rank: list[int]) -> list[tuple[int, int]]:
-            return [
-                tuple(int(v) for v in np.unravel_index(order[i][r], tables[i].shape))
-                for i, r in enumerate(rank)
-            ]
-
-        def seconds(rank: list[int]) -> float:
-            return space.seconds(picks(rank))
-
-        rank = [0] * len(space)
-        accuracy = problem.score(picks(rank)).accuracy
-        while not problem.exhausted and seconds(rank) > budget + 1e-12:
+        picks = [(len(shapes) - 1, len(space.bits) - 1) for shapes in space.shapes]
+        accuracy = problem.score(picks).accuracy
+        while not problem.exhausted and space.seconds(picks) > budget + 1e-12:
+            now = space.seconds(picks)
             best, best_cost, best_accuracy = None, np.inf, accuracy
-            for i in range(len(space)):
-                if rank[i] == len(order[i]) - 1 or problem.exhausted:
-                    continue
-                trial = list(rank)
-                trial[i] = min(rank[i] + stride[i], len(order[i]) - 1)
-                outcome = problem.score(picks(trial))
-                cost = (accuracy - outcome.accuracy) / max(seconds(rank) - seconds(trial), 1e-15)
-                if cost < best_cost:
-                    best, best_cost, best_accuracy = trial, cost, outcome.accuracy
+            for i, shapes in enumerate(space.shapes):
+                shape, bits = picks[i]
+                stride = max(1, len(shapes) // self.steps)
+                for step in ((max(0, shape - stride), bits), (shape, max(0, bits - 1))):
+                    if step == picks[i] or problem.exhausted:
+                        continue
+                    trial = [*picks[:i], step, *picks[i + 1 :]]
+                    saved = now - space.seconds(trial)
+                    if saved <= 0:
+                        continue
+                    outcome = problem.score(trial)
+                    cost = (accuracy - outcome.accuracy) / saved
+                    if cost < best_cost:
+                        best, best_cost, best_accuracy = trial, cost, outcome.accuracy
             if best is None:
                 break
-            rank, accuracy = best, best_accuracy
+            picks, accuracy = best, best_accuracy
 
 
 @dataclass
