@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from rlprune.envs.problem import Outcome
 from rlprune.envs.prune_env import PruneEnv
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
@@ -40,12 +41,27 @@ class SB3Search:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     action_noise: float | None = None
     progress_bar: bool = False
+    agent: Any = field(default=None, init=False, repr=False)  # the trained algorithm, after search
 
     def search(self, env: PruneEnv, seed: int) -> None:
         """Train until ``env.problem`` is exhausted."""
         kwargs = dict(self.hyperparameters)
         if self.action_noise is not None:
-            kwargs["action_noise"] = NormalActionNoise(np.zeros(2), np.full(2, self.action_noise))
-        agent = ALGORITHMS[self.algorithm]("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+            size = env.action_size  # 3 entries when several patterns are searched
+            kwargs["action_noise"] = NormalActionNoise(np.zeros(size), np.full(size, self.action_noise))
+        self.agent = ALGORITHMS[self.algorithm](
+            "MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs
+        )
         steps = (env.problem.evaluations - env.problem.used) * len(env.space)
-        agent.learn(total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar)
+        self.agent.learn(
+            total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar
+        )
+
+    def ask(self, env: PruneEnv, budget: float) -> Outcome:
+        """The trained agent's deterministic episode at ``budget`` (one evaluation)."""
+        observation, _ = env.reset(options={"budget": budget})
+        done = False
+        while not done:
+            action, _ = self.agent.predict(observation, deterministic=True)
+            observation, _, done, _, info = env.step(action)
+        return info["outcome"]

@@ -65,9 +65,14 @@ class SearchProblem:
         self.space, self.evaluator, self.budget = space, evaluator, budget
         self.evaluations, self.metric = evaluations, metric
         self.used = 0  # evaluations spent; outcomes go to the listeners, not to an ever-growing list
-        self.best: Outcome | None = None
+        self.best_by_budget: dict[float, Outcome] = {}  # several when the env samples budgets
         self.listeners: list[Callable[[Outcome, bool], None]] = []
         self.started = time.perf_counter()
+
+    @property
+    def best(self) -> Outcome | None:
+        """The best policy within :attr:`budget` evaluated so far."""
+        return self.best_by_budget.get(self.budget)
 
     @property
     def exhausted(self) -> bool:
@@ -79,7 +84,11 @@ class SearchProblem:
         return outcome.accuracy if self.metric == "accuracy" else -outcome.loss
 
     def score(self, picks: Sequence[tuple[int, int]], budget: float | None = None) -> Outcome:
-        """Evaluate the policy of ``picks`` (one ``(shape, bits)`` index pair per layer) and record it."""
+        """Evaluate the policy of ``picks`` (one ``(shape, bits)`` index pair per layer) and record it.
+
+        ``budget`` is the one the policy was searched under, when not :attr:`budget` (an env
+        that samples budgets per episode); the best policy is kept per budget.
+        """
         if self.exhausted:
             raise RlpruneError(f"the search already used its {self.evaluations} evaluations")
         policy = self.space.policy(picks)
@@ -93,11 +102,12 @@ class SearchProblem:
             budget=self.budget if budget is None else budget,
         )
         self.used += 1
+        best = self.best_by_budget.get(outcome.budget)
         improved = outcome.latency <= outcome.budget + 1e-9 and (
-            self.best is None or self.value(outcome) > self.value(self.best)
+            best is None or self.value(outcome) > self.value(best)
         )
         if improved:
-            self.best = outcome
+            self.best_by_budget[outcome.budget] = outcome
         for listener in self.listeners:
             listener(outcome, improved)
         return outcome

@@ -14,6 +14,7 @@ ends, lowers choices from the last layer back until the policy fits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -36,10 +37,13 @@ class PruneEnv(gym.Env):
         wall: ``band`` (keep the episode feasible and use the budget), ``feasible`` (AMC's:
             feasible only) or ``final`` (HAQ's: no wall during the episode, then
             :meth:`SearchSpace.lower_until_within`).
+        budgets: budgets to sample one of per episode (budget-conditioned search); the best
+            policy of each is kept by the problem. ``None``: the problem's budget only.
 
     Raises:
         ConfigError: for an unknown wall.
-        BudgetError: for HAQ's wall when even the lowest choice of every layer misses the budget.
+        BudgetError: for a budget no policy meets, or (HAQ's wall) one that even the lowest
+            choice of every layer misses.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -50,6 +54,7 @@ class PruneEnv(gym.Env):
         sensitivity: np.ndarray,
         baseline_momentum: float | None = None,
         wall: str = "band",
+        budgets: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if wall not in WALLS:
@@ -57,13 +62,16 @@ class PruneEnv(gym.Env):
         self.problem = problem
         self.space = problem.space
         self.wall = wall
-        budget = self.space.absolute_budget(problem.budget)
-        if wall == "final" and not self.space.lowest_fits(budget):
-            raise BudgetError(
-                f"agent.wall=final (HAQ's rule) lowers bits and density until the budget holds, but even the "
-                f"lowest of both misses budget.latency={problem.budget} on this hardware; raise the budget "
-                "or use agent.wall=band"
-            )
+        self.budgets = tuple(budgets) if budgets else (problem.budget,)
+        for budget in self.budgets:
+            self.space.check_budget(budget)
+            if wall == "final" and not self.space.lowest_fits(self.space.absolute_budget(budget)):
+                raise BudgetError(
+                    f"agent.wall=final (HAQ's rule) lowers bits and density until the budget holds, but even "
+                    f"the lowest of both misses budget.latency={budget} on this hardware; raise the budget "
+                    "or use agent.wall=band"
+                )
+        self.budget = self.budgets[0]
         self.features = static_features(self.space, sensitivity)
         self.baseline_momentum = baseline_momentum
         self.baseline: float | None = None
@@ -73,7 +81,12 @@ class PruneEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_size,), dtype=np.float32)
         self._start_episode()
 
-    def _start_episode(self) -> None:
+    def _start_episode(self, budget: float | None = None) -> None:
+        if budget is not None:
+            self.space.check_budget(budget)
+            self.budget = budget
+        elif len(self.budgets) > 1:  # budget-conditioned: the budget is part of the observation
+            self.budget = self.budgets[int(self.np_random.integers(len(self.budgets)))]
         self.layer = 0
         self.spent = 0.0
         self.picks: list[tuple[int, int]] = []
@@ -82,11 +95,11 @@ class PruneEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         space, t = self.space, min(self.layer, len(self.space) - 1)
         total = space.dense_latency
-        budget = space.absolute_budget(self.problem.budget)
+        budget = space.absolute_budget(self.budget)
         rest_min = space.min_latency[t + 1 :].sum()
         upper = budget - self.spent - rest_min
         dynamic = [
-            self.problem.budget,
+            self.budget,
             self.spent / total,
             rest_min / total,
             space.max_latency[t + 1 :].sum() / total,
@@ -100,9 +113,9 @@ class PruneEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict]:
-        """Start a new episode at the first searched layer."""
+        """Start a new episode at the first searched layer; ``options={"budget": b}`` fixes its budget."""
         super().reset(seed=seed)
-        self._start_episode()
+        self._start_episode((options or {}).get("budget"))
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -113,7 +126,7 @@ class PruneEnv(gym.Env):
         sparsest = min(densities)
         want_density = sparsest + (action[0] + 1.0) / 2.0 * (1.0 - sparsest)
         want_bits = (action[1] + 1.0) / 2.0
-        budget = space.absolute_budget(self.problem.budget)
+        budget = space.absolute_budget(self.budget)
         want_pattern = None
         if self.action_size == 3:  # evenly spaced positions in [-1, 1], one per pattern
             want_pattern = round((action[2] + 1.0) / 2.0 * (len(space.patterns) - 1))
@@ -130,7 +143,7 @@ class PruneEnv(gym.Env):
             return self._observation(), 0.0, False, False, {}
         if self.wall == "final":
             self.picks = space.lower_until_within(self.picks, budget)
-        outcome = self.problem.score(self.picks)
+        outcome = self.problem.score(self.picks, budget=self.budget)
         return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
 
     def _reward(self, outcome: Outcome) -> float:

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from rlprune.agents import SEARCHERS, make_searcher
+from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
 from rlprune.compress import bake, calibrate_activations, compress
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
@@ -263,17 +263,7 @@ def search(
     when the caller built it already (:func:`make_space`; it depends on the model's structure,
     not its weights).
     """
-    if space is None:
-        example = target.splits.train_x[:1]
-        space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
-    evaluator = PolicyEvaluator(
-        target.model,
-        [lay.name for lay in target.searched],
-        target.splits.reward_x,
-        target.splits.reward_y,
-        cfg.search.nm_pad,
-        couplings=space.couplings,
-    )
+    space, evaluator = _scorer(cfg, target, hardware, space)
     problem = SearchProblem(space, evaluator, cfg.budget.latency, cfg.search.evaluations, cfg.reward.metric)
     problem.listeners.extend(listeners)
     if tracker is not None:
@@ -298,6 +288,68 @@ def search(
     return SearchResult(
         problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
     )
+
+
+def _scorer(
+    cfg: DictConfig, target: Target, hardware: LatencyModel, space: SearchSpace | None
+) -> tuple[SearchSpace, PolicyEvaluator]:
+    """The search space (built unless given) and the reward-split evaluator of a search."""
+    if space is None:
+        example = target.splits.train_x[:1]
+        space = make_space(cfg, target.model, example, target.layers, target.searched, hardware)
+    evaluator = PolicyEvaluator(
+        target.model,
+        [lay.name for lay in target.searched],
+        target.splits.reward_x,
+        target.splits.reward_y,
+        cfg.search.nm_pad,
+        couplings=space.couplings,
+    )
+    return space, evaluator
+
+
+def search_budgets(
+    cfg: DictConfig,
+    target: Target,
+    hardware: LatencyModel,
+    budgets: Sequence[float],
+    space: SearchSpace | None = None,
+) -> dict[float, Outcome]:
+    """Budget-conditioned search: one RL agent for every budget of a sweep.
+
+    The agent trains on episodes whose budget is drawn from ``budgets`` (it is in the
+    observation), then plays one deterministic episode per budget. ``search.evaluations``
+    counts both. Returns the best policy found for each budget, in training or when asked.
+
+    Raises:
+        ConfigError: when the agent is not an RL agent, or the evaluations do not cover one
+            question per budget.
+    """
+    budgets = list(dict.fromkeys(float(b) for b in budgets))
+    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar)
+    if not isinstance(searcher, SB3Search):
+        raise ConfigError(f"a budget-conditioned search needs an RL agent, one of {sorted(ALGORITHMS)}")
+    if cfg.search.evaluations <= len(budgets):
+        raise ConfigError(
+            f"search.evaluations={cfg.search.evaluations} must exceed the {len(budgets)} budgets "
+            "(one evaluation each is kept to ask the trained agent)"
+        )
+    space, evaluator = _scorer(cfg, target, hardware, space)
+    training = cfg.search.evaluations - len(budgets)
+    problem = SearchProblem(space, evaluator, budgets[0], training, cfg.reward.metric)
+    env = PruneEnv(
+        problem,
+        measure_sensitivity(space, evaluator),
+        cfg.reward.baseline_momentum,
+        wall=cfg.agent.get("wall", "band"),
+        budgets=budgets,
+    )
+    seed_everything(cfg.seed)
+    searcher.search(env, cfg.seed)
+    problem.evaluations += len(budgets)
+    for budget in budgets:
+        searcher.ask(env, budget)
+    return {budget: problem.best_by_budget[budget] for budget in budgets}
 
 
 def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run_dir: Path) -> dict[str, Any]:
