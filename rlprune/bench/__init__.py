@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 BENCHMARKS = {
     "search": "rlprune.bench.search",
+    "sweep": "rlprune.bench.sweep",
     "masks": "rlprune.bench.masks",
     "latency": "rlprune.bench.latency",
     "soak": "rlprune.bench.soak",
