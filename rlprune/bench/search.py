@@ -8,6 +8,7 @@ the search's wall time and its evaluations per second. Per target and budget, ``
 best mean before finetune. A budget below what a target's space can reach is listed as such.
 
     python -m rlprune.bench search --targets mnist1d-arm_cpu --budgets 0.5 0.25 --seeds 0 1
+    python -m rlprune.bench search --agents ppo ppo:agent.wall=feasible   # one lever at a time
 
 It writes JSON (``--out``) and a PNG beside it: before-finetune accuracy against budget, one
 panel per target, one line per searcher.
@@ -98,8 +99,9 @@ def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for agent in args.agents:
             runs, failed = [], None
             for seed in args.seeds:
+                name, *changes = agent.split(":")
                 run_cfg = compose_config(
-                    [*base, f"agent={agent}", f"budget.latency={budget}", f"seed={seed}"]
+                    [*base, f"agent={name}", *changes, f"budget.latency={budget}", f"seed={seed}"]
                 )
                 try:
                     runs.append(run_cell(run_cfg, target, hardware, space, args.finetune_epochs))
@@ -135,12 +137,13 @@ def print_table(results: dict[str, Any]) -> None:
         f"finetune {results['finetune_epochs']} epochs; {results['machine']}"
     )
     for t in results["targets"]:
+        w = max([8, *(len(c["agent"]) for c in t["cells"] if "agent" in c)])
         print(
             f"\n{t['name']} ({t['pattern']}): dense reward {t['dense_reward_accuracy']:.4f}, "
             f"dense test {t['dense_test_accuracy']:.4f}, cheapest latency {t['cheapest']:.3f}"
         )
         print(
-            f"{'budget':>6}  {'agent':<8} {'reward acc (search)':>19}  {'test after finetune':>19}  "
+            f"{'budget':>6}  {'agent':<{w}} {'reward acc (search)':>19}  {'test after finetune':>19}  "
             f"{'latency':>7}  {'search s':>8}  {'evals/s':>7}"
         )
         for budget in dict.fromkeys(c["budget"] for c in t["cells"]):
@@ -149,11 +152,12 @@ def print_table(results: dict[str, Any]) -> None:
             top = max((c["accuracy_mean"] for c in scored), default=None)
             for c in group:
                 if "infeasible" in c or "failed" in c:
-                    print(f"{budget:>6}  {c.get('agent', '-'):<8} {c.get('infeasible') or c['failed']}")
+                    print(f"{budget:>6}  {c.get('agent', '-'):<{w}} {c.get('infeasible') or c['failed']}")
                     continue
                 mark = "*" if c["accuracy_mean"] == top else " "
                 print(
-                    f"{budget:>6}  {c['agent']:<8} {c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}{mark}  "
+                    f"{budget:>6}  {c['agent']:<{w}} "
+                    f"{c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}{mark}  "
                     f"{c['test_after_finetune_mean']:.4f} ± {c['test_after_finetune_std']:.4f}   "
                     f"{c['latency_max']:>7.3f}  {c['seconds_mean']:>8.1f}  "
                     f"{c['evaluations_per_second_mean']:>7.1f}"
@@ -196,7 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m rlprune.bench search", description=__doc__)
     parser.add_argument("--targets", nargs="+", default=["mnist1d-arm_cpu"], choices=sorted(TARGETS))
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.35, 0.25])
-    parser.add_argument("--agents", nargs="+", default=SEARCHERS)
+    parser.add_argument(
+        "--agents",
+        nargs="+",
+        default=SEARCHERS,
+        help="searchers; NAME:KEY=VALUE:... adds overrides, e.g. ppo:agent.wall=feasible (for ablations)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--evaluations", type=int, default=500)
     parser.add_argument("--finetune-epochs", type=int, default=2)
