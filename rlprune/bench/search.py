@@ -99,9 +99,9 @@ def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for agent in args.agents:
             runs, failed = [], None
             for seed in args.seeds:
-                name, *changes = agent.split(":")
+                searcher, *changes = agent.split(":")
                 run_cfg = compose_config(
-                    [*base, f"agent={name}", *changes, f"budget.latency={budget}", f"seed={seed}"]
+                    [*base, f"agent={searcher}", *changes, f"budget.latency={budget}", f"seed={seed}"]
                 )
                 try:
                     runs.append(run_cell(run_cfg, target, hardware, space, args.finetune_epochs))
