@@ -18,7 +18,7 @@ def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path
             "0.05",
             "--agents",
             "uniform",
-            "random",
+            "random:search.bits=[8]",
             "--seeds",
             "0",
             "1",
@@ -39,11 +39,11 @@ def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path
     infeasible = [c for c in target["cells"] if "infeasible" in c]
     assert [c["budget"] for c in infeasible] == [0.05]
     scored = [c for c in target["cells"] if "runs" in c]
-    assert [c["agent"] for c in scored] == ["uniform", "random"]
+    assert [c["agent"] for c in scored] == ["uniform", "random:search.bits=[8]"]
     for cell in scored:
         assert [r["seed"] for r in cell["runs"]] == [0, 1]
         assert cell["latency_max"] <= 0.5 + 1e-9
         assert 0 < cell["accuracy_mean"] <= 1 and 0 < cell["test_after_finetune_mean"] <= 1
         assert all(r["evaluations"] <= 6 and r["evaluations_per_second"] > 0 for r in cell["runs"])
-    random_cell = scored[1]
-    assert all(r["evaluations"] == 6 for r in random_cell["runs"])
+    random_cell = scored[1]  # its own search space: 8-bit only
+    assert all(r["evaluations"] == 6 and r["bits"] == [8] for r in random_cell["runs"])

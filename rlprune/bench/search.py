@@ -9,6 +9,7 @@ best mean before finetune. A budget below what a target's space can reach is lis
 
     python -m rlprune.bench search --targets mnist1d-arm_cpu --budgets 0.5 0.25 --seeds 0 1
     python -m rlprune.bench search --agents ppo ppo:agent.wall=feasible   # one lever at a time
+    python -m rlprune.bench search --agents ppo "ppo:search.bits=[8]" ppo:search.min_density=1.0
 
 It writes JSON (``--out``) and a PNG beside it: before-finetune accuracy against budget, one
 panel per target, one line per searcher.
@@ -27,6 +28,7 @@ from omegaconf import OmegaConf
 
 from rlprune.api import load_target, make_space, search, test_score
 from rlprune.bench import compose_config
+from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import build_latency_model
@@ -71,6 +73,8 @@ def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: 
         "accuracy": result.best.accuracy,
         "test_after_finetune": test_score(tuned.model, target.splits).accuracy,
         "latency": result.best.latency,
+        "bits": sorted({choice.w_bits for _, choice in result.best.policy}),
+        "density": float(np.mean([choice.density for _, choice in result.best.policy])),
         "evaluations": result.evaluations,
         "seconds": result.seconds,
         "evaluations_per_second": result.evaluations / result.seconds,
@@ -89,8 +93,16 @@ def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = compose_config(base)
     target = load_target(cfg)
     hardware = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
-    space = make_space(cfg, target.model, target.splits.train_x[:1], target.layers, target.searched, hardware)
-    cheapest = space.cheapest()
+    spaces: dict[str, SearchSpace] = {}  # one per search config: agent specs may change it
+
+    def space_of(run_cfg: Any) -> SearchSpace:
+        key = OmegaConf.to_yaml(run_cfg.search)
+        if key not in spaces:
+            example = target.splits.train_x[:1]
+            spaces[key] = make_space(run_cfg, target.model, example, target.layers, target.searched, hardware)
+        return spaces[key]
+
+    cheapest = space_of(cfg).cheapest()
     cells = []
     for budget in args.budgets:
         if budget < cheapest:
@@ -104,8 +116,8 @@ def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     [*base, f"agent={searcher}", *changes, f"budget.latency={budget}", f"seed={seed}"]
                 )
                 try:
-                    runs.append(run_cell(run_cfg, target, hardware, space, args.finetune_epochs))
-                except RlpruneError as error:  # e.g. HAQ's rule cannot reach this budget here
+                    runs.append(run_cell(run_cfg, target, hardware, space_of(run_cfg), args.finetune_epochs))
+                except RlpruneError as error:  # e.g. HAQ's rule, or bits alone, cannot reach this budget
                     failed = str(error)
                     break
             if failed:
