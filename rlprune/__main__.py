@@ -2,9 +2,10 @@
 
 A mistake the user can fix (bad value, infeasible budget, unknown model) prints one line
 starting with ``error:`` and exits with status 2; the traceback goes to ``error.log`` in the
-run folder, never to the terminal; in a sweep (``-m``) the failed job is recorded and the
-others still run. An interrupted run (Ctrl-C, or SIGTERM from a cluster)
-says where its best policy so far is and exits with status 130.
+run folder, never to the terminal. A sweep (``-m``) composes and checks every job's config
+before any starts; a job that fails later is recorded and the others still run. An
+interrupted run (Ctrl-C, or SIGTERM from a cluster) says where its best policy so far is and
+exits with status 130.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main() -> None:
     """Entry point of ``python -m rlprune`` and of the ``rlprune`` console script."""
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        from rlprune.config import check_sweep
+
+        try:  # a bad value anywhere in the sweep stops it before any job starts
+            check_sweep([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+        except RlpruneError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
     _main()
 
 

@@ -153,3 +153,54 @@ def validate(cfg: DictConfig) -> None:
         )
         if not valid or not options:
             raise _fail("search.nm_options", options, "null or a list of [N, M] with 0 < N < M")
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The overrides of every job of a Hydra multirun (the basic sweeper's product of choices).
+
+    ``hydra.*`` overrides are left out; ``None`` when a sweep cannot be enumerated ahead
+    (an ``interval(...)`` for an optimizing sweeper).
+    """
+    from itertools import product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            continue
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        except HydraException:
+            return None
+    return [list(job) for job in product(*choices)]
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Compose and :func:`validate` every job of a multirun before any starts.
+
+    Raises:
+        ConfigError: naming the first job whose config is refused, and why.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    jobs = sweep_jobs(overrides)
+    if jobs is None or len(jobs) < 2:
+        return  # one job: the run itself says what is wrong, in its own folder
+    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
+        for number, job in enumerate(jobs):
+            try:
+                validate(compose(config_name="config", overrides=job))
+            except (ConfigError, HydraException, OmegaConfBaseException) as exc:
+                message = "; ".join(str(exc).strip().splitlines()[:2])
+                raise ConfigError(
+                    f"sweep job {number} ({' '.join(job)}) of {len(jobs)} is refused, so no job was "
+                    f"started: {message}"
+                ) from exc

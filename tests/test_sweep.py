@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rlprune.pareto import Point, pareto_front
 
 
@@ -34,6 +36,24 @@ def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(
     assert any(p["pareto"] for p in table["points"])
     assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pareto" in report.stdout
+
+
+@pytest.mark.parametrize(
+    ("sweep_value", "message"),
+    [
+        ("budget.latency=0.3,1.5", "budget.latency=1.5 is not allowed"),
+        ("search.evaluations=5,abc", "Error merging override search.evaluations=abc"),
+        ("agent=ppo,alphazero", "Could not find 'agent/alphazero'"),
+    ],
+)
+def test_a_sweep_over_an_invalid_value_fails_before_any_job_starts(tmp_path, sweep_value, message):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rlprune", "-m", sweep_value, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "is refused, so no job was started" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sweep.exists()
 
 
 def test_the_front_keeps_only_undominated_points_per_hardware():
