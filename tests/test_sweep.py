@@ -38,6 +38,21 @@ def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(
     assert "pareto" in report.stdout
 
 
+def test_the_same_sweep_runs_on_submitit(tmp_path):
+    # submitit_local runs each job as its own process, as submitit_slurm would on a cluster
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "rlprune", "-m", "hydra/launcher=submitit_local"]
+    command += ["budget.latency=0.5,0.7", "hardware=arm_cpu,a100", f"hydra.sweep.dir={sweep}"]
+    command += ["search.evaluations=10", "finetune.epochs=1", "dense.epochs=3", "progress_bar=false"]
+    command += ["wandb.mode=disabled"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [json.loads((sweep / str(job) / "report.json").read_text()) for job in range(4)]
+    assert {(r["hardware"], r["budget"]) for r in reports} == {
+        (hw, b) for hw in ("arm_cpu", "a100") for b in (0.5, 0.7)
+    }
+
+
 @pytest.mark.parametrize(
     ("sweep_value", "message"),
     [
