@@ -222,8 +222,11 @@ class SearchSpace:
 
         The option must leave the later layers room for their cheapest choices (so the
         episode ends within budget) and should leave them no more than their dearest choices
-        can spend (so the budget is used). Among allowed options the nearest to the wish wins;
-        when no option falls in that band, the dearest option within budget is taken.
+        can spend (so the budget is used). The second rule raises density only, at each
+        bit-width on its own: more bits are not always worth more (8-bit dense beats 32-bit
+        with a tenth of the weights kept), so it never forces a bit-width. Among allowed
+        options the nearest to the wish wins; at a bit-width whose options all fall below the
+        band, its dearest option within budget is allowed.
         """
         table = self.table(layer, previous_shape)
         densities = np.array([s.density for s in self.shapes[layer]])
@@ -234,19 +237,18 @@ class SearchSpace:
             other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[layer]]
             distance = distance + np.array(other, dtype=float)[:, None]
         if np.isinf(budget):
-            feasible = in_band = np.ones(table.shape, dtype=bool)
+            allowed = np.ones(table.shape, dtype=bool)
         else:
             slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
             feasible = table <= budget - spent - self._rest_min[layer][:, None] + slack
             in_band = feasible & (table >= budget - spent - self._rest_max[layer][:, None] - slack)
-        if not fill and feasible.any():
-            allowed = feasible
-        elif in_band.any():
-            allowed = in_band
-        elif feasible.any():  # the band falls between two options: spend as much as is allowed
-            allowed = table == table[feasible].max()
-        else:  # unreachable once the budget was checked, but never step further out of it
-            allowed = table == table.min()
+            if not feasible.any():  # unreachable once the budget was checked; never step further out
+                allowed = table == table.min()
+            elif not fill:
+                allowed = feasible
+            else:  # per bit-width: in the band, or its dearest feasible option when all are below
+                dearest = np.where(feasible, table, -np.inf).max(axis=0, keepdims=True)
+                allowed = np.where(in_band.any(axis=0, keepdims=True), in_band, feasible & (table == dearest))
         # nearest wish first; on a tie, the dearer option (it uses the budget)
         score = np.where(allowed, distance, np.inf) - 1e-6 * table / max(table.max(), 1e-30)
         shape, bits = np.unravel_index(int(np.argmin(score)), table.shape)

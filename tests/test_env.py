@@ -46,13 +46,14 @@ def test_every_episode_ends_within_budget(share, seed):
         assert info["outcome"].latency <= budget + 1e-9
 
 
-def test_full_budget_forces_the_dense_reference_whatever_the_actions(env):
+def test_full_budget_forces_density_up_but_never_a_bit_width(env):
     env = make_env(budget=1.0)
-    info = play(env, -np.ones((len(env.space), 2)))
-    assert info["outcome"].latency == pytest.approx(1.0)
-    assert all(
-        choice.density == 1.0 and choice.w_bits == env.space.bits[-1] for _, choice in info["outcome"].policy
-    )
+    top = play(env, np.tile([-1.0, 1.0], (len(env.space), 1)))  # sparsest, highest bits
+    assert top["outcome"].latency == pytest.approx(1.0)
+    assert all(c.density == 1.0 and c.w_bits == env.space.bits[-1] for _, c in top["outcome"].policy)
+    # the wall spends the budget on density only: a wish for the lowest bits keeps them, dense
+    low = play(env, -np.ones((len(env.space), 2)))
+    assert all(c.density == 1.0 and c.w_bits == env.space.bits[0] for _, c in low["outcome"].policy)
 
 
 def test_wishes_are_granted_when_the_budget_allows():
