@@ -431,6 +431,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         result = search(cfg, target, hardware, tracker, run_dir, space=space)
         policy = result.best.policy
         couplings = result.space.couplings
+        if not couplings and settings.mask == "learned" and settings.granularity == "filter":
+            couplings = filter_couplings(target.model, splits.train_x[:1], layers)
         before = test_score(
             compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings), splits
         )

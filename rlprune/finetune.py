@@ -134,17 +134,34 @@ def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Cho
 
 
 def finetune_policy(
-    policy: Policy, layers: Sequence[LayerInfo], settings: FinetuneSettings
+    policy: Policy,
+    layers: Sequence[LayerInfo],
+    settings: FinetuneSettings,
+    couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> tuple[Policy, dict[str, str]]:
     """The policy the finetune applies, and the layers that keep the searched choice (with why).
 
-    Dense layers stay dense; with ``mask=policy`` nothing changes.
+    Dense layers stay dense; with ``mask=policy`` nothing changes. Learned filter masks go only
+    where ``couplings`` (:func:`rlprune.layers.filter_couplings`, needed for them) allow
+    pruning a layer's filters on their own: never the network's outputs (its class scores),
+    nor convs tied by a residual add.
+
+    Raises:
+        ValueError: for learned filter masks without ``couplings``.
     """
     if settings.mask == "policy":
         return policy, {}
+    filters = settings.mask == "learned" and settings.granularity == "filter"
+    if filters and couplings is None:
+        raise ValueError("learned filter masks need the layers' couplings (rlprune.layers.filter_couplings)")
     by_name = {layer.name: layer for layer in layers}
     applied, kept = {}, {}
     for name, choice in policy:
+        blocked = filters and (couplings[name].blocked if name in couplings else "no coupling known")
+        if blocked and choice.pattern is not Pattern.DENSE:
+            kept[name] = f"filters: {blocked}"
+            applied[name] = choice
+            continue
         recast = choice if choice.pattern is Pattern.DENSE else _recast(by_name[name], choice, settings)
         if isinstance(recast, str):
             kept[name] = recast
@@ -255,9 +272,10 @@ def finetune(
 ) -> FinetuneResult:
     """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back.
 
-    ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`).
+    ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`)
+    and which layers' filters a learned filter mask may prune (:func:`finetune_policy`).
     """
-    applied, kept = finetune_policy(policy, layers, settings)
+    applied, kept = finetune_policy(policy, layers, settings, couplings)
     names = [name for name, _ in applied]
     scores: dict[str, torch.Tensor] = {}
     if settings.criterion != "magnitude":

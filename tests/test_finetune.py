@@ -7,7 +7,7 @@ from rlprune.compress import bake, weight_parametrization
 from rlprune.data import Splits
 from rlprune.errors import ConfigError
 from rlprune.finetune import FinetuneSettings, finetune, finetune_policy
-from rlprune.layers import discover_layers
+from rlprune.layers import discover_layers, filter_couplings
 from rlprune.masks import weight_view
 from rlprune.models import MNIST1DCNN
 from rlprune.policy import Choice, Pattern, Policy
@@ -100,6 +100,19 @@ def test_recast_keeps_density_and_bits(setup):
     for (_, old), (_, new) in zip(policy, recast, strict=True):
         assert new.pattern is Pattern.UNSTRUCTURED and new.w_bits == old.w_bits
         assert abs(new.density - old.density) < 0.05
+
+
+def test_learned_filter_masks_spare_the_class_outputs(setup):
+    model, splits, layers, policy = setup
+    learned = settings(mask="learned", granularity="filter")
+    with pytest.raises(ValueError, match="couplings"):
+        finetune_policy(policy, layers, learned)
+    couplings = filter_couplings(model, splits.train_x[:1], layers)
+    recast, kept = finetune_policy(policy, layers, learned, couplings)
+    output = layers[-1].name
+    assert kept == {output: "filters: its outputs are the network's outputs"}
+    assert dict(recast)[output] == dict(policy)[output]  # its searched k-of-n choice stays
+    assert all(dict(recast)[layer.name].pattern is Pattern.FILTER for layer in layers[:-1])
 
 
 @pytest.mark.parametrize(
