@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ class SB3Search:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     action_noise: float | None = None
     progress_bar: bool = False
+    resume_from: Path | None = None  # a saved agent to go on training (rlprune.resume)
     agent: Any = field(default=None, init=False, repr=False)  # the trained algorithm, after search
 
     def search(self, env: PruneEnv, seed: int) -> None:
@@ -49,12 +51,17 @@ class SB3Search:
         if self.action_noise is not None:
             size = env.action_size  # 3 entries when several patterns are searched
             kwargs["action_noise"] = NormalActionNoise(np.zeros(size), np.full(size, self.action_noise))
-        self.agent = ALGORITHMS[self.algorithm](
-            "MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs
-        )
+        algorithm = ALGORITHMS[self.algorithm]
+        if self.resume_from is not None:
+            self.agent = algorithm.load(self.resume_from, env=env, device="cpu")
+        else:
+            self.agent = algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
         steps = (env.problem.evaluations - env.problem.used) * len(env.space)
         self.agent.learn(
-            total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar
+            total_timesteps=steps,
+            callback=StopWhenExhausted(env),
+            progress_bar=self.progress_bar,
+            reset_num_timesteps=self.resume_from is None,
         )
 
     def ask(self, env: PruneEnv, budget: float) -> Outcome:

@@ -41,7 +41,9 @@ def _main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         policy = run_dir / "policy.yaml"
         kept = f"the best policy so far is in {policy}" if policy.exists() else "no policy was found yet"
-        print(f"error: interrupted; {kept}", file=sys.stderr)
+        again = f"; to continue, rerun with resume=true hydra.run.dir={run_dir}"
+        resumable = (run_dir / "checkpoint").exists()
+        print(f"error: interrupted; {kept}{again if resumable else ''}", file=sys.stderr)
         sys.exit(130)
     return float(report["accuracy"]["search_best_reward"])
 

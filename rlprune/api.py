@@ -42,6 +42,7 @@ from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
+from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker
 from rlprune.training import Score, TrainSettings, evaluate, train
 
@@ -280,13 +281,34 @@ def search(
         cfg.reward.baseline_momentum,
         wall=cfg.agent.get("wall", "band"),
     )
+    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar)
+    if run_dir is not None:
+        _checkpoint(cfg, problem, searcher, run_dir)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar).search(env, cfg.seed)
+    if not problem.exhausted:
+        searcher.search(env, cfg.seed)
     if problem.best is None:
         raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
     return SearchResult(
         problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
+    )
+
+
+def _checkpoint(cfg: DictConfig, problem: SearchProblem, searcher: Any, run_dir: Path) -> None:
+    """Checkpoint the search in ``run_dir`` as it runs; with ``resume``, first restore it."""
+    checkpoint = SearchCheckpoint(run_dir / "checkpoint", cfg)
+    agentic = isinstance(searcher, SB3Search)  # SB3 agents reload; other searchers start over
+    if cfg.resume:
+        agent = checkpoint.restore(problem)
+        print(f"resuming the search at evaluation {problem.used} of {problem.evaluations}")
+        if agentic:
+            searcher.resume_from = agent
+    every = cfg.search.checkpoint_every
+    problem.listeners.append(
+        lambda outcome, improved: (
+            problem.used % every == 0 and checkpoint.save(problem, searcher.agent if agentic else None)
+        )
     )
 
 
@@ -406,7 +428,7 @@ def test_score(model: nn.Module, splits: Splits) -> Score:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The whole chain: target, search, finetune, report, export. Returns the report."""
     run_dir = Path(run_dir)
-    check_fresh_run_dir(run_dir)
+    check_fresh_run_dir(run_dir, cfg.resume)
     validate(cfg)
     budget = float(cfg.budget.latency)
     if cfg.agent.name not in SEARCHERS:

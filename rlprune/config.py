@@ -63,6 +63,7 @@ class SearchConfig:
     levels: int = 20
     min_density: float = 0.05
     nm_pad: bool = True
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -94,6 +95,7 @@ class RlpruneConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
+    resume: bool = False
     cache_dir: str = MISSING
     progress_bar: bool = True
     dense: DenseConfig = field(default_factory=DenseConfig)
@@ -118,6 +120,7 @@ def validate(cfg: DictConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("budget.latency", 0.0 < cfg.budget.latency <= 1.0, "a share of the dense latency in (0, 1]"),
         ("search.evaluations", cfg.search.evaluations >= 1, "an integer >= 1"),
+        ("search.checkpoint_every", cfg.search.checkpoint_every >= 1, "an integer >= 1"),
         ("search.levels", cfg.search.levels >= 2, "an integer >= 2"),
         ("search.min_density", 0.0 < cfg.search.min_density <= 1.0, "a density in (0, 1]"),
         ("reward.metric", cfg.reward.metric in METRICS, f"one of {list(METRICS)}"),

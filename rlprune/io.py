@@ -60,11 +60,17 @@ def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 RUN_OUTPUTS = ("report.json", "policy.yaml")
 
 
-def check_fresh_run_dir(run_dir: str | os.PathLike[str]) -> None:
-    """Raise :class:`ConfigError` when ``run_dir`` already holds a run: rlprune never overwrites one."""
+def check_fresh_run_dir(run_dir: str | os.PathLike[str], resume: bool = False) -> None:
+    """Raise :class:`ConfigError` when ``run_dir`` already holds a run: rlprune never overwrites one.
+
+    With ``resume``, a folder whose search was interrupted (a policy, no report) is the one to use.
+    """
     held = [name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
-    if held:
+    if resume and "report.json" in held:
+        raise ConfigError(f"resume=true, but the run in {run_dir} already finished (report.json)")
+    if held and not resume:
+        hint = "" if "report.json" in held else ", or add resume=true to continue its interrupted search"
         raise ConfigError(
             f"the run folder {run_dir} already holds a run ({', '.join(held)}); rlprune never overwrites "
-            "one: choose another hydra.run.dir"
+            f"one: choose another hydra.run.dir{hint}"
         )
