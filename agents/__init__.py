@@ -7,7 +7,7 @@ by the problem, never by the searcher.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from rlprune.agents.anchors import AnchorSearch
@@ -41,8 +41,12 @@ class Searcher(Protocol):
         """Search until ``env.problem.exhausted``."""
 
 
-def make_searcher(cfg: Mapping[str, Any], progress_bar: bool = False) -> Searcher:
-    """The searcher an ``agent`` config node names.
+def make_searcher(
+    cfg: Mapping[str, Any],
+    progress_bar: bool = False,
+    log: Callable[[dict[str, Any], int], None] | None = None,
+) -> Searcher:
+    """The searcher an ``agent`` config node names; an RL agent sends its training records to ``log``.
 
     Raises:
         ConfigError: for an unknown agent name.
@@ -52,12 +56,13 @@ def make_searcher(cfg: Mapping[str, Any], progress_bar: bool = False) -> Searche
         return BASELINES[name]()
     if name in ANCHORS:
         settings = {k: v for k, v in cfg.items() if k not in ("name", "wall")}
-        return AnchorSearch(**settings, progress_bar=progress_bar)
+        return AnchorSearch(**settings, progress_bar=progress_bar, log=log)
     if name in ALGORITHMS:
         return SB3Search(
             algorithm=name,
             hyperparameters=dict(cfg.get("hyperparameters") or {}),
             action_noise=cfg.get("action_noise"),
             progress_bar=progress_bar,
+            log=log,
         )
     raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")

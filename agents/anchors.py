@@ -17,12 +17,13 @@ back until the budget holds (:meth:`SearchSpace.lower_until_within`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from rlprune.agents.sb3 import StopWhenExhausted
+from rlprune.agents.sb3 import StopWhenExhausted, forward_records
 from rlprune.envs.prune_env import PruneEnv
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
@@ -149,6 +150,7 @@ class AnchorSearch:
     actor_learning_rate: float
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     progress_bar: bool = False
+    log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
 
     def search(self, env: PruneEnv, seed: int) -> None:
         """Train until ``env.problem`` is exhausted."""
@@ -172,5 +174,6 @@ class AnchorSearch:
             gradient_steps=-1,
             **self.hyperparameters,
         )
+        forward_records(agent, self.log)
         steps = (env.problem.evaluations - env.problem.used) * layers
         agent.learn(total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar)

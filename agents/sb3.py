@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,31 @@ import numpy as np
 from rlprune.envs.problem import Outcome
 from rlprune.envs.prune_env import PruneEnv
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.noise import NormalActionNoise
 
 ALGORITHMS = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG}
+
+
+class ForwardRecords(KVWriter):
+    """Hands each record SB3's logger dumps (losses, entropy, rewards) to ``log(values, timesteps)``."""
+
+    def __init__(self, log: Callable[[dict[str, Any], int], None]) -> None:
+        self.log = log
+
+    def write(
+        self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0
+    ) -> None:
+        """Forward one record."""
+        self.log(key_values, step)
+
+
+def forward_records(agent: BaseAlgorithm, log: Callable[[dict[str, Any], int], None] | None) -> None:
+    """Send ``agent``'s training records to ``log`` (a tracker), when given."""
+    if log is not None:
+        agent.set_logger(Logger(folder=None, output_formats=[ForwardRecords(log)]))
 
 
 class StopWhenExhausted(BaseCallback):
@@ -25,6 +47,10 @@ class StopWhenExhausted(BaseCallback):
 
     def _on_step(self) -> bool:
         return not self.problem.exhausted
+
+    def _on_training_end(self) -> None:
+        # the last update's record is only dumped with the next rollout, which a stop cuts short
+        self.model.logger.dump(self.model.num_timesteps)
 
 
 @dataclass
@@ -43,6 +69,7 @@ class SB3Search:
     action_noise: float | None = None
     progress_bar: bool = False
     resume_from: Path | None = None  # a saved agent to go on training (rlprune.resume)
+    log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
     agent: Any = field(default=None, init=False, repr=False)  # the trained algorithm, after search
 
     def search(self, env: PruneEnv, seed: int) -> None:
@@ -56,6 +83,7 @@ class SB3Search:
             self.agent = algorithm.load(self.resume_from, env=env, device="cpu")
         else:
             self.agent = algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+        forward_records(self.agent, self.log)
         steps = (env.problem.evaluations - env.problem.used) * len(env.space)
         self.agent.learn(
             total_timesteps=steps,

@@ -28,6 +28,8 @@ def _main(cfg: DictConfig) -> float:
     from rlprune.api import run  # imported here so --help and --cfg stay fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.wandb.group is None:
+        cfg.wandb.group = str(HydraConfig.get().sweep.dir)  # the runs of one sweep, grouped in W&B
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run(cfg, run_dir)

@@ -281,7 +281,8 @@ def search(
         cfg.reward.baseline_momentum,
         wall=cfg.agent.get("wall", "band"),
     )
-    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar)
+    log = tracker.log_agent if tracker is not None else None
+    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar, log=log)
     if run_dir is not None:
         _checkpoint(cfg, problem, searcher, run_dir)
     seed_everything(cfg.seed)
@@ -439,12 +440,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     space.check_budget(budget)  # fail fast, before the dense model is trained
 
+    model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
     tracker = Tracker(
         cfg.wandb.mode,
         cfg.wandb.project,
         run_dir,
         _plain(cfg),
-        name=f"{cfg.data.name}-{hardware.name}-{cfg.agent.name}-b{budget}-s{cfg.seed}",
+        name=f"{model_name}-{cfg.data.name}-{hardware.name}-{cfg.agent.name}-b{budget}-s{cfg.seed}",
         group=cfg.wandb.group,
         tags=[cfg.agent.name, hardware.name, cfg.data.name],
     )
@@ -505,6 +507,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
         print_report(report)
         tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
+        names = [name for name, _ in tuned.policy]
+        tracker.log_bars(
+            "policy/sparsity", names, [1 - c.density for _, c in tuned.policy], "sparsity per layer"
+        )
+        tracker.log_bars("policy/bits", names, [c.w_bits for _, c in tuned.policy], "weight bits per layer")
         tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
         tracker.log_artifact("compressed", "model", outputs)
     except BaseException:

@@ -54,6 +54,11 @@ class Tracker:
             reinit="finish_previous",
             settings=wandb.Settings(console="off", quiet=True),
         )
+        # two x-axes: policies evaluated (the search) and env steps (the SB3 agent's training)
+        self.run.define_metric("search/episode")
+        self.run.define_metric("search/*", step_metric="search/episode")
+        self.run.define_metric("agent/timesteps")
+        self.run.define_metric("agent/*", step_metric="agent/timesteps")
 
     @property
     def enabled(self) -> bool:
@@ -66,13 +71,30 @@ class Tracker:
             return
         self.run.log(
             {
+                "search/episode": outcome.episode,
                 "search/accuracy": outcome.accuracy,
                 "search/loss": outcome.loss,
                 "search/latency": outcome.latency,
                 "search/improved": int(improved),
-            },
-            step=outcome.episode,
+            }
         )
+
+    def log_agent(self, values: Mapping[str, Any], timesteps: int) -> None:
+        """Log an SB3 agent's training record (losses, entropy, rewards) at its env step count."""
+        if self.run is None:
+            return
+        numbers = {f"agent/{k}": v for k, v in values.items() if isinstance(v, int | float)}
+        if numbers:
+            self.run.log({**numbers, "agent/timesteps": timesteps})
+
+    def log_bars(self, key: str, labels: Sequence[str], values: Sequence[float], title: str) -> None:
+        """Log a bar chart (one bar per label), e.g. the per-layer sparsity of the policy."""
+        if self.run is None:
+            return
+        table = self._wandb.Table(
+            columns=["layer", key], data=[[a, b] for a, b in zip(labels, values, strict=True)]
+        )
+        self.run.log({key: self._wandb.plot.bar(table, "layer", key, title=title)})
 
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Log a ``wandb.Table``."""

@@ -43,7 +43,16 @@ def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
     assert policy["latency"] == pytest.approx(report["latency"], abs=1e-6)
     assert set(policy["layers"]) == {row["layer"] for row in report["layers"]}
     assert (tmp_path / "model.pt").stat().st_size > 0
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")
+    # the per-layer bar charts and the SB3 agent's training curves are in the offline run
+    charts = {
+        p.name.split("_table_")[0] for p in (offline / "files" / "media" / "table" / "policy").iterdir()
+    }
+    assert charts == {"sparsity", "bits"}
+    history = next(offline.glob("run-*.wandb")).read_bytes()
+    assert all(
+        key in history for key in (b"agent/train/loss", b"agent/rollout/ep_rew_mean", b"search/accuracy")
+    )
     assert "latency %" in result.stdout and "after finetune" in result.stdout
 
 
