@@ -14,7 +14,8 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -337,12 +338,14 @@ def search_budgets(
     hardware: LatencyModel,
     budgets: Sequence[float],
     space: SearchSpace | None = None,
-) -> dict[float, Outcome]:
+    run_dir: Path | None = None,
+) -> dict[float, SearchResult]:
     """Budget-conditioned search: one RL agent for every budget of a sweep.
 
     The agent trains on episodes whose budget is drawn from ``budgets`` (it is in the
     observation), then plays one deterministic episode per budget. ``search.evaluations``
-    counts both. Returns the best policy found for each budget, in training or when asked.
+    counts both. Returns the best policy found for each budget, in training or when asked;
+    with ``run_dir``, each budget's best so far is kept in ``budget_<b>/policy.yaml``.
 
     Raises:
         ConfigError: when the agent is not an RL agent, or the evaluations do not cover one
@@ -360,6 +363,13 @@ def search_budgets(
     space, evaluator = _scorer(cfg, target, hardware, space)
     training = cfg.search.evaluations - len(budgets)
     problem = SearchProblem(space, evaluator, budgets[0], training, cfg.reward.metric)
+    if run_dir is not None:
+        problem.listeners.append(
+            lambda outcome, improved: (
+                improved
+                and write_policy(run_dir / f"budget_{outcome.budget}" / "policy.yaml", outcome, hardware.name)
+            )
+        )
     env = PruneEnv(
         problem,
         measure_sensitivity(space, evaluator),
@@ -368,11 +378,18 @@ def search_budgets(
         budgets=budgets,
     )
     seed_everything(cfg.seed)
+    start = time.perf_counter()
     searcher.search(env, cfg.seed)
     problem.evaluations += len(budgets)
     for budget in budgets:
         searcher.ask(env, budget)
-    return {budget: problem.best_by_budget[budget] for budget in budgets}
+    seconds = time.perf_counter() - start
+    return {
+        budget: SearchResult(
+            problem.best_by_budget[budget], space, problem.used, evaluator.forward_passes, seconds
+        )
+        for budget in budgets
+    }
 
 
 def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run_dir: Path) -> dict[str, Any]:
@@ -427,19 +444,47 @@ def test_score(model: nn.Module, splits: Splits) -> Score:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """The whole chain: target, search, finetune, report, export. Returns the report."""
+    """The whole chain: target, search, finetune, report, export. Returns the report.
+
+    With ``budget.sweep`` (a list of budgets), one budget-conditioned agent searches them all
+    (:func:`search_budgets`) and each budget gets its own folder ``budget_<b>`` with its
+    report, policy and model; the report returned is the first budget's.
+    """
     run_dir = Path(run_dir)
     check_fresh_run_dir(run_dir, cfg.resume)
     validate(cfg)
-    budget = float(cfg.budget.latency)
+    sweep = [float(b) for b in cfg.budget.sweep] if cfg.budget.sweep else None
+    if sweep and cfg.resume:
+        raise ConfigError("resume=true continues one budget's search; budget.sweep runs cannot be resumed")
+    for budget in sweep or []:
+        check_fresh_run_dir(run_dir / f"budget_{budget}")
     if cfg.agent.name not in SEARCHERS:
         raise ConfigError(f"agent.name={cfg.agent.name!r} is not allowed: one of {SEARCHERS}")
     settings = FinetuneSettings.from_config(_plain(cfg.finetune))
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
-    space.check_budget(budget)  # fail fast, before the dense model is trained
+    for budget in sweep or [float(cfg.budget.latency)]:
+        space.check_budget(budget)  # fail fast, before the dense model is trained
+    if sweep:
+        target = train_target(cfg, model, splits, layers, searched)
+        results = search_budgets(cfg, target, hardware, sweep, space=space, run_dir=run_dir)
+        reports = []
+        for budget, result in results.items():
+            folder = run_dir / f"budget_{budget}"
+            with _tracker(cfg, hardware, folder, budget) as tracker:
+                reports.append(_finish(cfg, target, result, hardware, settings, budget, folder, tracker))
+        return reports[0]
+    budget = float(cfg.budget.latency)
+    with _tracker(cfg, hardware, run_dir, budget) as tracker:
+        target = train_target(cfg, model, splits, layers, searched)
+        result = search(cfg, target, hardware, tracker, run_dir, space=space)
+        return _finish(cfg, target, result, hardware, settings, budget, run_dir, tracker)
 
+
+@contextmanager
+def _tracker(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: float) -> Iterator[Tracker]:
+    """The W&B run of one budget's run, closed with the run's outcome."""
     model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
     tracker = Tracker(
         cfg.wandb.mode,
@@ -451,71 +496,79 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         tags=[cfg.agent.name, hardware.name, cfg.data.name],
     )
     try:
-        target = train_target(cfg, model, splits, layers, searched)
-        result = search(cfg, target, hardware, tracker, run_dir, space=space)
-        policy = result.best.policy
-        couplings = result.space.couplings
-        if not couplings and settings.mask == "learned" and settings.granularity == "filter":
-            couplings = filter_couplings(target.model, splits.train_x[:1], layers)
-        before = test_score(
-            compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings), splits
-        )
-        tuned = finetune(
-            target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad, couplings
-        )
-        after = test_score(tuned.model, splits)
-        overhead = result.space.overhead
-        rows = layer_rows(
-            layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
-        )
-        latency = (network_latency(hardware, layers, tuned.policy, couplings) + overhead) / (
-            network_latency(hardware, layers, Policy()) + overhead
-        )
-        report = {
-            "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
-            "budget": budget,
-            "latency": latency,
-            "size_ratio": size_ratio(layers, rows),
-            "hardware": hardware.name,
-            "accuracy": {
-                "dense_test": target.dense_test.accuracy,
-                "dense_reward": target.dense_reward.accuracy,
-                "search_best_reward": result.best.accuracy,
-                "pruned_test_before_finetune": before.accuracy,
-                "pruned_test_after_finetune": after.accuracy,
-            },
-            "search": {
-                "agent": cfg.agent.name,
-                "evaluations": result.evaluations,
-                "forward_passes": result.forward_passes,
-                "best_episode": result.best.episode,
-                "latency": result.best.latency,
-                "seconds": result.seconds,
-            },
-            "finetune": asdict(settings),
-            "skipped": result.space.skipped,
-            "layers": rows,
-        }
-        baked = bake(tuned.model)
-        outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
-        if any(choice.pattern is Pattern.FILTER for _, choice in tuned.policy):
-            report["export"] = _export_filters(baked, tuned.policy, splits.train_x[:1], run_dir)
-            if report["export"]["model_pruned"]:
-                outputs.append(run_dir / "model_pruned.pt")
-        write_json_atomic(run_dir / "report.json", report)
-        write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-        write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
-        print_report(report)
-        tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
-        names = [name for name, _ in tuned.policy]
-        tracker.log_bars(
-            "policy/sparsity", names, [1 - c.density for _, c in tuned.policy], "sparsity per layer"
-        )
-        tracker.log_bars("policy/bits", names, [c.w_bits for _, c in tuned.policy], "weight bits per layer")
-        tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
-        tracker.log_artifact("compressed", "model", outputs)
+        yield tracker
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
+
+
+def _finish(
+    cfg: DictConfig,
+    target: Target,
+    result: SearchResult,
+    hardware: LatencyModel,
+    settings: FinetuneSettings,
+    budget: float,
+    run_dir: Path,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """Finetune the best policy of ``result``, then write and log its report, policy and model."""
+    splits, layers, searched = target.splits, target.layers, target.searched
+    policy = result.best.policy
+    couplings = result.space.couplings
+    if not couplings and settings.mask == "learned" and settings.granularity == "filter":
+        couplings = filter_couplings(target.model, splits.train_x[:1], layers)
+    before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings), splits)
+    tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad, couplings)
+    after = test_score(tuned.model, splits)
+    overhead = result.space.overhead
+    rows = layer_rows(
+        layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
+    )
+    latency = (network_latency(hardware, layers, tuned.policy, couplings) + overhead) / (
+        network_latency(hardware, layers, Policy()) + overhead
+    )
+    report = {
+        "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
+        "budget": budget,
+        "latency": latency,
+        "size_ratio": size_ratio(layers, rows),
+        "hardware": hardware.name,
+        "accuracy": {
+            "dense_test": target.dense_test.accuracy,
+            "dense_reward": target.dense_reward.accuracy,
+            "search_best_reward": result.best.accuracy,
+            "pruned_test_before_finetune": before.accuracy,
+            "pruned_test_after_finetune": after.accuracy,
+        },
+        "search": {
+            "agent": cfg.agent.name,
+            "evaluations": result.evaluations,
+            "forward_passes": result.forward_passes,
+            "best_episode": result.best.episode,
+            "latency": result.best.latency,
+            "seconds": result.seconds,
+        },
+        "finetune": asdict(settings),
+        "skipped": result.space.skipped,
+        "layers": rows,
+    }
+    baked = bake(tuned.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
+    if any(choice.pattern is Pattern.FILTER for _, choice in tuned.policy):
+        report["export"] = _export_filters(baked, tuned.policy, splits.train_x[:1], run_dir)
+        if report["export"]["model_pruned"]:
+            outputs.append(run_dir / "model_pruned.pt")
+    write_json_atomic(run_dir / "report.json", report)
+    write_policy(run_dir / "policy.yaml", result.best, hardware.name)
+    write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
+    print_report(report)
+    tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
+    names = [name for name, _ in tuned.policy]
+    tracker.log_bars("policy/sparsity", names, [1 - c.density for _, c in tuned.policy], "sparsity per layer")
+    tracker.log_bars("policy/bits", names, [c.w_bits for _, c in tuned.policy], "weight bits per layer")
+    tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
+    tracker.log_artifact("compressed", "model", outputs)
     return report

@@ -31,6 +31,7 @@ class BudgetConfig:
     """``budget.*``: the latency budget relative to the dense model, in (0, 1]."""
 
     latency: float = 0.25
+    sweep: Any = None  # null or a list of budgets for one budget-conditioned search
 
 
 @dataclass
@@ -129,6 +130,13 @@ def validate(cfg: DictConfig) -> None:
         ("dense.lr", cfg.dense.lr > 0, "a learning rate > 0"),
         ("dense.batch_size", cfg.dense.batch_size >= 1, "an integer >= 1"),
     ]
+    sweep = _plain(cfg.budget.sweep)
+    if sweep is not None and (
+        not isinstance(sweep, list)
+        or not sweep
+        or not all(isinstance(b, int | float) and 0.0 < b <= 1.0 for b in sweep)
+    ):
+        raise _fail("budget.sweep", sweep, "null or a list of budgets in (0, 1]")
     wall = cfg.agent.get("wall", "band")
     checks.append(("agent.wall", wall in WALLS, f"one of {list(WALLS)}"))
     momentum = cfg.reward.baseline_momentum

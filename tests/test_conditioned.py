@@ -52,9 +52,10 @@ def test_search_budgets_answers_every_budget_within_its_evaluations():
     hardware = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
     best = search_budgets(cfg, target, hardware, [0.5, 0.35, 0.5])
     assert list(best) == [0.5, 0.35]
-    for budget, outcome in best.items():
+    for budget, result in best.items():
+        outcome = result.best
         assert outcome.budget == budget and outcome.latency <= budget + 1e-9
-        assert outcome.episode <= 30
+        assert outcome.episode <= 30 and result.evaluations == 30
 
 
 def test_search_budgets_needs_an_rl_agent():
@@ -73,3 +74,26 @@ def test_td3_noise_covers_the_pattern_entry_of_a_multi_pattern_search():
     )
     make_searcher(agent_cfg).search(env, seed=0)
     assert env.problem.used == 12
+
+
+def test_the_sweep_mode_writes_one_report_per_budget_from_one_agent(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "rlprune", f"hydra.run.dir={tmp_path}", "budget.sweep=[0.5,0.3]"]
+    command += ["search.evaluations=30", "dense.epochs=3", "finetune.epochs=1", "progress_bar=false"]
+    result = subprocess.run([*command, "wandb.mode=disabled"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for budget in (0.5, 0.3):
+        report = json.loads((tmp_path / f"budget_{budget}" / "report.json").read_text())
+        assert report["budget"] == budget and report["latency"] <= budget + 1e-9
+        assert report["search"]["evaluations"] == 30  # one search served both budgets
+        assert (tmp_path / f"budget_{budget}" / "policy.yaml").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "rlprune", f"hydra.run.dir={tmp_path / 'b'}", "budget.sweep=[0.5,1.5]"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "budget.sweep=[0.5, 1.5] is not allowed" in bad.stderr

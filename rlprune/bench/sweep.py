@@ -59,8 +59,8 @@ def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         best = search_budgets(run, target, hardware, args.budgets, space=space)
         seconds["conditioned"] += time.perf_counter() - start
-        for budget, outcome in best.items():
-            conditioned[budget].append(outcome.accuracy)
+        for budget, result in best.items():
+            conditioned[budget].append(result.best.accuracy)
     rows = [
         {
             "budget": b,
