@@ -10,7 +10,9 @@ allowed. The groups whose keys depend on the choice (``model``, ``data``, ``agen
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -106,6 +108,28 @@ class RlpruneConfig:
 
 
 ConfigStore.instance().store(name="rlprune_schema", node=RlpruneConfig)
+
+
+def default_cache_dir() -> str:
+    """The root config's default: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``."""
+    return os.environ.get("RLPRUNE_CACHE") or str(Path(os.environ.get("HOME", ".")) / ".cache" / "rlprune")
+
+
+def _cache_dir_resolver(*, _parent_: Any, _root_: Any) -> str:
+    # ``${rlprune.cache_dir:}`` in conf/hardware/local_cpu.yaml: the root config's ``cache_dir``
+    # when the file is composed into the full config (hardware=local_cpu), the default cache
+    # when the file is loaded on its own (a plain ``${cache_dir}`` would point at itself there).
+    # Registered here, with the schema, so every process that composes the config has it
+    # (a joblib or submitit worker resolves the config before any rlprune code runs).
+    if _parent_._get_parent() is not None:
+        value = OmegaConf.select(_root_, "cache_dir", default=None)
+        if value is not None:
+            return str(value)
+    return default_cache_dir()
+
+
+if not OmegaConf.has_resolver("rlprune.cache_dir"):
+    OmegaConf.register_new_resolver("rlprune.cache_dir", _cache_dir_resolver)
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:

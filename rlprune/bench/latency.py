@@ -43,10 +43,11 @@ import torch
 from scipy.stats import kendalltau
 from torch import nn
 
+from rlprune.config import default_cache_dir
 from rlprune.errors import ModelError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
-from rlprune.hardware.measured import cpu_model, default_cache_dir, time_calls
+from rlprune.hardware.measured import cpu_model, time_calls
 from rlprune.io import write_json_atomic
 from rlprune.layers import LayerInfo, discover_layers
 from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20

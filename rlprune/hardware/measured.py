@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
+from rlprune.config import default_cache_dir
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import ConfigReader, read_common
@@ -65,26 +65,6 @@ MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_ti
 CACHE_FORMAT = 6  # 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
-
-
-def default_cache_dir() -> str:
-    """The root config's default: ``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``."""
-    return os.environ.get("RLPRUNE_CACHE") or str(Path(os.environ.get("HOME", ".")) / ".cache" / "rlprune")
-
-
-def _cache_dir_resolver(*, _parent_: Any, _root_: Any) -> str:
-    # ``${rlprune.cache_dir:}`` in conf/hardware/local_cpu.yaml: the root config's ``cache_dir``
-    # when the file is composed into the full config (hardware=local_cpu), the default cache
-    # when the file is loaded on its own (a plain ``${cache_dir}`` would point at itself there).
-    if _parent_._get_parent() is not None:
-        value = OmegaConf.select(_root_, "cache_dir", default=None)
-        if value is not None:
-            return str(value)
-    return default_cache_dir()
-
-
-if not OmegaConf.has_resolver("rlprune.cache_dir"):
-    OmegaConf.register_new_resolver("rlprune.cache_dir", _cache_dir_resolver)
 
 
 def cpu_model() -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,20 @@ def test_unsupported_pattern_and_bits_on_shipped_devices():
         build_latency_model(cfg).latency(LAYER, Choice(Pattern.NM, 2, 4, 8, 8))
     with pytest.raises(ConfigError, match=r"kofn_weight.*group = n = .* = 192"):
         arm.latency(LAYER, Choice(Pattern.KOFN_WEIGHT, 10, 64, 32, 32))
+
+
+def test_local_cpu_config_resolves_in_a_process_that_only_composed_it(tmp_path):
+    # a joblib or submitit worker resolves the job's config before any rlprune code runs
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_module\n"
+        "from omegaconf import OmegaConf\n"
+        "with initialize_config_module(version_base='1.3', config_module='rlprune.conf'):\n"
+        f"    cfg = compose('config', overrides=['hardware=local_cpu', 'cache_dir={tmp_path}'])\n"
+        "OmegaConf.resolve(cfg)\n"
+        "assert 'rlprune.hardware.measured' not in sys.modules\n"
+        "print(cfg.hardware.cache_dir)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path)
