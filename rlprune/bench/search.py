@@ -184,8 +184,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     targets = results["targets"]
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
-    for ax, t in zip(axes[0], targets, strict=True):
+    columns = min(3, len(targets))
+    rows = -(-len(targets) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(targets) :]:
+        ax.set_visible(False)
+    for ax, t in zip(axes.flat, targets, strict=False):
         scored = [c for c in t["cells"] if "runs" in c]
         for agent in dict.fromkeys(c["agent"] for c in scored):
             cells = sorted((c for c in scored if c["agent"] == agent), key=lambda c: c["budget"])
