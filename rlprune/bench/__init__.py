@@ -4,7 +4,16 @@ Run one with ``python -m rlprune.bench <name> [options]``; ``--help`` lists the 
 Figures are compared side by side within one run, because these machines are shared and noisy.
 """
 
-from omegaconf import DictConfig
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from rlprune.api import Target
+    from rlprune.hardware import LatencyModel
 
 BENCHMARKS = {
     "search": "rlprune.bench.search",
@@ -21,3 +30,22 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
     with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
         return compose(config_name="config", overrides=overrides)
+
+
+# a benchmark's searches log nothing and draw no progress bar
+QUIET = ["wandb.mode=disabled", "progress_bar=false"]
+
+
+def load(cfg: DictConfig) -> tuple[Target, LatencyModel]:
+    """The trained target (dense model cached) and the latency model of a composed config."""
+    from rlprune.api import load_target
+    from rlprune.hardware import build_latency_model
+
+    return load_target(cfg), build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+
+
+def machine() -> str:
+    """The machine a benchmark ran on, with torch's thread count: absolute times need it."""
+    import torch
+
+    return f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}"

@@ -18,20 +18,17 @@ panel per target, one line per searcher.
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
-from rlprune.api import load_target, make_space, search, test_score
-from rlprune.bench import compose_config
+from rlprune.api import make_space, search, test_score
+from rlprune.bench import QUIET, compose_config, load, machine
 from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
 from rlprune.finetune import FinetuneSettings, finetune
-from rlprune.hardware import build_latency_model
 from rlprune.io import write_atomic, write_json_atomic
 
 # name -> Hydra overrides. The GPU profile accelerates N:M only; the CPU table is timed here at
@@ -83,16 +80,9 @@ def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: 
 
 def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every budget, searcher and seed on one target."""
-    base = [
-        "wandb.mode=disabled",
-        "progress_bar=false",
-        f"search.evaluations={args.evaluations}",
-        *TARGETS[name],
-        *args.overrides,
-    ]
+    base = [*QUIET, f"search.evaluations={args.evaluations}", *TARGETS[name], *args.overrides]
     cfg = compose_config(base)
-    target = load_target(cfg)
-    hardware = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+    target, hardware = load(cfg)
     spaces: dict[str, SearchSpace] = {}  # one per search config: agent specs may change it
 
     def space_of(run_cfg: Any) -> SearchSpace:
@@ -234,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluations": args.evaluations,
         "seeds": args.seeds,
         "finetune_epochs": args.finetune_epochs,
-        "machine": f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}",
+        "machine": machine(),
         "targets": [],
     }
     for name in args.targets:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from rlprune.api import load_target, search
-from rlprune.bench import compose_config
+from rlprune.api import search
+from rlprune.bench import QUIET, compose_config, load
 from rlprune.envs import Outcome
-from rlprune.hardware import build_latency_model
 from rlprune.io import write_json_atomic
 
 
@@ -51,16 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/soak.json"))
     args = parser.parse_args(argv)
 
-    overrides = [
-        "wandb.mode=disabled",
-        "progress_bar=false",
-        f"agent={args.agent}",
-        f"search.evaluations={args.evaluations}",
-        *args.overrides,
-    ]
+    overrides = [*QUIET, f"agent={args.agent}", f"search.evaluations={args.evaluations}", *args.overrides]
     cfg = compose_config(overrides)
-    target = load_target(cfg)
-    hardware = build_latency_model(cfg.hardware)
+    target, hardware = load(cfg)
     started = time.perf_counter()
     samples = [{"evaluations": 0, "rss_mib": rss_mib(), "peak_mib": peak_mib(), "seconds": 0.0}]
 

@@ -12,34 +12,23 @@ best reward-split accuracy of both, and the evaluations and seconds each way spe
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 
-from rlprune.api import load_target, make_space, search, search_budgets
-from rlprune.bench import compose_config
+from rlprune.api import make_space, search, search_budgets
+from rlprune.bench import QUIET, compose_config, load, machine
 from rlprune.bench.search import TARGETS
-from rlprune.hardware import build_latency_model
 from rlprune.io import write_json_atomic
 
 
 def bench_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Both ways of sweeping ``args.budgets`` on one target, for every seed."""
-    base = [
-        "wandb.mode=disabled",
-        "progress_bar=false",
-        f"agent={args.agent}",
-        *TARGETS[name],
-        *args.overrides,
-    ]
+    base = [*QUIET, f"agent={args.agent}", *TARGETS[name], *args.overrides]
     cfg = compose_config(base)
-    target = load_target(cfg)
-    hardware = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+    target, hardware = load(cfg)
     space = make_space(cfg, target.model, target.splits.train_x[:1], target.layers, target.searched, hardware)
     conditioned_evaluations = max(
         len(args.budgets) + 1, round(args.share * args.evaluations * len(args.budgets))
@@ -104,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "sweep",
         "agent": args.agent,
         "seeds": args.seeds,
-        "machine": f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}",
+        "machine": machine(),
         "targets": [],
     }
     for name in args.targets:
