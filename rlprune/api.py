@@ -276,12 +276,7 @@ def search(
                 improved and write_policy(run_dir / "policy.yaml", outcome, hardware.name)
             )
         )
-    env = PruneEnv(
-        problem,
-        measure_sensitivity(space, evaluator),
-        cfg.reward.baseline_momentum,
-        wall=cfg.agent.get("wall", "band"),
-    )
+    env = _env(cfg, problem, evaluator)
     log = tracker.log_agent if tracker is not None else None
     searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar, log=log)
     if run_dir is not None:
@@ -294,6 +289,22 @@ def search(
         raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
     return SearchResult(
         problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
+    )
+
+
+def _env(
+    cfg: DictConfig,
+    problem: SearchProblem,
+    evaluator: PolicyEvaluator,
+    budgets: Sequence[float] | None = None,
+) -> PruneEnv:
+    """The search env of ``problem``: sensitivity measured, the agent's wall and reward shaping."""
+    return PruneEnv(
+        problem,
+        measure_sensitivity(problem.space, evaluator),
+        cfg.reward.baseline_momentum,
+        wall=cfg.agent.get("wall", "band"),
+        budgets=budgets,
     )
 
 
@@ -370,13 +381,7 @@ def search_budgets(
                 and write_policy(run_dir / f"budget_{outcome.budget}" / "policy.yaml", outcome, hardware.name)
             )
         )
-    env = PruneEnv(
-        problem,
-        measure_sensitivity(space, evaluator),
-        cfg.reward.baseline_momentum,
-        wall=cfg.agent.get("wall", "band"),
-        budgets=budgets,
-    )
+    env = _env(cfg, problem, evaluator, budgets)
     seed_everything(cfg.seed)
     start = time.perf_counter()
     searcher.search(env, cfg.seed)
