@@ -9,9 +9,9 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
-
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from rlprune.api import Target
     from rlprune.hardware import LatencyModel
 
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "masks": "rlprune.bench.masks",
     "latency": "rlprune.bench.latency",
     "soak": "rlprune.bench.soak",
+    "gpu": "rlprune.bench.gpu",
 }
 
 
@@ -38,6 +39,8 @@ QUIET = ["wandb.mode=disabled", "progress_bar=false"]
 
 def load(cfg: DictConfig) -> tuple[Target, LatencyModel]:
     """The trained target (dense model cached) and the latency model of a composed config."""
+    from omegaconf import OmegaConf
+
     from rlprune.api import load_target
     from rlprune.hardware import build_latency_model
 

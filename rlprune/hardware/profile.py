@@ -410,8 +410,10 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
         nm_options.append(NMOption(keep, group, speedup, option_bits, source))
     if nm_options and not {Pattern.NM, Pattern.NM_TRANSPOSABLE} & set(patterns):
         raise ConfigError(f"{where}: nm_options are given but patterns lists neither nm nor nm_transposable")
-    if len({(o.keep, o.group) for o in nm_options}) != len(nm_options):
-        raise ConfigError(f"{where}: nm_options lists the same keep:group twice")
+    # one keep:group may have an option per precision (measured gains differ), never two for one
+    covered = [(o.keep, o.group, b) for o in nm_options for b in o.bits]
+    if len(set(covered)) != len(covered):
+        raise ConfigError(f"{where}: nm_options lists the same keep:group twice for one bit-width")
 
     sparse_kernel = None
     kernel_raw = reader.raw("sparse_kernel", None)

@@ -126,6 +126,11 @@ def broken(name: str, edit) -> dict:
         ("a100", lambda c: c["nm_options"][0].update(bits=[2]), r"nm_options\[0\].*bits"),
         ("a100", lambda c: c["nm_options"][0].pop("source"), r"nm_options\[0\].*source"),
         ("a100", lambda c: c.update(patterns=["dense"]), r"nm_options are given but patterns lists neither"),
+        (
+            "h100",
+            lambda c: c["nm_options"][1].update(bits=[8, 16]),
+            r"nm_options lists the same keep:group twice for one bit-width",
+        ),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(efficiency=0), r"sparse_kernel.*efficiency"),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(patterns=["nm"]), r"sparse_kernel.*patterns"),
         ("bitfusion", lambda c: c.update(p_min=16), r"p_min' must be an integer <= p_max=8"),
