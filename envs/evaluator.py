@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from rlprune.compress import attach, mask_for, set_choice
+from rlprune.compress import attach, mask_for, recalibrate_batch_norms, set_choice
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
 from rlprune.policy import Policy
@@ -31,6 +31,9 @@ class PolicyEvaluator:
         pad: N:M pads (True) or refuses a reduction length that is not a multiple of M.
         memo_size: scores of this many most recently evaluated policies are remembered.
         couplings: the layers' filter couplings (the batch norms a pruned filter silences).
+        recalibration: training inputs that re-estimate the batch norms' statistics under
+            each policy before it is scored (``None``: keep the dense network's statistics).
+        recalibration_batch: the batch size of that pass.
     """
 
     def __init__(
@@ -42,8 +45,11 @@ class PolicyEvaluator:
         pad: bool = True,
         memo_size: int = 4096,
         couplings: Mapping[str, FilterCoupling] | None = None,
+        recalibration: torch.Tensor | None = None,
+        recalibration_batch: int = 100,
     ) -> None:
         self.model = copy.deepcopy(model).eval()
+        self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
@@ -65,6 +71,8 @@ class PolicyEvaluator:
             if key not in self._masks:
                 self._masks[key] = mask_for(layer, name, choice, self.pad)
             set_choice(layer, choice, self._masks[key])
+        if self.recalibration is not None:
+            recalibrate_batch_norms(self.model, self.recalibration, self.recalibration_batch)
         score = evaluate(self.model, self.x, self.y)
         self.forward_passes += 1
         if not math.isfinite(score.loss):

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
-from rlprune.compress import bake, calibrate_activations, compress
+from rlprune.compress import bake, calibrate_activations, compress, recalibrate_batch_norms
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
@@ -339,8 +339,16 @@ def _scorer(
         target.splits.reward_y,
         cfg.search.nm_pad,
         couplings=space.couplings,
+        recalibration=_recalibration_inputs(cfg, target.splits),
+        recalibration_batch=cfg.dense.batch_size,
     )
     return space, evaluator
+
+
+def _recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
+    """The training inputs that re-estimate batch norms under a policy (``reward.bn_recalibration``)."""
+    batches = cfg.reward.bn_recalibration
+    return splits.train_x[: batches * cfg.dense.batch_size] if batches else None
 
 
 def search_budgets(
@@ -524,7 +532,10 @@ def _finish(
     couplings = result.space.couplings
     if not couplings and settings.mask == "learned" and settings.granularity == "filter":
         couplings = filter_couplings(target.model, splits.train_x[:1], layers)
-    before = test_score(compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings), splits)
+    masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
+    if (recalibration := _recalibration_inputs(cfg, splits)) is not None:
+        recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
+    before = test_score(masked, splits)
     tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad, couplings)
     after = test_score(tuned.model, splits)
     overhead = result.space.overhead

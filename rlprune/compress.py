@@ -185,6 +185,31 @@ def calibrate_activations(model: nn.Module, x: torch.Tensor, batch_size: int = 1
         q.eval()
 
 
+@torch.no_grad()
+def recalibrate_batch_norms(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Re-estimate every batch norm's running statistics from a pass over ``x``.
+
+    Masking and quantization shift each layer's output distribution, so statistics of the dense
+    network under-report a compressed network's accuracy. The statistics are replaced, not
+    blended (a cumulative average over the batches); the rest of the model stays in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+            bn.eval()
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Fold masks and weight quantization into plain weights, in place, and return the model.
 

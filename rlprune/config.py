@@ -75,6 +75,7 @@ class RewardConfig:
 
     metric: str = "accuracy"
     baseline_momentum: float | None = None
+    bn_recalibration: int = 0
 
 
 @dataclass
@@ -153,6 +154,7 @@ def validate(cfg: DictConfig) -> None:
         ("dense.epochs", cfg.dense.epochs >= 0, "an integer >= 0"),
         ("dense.lr", cfg.dense.lr > 0, "a learning rate > 0"),
         ("dense.batch_size", cfg.dense.batch_size >= 1, "an integer >= 1"),
+        ("reward.bn_recalibration", cfg.reward.bn_recalibration >= 0, "an integer >= 0 (batches)"),
     ]
     sweep = _plain(cfg.budget.sweep)
     if sweep is not None and (
