@@ -179,6 +179,14 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
     return model, splits, layers, searched
 
 
+def search_patterns(cfg: DictConfig, hardware: LatencyModel) -> list[str]:
+    """The patterns of ``search.pattern``; ``auto`` is the hardware's own (``search_pattern``)."""
+    pattern = _plain(cfg.search.pattern)
+    if pattern == "auto":
+        return list(hardware.search_pattern)
+    return [pattern] if isinstance(pattern, str) else list(pattern)
+
+
 def make_space(
     cfg: DictConfig,
     model: nn.Module,
@@ -193,13 +201,13 @@ def make_space(
     dependency graph of ``model`` traced on ``example``.
     """
     s = cfg.search
-    patterns = [s.pattern] if isinstance(s.pattern, str) else list(s.pattern)
+    patterns = search_patterns(cfg, hardware)
     couplings = filter_couplings(model, example, layers) if Pattern.FILTER.value in patterns else None
     return build_space(
         layers,
         searched,
         hardware,
-        _plain(s.pattern),
+        patterns,
         _plain(s.bits),
         s.levels,
         s.min_density,

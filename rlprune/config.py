@@ -60,7 +60,7 @@ class SearchConfig:
     """``search.*``: the search space and its cost in evaluations."""
 
     evaluations: int = 1000
-    pattern: Any = "kofn_weight"  # one name or a list of names
+    pattern: Any = "auto"  # one name or a list of names; auto: the hardware's search_pattern
     bits: Any = None  # null or a list of bit-widths
     nm_options: Any = None  # null or a list of [N, M]
     levels: int = 20
@@ -75,7 +75,7 @@ class RewardConfig:
 
     metric: str = "accuracy"
     baseline_momentum: float | None = None
-    bn_recalibration: int = 0
+    bn_recalibration: int = 4
 
 
 @dataclass
@@ -175,8 +175,10 @@ def validate(cfg: DictConfig) -> None:
 
     pattern = _plain(cfg.search.pattern)
     names = [pattern] if isinstance(pattern, str) else pattern
-    if not isinstance(names, list) or not names or any(name not in PATTERNS for name in names):
-        raise _fail("search.pattern", pattern, f"one of {list(PATTERNS)}, or a list of them")
+    if pattern != "auto" and (
+        not isinstance(names, list) or not names or any(n not in PATTERNS for n in names)
+    ):
+        raise _fail("search.pattern", pattern, f"auto, one of {list(PATTERNS)}, or a list of them")
     bits = _plain(cfg.search.bits)
     if bits is not None and (
         not isinstance(bits, list) or not bits or any(b not in SUPPORTED_BITS for b in bits)

@@ -67,7 +67,11 @@ CASES = [
     ),
     # infeasible budgets
     (["budget.latency=0.001"], "below the cheapest reachable latency"),
-    (["hardware=local_cpu", "hardware.rounds=1", "hardware.block_time=0.0001"], "or search.pattern=filter"),
+    (
+        ["hardware=local_cpu", "search.pattern=kofn_weight", "hardware.rounds=1", "hardware.block_time=0.0001"],
+        "or search.pattern=filter",
+    ),
+    (["hardware=a100", "hardware.search_pattern=kofn"], "field 'search_pattern' must be one or a list of"),
     # models that cannot be searched
     (["model._target_=no_such_package.Net"], "error: cannot build model 'no_such_package.Net'"),
     (["model=digits_cnn"], "error: the model rejects an input of shape (1, 1, 40)"),

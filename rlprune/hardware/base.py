@@ -49,6 +49,8 @@ class LatencyModel(abc.ABC):
         reference_bits: precision of the dense baseline on this device.
         nm_options: ``(keep N, group M)`` patterns the device accelerates; empty when none.
         patterns: the patterns the device can run (always dense and filter).
+        search_pattern: what ``search.pattern=auto`` searches here: the patterns that buy this
+            device latency (a hardware config's ``search_pattern``; filter when it names none).
     """
 
     name: str
@@ -57,6 +59,7 @@ class LatencyModel(abc.ABC):
     reference_bits: int
     nm_options: tuple[tuple[int, int], ...]
     patterns: tuple[Pattern, ...]
+    search_pattern: tuple[str, ...] = (Pattern.FILTER.value,)
 
     def __init__(
         self,

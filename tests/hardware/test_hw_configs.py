@@ -58,6 +58,17 @@ def test_every_config_builds_from_plain_yaml_and_omegaconf(path):
             assert model.latency(LAYER, Choice(Pattern.DENSE, 1, 1, bits, bits)) > 0
 
 
+def test_auto_searches_what_buys_each_device_latency():
+    auto = {name: build_latency_model(raw(name)).search_pattern for name in available_hardware()}
+    assert auto["a100"] == auto["h100"] == auto["jetson_orin"] == ("nm",)
+    assert auto["arm_cpu"] == ("kofn_weight",)  # its sparse kernel speeds up fine-grained weights
+    assert auto["local_cpu"] == auto["bitfusion"] == ("filter",)
+    unnamed = broken("a100", lambda c: c.pop("search_pattern"))
+    assert build_latency_model(unnamed).search_pattern == ("filter",)  # runs anywhere, always pays
+    two = broken("a100", lambda c: c.update(search_pattern=["nm", "filter"]))
+    assert build_latency_model(two).search_pattern == ("nm", "filter")
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_every_number_has_a_source(path):
     cfg = yaml.safe_load(path.read_text())
@@ -131,6 +142,7 @@ def broken(name: str, edit) -> dict:
             lambda c: c["nm_options"][1].update(bits=[8, 16]),
             r"nm_options lists the same keep:group twice for one bit-width",
         ),
+        ("a100", lambda c: c.update(search_pattern="dense"), r"'search_pattern' must be one or a list of"),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(efficiency=0), r"sparse_kernel.*efficiency"),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(patterns=["nm"]), r"sparse_kernel.*patterns"),
         ("bitfusion", lambda c: c.update(p_min=16), r"p_min' must be an integer <= p_max=8"),
