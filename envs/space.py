@@ -94,6 +94,8 @@ class SearchSpace:
         fed: per layer, whether its input channels follow the previous layer's option.
         couplings: the layers' filter couplings (empty unless filter pruning is searched).
         overhead: the network's seconds outside its layers (part of fixed and dense latency).
+        followers: per layer, the depthwise convs that share its decision: they lose the
+            channels its filter option prunes and run at its bits; their seconds are in its table.
     """
 
     layers: list[LayerInfo]
@@ -107,6 +109,7 @@ class SearchSpace:
     fed: list[bool] = field(default_factory=list)
     couplings: dict[str, FilterCoupling] = field(default_factory=dict)
     overhead: float = 0.0
+    followers: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.fed:
@@ -183,13 +186,13 @@ class SearchSpace:
         return self.shapes[layer][shape].choice(self.bits[bits])
 
     def policy(self, picks: Sequence[tuple[int, int]]) -> Policy:
-        """The policy of one ``(shape, bits)`` index pair per layer."""
-        return Policy(
-            tuple(
-                (lay.name, self.choice(i, s, b))
-                for i, (lay, (s, b)) in enumerate(zip(self.layers, picks, strict=True))
-            )
-        )
+        """The policy of one ``(shape, bits)`` index pair per layer (followers after their layer)."""
+        choices = []
+        for i, (lay, (s, b)) in enumerate(zip(self.layers, picks, strict=True)):
+            choices.append((lay.name, self.choice(i, s, b)))
+            follow = Choice(Pattern.DENSE, 1, 1, self.bits[b], self.bits[b])
+            choices += [(name, follow) for name in self.followers.get(lay.name, ())]
+        return Policy(tuple(choices))
 
     def policy_latency(self, picks: Sequence[tuple[int, int]]) -> float:
         """Relative latency of a policy given as index pairs."""
@@ -339,9 +342,16 @@ def build_space(
             "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
         )
     couplings = dict(couplings or {})
-    shapes, skipped = [], {}
-    for i, layer in enumerate(searched):
-        following = searched[i + 1].name if i + 1 < len(searched) else None
+    followers = _followers(searched, couplings) if Pattern.FILTER in patterns else {}
+    skipped = {
+        name: f"a depthwise conv: its channels are those of '{leader}', whose decision it shares"
+        for leader, names in followers.items()
+        for name in names
+    }
+    steps = [layer for layer in searched if layer.name not in skipped]
+    shapes = []
+    for i, layer in enumerate(steps):
+        following = steps[i + 1].name if i + 1 < len(steps) else None
         options, reasons = {Shape(Pattern.DENSE, 1, 1)}, []
         for pat in patterns:
             if pat is Pattern.FILTER and (reason := _filter_blocked(couplings[layer.name], following)):
@@ -355,24 +365,23 @@ def build_space(
             skipped[layer.name] = "; ".join(reasons)
         shapes.append(sorted(options, key=lambda s: (s.density, s.pattern.value, s.keep)))
 
-    fed = [i > 0 and any(s.pattern is Pattern.FILTER for s in shapes[i - 1]) for i in range(len(searched))]
-    cells = []  # (row, option, bits) -> (layer, choice) of every table entry
-    for i, layer in enumerate(searched):
+    fed = [i > 0 and any(s.pattern is Pattern.FILTER for s in shapes[i - 1]) for i in range(len(steps))]
+    by_name = {layer.name: layer for layer in searched}
+    cells = []  # (row, option, bits) -> the (layer, choice) pairs each table entry sums
+    for i, layer in enumerate(steps):
         removed = [0]
         if fed[i]:
-            per_filter = dict(couplings[searched[i - 1].name].consumers)[layer.name]
+            per_filter = dict(couplings[steps[i - 1].name].consumers)[layer.name]
             removed = [
                 (s.group - s.keep) * per_filter if s.pattern is Pattern.FILTER else 0 for s in shapes[i - 1]
             ]
+        led = [by_name[name] for name in followers.get(layer.name, ())]
         cells.append(
-            [
-                [[with_fewer_inputs(layer, s.choice(b), r) for b in chosen_bits] for s in shapes[i]]
-                for r in removed
-            ]
+            [[[_entry(layer, led, s, b, r) for b in chosen_bits] for s in shapes[i]] for r in removed]
         )
-    hardware.prepare([cell for rows in cells for row in rows for option in row for cell in option])
+    hardware.prepare([pair for rows in cells for row in rows for option in row for e in option for pair in e])
     latency = [
-        np.array([[[hardware.latency(*cell) for cell in option] for option in row] for row in rows])
+        np.array([[[sum(hardware.latency(*p) for p in e) for e in option] for option in row] for row in rows])
         for rows in cells
     ]
     reference = hardware.dense_choice()
@@ -382,7 +391,7 @@ def build_space(
     )
     dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
     return SearchSpace(
-        list(searched),
+        steps,
         shapes,
         chosen_bits,
         latency,
@@ -393,7 +402,39 @@ def build_space(
         fed,
         couplings,
         overhead,
+        followers,
     )
+
+
+def _entry(
+    layer: LayerInfo, followers: list[LayerInfo], shape: Shape, bits: int, removed: int
+) -> list[tuple[LayerInfo, Choice]]:
+    """What one table entry costs: ``layer`` under the option with ``removed`` inputs gone, and
+    its followers, which lose the filters the option prunes and run dense at its bits."""
+    pruned = shape.group - shape.keep if shape.pattern is Pattern.FILTER else 0
+    follow = Choice(Pattern.DENSE, 1, 1, bits, bits)
+    return [with_fewer_inputs(layer, shape.choice(bits), removed)] + [
+        with_fewer_inputs(f, follow, pruned) for f in followers
+    ]
+
+
+def _followers(
+    searched: Sequence[LayerInfo], couplings: Mapping[str, FilterCoupling]
+) -> dict[str, tuple[str, ...]]:
+    """The depthwise convs folded into the step of the layer whose filters they follow.
+
+    A layer's followers share its decision when its filters may be searched and they come
+    right after it in the searched layers (so its step can cost them too).
+    """
+    names = [layer.name for layer in searched]
+    folded = {}
+    for i, name in enumerate(names):
+        coupling = couplings.get(name)
+        if coupling is None or coupling.blocked or not coupling.followers:
+            continue
+        if list(coupling.followers) == names[i + 1 : i + 1 + len(coupling.followers)]:
+            folded[name] = coupling.followers
+    return folded
 
 
 def _filter_blocked(coupling: FilterCoupling, following: str | None) -> str | None:

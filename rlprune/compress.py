@@ -75,12 +75,15 @@ class SilencePruned(nn.Module):
     output exactly zero, so the masked network computes what the exported one does.
     """
 
-    def __init__(self, filters: KeptFilters) -> None:
+    def __init__(self, filters: KeptFilters, offset: int = 0) -> None:
         super().__init__()
         self.filters = filters  # shared with the layer: set_choice updates one buffer
+        self.offset = offset  # where the filters sit in a wider tensor (a norm after a concatenation)
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * self.filters.kept
+        kept = self.filters.kept.to(tensor.dtype)
+        after = len(tensor) - self.offset - len(kept)
+        return tensor * nn.functional.pad(kept, (self.offset, after), value=1.0)
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -91,8 +94,8 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
 def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCoupling] | None = None) -> None:
     """Give each named layer an all-ones mask, float weights and a float input quantizer.
 
-    A layer's bias, and the batch norms its ``couplings`` entry names, are silenced on the
-    channels whose filters a filter choice prunes.
+    A layer's bias, the batch norms its ``couplings`` entry names and its depthwise followers'
+    biases are silenced on the channels whose filters a filter choice prunes.
     """
     for name in names:
         layer = model.get_submodule(name)
@@ -101,13 +104,15 @@ def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCou
         mask = torch.ones_like(layer.weight, dtype=torch.bool)
         parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
         layer.kept_filters = KeptFilters(layer.weight.shape[0])
-        norms = couplings[name].norms if couplings and name in couplings else ()
-        for module, tensor in [
-            (layer, "bias"),
-            *((model.get_submodule(n), t) for n in norms for t in ("weight", "bias")),
+        coupling = couplings.get(name, FilterCoupling()) if couplings else FilterCoupling()
+        for module, tensor, offset in [
+            (layer, "bias", 0),
+            *((model.get_submodule(n), t, at) for n, at in coupling.norms for t in ("weight", "bias")),
+            *((model.get_submodule(n), "bias", 0) for n in coupling.followers),  # their inputs are silent
         ]:
             if getattr(module, tensor, None) is not None:
-                parametrize.register_parametrization(module, tensor, SilencePruned(layer.kept_filters))
+                silence = SilencePruned(layer.kept_filters, offset)
+                parametrize.register_parametrization(module, tensor, silence)
         layer.input_quantizer = ActivationQuantizer()
         layer.register_forward_pre_hook(_quantize_input)
 

@@ -206,13 +206,17 @@ class FilterCoupling:
         blocked: why this layer's filters cannot be pruned on their own (its output channels are
             tied to another layer's by a residual add, a concatenation or a depthwise conv, or
             they are the network's outputs); ``None`` when they can.
-        norms: the batch norms whose channels go with the filters (a pruned filter must also
-            silence them, or their shift keeps a constant channel alive).
+        norms: ``(name, offset)`` of the batch norms whose channels go with the filters, which
+            sit at ``offset`` in theirs (past a concatenation): a pruned filter must also silence
+            them, or their shift keeps a constant channel alive.
+        followers: the depthwise convs whose channels are these filters' (a depthwise conv's
+            outputs are its inputs): they lose the same channels and share this layer's decision.
     """
 
     consumers: tuple[tuple[str, int], ...] = ()
     blocked: str | None = None
-    norms: tuple[str, ...] = ()
+    norms: tuple[tuple[str, int], ...] = ()
+    followers: tuple[str, ...] = ()
 
 
 def filter_couplings(
@@ -232,26 +236,63 @@ def filter_couplings(
     for layer in layers:
         module = model.get_submodule(layer.name)
         prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
+        filters = list(range(layer.out_channels))
         consumers: dict[str, int] = {}
         tied: list[str] = []
-        norms: list[str] = []
-        for dep, idxs in graph.get_pruning_group(module, prune, idxs=[0]):
-            other = names.get(dep.target.module)
-            if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm):
-                norms.append(other)
+        norms: dict[str, int] = {}
+        unmapped: list[str] = []
+        for dep, idxs in graph.get_pruning_group(module, prune, idxs=filters):
+            target, other = dep.target.module, names.get(dep.target.module)
+            if isinstance(target, nn.modules.batchnorm._BatchNorm):
+                offset = min(idxs)
+                if sorted(idxs) == list(range(offset, offset + len(filters))):
+                    norms.setdefault(other, offset)  # after a concatenation the filters sit at an offset
+                else:
+                    unmapped.append(other)
             if other not in prunable or other == layer.name:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
                 tied.append(other)
+            elif max(idxs) >= _inputs(target):
+                unmapped.append(other)
             else:
-                consumers[other] = consumers.get(other, 0) + len(idxs)
-        blocked = None
-        if tied:
-            blocked = (
-                f"its output channels are tied to {sorted(set(tied))} (a residual add, concatenation or "
-                "depthwise conv), so they cannot be pruned on their own"
-            )
-        elif not consumers:
-            blocked = "its outputs are the network's outputs"
-        couplings[layer.name] = FilterCoupling(tuple(consumers.items()), blocked, tuple(dict.fromkeys(norms)))
+                consumers[other] = consumers.get(other, 0) + len(idxs) // len(filters)
+        followers = [name for name in dict.fromkeys(tied) if _depthwise(model.get_submodule(name))]
+        tied = [name for name in tied if name not in followers]
+        couplings[layer.name] = FilterCoupling(
+            tuple(consumers.items()),
+            _blocked(module, tied, unmapped, consumers),
+            tuple(norms.items()),
+            tuple(followers),
+        )
     return couplings
+
+
+def _blocked(module: nn.Module, tied: list[str], unmapped: list[str], consumers: dict) -> str | None:
+    """Why a layer's filters cannot be pruned on their own, or ``None``."""
+    if _depthwise(module):
+        return "it is a depthwise conv: its channels are those of the layer that feeds it"
+    if unmapped:
+        return (
+            f"Torch-Pruning cannot map its channels onto {sorted(set(unmapped))} (a reshape such as "
+            "attention heads lies between them)"
+        )
+    if tied:
+        return (
+            f"its output channels are tied to {sorted(set(tied))} (a residual add or concatenation), "
+            "so they cannot be pruned on their own"
+        )
+    if not consumers:
+        return "its outputs are the network's outputs"
+    return None
+
+
+def _inputs(module: nn.Module) -> int:
+    """The input channels (features) of a conv or linear layer."""
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _depthwise(module: nn.Module) -> bool:
+    """A conv whose every output channel reads one input channel of its own."""
+    groups = getattr(module, "groups", 1)
+    return groups > 1 and groups == module.in_channels == module.out_channels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from rlprune.compress import bake, compress
 from rlprune.export import export_filter_pruned
 from rlprune.hardware import build_latency_model, network_latency
 from rlprune.layers import discover_layers, filter_couplings
-from rlprune.models import MNIST1DCNN, ResNet20
+from rlprune.models import MNIST1DCNN, MobileNetV2, ResNet20
 from rlprune.policy import Pattern
 from tests.support import hardware_config, record
 
@@ -160,7 +161,7 @@ def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():
     images = torch.randn(4, 1, 8, 8)
     layers = discover_layers(resnet, images)
     space, _ = filter_space(resnet, images, layers)
-    assert space.couplings["stages.0.0.conv1"].norms == ("stages.0.0.bn1",)
+    assert space.couplings["stages.0.0.conv1"].norms == (("stages.0.0.bn1", 0),)
     picks = [(0, len(space.bits) - 1) for _ in space.shapes]  # sparsest option everywhere
     policy = space.policy(picks)
     assert sum(c.pattern is Pattern.FILTER for _, c in policy) == 9
@@ -170,3 +171,60 @@ def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():
         torch.testing.assert_close(exported(images), masked(images), atol=1e-5, rtol=1e-5)
         # without the couplings the batch norms' shifts survive, and the two differ
         assert not torch.allclose(compress(resnet, policy)(images), exported(images), atol=1e-3)
+
+
+def mobilenet() -> tuple[torch.nn.Module, torch.Tensor, list]:
+    torch.manual_seed(0)
+    model = MobileNetV2(in_channels=3, num_classes=10, dims=2).eval()
+    for module in model.modules():  # shifts that would keep a pruned channel alive
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
+            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+    images = torch.randn(4, 3, 32, 32)
+    return model, images, discover_layers(model, images)
+
+
+def test_depthwise_convs_follow_the_filters_that_feed_them():
+    model, images, layers = mobilenet()
+    space, device = filter_space(model, images, layers)
+    expand, depthwise = "blocks.1.expand", "blocks.1.depthwise"
+    assert space.couplings[expand].blocked is None
+    assert space.couplings[expand].followers == (depthwise,)
+    assert "depthwise" in space.couplings[depthwise].blocked
+    # the depthwise conv is no step of its own: the expand conv's step decides and costs both
+    assert space.followers[expand] == (depthwise,) and depthwise in space.skipped
+    steps = [lay.name for lay in space.layers]
+    assert depthwise not in steps and steps[steps.index(expand) + 1] == "blocks.1.project"
+    searched = [lay.name for lay, shapes in zip(space.layers, space.shapes, strict=True) if len(shapes) > 1]
+    assert sum(name.endswith("expand") for name in searched) == 7
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        policy = space.policy(picks)
+        assert policy.get(depthwise).w_bits == policy.get(expand).w_bits
+        expected = network_latency(device, layers, policy, space.couplings)
+        assert space.seconds(picks) == pytest.approx(expected, rel=1e-12)
+    # the sparsest expand option also thins its depthwise conv: both show in the network's seconds
+    sparsest = space.policy([(0, 0)] * len(space))
+    assert sparsest.get(expand).pattern is Pattern.FILTER
+    thin = network_latency(device, layers, sparsest, space.couplings)
+    alone = network_latency(
+        device, layers, sparsest, {k: replace(c, followers=()) for k, c in space.couplings.items()}
+    )
+    assert thin < alone
+
+
+def test_masked_inverted_residuals_compute_what_the_export_computes():
+    model, images, layers = mobilenet()
+    space, _ = filter_space(model, images, layers)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        picks = [(int(rng.integers(len(s))), len(space.bits) - 1) for s in space.shapes]
+        policy = space.policy(picks)
+        masked = compress(model, policy, couplings=space.couplings)
+        exported = export_filter_pruned(
+            bake(compress(model, policy, couplings=space.couplings)), policy, images
+        )
+        assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images), masked(images), atol=1e-5, rtol=1e-5)

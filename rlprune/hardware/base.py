@@ -170,12 +170,14 @@ class LatencyModel(abc.ABC):
 def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[LayerInfo, Choice]:
     """``layer`` after upstream filter pruning removed ``removed`` input channels, and ``choice`` on it.
 
-    N:M, filter and dense choices carry over; k-of-n and unstructured groups count the layer's
+    A depthwise conv loses the same output channels (each output reads one input). N:M, filter
+    and dense choices carry over; k-of-n and unstructured groups count the layer's
     weights, so they shrink with it at the same density (at least one unit kept).
     """
     if removed == 0:
         return layer, choice
-    smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels)
+    depthwise = layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+    smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels - removed * depthwise)
     if choice.pattern in (Pattern.KOFN_WEIGHT, Pattern.KOFN_KERNEL, Pattern.UNSTRUCTURED):
         n = (
             smaller.params
@@ -199,8 +201,10 @@ def effective_cells(
     removed: dict[str, int] = {}
     for layer, choice in zip(layers, choices, strict=True):
         if choice.pattern is Pattern.FILTER and layer.name in couplings:
-            for consumer, per_filter in couplings[layer.name].consumers:
-                removed[consumer] = removed.get(consumer, 0) + (choice.group - choice.keep) * per_filter
+            coupling = couplings[layer.name]
+            pruned = choice.group - choice.keep
+            for consumer, per_filter in [*coupling.consumers, *((f, 1) for f in coupling.followers)]:
+                removed[consumer] = removed.get(consumer, 0) + pruned * per_filter
     return [
         with_fewer_inputs(layer, choice, removed.get(layer.name, 0))
         for layer, choice in zip(layers, choices, strict=True)

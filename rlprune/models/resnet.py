@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _layers(dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
-    if dims == 1:
-        return nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d
-    if dims == 2:
-        return nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d
-    raise ValueError(f"ResNet20 supports dims=1 or dims=2, got {dims}")
+from rlprune.models.ops import ops_for
 
 
 class BasicBlock(nn.Module):
@@ -19,7 +13,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, dims: int, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
-        conv, norm, _ = _layers(dims)
+        ops = ops_for(dims, "ResNet20")
+        conv, norm = ops.conv, ops.norm
         self.conv1 = conv(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm(planes)
         self.conv2 = conv(planes, planes, 3, padding=1, bias=False)
@@ -49,7 +44,8 @@ class ResNet20(nn.Module):
         self, in_channels: int = 3, num_classes: int = 10, width: int = 16, dims: int = 2, blocks: int = 3
     ) -> None:
         super().__init__()
-        conv, norm, pool = _layers(dims)
+        ops = ops_for(dims, "ResNet20")
+        conv, norm, pool = ops.conv, ops.norm, ops.adaptive_pool
         self.stem = conv(in_channels, width, 3, padding=1, bias=False)
         self.bn = norm(width)
         stages, in_planes = [], width
