@@ -45,15 +45,23 @@ class Shape:
 
 
 def layer_shapes(
-    layer: LayerInfo, pattern: Pattern, levels: int, min_density: float, nm_options: Sequence[tuple[int, int]]
+    layer: LayerInfo,
+    pattern: Pattern,
+    levels: int,
+    min_density: float,
+    nm_options: Sequence[tuple[int, int]],
+    pad: bool = False,
 ) -> tuple[list[Shape], str | None]:
     """The density options of ``layer`` under ``pattern``, sparsest first, dense last.
 
+    With ``pad``, N:M takes any reduction length (its last group is padded with zeros, as the
+    masks do); transposable N:M always needs whole MxM tiles.
     Returns the options and, when the layer cannot take the pattern, the reason it stays dense.
     """
     dense = Shape(Pattern.DENSE, 1, 1)
     if pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
-        usable = [(n, m) for n, m in nm_options if layer.reduction % m == 0]
+        padded = pad and pattern is Pattern.NM
+        usable = [(n, m) for n, m in nm_options if padded or layer.reduction % m == 0]
         if pattern is Pattern.NM_TRANSPOSABLE:
             usable = [(n, m) for n, m in usable if layer.out_channels % m == 0]
         if not usable:
@@ -296,12 +304,14 @@ def build_space(
     nm_options: Sequence[Sequence[int]] | None,
     couplings: Mapping[str, FilterCoupling] | None = None,
     overhead: float = 0.0,
+    nm_pad: bool = False,
 ) -> SearchSpace:
     """Enumerate the options of every searched layer and cost them on ``hardware``.
 
     ``couplings`` (from :func:`rlprune.layers.filter_couplings`) are needed when ``pattern``
     includes ``filter``: they say whose input channels a layer's filters feed. ``overhead`` is
-    the network's seconds outside its layers (:meth:`LatencyModel.calibrate`).
+    the network's seconds outside its layers (:meth:`LatencyModel.calibrate`). ``nm_pad``
+    lets N:M pad a reduction length that is not a multiple of M instead of skipping the layer.
 
     Raises:
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
@@ -357,7 +367,7 @@ def build_space(
             if pat is Pattern.FILTER and (reason := _filter_blocked(couplings[layer.name], following)):
                 layer_opts = []
             else:
-                layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm)
+                layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm, nm_pad)
             options.update(layer_opts)
             if reason:
                 reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")

@@ -214,6 +214,7 @@ def make_space(
         _plain(s.nm_options),
         couplings,
         hardware.calibrate(model, example),
+        s.nm_pad,
     )
 
 

@@ -1,14 +1,19 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rlprune.envs import ENV_ID, PruneEnv
+from rlprune.envs import ENV_ID, PruneEnv, build_space
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from rlprune.compress import mask_for
 from rlprune.errors import BudgetError, ConfigError
-from tests.support import make_env
+from rlprune.hardware import build_latency_model
+from rlprune.layers import discover_layers
+from rlprune.models import MNIST1DCNN
+from tests.support import hardware_config, make_env
 
 
 def play(env: PruneEnv, actions: np.ndarray) -> dict:
@@ -82,6 +87,19 @@ def test_infeasible_and_out_of_range_budgets_are_refused():
 def test_layers_that_cannot_take_nm_are_skipped_with_a_reason(env):
     assert "conv1" in env.space.skipped  # reduction length 1*5 is not a multiple of 4
     assert [s.pattern.value for s in env.space.shapes[0]] == ["dense"]
+
+
+def test_padded_nm_takes_any_reduction_length_and_the_masks_agree():
+    layers = discover_layers(MNIST1DCNN(), torch.randn(1, 1, 40))
+    device = build_latency_model(hardware_config("a100"))
+    padded = build_space(layers, layers, device, "nm", None, 8, 0.05, None, nm_pad=True)
+    assert "conv1" not in padded.skipped
+    choice = padded.shapes[0][0].choice(16)
+    assert (choice.keep, choice.group) == (2, 4)
+    mask = mask_for(MNIST1DCNN().conv1, "conv1", choice, pad=True)  # 2 of the first 4, 1 of the last 1
+    assert mask.flatten(1).sum(1).eq(3).all()
+    transposable = build_space(layers, layers, device, "nm_transposable", None, 8, 0.05, None, nm_pad=True)
+    assert "conv1" in transposable.skipped  # tiles cannot be padded
 
 
 def test_several_patterns_add_a_pattern_action_and_each_layer_picks_its_own():
