@@ -166,6 +166,7 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
         normalize=bool(data.get("normalize", False)),
         image_size=int(data.get("image_size", 32)),
         channels=int(data.get("in_channels", 3)),
+        dataset=data.get("dataset"),
     )
     if splits.num_classes > data.num_classes:
         raise DataError(

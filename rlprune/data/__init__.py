@@ -22,6 +22,7 @@ from rlprune.data.folders import (
     load_idx_arrays,
     load_image_folder_arrays,
 )
+from rlprune.data.vision import load_torchvision_arrays
 from rlprune.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "Splits", "load_splits", "make_splits"]
@@ -54,7 +55,7 @@ FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
     "fashion_mnist": load_idx_arrays,
     "image_folder": load_image_folder_arrays,
 }
-DATASETS = sorted([*EMBEDDED, *FROM_FOLDER])
+DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision"])
 
 
 def make_splits(
@@ -102,12 +103,14 @@ def load_splits(
     normalize: bool = False,
     image_size: int = 32,
     channels: int = 3,
+    dataset: str | None = None,
 ) -> Splits:
     """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
 
     Args:
         normalize: standardize every input channel with the training data's mean and std.
-        image_size, channels: how an ``image_folder`` dataset's images are resized and read.
+        image_size, channels: how ``image_folder`` and ``torchvision`` images are resized and read.
+        dataset: the ``torchvision.datasets`` class a ``torchvision`` dataset reads.
 
     Raises:
         ConfigError: for an unknown dataset name.
@@ -117,6 +120,8 @@ def load_splits(
         x, y, x_test, y_test = EMBEDDED[name](cache_dir)
     elif name == "image_folder":
         x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
+    elif name == "torchvision":
+        x, y, x_test, y_test = load_torchvision_arrays(str(dataset), root, image_size, channels)
     elif name in FROM_FOLDER:
         x, y, x_test, y_test = FROM_FOLDER[name](root)
     else:

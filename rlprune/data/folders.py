@@ -20,7 +20,8 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _folder(root: str | Path | None, layout: str) -> Path:
+def require_root(root: str | Path | None, layout: str) -> Path:
+    """``data.root`` as a folder, or a :class:`DataError` that says which ``layout`` it should hold."""
     if root is None or str(root) in ("", "???"):
         raise DataError(f"data.root is not set: point it at a folder holding {layout}")
     path = Path(root).expanduser()
@@ -49,7 +50,7 @@ def _cifar_images(batch: dict, path: Path) -> np.ndarray:
 def load_cifar10_arrays(root: str | Path | None) -> Arrays:
     """CIFAR-10 in its python-pickle layout: ``cifar-10-batches-py/{data_batch_1..5,test_batch}``."""
     layout = "cifar-10-batches-py/ with data_batch_1 .. data_batch_5 and test_batch (python version)"
-    folder = _folder(root, layout)
+    folder = require_root(root, layout)
     folder = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
     train = [folder / f"data_batch_{i}" for i in range(1, 6)]
     missing = [p.name for p in [*train, folder / "test_batch"] if not p.is_file()]
@@ -65,7 +66,7 @@ def load_cifar10_arrays(root: str | Path | None) -> Arrays:
 def load_cifar100_arrays(root: str | Path | None) -> Arrays:
     """CIFAR-100 in its python-pickle layout: ``cifar-100-python/{train,test}``, fine labels."""
     layout = "cifar-100-python/ with train and test (python version)"
-    folder = _folder(root, layout)
+    folder = require_root(root, layout)
     folder = folder / "cifar-100-python" if (folder / "cifar-100-python").is_dir() else folder
     arrays = []
     for name in ("train", "test"):
@@ -96,7 +97,9 @@ def _read_idx(folder: Path, stem: str) -> np.ndarray:
 
 def load_idx_arrays(root: str | Path | None) -> Arrays:
     """MNIST or Fashion-MNIST in IDX format: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``."""
-    folder = _folder(root, "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-... (MNIST's IDX files)")
+    folder = require_root(
+        root, "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-... (MNIST's IDX files)"
+    )
     arrays = []
     for split in ("train", "t10k"):
         images = _read_idx(folder, f"{split}-images-idx3-ubyte")
@@ -137,7 +140,7 @@ def load_image_folder_arrays(root: str | Path | None, size: int = 32, channels: 
     Classes are the train sub-folders in sorted order; the test split must have the same ones.
     """
     layout = "train/<class>/<image> and test/<class>/<image>"
-    folder = _folder(root, layout)
+    folder = require_root(root, layout)
     splits = [folder / "train", folder / "test"]
     if not all(s.is_dir() for s in splits):
         raise DataError(f"data.root={str(folder)!r} needs train/ and test/ sub-folders: {layout}")
