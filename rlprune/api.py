@@ -31,6 +31,7 @@ from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
 from rlprune.compress import bake, calibrate_activations, compress, recalibrate_batch_norms
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
+from rlprune.data.augment import Augment
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
@@ -149,14 +150,22 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
         batch_size=cfg.dense.batch_size,
         weight_decay=cfg.dense.weight_decay,
     )
-    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed)
+    augment = augmentation(cfg)
+    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed, augment=augment)
     write_atomic(path, lambda f: torch.save(model.state_dict(), f))
     return model
+
+
+def augmentation(cfg: DictConfig) -> Augment | None:
+    """The training-time augmentation of ``data.augment``, or ``None`` when it changes nothing."""
+    augment = Augment.from_config(_plain(cfg.data.get("augment")))
+    return augment if augment.active else None
 
 
 def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[LayerInfo]]:
     """Data, an untrained model and its layers: everything the budget check needs, in seconds."""
     data = cfg.data
+    augmentation(cfg)  # a bad data.augment fails here, before any training
     splits = load_splits(
         data.name,
         cfg.cache_dir,
@@ -546,7 +555,17 @@ def _finish(
     if (recalibration := _recalibration_inputs(cfg, splits)) is not None:
         recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
     before = test_score(masked, splits)
-    tuned = finetune(target.model, policy, searched, splits, settings, cfg.seed, cfg.search.nm_pad, couplings)
+    tuned = finetune(
+        target.model,
+        policy,
+        searched,
+        splits,
+        settings,
+        cfg.seed,
+        cfg.search.nm_pad,
+        couplings,
+        augmentation(cfg),
+    )
     after = test_score(tuned.model, splits)
     overhead = result.space.overhead
     rows = layer_rows(

@@ -26,6 +26,7 @@ from rlprune.compress import (
     weight_parametrization,
 )
 from rlprune.data import Splits
+from rlprune.data.augment import Augment
 from rlprune.errors import ConfigError
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.masks import (
@@ -269,8 +270,11 @@ def finetune(
     seed: int,
     pad: bool = True,
     couplings: Mapping[str, FilterCoupling] | None = None,
+    augment: Augment | None = None,
 ) -> FinetuneResult:
     """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back.
+
+    ``augment`` (``data.augment``) draws random flips and crops of every training batch.
 
     ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`)
     and which layers' filters a learned filter mask may prune (:func:`finetune_policy`).
@@ -320,6 +324,7 @@ def finetune(
             extra_loss=trainer.entropy,
             on_epoch=trainer.on_epoch,
             on_step=trainer.on_step,
+            augment=augment if augment is not None and augment.active else None,
         )
     return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
 

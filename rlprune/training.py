@@ -55,6 +55,7 @@ def train(
     extra_loss: Callable[[], torch.Tensor] | None = None,
     on_epoch: Callable[[int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``(x, y)`` and return it.
 
@@ -66,6 +67,7 @@ def train(
         extra_loss: a regulariser added to every step's loss (for example a mask entropy).
         on_epoch: called with the epoch index before each epoch (schedules such as grow-and-prune).
         on_step: called with the number of optimizer steps taken so far, after each step.
+        augment: maps each batch of inputs (and the seeded generator) to an augmented one.
 
     Raises:
         RlpruneError: when the loss becomes NaN or infinite.
@@ -83,7 +85,8 @@ def train(
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), settings.batch_size):
             batch = order[start : start + settings.batch_size]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+            inputs = x[batch] if augment is None else augment(x[batch], generator)
+            loss = F.cross_entropy(model(inputs), y[batch])
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if not torch.isfinite(loss):
