@@ -68,7 +68,7 @@ CASES = [
     # infeasible budgets
     (["budget.latency=0.001"], "below the cheapest reachable latency"),
     (
-        ["hardware=local_cpu", "search.pattern=kofn_weight", "hardware.rounds=1", "hardware.block_time=0.0001"],
+        ["hardware=local_cpu", "search.pattern=kofn_weight", "hardware.rounds=1"],
         "or search.pattern=filter",
     ),
     (["hardware=a100", "hardware.search_pattern=kofn"], "field 'search_pattern' must be one or a list of"),

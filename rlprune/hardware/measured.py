@@ -189,6 +189,7 @@ class MeasuredModel(LatencyModel):
         self._table: dict[str, float] = self._load()
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
         self._int8_glue = 0.0  # seconds each int8 layer adds to the network's glue, calibrate()
+        self._int8_scale = 1.0  # int8 ops' seconds inside the network over alone, calibrate()
 
     # -- config --------------------------------------------------------------------------------
 
@@ -255,8 +256,9 @@ class MeasuredModel(LatencyModel):
         op = sum(w * self._table[spec["key"]] for spec, w in points)
         glue, channels = self._glue.get(layer.name, (0.0, 1))
         kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
-        int8_glue = self._int8_glue if self._runs_int8(choice) else 0.0
-        return float(op + glue * kept / channels + int8_glue)
+        if self._runs_int8(choice):
+            return float(op * self._int8_scale + glue * kept / channels + self._int8_glue)
+        return float(op + glue * kept / channels)
 
     def _runs_int8(self, choice: Choice) -> bool:
         return max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8
@@ -271,8 +273,10 @@ class MeasuredModel(LatencyModel):
         to the layer's latency, scaled by the channels it keeps; the rest is returned. Where
         int8 is searched, the int8 export (torch.ao FX) is stubbed the same way: what its glue
         (quantize, dequantize, quantized pooling and reshapes) costs beyond the FP32 glue is
-        spread over the layers, each int8 layer paying its share. Cached in the table under the
-        network's structure; until called, layers cost their op alone.
+        spread over the layers, each int8 layer paying its share. The whole int8 export is timed
+        too: int8 ops run slower inside it than alone, and the ratio of the two scales every
+        int8 op. Cached in the table under the network's structure; until called, layers cost
+        their op alone.
         """
         from rlprune.export import fold_batch_norms
 
@@ -281,13 +285,15 @@ class MeasuredModel(LatencyModel):
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = _layer_outputs(net, x)
-        if prefix + "overhead" not in self._table:
-            self._table.update({prefix + k: v for k, v in self._measure_glue(net, x, outputs).items()})
+        if prefix + "int8_scale" not in self._table:
+            measured = self._measure_glue(net, x, outputs)  # may measure (and reload) table entries first
+            self._table.update({prefix + k: v for k, v in measured.items()})
             self._save()
         self._glue = {
             name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
         }
         self._int8_glue = self._table[prefix + "int8_glue"] / len(outputs)
+        self._int8_scale = self._table[prefix + "int8_scale"]
         self._cache.clear()
         return self._table[prefix + "overhead"]
 
@@ -314,9 +320,11 @@ class MeasuredModel(LatencyModel):
             except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
                 pass
         variants["stub call"] = _Stub(x)
-        int8 = self._stubbed_int8(net, x) if 8 in self.bits else None
+        int8 = self._int8_export(net, x) if 8 in self.bits else None
         if int8 is not None:
-            variants["int8"] = int8
+            with self._timing_context():  # the int8 engine
+                variants["int8"] = _stubbed(int8, _record_outputs(int8, x, outputs))
+            variants["int8 network"] = int8
         with self._timing_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calls = [functools.partial(module, x) for module in variants.values()]
@@ -324,7 +332,13 @@ class MeasuredModel(LatencyModel):
         seconds = dict(zip(variants, timed, strict=True))
         full, again = seconds.pop("full"), seconds.pop("again")
         stub_calls = seconds.pop("stub call") * len(outputs)
-        int8_glue = max(0.0, seconds.pop("int8", full) - full)
+        int8_stubbed = seconds.pop("int8", full)
+        int8_glue = max(0.0, int8_stubbed - full)
+        int8_scale = 1.0
+        if "int8 network" in seconds:  # its ops' seconds inside the network over their seconds alone
+            inside = seconds.pop("int8 network") - int8_stubbed + stub_calls
+            alone = self._dense_int8_ops(net, x)
+            int8_scale = inside / alone if inside > 0 and alone > 0 else 1.0
         noise = max(3.0 * abs(full - again), 0.01 * full)
         glue = {f"glue:{name}": 0.0 for name in outputs}  # layers whose narrowing could not run: 0
         for name, narrowed in seconds.items():  # what is left: the narrowed variants
@@ -333,23 +347,30 @@ class MeasuredModel(LatencyModel):
             if saved > noise:
                 glue[f"glue:{name}"] = saved
         overhead = max(0.0, full - stub_calls - sum(glue.values()))
-        return {"overhead": overhead, "int8_glue": int8_glue, **glue}
+        return {"overhead": overhead, "int8_glue": int8_glue, "int8_scale": int8_scale, **glue}
 
-    def _stubbed_int8(self, net: nn.Module, x: torch.Tensor) -> nn.Module | None:
-        """The int8 export of ``net`` with its quantized layers stubbed, or None where it cannot run."""
+    def _int8_export(self, net: nn.Module, x: torch.Tensor) -> nn.Module | None:
+        """The int8 export of ``net`` (torch.ao FX), or None where it cannot run here."""
         from rlprune.errors import ModelError
         from rlprune.export import export_int8
 
         if self.engine is None:
             return None
         try:
-            quantized = export_int8(net, x)
+            with self._timing_context():  # the int8 engine
+                return export_int8(net, x)
         except ModelError as exc:
             log.warning("%s: no int8 glue measured: %s", self.name, exc)
             return None
-        with self._timing_context():  # the int8 engine
-            outputs = _record_outputs(quantized, x, _layer_outputs(net, x))
-        return _stubbed(quantized, outputs)
+
+    def _dense_int8_ops(self, net: nn.Module, x: torch.Tensor) -> float:
+        """Seconds of the dense int8 ops of ``net``'s layers, each timed alone (from the table)."""
+        from rlprune.layers import discover_layers
+
+        int8 = Choice(Pattern.DENSE, 1, 1, 8, 8)
+        points = [p for layer in discover_layers(net, x) for p in self.grid_points(layer, int8)]
+        self._measure_all([spec for spec, _ in points if spec["key"] not in self._table], progress=False)
+        return sum(w * self._table[spec["key"]] for spec, w in points)
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
         """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""

@@ -158,6 +158,13 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     before = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
     overhead = model.calibrate(torch_model, x)
     assert overhead >= 0
+    # int8 ops are scaled by how much slower they ran inside the whole int8 export than alone
+    (scale,) = [v for k, v in model.table.items() if k.endswith(":int8_scale")]
+    glue, _ = model._glue["stages.0.0.conv1"]
+    conv1 = layers["stages.0.0.conv1"]
+    seconds = model.latency(conv1, dense(8))  # measures its int8 entries where missing
+    op = sum(w * model.table[spec["key"]] for spec, w in model.grid_points(conv1, dense(8)))
+    assert seconds == pytest.approx(op * scale + glue + model._int8_glue, rel=1e-12)
     after = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
     assert all(after[name] >= before[name] for name in layers)
     # a conv2 feeds a residual add: halving its output cannot run, so its glue stays constant
