@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -313,8 +314,8 @@ class MeasuredModel(LatencyModel):
             if _channels(out) <= kept[name]:
                 continue
             narrow = _stubbed(net, {**outputs, name: _narrow_channels(out, kept[name])})
-            try:
-                with torch.no_grad():
+            try:  # quietly: a traced (FX) network prints the traceback of a failing call itself
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     narrow(x)
                 variants[name] = narrow
             except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
