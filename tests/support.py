@@ -54,3 +54,12 @@ def record(env: PruneEnv) -> list:
     outcomes: list = []
     env.problem.listeners.append(lambda outcome, improved: outcomes.append(outcome))
     return outcomes
+
+
+def shift_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every batch norm shifts that would keep a pruned channel alive unless it is silenced."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
+            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+    return model

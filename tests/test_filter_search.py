@@ -18,7 +18,7 @@ from rlprune.hardware import build_latency_model, network_latency
 from rlprune.layers import discover_layers, filter_couplings
 from rlprune.models import MNIST1DCNN, MobileNetV2, ResNet20
 from rlprune.policy import Pattern
-from tests.support import hardware_config, record
+from tests.support import hardware_config, record, shift_batch_norms
 
 
 def mnist1d() -> tuple[torch.nn.Module, torch.Tensor, list]:
@@ -153,11 +153,7 @@ def test_cli_searches_filters_on_the_measured_table_and_reuses_it(tmp_path):
 
 def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():
     torch.manual_seed(0)
-    resnet = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
-    for module in resnet.modules():  # shifts that would keep a pruned channel alive
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
-            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+    resnet = shift_batch_norms(ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval())
     images = torch.randn(4, 1, 8, 8)
     layers = discover_layers(resnet, images)
     space, _ = filter_space(resnet, images, layers)
@@ -175,11 +171,7 @@ def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():
 
 def mobilenet() -> tuple[torch.nn.Module, torch.Tensor, list]:
     torch.manual_seed(0)
-    model = MobileNetV2(in_channels=3, num_classes=10, dims=2).eval()
-    for module in model.modules():  # shifts that would keep a pruned channel alive
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
-            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
+    model = shift_batch_norms(MobileNetV2(in_channels=3, num_classes=10, dims=2).eval())
     images = torch.randn(4, 3, 32, 32)
     return model, images, discover_layers(model, images)
 
@@ -212,19 +204,3 @@ def test_depthwise_convs_follow_the_filters_that_feed_them():
         device, layers, sparsest, {k: replace(c, followers=()) for k, c in space.couplings.items()}
     )
     assert thin < alone
-
-
-def test_masked_inverted_residuals_compute_what_the_export_computes():
-    model, images, layers = mobilenet()
-    space, _ = filter_space(model, images, layers)
-    for seed in range(3):
-        rng = np.random.default_rng(seed)
-        picks = [(int(rng.integers(len(s))), len(space.bits) - 1) for s in space.shapes]
-        policy = space.policy(picks)
-        masked = compress(model, policy, couplings=space.couplings)
-        exported = export_filter_pruned(
-            bake(compress(model, policy, couplings=space.couplings)), policy, images
-        )
-        assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in model.parameters())
-        with torch.no_grad():
-            torch.testing.assert_close(exported(images), masked(images), atol=1e-5, rtol=1e-5)

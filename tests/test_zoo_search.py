@@ -19,7 +19,7 @@ from rlprune.export import export_filter_pruned
 from rlprune.hardware import build_latency_model, network_latency
 from rlprune.layers import discover_layers, filter_couplings
 from rlprune.models import VGG, DenseNet, MobileNetV2, ResNet20, ViT
-from tests.support import compose_config, hardware_config
+from tests.support import compose_config, hardware_config, shift_batch_norms
 
 ZOO = ["resnet20", "mobilenetv2", "densenet", "vit", "vgg"]
 QUICK = ["data=digits", "dense.epochs=6", "search.evaluations=12", "finetune.epochs=1", "hardware=a100"]
@@ -49,7 +49,8 @@ def test_a_quick_search_finishes_with_a_valid_policy(tmp_path, model, pattern):
 
 
 def zoo_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """An untrained zoo model on CIFAR-sized inputs, its batch norms shifted so pruned channels show."""
+    """An untrained zoo model (or a plain MLP) on CIFAR-sized inputs, batch norms shifted so pruned
+    channels show."""
     torch.manual_seed(0)
     build = {
         "resnet20": lambda: ResNet20(in_channels=3, num_classes=10, width=8, dims=2),
@@ -57,16 +58,19 @@ def zoo_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
         "densenet": lambda: DenseNet(in_channels=3, num_classes=10, dims=2),
         "vit": lambda: ViT(in_channels=3, num_classes=10, dims=2, image_size=32, patch=4),
         "vgg": lambda: VGG(in_channels=3, num_classes=10, dims=2),
+        "mlp": lambda: torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(3 * 32 * 32, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 10),
+        ),
     }
-    model = build[name]().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.bias, 0.5, 1.0)
-            torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
-    return model, torch.randn(4, 3, 32, 32)
+    return shift_batch_norms(build[name]().eval()), torch.randn(4, 3, 32, 32)
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", [*ZOO, "mlp"])
 def test_exported_filter_policies_compute_what_the_masked_network_does(name):
     model, images = zoo_model(name)
     layers = discover_layers(model, images)
