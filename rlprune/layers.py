@@ -56,6 +56,11 @@ class LayerInfo:
         return self.in_channels // self.groups * math.prod(self.kernel_size)
 
     @property
+    def depthwise(self) -> bool:
+        """A conv whose every output channel reads one input channel of its own."""
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
     def params(self) -> int:
         """Number of weights (bias excluded)."""
         return self.out_channels * self.reduction

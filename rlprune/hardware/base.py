@@ -176,8 +176,7 @@ def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[L
     """
     if removed == 0:
         return layer, choice
-    depthwise = layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
-    smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels - removed * depthwise)
+    smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels - removed * layer.depthwise)
     if choice.pattern in (Pattern.KOFN_WEIGHT, Pattern.KOFN_KERNEL, Pattern.UNSTRUCTURED):
         n = (
             smaller.params
