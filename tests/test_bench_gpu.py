@@ -29,3 +29,19 @@ def test_geometric_mean_and_summary_of_recorded_results():
     assert out["int8"] == pytest.approx(1.0)
     assert out["int8_24"] == pytest.approx(4.0)
     assert out["int8_24_vs_int8"] == pytest.approx(2.0)
+
+
+def test_network_policies_prune_free_layers_in_steps_of_eight():
+    from rlprune.layers import discover_layers, filter_couplings
+    from rlprune.models import MobileNetV2
+
+    model, example = MobileNetV2(in_channels=3, num_classes=10, dims=2).eval(), torch.randn(2, 3, 32, 32)
+    layers = discover_layers(model, example)
+    couplings = filter_couplings(model, example, layers)
+    policies = gpu.filter_policies(layers, couplings, count=8, seed=0)
+    assert len(policies) == 8 and len(policies[3]) == 0  # the last uniform ratio is 1: nothing pruned
+    free = {lay.name for lay in layers if couplings[lay.name].blocked is None}
+    for policy in policies:
+        for name, choice in policy:
+            assert name in free and choice.keep % 8 == 0 and 8 <= choice.keep < choice.group
+    assert len({tuple(policy) for policy in policies[4:]}) == 4  # random ones differ

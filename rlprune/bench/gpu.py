@@ -17,13 +17,21 @@ a relative error of 1e-2, INT8 exactly), so a timing is only reported for a kern
 the right thing. A variant the installed torch or GPU cannot run is listed with its error.
 These are the figures behind the ``h100`` profile's N:M speedups (``conf/hardware/h100.yaml``).
 
+With ``--networks``, it checks a GPU profile's roofline on whole zoo networks instead: per model,
+the dense network and filter-pruned exports (uniform keep ratios and random per-layer keeps,
+Torch-Pruning) run in FP16 at the profile's batch size as CUDA-graph replays, and the measured
+latency ratio to dense is set against the roofline's prediction (MAPE, share within ±10%,
+Kendall τ).
+
 ``python -m rlprune.bench gpu [--sizes 1024 2048 4096 8192] [--rows N] [--out PATH]``
+``python -m rlprune.bench gpu --networks [--profile h100] [--policies 16] [--out PATH]``
 Needs a CUDA GPU with 2:4 sparse tensor cores (Ampere or newer); never run in tests or CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import warnings
@@ -201,13 +209,110 @@ def summary(results: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _zoo() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...]]]:
+    from rlprune.models import MNIST1DCNN, VGG, DigitsCNN, MobileNetV2, ResNet20
+
+    return {
+        "mnist1d_cnn": (lambda: MNIST1DCNN(in_channels=1, num_classes=10), (1, 40)),
+        "digits_cnn": (lambda: DigitsCNN(in_channels=1, num_classes=10), (1, 8, 8)),
+        "resnet20": (lambda: ResNet20(in_channels=3, num_classes=10, dims=2), (3, 32, 32)),
+        "mobilenetv2": (lambda: MobileNetV2(in_channels=3, num_classes=10, dims=2), (3, 32, 32)),
+        "vgg": (lambda: VGG(in_channels=3, num_classes=10, dims=2), (3, 32, 32)),
+    }
+
+
+def filter_policies(layers: list, couplings: dict, count: int, seed: int) -> list:
+    """Uniform keep ratios from 1/4 to 1, then random per-layer keeps (multiples of 8, at least 8),
+    on every layer whose filters may be pruned (their depthwise followers go with them)."""
+    import random
+
+    from rlprune.policy import Choice, Pattern, Policy
+
+    free = [lay for lay in layers if couplings[lay.name].blocked is None and lay.out_channels > 8]
+    rng = random.Random(seed)
+    uniform = [0.25 + 0.75 * i / (count // 2 - 1) for i in range(count // 2)]
+
+    def choice(layer, ratio: float) -> Choice:
+        keep = min(layer.out_channels, max(8, 8 * round(ratio * layer.out_channels / 8)))
+        return Choice(Pattern.FILTER, keep, layer.out_channels, 16, 16)
+
+    policies = []
+    for i in range(count):
+        picks = {
+            lay.name: choice(lay, uniform[i] if i < len(uniform) else rng.uniform(0.25, 1)) for lay in free
+        }
+        policies.append(Policy.of({n: c for n, c in picks.items() if c.keep < c.group}))
+    return policies
+
+
+def network_fidelity(profile: str, count: int, min_run_time: float, seed: int = 0) -> list[dict[str, Any]]:
+    """Measured against predicted latency ratios of filter-pruned zoo networks (see the module doc)."""
+    from scipy.stats import kendalltau
+
+    from rlprune.export import export_filter_pruned
+    from rlprune.hardware import load_latency_model, network_latency
+    from rlprune.layers import discover_layers, filter_couplings
+    from rlprune.policy import Policy
+
+    hardware = load_latency_model(profile)
+    rows = []
+    for name, (build, shape) in _zoo().items():
+        torch.manual_seed(seed)
+        model = build().eval()
+        example = torch.randn(2, *shape)
+        layers = discover_layers(model, example)
+        couplings = filter_couplings(model, example, layers)
+        policies = [Policy(), *filter_policies(layers, couplings, count, seed)]
+        x = torch.randn(hardware.batch_size, *shape, device="cuda", dtype=torch.float16)
+        measured, predicted = [], []
+        for policy in policies:
+            net = export_filter_pruned(model, policy, example).cuda().half()
+            with torch.no_grad():
+                measured.append(median_seconds(graphed(functools.partial(net, x)), min_run_time))
+            predicted.append(network_latency(hardware, layers, policy, couplings))
+            del net
+            torch.cuda.empty_cache()
+        meas = [m / measured[0] for m in measured[1:]]
+        pred = [p / predicted[0] for p in predicted[1:]]
+        errors = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
+        rows.append(
+            {
+                "model": name,
+                "batch": hardware.batch_size,
+                "dense_measured_s": measured[0],
+                "dense_predicted_s": predicted[0],
+                "ratio_mape": sum(errors) / len(errors),
+                "within_10pct": sum(e <= 0.10 for e in errors) / len(errors),
+                "kendall_tau": float(kendalltau(pred, meas).statistic),
+                "ratios": [{"predicted": p, "measured": m} for p, m in zip(pred, meas, strict=True)],
+            }
+        )
+    return rows
+
+
+def network_table(rows: list[dict[str, Any]]) -> str:
+    """One line per model: dense seconds measured and predicted, ratio MAPE, ±10%, τ."""
+    head = ["model", "batch", "dense ms measured", "dense ms predicted", "ratio MAPE", "±10%", "τ"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lines.append(
+            f"{r['model']} | {r['batch']} | {r['dense_measured_s'] * 1e3:.3f} | "
+            f"{r['dense_predicted_s'] * 1e3:.3f} | {100 * r['ratio_mape']:.1f}% | "
+            f"{100 * r['within_10pct']:.0f}% | {r['kendall_tau']:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse options, measure on the GPU, print the table and write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m rlprune.bench gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--rows", type=int, default=None, help="rows of x; default: the size")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timed blocks per variant")
-    parser.add_argument("--out", default="benchmarks/results/gpu.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/gpu[_networks].json")
+    parser.add_argument("--networks", action="store_true", help="check a profile on whole zoo networks")
+    parser.add_argument("--profile", default="h100", help="with --networks: the hardware config")
+    parser.add_argument("--policies", type=int, default=16, help="with --networks: pruned exports per model")
     args = parser.parse_args(argv)
     if bad := [s for s in [*args.sizes, args.rows or 64] if s < 64 or s % 64]:
         raise SystemExit(f"--sizes and --rows must be multiples of 64 (2:4 kernels' tile), got {bad}")
@@ -215,6 +320,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("python -m rlprune.bench gpu needs a CUDA GPU; torch sees none on this machine")
     torch.backends.cuda.matmul.allow_tf32 = False
     warnings.filterwarnings("ignore", message=".*SparseSemiStructuredTensor is in prototype stage")
+    if args.networks:
+        torch.backends.cudnn.benchmark = True
+        rows = network_fidelity(args.profile, args.policies, args.min_run_time)
+        report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "profile": args.profile}
+        path = write_json_atomic(args.out or "benchmarks/results/gpu_networks.json", {**report, "rows": rows})
+        print(f"{report['device']} torch {report['torch']}, profile {args.profile}, FP16; wrote {path}\n")
+        print(network_table(rows))
+        return
     results = measure(args.sizes, args.rows, args.min_run_time)
     cusparselt = getattr(torch.backends, "cusparselt", None)
     report = {
@@ -227,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "summary": {mode: summary([r[mode] for r in results]) for mode in TIMINGS},
     }
-    path = write_json_atomic(args.out, report)
+    path = write_json_atomic(args.out or "benchmarks/results/gpu.json", report)
     versions = f"torch {report['torch']} CUDA {report['cuda']} cuSPARSELt {report['cusparselt']}"
     print(f"{report['device']} {versions}")
     for r in results:
