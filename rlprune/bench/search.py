@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from rlprune.api import make_space, search, test_score
+from rlprune.api import augmentation, make_space, search, test_score
 from rlprune.bench import QUIET, compose_config, load, machine
 from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
@@ -42,6 +42,13 @@ TARGETS = {
         ("local_cpu", ["hardware=local_cpu", "hardware.batch_size=32", "search.pattern=filter"]),
     )
 }
+# a network with depthwise convs, whose filter steps each decide an expansion and its depthwise conv
+TARGETS["digits-mobilenetv2-arm_cpu"] = [
+    "model=mobilenetv2",
+    "data=digits",
+    "hardware=arm_cpu",
+    "search.pattern=filter",
+]
 SEARCHERS = ["ppo", "amc", "haq", "uniform", "random", "greedy", "tpe"]
 
 
@@ -64,6 +71,7 @@ def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: 
         cfg.seed,
         cfg.search.nm_pad,
         space.couplings,
+        augmentation(cfg),
     )
     return {
         "seed": int(cfg.seed),
