@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from rlprune.compress import attach, mask_for, recalibrate_batch_norms, set_choice
+from rlprune.compress import attach, policy_masks, recalibrate_batch_norms, set_choice, tied_filters
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
 from rlprune.policy import Policy
@@ -21,8 +21,8 @@ class PolicyEvaluator:
     """Accuracy and loss of the masked, quantized network on a fixed batch.
 
     The network is copied and attached once; each evaluation only swaps masks and bit-widths
-    in. Masks are cached per layer and density option, and the scores of identical policies
-    are memoized, so a search that revisits a policy pays nothing.
+    in. Masks are cached per layer and option (with the layers tied to it), and the scores of
+    identical policies are memoized, so a search that revisits a policy pays nothing.
 
     Args:
         model: the trained dense network (left unchanged).
@@ -51,6 +51,7 @@ class PolicyEvaluator:
         self.model = copy.deepcopy(model).eval()
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
+        self.couplings = couplings
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
         self._memo: OrderedDict[Policy, Score] = OrderedDict()
@@ -65,12 +66,16 @@ class PolicyEvaluator:
         if policy in self._memo:
             self._memo.move_to_end(policy)
             return self._memo[policy]
+        ties = tied_filters(policy, self.couplings)
+        keys = {name: (name, c.pattern, c.keep, c.group, ties.get(name)) for name, c in policy}
+        missing = {n for name, key in keys.items() if key not in self._masks for n in ties.get(name, (name,))}
+        if missing:  # with the layers tied to them: they keep the same filters
+            fresh = policy_masks(
+                self.model, Policy(tuple((n, c) for n, c in policy if n in missing)), self.pad, self.couplings
+            )
+            self._masks.update({keys[name]: mask for name, mask in fresh.items()})
         for name, choice in policy:
-            layer = self.model.get_submodule(name)
-            key = (name, choice.pattern, choice.keep, choice.group)
-            if key not in self._masks:
-                self._masks[key] = mask_for(layer, name, choice, self.pad)
-            set_choice(layer, choice, self._masks[key])
+            set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
         if self.recalibration is not None:
             recalibrate_batch_norms(self.model, self.recalibration, self.recalibration_batch)
         score = evaluate(self.model, self.x, self.y)

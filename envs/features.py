@@ -46,10 +46,16 @@ def measure_sensitivity(space: SearchSpace, evaluator: PolicyEvaluator) -> np.nd
 
 
 def static_features(space: SearchSpace, sensitivity: np.ndarray) -> np.ndarray:
-    """Per-layer features, ``[layers, 13 + sensitivity columns]``, each in [0, 1]."""
+    """Per-step features, ``[steps, 13 + sensitivity columns]``, each in [0, 1].
+
+    A step that decides tied layers is described by its first layer, with the params and MACs
+    of all of them.
+    """
     layers = space.layers
+    params = np.array([sum(m.params for m in members) for members in space.members], dtype=float)
+    macs = np.array([sum(m.macs for m in members) for members in space.members], dtype=float)
     count = len(layers)
-    dense = np.array([t[-1, -1, -1] for t in space.latency])
+    dense = space.step_seconds([(len(shapes) - 1, len(space.bits) - 1) for shapes in space.shapes])
     cheapest = space.min_latency
     columns = [
         np.arange(count) / max(count - 1, 1),
@@ -59,8 +65,8 @@ def static_features(space: SearchSpace, sensitivity: np.ndarray) -> np.ndarray:
         _log_share([math.prod(layer.kernel_size) for layer in layers]),
         _log_share([max(layer.stride, default=1) for layer in layers]),
         _log_share([layer.out_positions for layer in layers]),
-        np.array([layer.params for layer in layers]) / sum(layer.params for layer in layers),
-        np.array([layer.macs for layer in layers]) / sum(layer.macs for layer in layers),
+        params / params.sum(),
+        macs / macs.sum(),
         dense / dense.sum(),
         cheapest / np.maximum(dense, 1e-30),
     ]

@@ -1,4 +1,4 @@
-"""The Gymnasium environment ``rlprune/Prune-v0``: one step per searched layer.
+"""The Gymnasium environment ``rlprune/Prune-v0``: one step per searched layer (or tied group).
 
 The action ``Box([-1, 1]^2)`` asks for a density (−1 the sparsest option of the layer, +1
 dense) and a bit-width (−1 the lowest the device runs, +1 the highest); when several sparsity
@@ -130,12 +130,11 @@ class PruneEnv(gym.Env):
         want_pattern = None
         if self.action_size == 3:  # evenly spaced positions in [-1, 1], one per pattern
             want_pattern = round((action[2] + 1.0) / 2.0 * (len(space.patterns) - 1))
-        previous = self.picks[-1][0] if self.picks else None
         limit = np.inf if self.wall == "final" else budget
         pick = space.project(
-            t, want_density, want_bits, self.spent, limit, want_pattern, previous, fill=self.wall == "band"
+            t, want_density, want_bits, self.spent, limit, want_pattern, self.picks, fill=self.wall == "band"
         )
-        self.spent += float(space.table(t, previous)[pick])
+        self.spent += float(space.table(t, self.picks)[pick])
         self.picks.append(pick)
         self.previous = action
         self.layer += 1

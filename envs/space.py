@@ -4,12 +4,14 @@ Each searched layer has a list of *density options* (pattern, keep, group), sort
 sparsest to dense, and the device's bit-widths. Their latencies are computed once into a
 table, so the env's action wall and every baseline work on numbers, not on models.
 
-Filter pruning couples neighbours: a layer that drops filters shrinks its consumer's input
-channels, so the consumer's cost depends on the earlier decision. Filter options are offered
-only where the layer's sole consumer is the next searched layer (Torch-Pruning's dependency
-graph says which, :func:`rlprune.layers.filter_couplings`), and that consumer's table gets one
-row per option of the layer before it. Layers are decided in forward order, so the row is
-known when the consumer is decided, and the action wall stays exact.
+Filter pruning couples layers (Torch-Pruning's dependency graph says how,
+:func:`rlprune.layers.filter_couplings`): a layer that drops filters shrinks the inputs of every
+layer that reads them, layers that meet in a residual add keep or drop their filters together
+(one step decides the whole group), and a depthwise conv follows the filters that feed it. So a
+layer's seconds depend on up to a few steps' decisions: each step owns a :class:`Factor`, a table
+over the decisions its layers depend on. The action wall needs, for every step, the fewest (and
+most) seconds the later steps can still take given the decisions so far; that is a min-plus
+dynamic programme over the factors, exact however the decisions interleave.
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ class Shape:
         """This option at ``bits`` for weights and activations."""
         pattern = Pattern.DENSE if self.keep == self.group else self.pattern
         return Choice(pattern, self.keep, self.group, w_bits=bits, a_bits=bits)
+
+    def on(self, layer: LayerInfo, pad: bool) -> Shape | None:
+        """This option on a layer tied to the one it was made for, or ``None`` where it cannot apply.
+
+        Tied layers share their filters, so filter and N:M options carry over as they are (when
+        the layer's shape allows them); k-of-n and unstructured keep the same share of the
+        layer's own ``n``.
+        """
+        if self.pattern in (Pattern.DENSE, Pattern.FILTER):
+            return self
+        if self.pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
+            fits = layer.reduction % self.group == 0
+            if self.pattern is Pattern.NM_TRANSPOSABLE:
+                fits = fits and layer.out_channels % self.group == 0
+            return self if fits or (pad and self.pattern is Pattern.NM) else None
+        n = layer.reduction if self.pattern is Pattern.KOFN_WEIGHT else layer.params
+        return Shape(self.pattern, min(n, max(1, round(self.density * n))), n)
 
 
 def layer_shapes(
@@ -83,56 +102,95 @@ def layer_shapes(
     return [*shapes, dense], None
 
 
+@dataclass(frozen=True)
+class Factor:
+    """Seconds as a table over some steps' decisions.
+
+    ``axes`` names the dimensions of ``table`` in ascending order: ``2*step`` is that step's
+    option, ``2*step + 1`` its bit-width.
+    """
+
+    axes: tuple[int, ...]
+    table: np.ndarray
+
+    def over(self, axes: Sequence[int]) -> np.ndarray:
+        """The table as a view that broadcasts over ``axes`` (ascending, a superset of ours)."""
+        return self.table.reshape(
+            [self.table.shape[self.axes.index(a)] if a in self.axes else 1 for a in axes]
+        )
+
+    def __add__(self, other: Factor) -> Factor:
+        axes = tuple(sorted({*self.axes, *other.axes}))
+        return Factor(axes, self.over(axes) + other.over(axes))
+
+    def reduce(self, axes: set[int], pick: Callable[..., np.ndarray]) -> Factor:
+        """``pick`` (``np.min`` or ``np.max``) over ``axes``."""
+        dims = tuple(i for i, a in enumerate(self.axes) if a in axes)
+        kept = tuple(a for a in self.axes if a not in axes)
+        return Factor(kept, pick(self.table, axis=dims) if dims else self.table)
+
+    def at(self, known: Mapping[int, int]) -> Factor:
+        """The table once the ``known`` axes took the given indices."""
+        index = tuple(known.get(a, slice(None)) for a in self.axes)
+        return Factor(tuple(a for a in self.axes if a not in known), self.table[index])
+
+
+ZERO = Factor((), np.zeros(()))
+
+
 @dataclass
 class SearchSpace:
-    """Per-layer options and their latencies, for a model on a device.
+    """The steps of a search, their options and their seconds, for a model on a device.
+
+    A step decides one layer, or (filter pruning) a group of layers whose output channels are
+    tied by residual adds; its depthwise followers go with it. The layers' seconds are grouped
+    into one :class:`Factor` per step: the layers whose every dependency is decided once that
+    step is.
 
     Attributes:
-        layers: the searched layers, in forward order.
-        shapes: per layer, its density options (sparsest first, dense last).
+        layers: per step, its first layer (the one whose options ``shapes`` lists), in forward order.
+        shapes: per step, its density options (sparsest first, dense last).
         bits: bit-widths to choose from, ascending.
-        latency: per layer, an array ``[rows, len(shapes), len(bits)]`` of seconds. A layer fed
-            by the previous layer's filter options (``fed[i]``) has a row per option of that
-            layer; any other layer has one row.
-        fixed_latency: seconds no choice changes: the layers that are not searched (kept at
+        costs: per step, the seconds of the layers costed once it is decided.
+        fixed_latency: seconds no choice changes: the layers no decision touches (kept at the
             reference precision) and the network's overhead outside its layers.
         dense_latency: seconds of the whole network, dense at the device's reference precision.
-        skipped: layers that cannot take a searched pattern, with the reason.
-        patterns: the searched patterns; with more than one, each layer picks its own.
-        fed: per layer, whether its input channels follow the previous layer's option.
+        skipped: layers that cannot take a searched pattern, or have no step of their own, with why.
+        patterns: the searched patterns; with more than one, each step picks its own.
+        members: per step, the layers it decides (tied layers share its option and bit-width).
+        followers: per step, the depthwise convs that lose the channels its filter option
+            prunes and run dense at its bits.
         couplings: the layers' filter couplings (empty unless filter pruning is searched).
         overhead: the network's seconds outside its layers (part of fixed and dense latency).
-        followers: per layer, the depthwise convs that share its decision: they lose the
-            channels its filter option prunes and run at its bits; their seconds are in its table.
+        nm_pad: N:M pads a reduction length that is not a multiple of M (for tied layers' options).
     """
 
     layers: list[LayerInfo]
     shapes: list[list[Shape]]
     bits: tuple[int, ...]
-    latency: list[np.ndarray]
+    costs: list[Factor]
     fixed_latency: float
     dense_latency: float
     skipped: dict[str, str]
     patterns: tuple[Pattern, ...]
-    fed: list[bool] = field(default_factory=list)
+    members: list[tuple[LayerInfo, ...]] = field(default_factory=list)
+    followers: list[tuple[str, ...]] = field(default_factory=list)
     couplings: dict[str, FilterCoupling] = field(default_factory=dict)
     overhead: float = 0.0
-    followers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    nm_pad: bool = False
 
     def __post_init__(self) -> None:
-        if not self.fed:
-            self.fed = [False] * len(self.layers)
-        # rest_min[i][s]: the fewest seconds layers i+1.. can take once layer i took option s
-        # (rest_max: the most); exact under coupling, by dynamic programming from the back.
+        self.members = self.members or [(layer,) for layer in self.layers]
+        self.followers = self.followers or [() for _ in self.layers]
+        # rest_min[i]: the fewest seconds steps i+1.. can take, over the decisions up to step i
+        # (rest_max: the most); exact, by dynamic programming from the back.
         self._rest_min = self._rest(np.min)
         self._rest_max = self._rest(np.max)
 
-    def _rest(self, pick: Callable[..., np.ndarray]) -> list[np.ndarray]:
-        rest = [np.zeros(len(shapes)) for shapes in self.shapes]
-        for i in range(len(self) - 2, -1, -1):
-            after = self.latency[i + 1] + rest[i + 1][None, :, None]  # [rows, shapes, bits]
-            per_row = pick(after.reshape(after.shape[0], -1), axis=1)
-            rest[i] = per_row if self.fed[i + 1] else np.full(len(self.shapes[i]), per_row[0])
+    def _rest(self, pick: Callable[..., np.ndarray]) -> list[Factor]:
+        rest = [ZERO] * len(self)
+        for i in range(len(self) - 1, 0, -1):
+            rest[i - 1] = (self.costs[i] + rest[i]).reduce({2 * i, 2 * i + 1}, pick)
         return rest
 
     def __len__(self) -> int:
@@ -140,29 +198,31 @@ class SearchSpace:
 
     @property
     def min_latency(self) -> np.ndarray:
-        """Cheapest latency of each layer (over every input row)."""
-        return np.array([t.min() for t in self.latency])
+        """Cheapest seconds of each step (over every earlier decision)."""
+        return np.array([c.table.min() for c in self.costs])
 
     @property
     def max_latency(self) -> np.ndarray:
-        """Most expensive latency of each layer (over every input row)."""
-        return np.array([t.max() for t in self.latency])
+        """Dearest seconds of each step (over every earlier decision)."""
+        return np.array([c.table.max() for c in self.costs])
 
-    def row(self, layer: int, previous_shape: int | None) -> int:
-        """The row of ``layer``'s table given the option index the previous layer took."""
-        return int(previous_shape) if self.fed[layer] and previous_shape is not None else 0
+    def _grid(self, factor: Factor, step: int, picks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``factor`` once the steps before ``step`` took ``picks``, as ``[options, bits]`` of ``step``."""
+        known = {2 * j + k: int(v) for j, pick in enumerate(picks[:step]) for k, v in enumerate(pick)}
+        own = factor.at(known).over((2 * step, 2 * step + 1))
+        return np.broadcast_to(own, (len(self.shapes[step]), len(self.bits)))
 
-    def table(self, layer: int, previous_shape: int | None = None) -> np.ndarray:
-        """Seconds ``[shapes, bits]`` of ``layer`` once the previous layer took ``previous_shape``."""
-        return self.latency[layer][self.row(layer, previous_shape)]
+    def table(self, step: int, picks: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+        """Seconds ``[options, bits]`` that ``step`` adds once the steps before it took ``picks``."""
+        return self._grid(self.costs[step], step, picks)
+
+    def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Seconds each step adds under a policy given as index pairs."""
+        return np.array([self.table(i, picks)[tuple(picks[i])] for i in range(len(self))])
 
     def seconds(self, picks: Sequence[tuple[int, int]]) -> float:
-        """Seconds of the searched layers under a policy given as index pairs."""
-        total, previous = 0.0, None
-        for i, (shape, bits) in enumerate(picks):
-            total += float(self.table(i, previous)[shape, bits])
-            previous = shape
-        return total
+        """Seconds of the searched layers (and of the layers they shrink) under a policy of index pairs."""
+        return float(self.step_seconds(picks).sum())
 
     def relative(self, seconds: float) -> float:
         """Seconds of searched layers plus the fixed part, as a share of the dense network."""
@@ -174,7 +234,7 @@ class SearchSpace:
 
     def cheapest(self) -> float:
         """The lowest relative latency any policy reaches."""
-        return self.relative(float((self.table(0) + self._rest_min[0][:, None]).min()))
+        return self.relative(float((self.costs[0] + self._rest_min[0]).table.min()))
 
     def check_budget(self, budget: float) -> None:
         """Raise when no policy of this space meets ``budget``."""
@@ -189,17 +249,16 @@ class SearchSpace:
                 f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}{hint}"
             )
 
-    def choice(self, layer: int, shape: int, bits: int) -> Choice:
-        """The choice of option ``(shape, bits)`` (indices) at ``layer``."""
-        return self.shapes[layer][shape].choice(self.bits[bits])
-
     def policy(self, picks: Sequence[tuple[int, int]]) -> Policy:
-        """The policy of one ``(shape, bits)`` index pair per layer (followers after their layer)."""
+        """The policy of one ``(option, bits)`` index pair per step: its layers, then its followers."""
+        if len(picks) != len(self):
+            raise ValueError(f"{len(self)} steps but {len(picks)} picks")
         choices = []
-        for i, (lay, (s, b)) in enumerate(zip(self.layers, picks, strict=True)):
-            choices.append((lay.name, self.choice(i, s, b)))
-            follow = Choice(Pattern.DENSE, 1, 1, self.bits[b], self.bits[b])
-            choices += [(name, follow) for name in self.followers.get(lay.name, ())]
+        for i, (s, b) in enumerate(picks):
+            bits = self.bits[b]
+            choices += [(m.name, self.shapes[i][s].on(m, self.nm_pad).choice(bits)) for m in self.members[i]]
+            follow = Choice(Pattern.DENSE, 1, 1, bits, bits)
+            choices += [(name, follow) for name in self.followers[i]]
         return Policy(tuple(choices))
 
     def policy_latency(self, picks: Sequence[tuple[int, int]]) -> float:
@@ -208,30 +267,30 @@ class SearchSpace:
 
     def project(
         self,
-        layer: int,
+        step: int,
         want_density: float,
         want_bits: float,
         spent: float,
         budget: float,
         want_pattern: int | None = None,
-        previous_shape: int | None = None,
+        picks: Sequence[tuple[int, int]] = (),
         fill: bool = True,
     ) -> tuple[int, int]:
         """The action wall: the option nearest to the wish that keeps the episode within budget.
 
         Args:
-            layer: index of the layer being decided.
+            step: index of the step being decided.
             want_density: desired density in [0, 1].
             want_bits: desired position in the bits list, in [0, 1].
-            spent: seconds already spent by earlier layers.
+            spent: seconds the earlier steps added.
             budget: seconds the searched layers may spend in all.
             want_pattern: index into ``patterns`` of the wished pattern, when several are searched;
                 an option of another pattern is one unit further from the wish (dense matches all).
-            previous_shape: the option index the previous layer took (its filters may feed this one).
+            picks: the ``(option, bits)`` the earlier steps took (their filters may feed this one).
             fill: also keep the budget used (below); ``False`` is AMC's wall, which only keeps
                 the episode feasible. With ``budget=inf`` this is plain rounding to the nearest option.
 
-        The option must leave the later layers room for their cheapest choices (so the
+        The option must leave the later steps room for their cheapest choices (so the
         episode ends within budget) and should leave them no more than their dearest choices
         can spend (so the budget is used). The second rule raises density only, at each
         bit-width on its own: more bits are not always worth more (8-bit dense beats 32-bit
@@ -239,20 +298,21 @@ class SearchSpace:
         options the nearest to the wish wins; at a bit-width whose options all fall below the
         band, its dearest option within budget is allowed.
         """
-        table = self.table(layer, previous_shape)
-        densities = np.array([s.density for s in self.shapes[layer]])
+        table = self.table(step, picks)
+        densities = np.array([s.density for s in self.shapes[step]])
         bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
         distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
         if want_pattern is not None:
             wanted = self.patterns[want_pattern]
-            other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[layer]]
+            other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[step]]
             distance = distance + np.array(other, dtype=float)[:, None]
         if np.isinf(budget):
             allowed = np.ones(table.shape, dtype=bool)
         else:
             slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
-            feasible = table <= budget - spent - self._rest_min[layer][:, None] + slack
-            in_band = feasible & (table >= budget - spent - self._rest_max[layer][:, None] - slack)
+            left = budget - spent
+            feasible = table <= left - self._grid(self._rest_min[step], step, picks) + slack
+            in_band = feasible & (table >= left - self._grid(self._rest_max[step], step, picks) - slack)
             if not feasible.any():  # unreachable once the budget was checked; never step further out
                 allowed = table == table.min()
             elif not fill:
@@ -266,12 +326,12 @@ class SearchSpace:
         return int(shape), int(bits)
 
     def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
-        """HAQ's post-episode wall: lower choices from the last layer back until within ``budget``.
+        """HAQ's post-episode wall: lower choices from the last step back until within ``budget``.
 
-        Each pass walks from the last layer to the first, lowering that layer's bit-width one
+        Each pass walks from the last step to the first, lowering that step's bit-width one
         step and then its density one option, and stops as soon as the policy fits. The rule
         assumes lower is cheaper; where it is not (int8 slower than FP32 on a small CPU layer)
-        it still ends, at the lowest choice of every layer, which :meth:`lowest_fits` checks.
+        it still ends, at the lowest choice of every step, which :meth:`lowest_fits` checks.
         """
         picks = [tuple(p) for p in picks]
         while self.seconds(picks) > budget:
@@ -289,8 +349,12 @@ class SearchSpace:
         return picks
 
     def lowest_fits(self, budget: float) -> bool:
-        """Whether the policy of every layer's lowest bits and sparsest option meets ``budget`` (seconds)."""
+        """Whether the policy of every step's lowest bits and sparsest option meets ``budget`` (seconds)."""
         return self.seconds([(0, 0)] * len(self)) <= budget * (1 + 1e-9)
+
+
+MAX_TABLE = 1 << 22
+"""The most entries the dynamic programme's table may hold at any step (32 MiB of float64)."""
 
 
 def build_space(
@@ -306,12 +370,13 @@ def build_space(
     overhead: float = 0.0,
     nm_pad: bool = False,
 ) -> SearchSpace:
-    """Enumerate the options of every searched layer and cost them on ``hardware``.
+    """Enumerate the options of every step and cost them on ``hardware``.
 
-    ``couplings`` (from :func:`rlprune.layers.filter_couplings`) are needed when ``pattern``
-    includes ``filter``: they say whose input channels a layer's filters feed. ``overhead`` is
-    the network's seconds outside its layers (:meth:`LatencyModel.calibrate`). ``nm_pad``
-    lets N:M pad a reduction length that is not a multiple of M instead of skipping the layer.
+    ``couplings`` (from :func:`rlprune.layers.filter_couplings` over ``all_layers``) are needed
+    when ``pattern`` includes ``filter``: they say whose inputs a layer's filters feed, which
+    layers are tied and which depthwise convs follow. ``overhead`` is the network's seconds
+    outside its layers (:meth:`LatencyModel.calibrate`). ``nm_pad`` lets N:M pad a reduction
+    length that is not a multiple of M instead of skipping the layer.
 
     Raises:
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
@@ -346,115 +411,267 @@ def build_space(
         raise ConfigError(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
-
     if Pattern.FILTER in patterns and couplings is None:
         raise ValueError(
             "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
         )
     couplings = dict(couplings or {})
-    followers = _followers(searched, couplings) if Pattern.FILTER in patterns else {}
-    skipped = {
-        name: f"a depthwise conv: its channels are those of '{leader}', whose decision it shares"
-        for leader, names in followers.items()
-        for name in names
-    }
-    steps = [layer for layer in searched if layer.name not in skipped]
-    shapes = []
-    for i, layer in enumerate(steps):
-        following = steps[i + 1].name if i + 1 < len(steps) else None
-        options, reasons = {Shape(Pattern.DENSE, 1, 1)}, []
+
+    steps, followers, blocked, skipped = _steps(searched, couplings, Pattern.FILTER in patterns)
+
+    def options(i: int, without_filters: str | None) -> list[Shape]:
+        members, found, reasons = steps[i], {Shape(Pattern.DENSE, 1, 1)}, []
         for pat in patterns:
-            if pat is Pattern.FILTER and (reason := _filter_blocked(couplings[layer.name], following)):
-                layer_opts = []
+            if pat is Pattern.FILTER and (reason := without_filters or blocked[i]):
+                usable = []
             else:
-                layer_opts, reason = layer_shapes(layer, pat, levels, min_density, nm, nm_pad)
-            options.update(layer_opts)
+                shapes, reason = layer_shapes(members[0], pat, levels, min_density, nm, nm_pad)
+                usable = [s for s in shapes if all(s.on(m, nm_pad) for m in members[1:])]
+                if len(usable) < len(shapes) and not reason:
+                    reason = f"not every layer tied to '{members[0].name}' takes all of its options"
+            found.update(usable)
             if reason:
                 reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")
-        if reasons:
-            skipped[layer.name] = "; ".join(reasons)
-        shapes.append(sorted(options, key=lambda s: (s.density, s.pattern.value, s.keep)))
+        for member in members:
+            if reasons:
+                skipped[member.name] = "; ".join(reasons)
+            else:
+                skipped.pop(member.name, None)
+        return sorted(found, key=lambda s: (s.density, s.pattern.value, s.keep))
 
-    fed = [i > 0 and any(s.pattern is Pattern.FILTER for s in shapes[i - 1]) for i in range(len(steps))]
-    by_name = {layer.name: layer for layer in searched}
-    cells = []  # (row, option, bits) -> the (layer, choice) pairs each table entry sums
-    for i, layer in enumerate(steps):
-        removed = [0]
-        if fed[i]:
-            per_filter = dict(couplings[steps[i - 1].name].consumers)[layer.name]
-            removed = [
-                (s.group - s.keep) * per_filter if s.pattern is Pattern.FILTER else 0 for s in shapes[i - 1]
-            ]
-        led = [by_name[name] for name in followers.get(layer.name, ())]
-        cells.append(
-            [[[_entry(layer, led, s, b, r) for b in chosen_bits] for s in shapes[i]] for r in removed]
+    shapes = [options(i, None) for i in range(len(steps))]
+    while True:
+        terms = _terms(all_layers, steps, shapes, followers, couplings)
+        wide = _widest(terms, shapes, len(chosen_bits))
+        if wide is None:
+            break
+        step, entries = wide
+        shapes[step] = options(
+            step,
+            f"its filters feed layers far down the network: deciding them with the others would need "
+            f"a table of {entries:,} entries (the limit is {MAX_TABLE:,})",
         )
-    hardware.prepare([pair for rows in cells for row in rows for option in row for e in option for pair in e])
-    latency = [
-        np.array([[[sum(hardware.latency(*p) for p in e) for e in option] for option in row] for row in rows])
-        for rows in cells
+
+    cells = {}  # every (layer, choice) a table entry costs
+    for term in terms:
+        cells.update(
+            {key: term.cell(key, shapes, chosen_bits, hardware) for key in term.keys(shapes, chosen_bits)}
+        )
+    hardware.prepare(list(cells.values()))
+    seconds = {key: hardware.latency(*cell) for key, cell in cells.items()}
+    costs = [
+        Factor((2 * i, 2 * i + 1), np.zeros((len(shapes[i]), len(chosen_bits)))) for i in range(len(steps))
     ]
     reference = hardware.dense_choice()
-    searched_names = {lay.name for lay in searched}
-    fixed = overhead + sum(
-        hardware.latency(lay, reference) for lay in all_layers if lay.name not in searched_names
-    )
+    touched = {term.layer.name for term in terms}
+    fixed = overhead + sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in touched)
+    for term in terms:
+        costs[term.step] = costs[term.step] + term.factor(shapes, chosen_bits, seconds)
     dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
     return SearchSpace(
-        steps,
+        [members[0] for members in steps],
         shapes,
         chosen_bits,
-        latency,
+        costs,
         float(fixed),
         float(dense),
         skipped,
         patterns,
-        fed,
+        steps,
+        followers,
         couplings,
         overhead,
-        followers,
+        nm_pad,
     )
 
 
-def _entry(
-    layer: LayerInfo, followers: list[LayerInfo], shape: Shape, bits: int, removed: int
-) -> list[tuple[LayerInfo, Choice]]:
-    """What one table entry costs: ``layer`` under the option with ``removed`` inputs gone, and
-    its followers, which lose the filters the option prunes and run dense at its bits."""
-    pruned = shape.group - shape.keep if shape.pattern is Pattern.FILTER else 0
-    follow = Choice(Pattern.DENSE, 1, 1, bits, bits)
-    return [with_fewer_inputs(layer, shape.choice(bits), removed)] + [
-        with_fewer_inputs(f, follow, pruned) for f in followers
-    ]
+def _steps(
+    searched: Sequence[LayerInfo], couplings: Mapping[str, FilterCoupling], filters: bool
+) -> tuple[list[tuple[LayerInfo, ...]], list[tuple[str, ...]], list[str | None], dict[str, str]]:
+    """The steps of the search: per step its layers, its depthwise followers and why its filters
+    cannot be searched (or ``None``), and the layers folded into another step's, with why.
 
-
-def _followers(
-    searched: Sequence[LayerInfo], couplings: Mapping[str, FilterCoupling]
-) -> dict[str, tuple[str, ...]]:
-    """The depthwise convs folded into the step of the layer whose filters they follow.
-
-    A layer's followers share its decision when its filters may be searched and they come
-    right after it in the searched layers (so its step can cost them too).
+    Without filter pruning every searched layer is a step. With it, layers tied by residual
+    adds form one step (in forward order, placed at the first of them) when all of them are
+    searched and none is fixed; a layer's depthwise followers join its step when its filters
+    can be searched.
     """
-    names = [layer.name for layer in searched]
-    folded = {}
-    for i, name in enumerate(names):
-        coupling = couplings.get(name)
-        if coupling is None or coupling.blocked or not coupling.followers:
+    if not filters:
+        return [(layer,) for layer in searched], [() for _ in searched], [None] * len(searched), {}
+    by_name = {layer.name: layer for layer in searched}
+    placed: set[str] = set()
+    steps, blocked = [], []
+    for layer in searched:
+        if layer.name in placed:
             continue
-        if list(coupling.followers) == names[i + 1 : i + 1 + len(coupling.followers)]:
-            folded[name] = coupling.followers
-    return folded
-
-
-def _filter_blocked(coupling: FilterCoupling, following: str | None) -> str | None:
-    """Why a layer's filters are not searched, or None: they must feed the next searched layer only."""
-    if coupling.blocked:
-        return coupling.blocked
-    consumers = [name for name, _ in coupling.consumers]
-    if consumers != [following]:
-        return (
-            f"its outputs feed {consumers}; filter pruning is searched only where they feed just the "
-            "next searched layer"
+        coupling = couplings[layer.name]
+        tied = [layer.name, *coupling.tied]
+        missing = [name for name in coupling.tied if name not in by_name]
+        fixed = next((couplings[n].fixed for n in tied if n in couplings and couplings[n].fixed), None)
+        members, reason = (layer,), coupling.blocked
+        if missing:
+            reason = f"its output channels are tied (a residual add) to {missing}, which are not searched"
+        elif fixed:
+            reason = fixed
+        elif coupling.tied and not any(n in placed for n in coupling.tied):
+            members, reason = tuple(lay for lay in searched if lay.name in tied), None
+        placed.update(m.name for m in members)
+        steps.append(members)
+        blocked.append(reason)
+    followers: list[tuple[str, ...]] = []
+    skipped: dict[str, str] = {}
+    for members, reason in zip(steps, blocked, strict=True):
+        led = {} if reason else {f: m.name for m in members for f in couplings[m.name].followers}
+        led = {name: leader for name, leader in led.items() if name in by_name}
+        skipped.update(
+            {
+                name: f"a depthwise conv: its channels are those of '{leader}', whose decision it shares"
+                for name, leader in led.items()
+            }
         )
-    return None
+        followers.append(tuple(led))
+    kept = [i for i, members in enumerate(steps) if members[0].name not in skipped]
+    return [steps[i] for i in kept], [followers[i] for i in kept], [blocked[i] for i in kept], skipped
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One layer's seconds, as they depend on the steps' decisions.
+
+    Attributes:
+        layer: the layer.
+        own: the step that decides its pattern and bits (``None``: it runs the reference choice).
+        follows: whether it is a depthwise follower of ``own`` (dense at its bits).
+        inputs: ``{step: inputs}``: each step whose pruned filters remove ``inputs`` of its input
+            channels per filter.
+        step: the step at which every decision it depends on is known.
+    """
+
+    layer: LayerInfo
+    own: int | None
+    follows: bool
+    inputs: dict[int, int]
+    step: int
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        own = () if self.own is None else (2 * self.own, 2 * self.own + 1)
+        return tuple(sorted({*own, *(2 * h for h in self.inputs)}))
+
+    def removed(self, shapes: list[list[Shape]]) -> np.ndarray:
+        """Input channels removed, broadcast over :attr:`axes`."""
+        total = np.zeros([1] * len(self.axes), dtype=int)
+        for h, per_filter in self.inputs.items():
+            pruned = np.array([s.group - s.keep if s.pattern is Pattern.FILTER else 0 for s in shapes[h]])
+            total = total + per_filter * pruned.reshape([-1 if a == 2 * h else 1 for a in self.axes])
+        return total
+
+    def keys(self, shapes: list[list[Shape]], bits: tuple[int, ...]) -> list[tuple]:
+        """The distinct ``(layer, removed, option, bits)`` entries its table needs."""
+        removed = np.unique(self.removed(shapes))
+        if self.own is None:
+            return [(self.layer.name, int(r), None, None) for r in removed]
+        return [
+            (self.layer.name, int(r), s, b)
+            for r in removed
+            for s in range(len(shapes[self.own]))
+            for b in range(len(bits))
+        ]
+
+    def cell(
+        self, key: tuple, shapes: list[list[Shape]], bits: tuple[int, ...], hardware: LatencyModel
+    ) -> tuple[LayerInfo, Choice]:
+        """The layer and choice that a key of :meth:`keys` costs."""
+        _, removed, s, b = key
+        if self.own is None:
+            choice = hardware.dense_choice()
+        elif self.follows:
+            choice = Choice(Pattern.DENSE, 1, 1, bits[b], bits[b])
+        else:
+            # the step's options were kept only where every layer it decides takes them
+            choice = shapes[self.own][s].on(self.layer, pad=True).choice(bits[b])
+        return with_fewer_inputs(self.layer, choice, removed)
+
+    def factor(
+        self, shapes: list[list[Shape]], bits: tuple[int, ...], seconds: Mapping[tuple, float]
+    ) -> Factor:
+        """Its seconds over :attr:`axes`."""
+        removed = self.removed(shapes)
+        values = np.unique(removed)
+        where = np.searchsorted(values, removed)
+        name = self.layer.name
+        if self.own is None:
+            table = np.array([seconds[(name, int(r), None, None)] for r in values])[where]
+        else:
+            per = np.array(
+                [
+                    [
+                        [seconds[(name, int(r), s, b)] for b in range(len(bits))]
+                        for s in range(len(shapes[self.own]))
+                    ]
+                    for r in values
+                ]
+            )
+            grid = [
+                np.arange(n).reshape([-1 if a == axis else 1 for a in self.axes])
+                for axis, n in ((2 * self.own, len(shapes[self.own])), (2 * self.own + 1, len(bits)))
+            ]
+            table = per[where, grid[0], grid[1]]
+        sizes = [len(shapes[a // 2]) if a % 2 == 0 else len(bits) for a in self.axes]
+        return Factor(self.axes, np.broadcast_to(table, sizes).copy())
+
+
+def _terms(
+    all_layers: Sequence[LayerInfo],
+    steps: list[tuple[LayerInfo, ...]],
+    shapes: list[list[Shape]],
+    followers: list[tuple[str, ...]],
+    couplings: Mapping[str, FilterCoupling],
+) -> list[_Term]:
+    """The :class:`_Term` of every layer some decision touches."""
+    own = {m.name: i for i, members in enumerate(steps) for m in members}
+    led = {name: i for i, names in enumerate(followers) for name in names}
+    inputs: dict[str, dict[int, int]] = {}
+    for i, members in enumerate(steps):
+        if not any(s.pattern is Pattern.FILTER for s in shapes[i]):
+            continue
+        for m in members:
+            for consumer, per_filter in couplings[m.name].consumers:
+                inputs.setdefault(consumer, {}).setdefault(i, per_filter)
+        for name in followers[i]:
+            inputs.setdefault(name, {})[i] = 1
+    terms = []
+    for layer in all_layers:
+        step = own.get(layer.name, led.get(layer.name))
+        feeds = inputs.get(layer.name, {})
+        if step is None and not feeds:
+            continue
+        last = max([*feeds, *([] if step is None else [step])])
+        terms.append(_Term(layer, step, layer.name in led, feeds, last))
+    return terms
+
+
+def _widest(terms: list[_Term], shapes: list[list[Shape]], bits: int) -> tuple[int, int] | None:
+    """The step whose filters to drop when a table of the dynamic programme would exceed
+    :data:`MAX_TABLE` entries (and that table's size), or ``None`` when every table fits.
+
+    A step's decision stays in the table from its step until the last layer that depends on it
+    is costed; the step that stays longest in the widest table gives way.
+    """
+    last_use: dict[int, int] = {}
+    for term in terms:
+        for axis in term.axes:
+            last_use[axis] = max(last_use.get(axis, 0), term.step)
+    worst, worst_step = 0, None
+    for i in range(len(shapes)):
+        live = {a for a, end in last_use.items() if a // 2 <= i <= end} | {2 * i, 2 * i + 1}
+        entries = int(np.prod([len(shapes[a // 2]) if a % 2 == 0 else bits for a in live], dtype=float))
+        if entries > worst:
+            worst, worst_step = entries, i
+    if worst <= MAX_TABLE or worst_step is None:
+        return None
+    live = [a for a, end in last_use.items() if a // 2 < worst_step <= end and a % 2 == 0]
+    live = [a for a in live if any(s.pattern is Pattern.FILTER for s in shapes[a // 2])]
+    if not live:
+        return None
+    return max(live, key=lambda a: last_use[a] - a // 2) // 2, worst

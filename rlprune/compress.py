@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from rlprune.errors import ConfigError
 from rlprune.layers import FilterCoupling
-from rlprune.masks import GumbelTopKMask, compute_mask, srste
+from rlprune.masks import GumbelTopKMask, compute_mask, importance, srste, tied_filter_masks
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
 
@@ -145,10 +146,60 @@ def use_learned_mask(layer: nn.Module, sampler: GumbelTopKMask) -> None:
     layer.parametrizations.weight[0] = LearnedMaskedWeight(sampler, bits)
 
 
-def mask_for(layer: nn.Module, name: str, choice: Choice, pad: bool) -> torch.Tensor:
-    """The magnitude mask of ``choice`` for ``layer``'s dense weight."""
+def tied_filters(
+    policy: Policy, couplings: Mapping[str, FilterCoupling] | None
+) -> dict[str, tuple[str, ...]]:
+    """For each filter choice of ``policy`` tied to others by a residual add, all of them, in policy order.
+
+    Raises:
+        ConfigError: when a layer tied to a filter choice is missing from the policy or takes
+            another choice (the export would prune its channels all the same).
+    """
+    choices = dict(policy.choices)
+    ties = {}
+    for name, choice in policy:
+        tied = couplings[name].tied if couplings and name in couplings else ()
+        if choice.pattern is not Pattern.FILTER or not tied:
+            continue
+        differing = {n: choices.get(n) for n in tied if choices.get(n) != choice}
+        if differing:
+            raise ConfigError(
+                f"layer '{name}' prunes filters ({choice.keep} of {choice.group}) but the layers tied to it "
+                f"by a residual add take {differing}; tied layers take one filter choice"
+            )
+        ties[name] = tuple(n for n in choices if n == name or n in tied)
+    return ties
+
+
+def policy_masks(
+    model: nn.Module,
+    policy: Policy,
+    pad: bool,
+    couplings: Mapping[str, FilterCoupling] | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The mask of every layer of ``policy``, from its dense weight in ``model``.
+
+    Units are ranked by ``scores`` (elementwise, per layer) or by magnitude; layers whose
+    filters are tied (``couplings``) keep the same filters (:func:`tied_filter_masks`).
+    ``pad``: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
+    """
+    scores = scores or {}
+    ties = tied_filters(policy, couplings)
+    masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        return compute_mask(dense_weight(layer), choice, pad=pad, name=name)
+        for name, choice in policy:
+            if name in masks:
+                continue
+            weights = {n: dense_weight(model.get_submodule(n)) for n in ties.get(name, (name,))}
+            if name in ties:
+                masks |= tied_filter_masks(
+                    {n: scores[n] if n in scores else importance(w, "magnitude") for n, w in weights.items()},
+                    choice.keep,
+                )
+            else:
+                masks[name] = compute_mask(weights[name], choice, scores=scores.get(name), pad=pad, name=name)
+    return masks
 
 
 def compress(
@@ -163,17 +214,16 @@ def compress(
     Args:
         model: the dense network (left unchanged).
         policy: choices by layer name.
-        masks: precomputed masks by layer name; others are computed by magnitude.
+        masks: precomputed masks by layer name; otherwise :func:`policy_masks` by magnitude.
         pad: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
-        couplings: the layers' filter couplings: the batch norms a pruned filter silences.
+        couplings: the layers' filter couplings: the batch norms a pruned filter silences, and
+            the layers tied by residual adds, which keep the same filters.
     """
     compressed = copy.deepcopy(model)
-    names = [name for name, _ in policy]
-    attach(compressed, names, couplings)
+    attach(compressed, [name for name, _ in policy], couplings)
+    chosen = policy_masks(model, policy, pad, couplings) if masks is None else masks
     for name, choice in policy:
-        layer = compressed.get_submodule(name)
-        mask = masks[name] if masks is not None and name in masks else mask_for(layer, name, choice, pad)
-        set_choice(layer, choice, mask)
+        set_choice(compressed.get_submodule(name), choice, chosen[name])
     return compressed
 
 

@@ -5,10 +5,11 @@
   are removed for real with Torch-Pruning's dependency graph, so coupled layers follow (the
   next layer's input channels, batch norms, the layers tied by residual adds, depthwise
   convolutions).
-  - **Coupled requests** (two requested layers in one group, as the convolutions that feed
-    the same residual add): the group follows the *first listed* layer of the policy, with
-    indices by that layer's own L1 norms; later requests on an already pruned group are
-    ignored (:func:`export_filter_pruned` logs them).
+  - **Coupled requests** (requested layers in one group, as the convolutions that feed the
+    same residual add): their filters are ranked together (:func:`rlprune.masks.tied_filter_masks`,
+    as the masks are) and the group keeps the *first listed* layer's count; later requests
+    on an already pruned group are ignored (:func:`export_filter_pruned` logs those that ask
+    for another count).
   - The final classifier's outputs are never pruned (:class:`ConfigError`).
 * :func:`effective_layers`: the :class:`LayerInfo` of the layers after export (fewer
   output and input channels), so a latency model can cost a filter-pruned network. Cost them
@@ -31,6 +32,7 @@ from torch import nn
 
 from rlprune.errors import ConfigError, ModelError
 from rlprune.layers import LayerInfo, discover_layers
+from rlprune.masks import tied_filter_masks
 from rlprune.policy import Pattern, Policy
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,6 @@ log = logging.getLogger(__name__)
 def _classifier_name(model: nn.Module, example: torch.Tensor) -> str:
     """The last prunable layer in forward order: the network's output layer."""
     return discover_layers(model, example)[-1].name
-
-
-def _smallest_l1(weight: torch.Tensor, keep: int) -> list[int]:
-    """Indices of the ``out - keep`` output channels with the smallest L1 norm (ties: lower index)."""
-    norms = weight.detach().abs().flatten(1).sum(1)
-    order = sorted(range(len(norms)), key=lambda i: (float(norms[i]), i))
-    return sorted(order[: len(norms) - keep])
 
 
 def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor) -> nn.Module:
@@ -87,30 +82,45 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
             )
     if not any(c.keep < c.group for _, c in requests):
         return pruned
-    # Rank filters on the original weights, before upstream pruning shrinks their inputs, so the
-    # choice of filters does not depend on the order of the policy.
-    drop = {name: _smallest_l1(modules[name].weight, choice.keep) for name, choice in requests}
     with torch.enable_grad():  # the graph is traced through autograd
         graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example[:1])
-    done: set[nn.Module] = set()
-    for name, _choice in requests:
+
+    def group(name: str, idxs: list[int]) -> tp.dependency.Group:
+        module = modules[name]
+        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+        return graph.get_pruning_group(module, fn, idxs=idxs)
+
+    # Rank filters on the original weights, before upstream pruning shrinks their inputs, so the
+    # choice of filters does not depend on the order of the policy; requested layers tied by a
+    # residual add rank them together, as the masks do.
+    drop: dict[str, list[int]] = {}
+    for name, choice in requests:
+        if name in drop:
+            continue
+        coupled = {
+            dep.target.module for dep, _ in group(name, [0]) if graph.is_out_channel_pruning_fn(dep.handler)
+        }
+        tied = [n for n, _ in requests if n == name or modules[n] in coupled]
+        kept = tied_filter_masks({n: modules[n].weight.detach().abs() for n in tied}, choice.keep)
+        drop |= {n: (~kept[n].flatten(1).any(1)).nonzero().flatten().tolist() for n in tied}
+    done: dict[nn.Module, int] = {}  # pruned module -> the filters its group keeps
+    for name, choice in requests:
         module = modules[name]
         if module in done:
-            log.info("filter choice for '%s' ignored: coupled with an earlier layer of the policy", name)
+            if done[module] != choice.keep:
+                log.info(
+                    "filter choice for '%s' ignored: its group was pruned to %d filters", name, done[module]
+                )
             continue
-        is_linear = isinstance(module, nn.Linear)
-        fn = tp.prune_linear_out_channels if is_linear else tp.prune_conv_out_channels
         idxs = drop[name]
-        group = graph.get_pruning_group(module, fn, idxs=idxs)
-        coupled = {dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)}
-        if not idxs:
-            done |= coupled
-            continue
-        if not graph.check_pruning_group(group):
-            raise ModelError(f"filter choice for '{name}' would remove every channel of a coupled layer")
-        with torch.no_grad():
-            group.prune()
-        done |= coupled
+        pruning = group(name, idxs)
+        coupled = {dep.target.module for dep, _ in pruning if graph.is_out_channel_pruning_fn(dep.handler)}
+        if idxs:
+            if not graph.check_pruning_group(pruning):
+                raise ModelError(f"filter choice for '{name}' would remove every channel of a coupled layer")
+            with torch.no_grad():
+                pruning.prune()
+        done |= dict.fromkeys(coupled, choice.keep)
     return pruned
 
 

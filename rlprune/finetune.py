@@ -22,6 +22,8 @@ from rlprune.compress import (
     calibrate_activations,
     compress,
     dense_weight,
+    policy_masks,
+    tied_filters,
     use_learned_mask,
     weight_parametrization,
 )
@@ -33,7 +35,6 @@ from rlprune.masks import (
     CRITERIA,
     GapSchedule,
     GumbelTopKMask,
-    compute_mask,
     importance,
     log10_mask_diversity,
     sad,
@@ -200,10 +201,18 @@ class _MaskTrainer:
     """Mask schedules during training: SR-STE refresh, GaP grow/prune, learned-mask annealing."""
 
     def __init__(
-        self, model: nn.Module, policy: Policy, settings: FinetuneSettings, steps: int, pad: bool
+        self,
+        model: nn.Module,
+        policy: Policy,
+        settings: FinetuneSettings,
+        steps: int,
+        pad: bool,
+        couplings: Mapping[str, FilterCoupling] | None,
     ) -> None:
         self.model, self.settings, self.steps, self.pad = model, settings, max(1, steps), pad
+        self.couplings = couplings
         self.choices = dict(policy.choices)
+        self.ties = tied_filters(policy, couplings)
         self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
         self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
         names = [n for n, c in policy if c.pattern is not Pattern.DENSE]
@@ -216,16 +225,23 @@ class _MaskTrainer:
     def _fixed(self, name: str) -> bool:
         return not isinstance(weight_parametrization(self.model.get_submodule(name)), LearnedMaskedWeight)
 
-    def reprune(self, name: str, before: torch.Tensor | None = None) -> None:
-        """Recompute ``name``'s fixed mask by magnitude of its current dense weight.
+    def reprune(self, name: str, before: torch.Tensor | None = None) -> set[str]:
+        """Recompute ``name``'s fixed mask by magnitude of its current dense weight, and those of
+        the layers tied to it (they keep the same filters); return the layers updated.
 
-        Records the SAD against ``before`` (by default the mask in use).
+        Records each one's SAD against the mask it had (for ``name``: ``before``, by default the
+        mask in use). A tied layer that GaP grew dense keeps growing until its own turn.
         """
-        layer = self.model.get_submodule(name)
-        parametrization = weight_parametrization(layer)
-        new = compute_mask(dense_weight(layer).detach(), self.choices[name], pad=self.pad, name=name)
-        self.sads[name].append(sad(parametrization.mask if before is None else before, new))
-        parametrization.mask = new
+        names = self.ties.get(name, (name,))
+        policy = Policy(tuple((n, self.choices[n]) for n in names))
+        fresh = policy_masks(self.model, policy, self.pad, self.couplings)
+        updated = {name} | {n for n in names if n not in self.grown}
+        for n in updated:
+            parametrization = weight_parametrization(self.model.get_submodule(n))
+            old = before if n == name and before is not None else parametrization.mask
+            self.sads[n].append(sad(old, fresh[n]))
+            parametrization.mask = fresh[n]
+        return updated
 
     def on_epoch(self, epoch: int) -> None:
         """GaP: grow this step's partition, prune back the one grown before; the last step prunes all."""
@@ -247,13 +263,15 @@ class _MaskTrainer:
                 module.anneal(step / self.steps)
         every = self.settings.refresh_steps
         if every and step and step % every == 0:
+            done: set[str] = set()
             for name in self.choices:
                 if (
-                    name not in self.grown
+                    name not in done
+                    and name not in self.grown
                     and self._fixed(name)
                     and self.choices[name].pattern is not Pattern.DENSE
                 ):
-                    self.reprune(name)
+                    done |= self.reprune(name)
 
     def entropy(self) -> torch.Tensor:
         """The learned masks' entropy regulariser."""
@@ -291,12 +309,7 @@ def finetune(
             scores = {
                 n: importance(dense.get_submodule(n).weight, "random", generator=generator) for n in names
             }
-    masks = {
-        name: compute_mask(
-            dense.get_submodule(name).weight.detach(), c, scores=scores.get(name), pad=pad, name=name
-        )
-        for name, c in applied
-    }
+    masks = policy_masks(dense, applied, pad, couplings, scores)
     model = compress(dense, applied, masks=masks, pad=pad, couplings=couplings)
     for name, choice in applied:
         layer = model.get_submodule(name)
@@ -313,7 +326,7 @@ def finetune(
             weight_parametrization(layer).decay = settings.srste_decay
     calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
-    trainer = _MaskTrainer(model, applied, settings, steps, pad)
+    trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings)
     if settings.train.epochs > 0:
         train(
             model,

@@ -208,20 +208,32 @@ class FilterCoupling:
         consumers: ``(name, inputs)`` of every prunable layer that loses ``inputs`` input
             channels per filter removed (1 for a conv, the positions per channel for a Linear
             after a flatten).
-        blocked: why this layer's filters cannot be pruned on their own (its output channels are
-            tied to another layer's by a residual add, a concatenation or a depthwise conv, or
-            they are the network's outputs); ``None`` when they can.
+        fixed: why this layer's filters cannot be pruned at all (a depthwise conv, a reshape
+            Torch-Pruning cannot map, or the network's outputs); ``None`` when they can.
         norms: ``(name, offset)`` of the batch norms whose channels go with the filters, which
             sit at ``offset`` in theirs (past a concatenation): a pruned filter must also silence
             them, or their shift keeps a constant channel alive.
         followers: the depthwise convs whose channels are these filters' (a depthwise conv's
             outputs are its inputs): they lose the same channels and share this layer's decision.
+        tied: the other prunable layers whose output channels are these (they meet in a residual
+            add): the filters of all of them are kept or removed together, as one decision.
     """
 
     consumers: tuple[tuple[str, int], ...] = ()
-    blocked: str | None = None
+    fixed: str | None = None
     norms: tuple[tuple[str, int], ...] = ()
     followers: tuple[str, ...] = ()
+    tied: tuple[str, ...] = ()
+
+    @property
+    def blocked(self) -> str | None:
+        """Why this layer's filters cannot be pruned on their own, or ``None``."""
+        if self.fixed or not self.tied:
+            return self.fixed
+        return (
+            f"its output channels are tied to {sorted(self.tied)} (a residual add), so they are pruned "
+            "only together with theirs"
+        )
 
 
 def filter_couplings(
@@ -234,6 +246,7 @@ def filter_couplings(
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
+    names |= {param: name for name, param in model.named_parameters()}
     prunable = {layer.name for layer in layers}
     with torch.enable_grad():  # the graph is traced through autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
@@ -246,8 +259,14 @@ def filter_couplings(
         tied: list[str] = []
         norms: dict[str, int] = {}
         unmapped: list[str] = []
+        unmasked: list[str] = []
+        grouped: list[str] = []
         for dep, idxs in graph.get_pruning_group(module, prune, idxs=filters):
             target, other = dep.target.module, names.get(dep.target.module)
+            if isinstance(target, nn.LayerNorm | nn.GroupNorm | nn.Parameter):
+                unmasked.append(other)
+            if _grouped(target) and other != layer.name:
+                grouped.append(other)
             if isinstance(target, nn.modules.batchnorm._BatchNorm):
                 offset = min(idxs)
                 if sorted(idxs) == list(range(offset, offset + len(filters))):
@@ -257,35 +276,47 @@ def filter_couplings(
             if other not in prunable or other == layer.name:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
-                tied.append(other)
+                # a tie keeps the same filters; one at an offset (a concatenation that meets a
+                # residual add) does not, and is not searched
+                (tied if sorted(idxs) == filters else unmapped).append(other)
             elif max(idxs) >= _inputs(target):
                 unmapped.append(other)
             else:
                 consumers[other] = consumers.get(other, 0) + len(idxs) // len(filters)
         followers = [name for name in dict.fromkeys(tied) if _depthwise(model.get_submodule(name))]
-        tied = [name for name in tied if name not in followers]
+        tied = [name for name in dict.fromkeys(tied) if name not in followers]
         couplings[layer.name] = FilterCoupling(
             tuple(consumers.items()),
-            _blocked(module, tied, unmapped, consumers),
+            _fixed(module, unmapped, unmasked, grouped, consumers),
             tuple(norms.items()),
             tuple(followers),
+            tuple(tied),
         )
     return couplings
 
 
-def _blocked(module: nn.Module, tied: list[str], unmapped: list[str], consumers: dict) -> str | None:
-    """Why a layer's filters cannot be pruned on their own, or ``None``."""
+def _fixed(
+    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], consumers: dict
+) -> str | None:
+    """Why a layer's filters cannot be pruned at all, or ``None``."""
     if _depthwise(module):
         return "it is a depthwise conv: its channels are those of the layer that feeds it"
+    if _grouped(module):
+        return (
+            f"it is a grouped conv ({module.groups} groups): removing single filters would leave its "
+            "groups unequal"
+        )
+    if grouped:
+        return f"its filters feed the grouped conv(s) {sorted(set(grouped))}, whose groups must stay equal"
+    if unmasked:
+        return (
+            f"its channels also run through {sorted(set(unmasked))} (a layer norm or a parameter added "
+            "to them), which a mask cannot take out of the computation as the export does"
+        )
     if unmapped:
         return (
-            f"Torch-Pruning cannot map its channels onto {sorted(set(unmapped))} (a reshape such as "
-            "attention heads lies between them)"
-        )
-    if tied:
-        return (
-            f"its output channels are tied to {sorted(set(tied))} (a residual add or concatenation), "
-            "so they cannot be pruned on their own"
+            f"Torch-Pruning maps its channels onto other indices of {sorted(set(unmapped))} (a reshape "
+            "such as attention heads, or a concatenation that meets a residual add, lies between them)"
         )
     if not consumers:
         return "its outputs are the network's outputs"
@@ -295,6 +326,12 @@ def _blocked(module: nn.Module, tied: list[str], unmapped: list[str], consumers:
 def _inputs(module: nn.Module) -> int:
     """The input channels (features) of a conv or linear layer."""
     return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def _grouped(module: object) -> bool:
+    """A conv with groups that is not depthwise."""
+    groups = getattr(module, "groups", 1)
+    return isinstance(module, nn.Conv1d | nn.Conv2d) and groups > 1 and not _depthwise(module)
 
 
 def _depthwise(module: nn.Module) -> bool:

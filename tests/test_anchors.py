@@ -64,8 +64,8 @@ def test_haq_wall_refuses_a_budget_its_rule_cannot_reach():
     # where the lowest choice is not the cheapest (int8 slower than FP32 on a small CPU layer),
     # HAQ's rule can end over budget: the env says so before any episode
     env = make_env(budget=0.5, samples=16, pattern="kofn_weight", hardware="arm_cpu")
-    for table in env.space.latency:
-        table[:, 0, 0] = 2 * table.max()
+    for cost in env.space.costs:  # k-of-n: each step's seconds depend on its own choice only
+        cost.table[0, 0] = 2 * cost.table.max()
     with pytest.raises(BudgetError, match=r"agent\.wall=final"):
         PruneEnv(env.problem, np.zeros((len(env.space), 3)), wall="final")
 

@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 from rlprune.envs import ENV_ID, PruneEnv, build_space
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from rlprune.compress import mask_for
+from rlprune.compress import policy_masks
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import build_latency_model
 from rlprune.layers import discover_layers
 from rlprune.models import MNIST1DCNN
+from rlprune.policy import Policy
 from tests.support import hardware_config, make_env
 
 
@@ -96,7 +97,8 @@ def test_padded_nm_takes_any_reduction_length_and_the_masks_agree():
     assert "conv1" not in padded.skipped
     choice = padded.shapes[0][0].choice(16)
     assert (choice.keep, choice.group) == (2, 4)
-    mask = mask_for(MNIST1DCNN().conv1, "conv1", choice, pad=True)  # 2 of the first 4, 1 of the last 1
+    # 2 of the first 4, 1 of the last 1
+    mask = policy_masks(MNIST1DCNN(), Policy.of({"conv1": choice}), pad=True)["conv1"]
     assert mask.flatten(1).sum(1).eq(3).all()
     transposable = build_space(layers, layers, device, "nm_transposable", None, 8, 0.05, None, nm_pad=True)
     assert "conv1" in transposable.skipped  # tiles cannot be padded

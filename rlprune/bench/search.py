@@ -42,13 +42,15 @@ TARGETS = {
         ("local_cpu", ["hardware=local_cpu", "hardware.batch_size=32", "search.pattern=filter"]),
     )
 }
-# a network with depthwise convs, whose filter steps each decide an expansion and its depthwise conv
-TARGETS["digits-mobilenetv2-arm_cpu"] = [
-    "model=mobilenetv2",
-    "data=digits",
-    "hardware=arm_cpu",
-    "search.pattern=filter",
-]
+# networks with residual adds (one step decides the convs an add ties) and, in MobileNetV2,
+# depthwise convs (an expansion's step also decides its depthwise conv)
+for model in ("resnet20", "mobilenetv2"):
+    TARGETS[f"digits-{model}-arm_cpu"] = [
+        f"model={model}",
+        "data=digits",
+        "hardware=arm_cpu",
+        "search.pattern=filter",
+    ]
 SEARCHERS = ["ppo", "amc", "haq", "uniform", "random", "greedy", "tpe"]
 
 

@@ -194,13 +194,16 @@ def effective_cells(
     """Each layer with its choice, as costed once upstream filter choices removed its inputs.
 
     A layer missing from ``couplings`` (or all of them, without couplings) is taken as given:
-    already adjusted, or its filter choice costed on itself alone.
+    already adjusted, or its filter choice costed on itself alone. Layers tied by a residual add
+    prune the same filters, so their consumers lose them once.
     """
     couplings = couplings or {}
     removed: dict[str, int] = {}
+    done: set[str] = set()
     for layer, choice in zip(layers, choices, strict=True):
-        if choice.pattern is Pattern.FILTER and layer.name in couplings:
+        if choice.pattern is Pattern.FILTER and layer.name in couplings and layer.name not in done:
             coupling = couplings[layer.name]
+            done.update(coupling.tied)
             pruned = choice.group - choice.keep
             for consumer, per_filter in [*coupling.consumers, *((f, 1) for f in coupling.followers)]:
                 removed[consumer] = removed.get(consumer, 0) + pruned * per_filter

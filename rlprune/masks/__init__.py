@@ -8,7 +8,7 @@ reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
 from rlprune.masks.compute import compute_mask
 from rlprune.masks.criteria import CRITERIA, importance
 from rlprune.masks.gap import GapSchedule
-from rlprune.masks.kofn import GRANULARITIES, kofn_group_size, kofn_mask, unstructured_mask
+from rlprune.masks.kofn import GRANULARITIES, kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
 from rlprune.masks.learned import GumbelTopKMask
 from rlprune.masks.metrics import log10_mask_diversity, sad, transposable_tile_count
 from rlprune.masks.nm import nm_mask
@@ -30,6 +30,7 @@ __all__ = [
     "nm_mask",
     "sad",
     "srste",
+    "tied_filter_masks",
     "transposable_mask",
     "transposable_tile_count",
     "unstructured_mask",

@@ -9,7 +9,7 @@ the weight's own layout (``weight.reshape(O, -1)`` for weight granularity).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -80,6 +80,31 @@ def kofn_mask(scores: torch.Tensor, keep: int, granularity: str, *, name: str = 
     units = unit_scores(scores.detach(), granularity)
     unit_mask = torch.from_numpy(topk_rows(to_numpy(units), keep))
     return expand_units(unit_mask, scores.shape, granularity).to(scores.device)
+
+
+def tied_filter_masks(scores: Mapping[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """One choice of ``keep`` filters for layers whose filters are tied (they meet in a residual add).
+
+    Each layer's filter scores (summed elementwise scores, L1 for magnitude) are divided by
+    their mean, so a layer with a long reduction does not outvote the others, and summed over
+    the layers (Torch-Pruning's group importance with its mean normalizer); every layer keeps
+    the filters with the largest sums.
+
+    Args:
+        scores: elementwise importance per layer, each in its weight's shape, with equal filters.
+        keep: filters kept.
+
+    Returns:
+        A bool mask per layer, in its weight's shape.
+    """
+    per_layer = {name: unit_scores(s.detach(), "filter") for name, s in scores.items()}
+    filters = {units.shape[1] for units in per_layer.values()}
+    if len(filters) != 1:
+        raise ConfigError(f"tied layers {sorted(scores)} must have equal filters, got {sorted(filters)}")
+    check_keep(keep, filters.pop(), ", ".join(scores), "tied filter")
+    total = sum(units / units.mean().clamp_min(torch.finfo(units.dtype).tiny) for units in per_layer.values())
+    unit_mask = torch.from_numpy(topk_rows(to_numpy(total), keep))
+    return {name: expand_units(unit_mask, s.shape, "filter").to(s.device) for name, s in scores.items()}
 
 
 def unstructured_kept(numel: int, keep_ratio: float) -> int:

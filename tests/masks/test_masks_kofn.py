@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlprune.errors import ConfigError
-from rlprune.masks import importance, kofn_group_size, kofn_mask, unstructured_mask
+from rlprune.masks import importance, kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
 from rlprune.masks.select import topk_rows
 from tests.masks.helpers import make_scores, reference_topk, weight_shapes
 
@@ -135,3 +135,25 @@ def test_importance_criteria() -> None:
         importance(w, "taylor")
     with pytest.raises(ConfigError, match=r"valid: \['magnitude', 'taylor', 'random'\]"):
         importance(w, "hessian")
+
+
+def test_tied_layers_keep_the_same_filters_ranked_by_their_normalized_sums() -> None:
+    # filter L1 norms: a = [1, 2, 3, 10] (mean 4), b = [400, 300, 200, 100] (mean 250); normalized
+    # sums 1.85, 1.7, 1.55, 2.9 keep filters 3 and 0, where raw sums (b outvoting a) keep 0 and 1
+    a = torch.tensor([1.0, 2.0, 3.0, 10.0])[:, None].expand(4, 5).contiguous() / 5
+    b = torch.tensor([400.0, 300.0, 200.0, 100.0])[:, None, None].expand(4, 2, 5).contiguous() / 10
+    masks = tied_filter_masks({"a": a, "b": b}, 2)
+    assert masks["a"].shape == a.shape and masks["b"].shape == b.shape
+    for mask in masks.values():
+        assert mask.flatten(1).all(1).tolist() == [True, False, False, True]
+        assert torch.equal(mask.flatten(1).any(1), mask.flatten(1).all(1))  # whole filters
+
+
+def test_one_layer_alone_keeps_what_filter_kofn_keeps() -> None:
+    scores = make_scores((6, 3, 3, 3), seed=5, ties=False)
+    assert torch.equal(tied_filter_masks({"conv": scores}, 4)["conv"], kofn_mask(scores, 4, "filter"))
+
+
+def test_tied_layers_must_have_equal_filters() -> None:
+    with pytest.raises(ConfigError, match=r"\['a', 'b'\] must have equal filters"):
+        tied_filter_masks({"a": torch.rand(4, 3), "b": torch.rand(5, 3)}, 2)
