@@ -197,6 +197,15 @@ class SearchSpace:
         return len(self.layers)
 
     @property
+    def step_of(self) -> dict[str, int]:
+        """The step that decides each searched layer: its own, or a depthwise follower's leader's."""
+        return {
+            name: i
+            for i, (members, followers) in enumerate(zip(self.members, self.followers, strict=True))
+            for name in (*(m.name for m in members), *followers)
+        }
+
+    @property
     def min_latency(self) -> np.ndarray:
         """Cheapest seconds of each step (over every earlier decision)."""
         return np.array([c.table.min() for c in self.costs])

@@ -569,7 +569,13 @@ def _finish(
     after = test_score(tuned.model, splits)
     overhead = result.space.overhead
     rows = layer_rows(
-        layers, tuned.policy, hardware, {**result.space.skipped, **tuned.kept}, tuned.metrics, couplings
+        layers,
+        tuned.policy,
+        hardware,
+        {**result.space.skipped, **tuned.kept},
+        tuned.metrics,
+        couplings,
+        result.space.step_of,
     )
     latency = (network_latency(hardware, layers, tuned.policy, couplings) + overhead) / (
         network_latency(hardware, layers, Policy()) + overhead

@@ -27,15 +27,18 @@ def layer_rows(
     skipped: dict[str, str],
     metrics: dict[str, dict[str, float]] | None = None,
     couplings: Mapping[str, FilterCoupling] | None = None,
+    steps: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per prunable layer: its choice, latency share, size, and mask metrics.
 
     Layers outside the search keep the device's dense reference choice; ``skipped`` says why a
     layer could not take the pattern; ``metrics`` adds per-layer mask metrics (log10 mask
     diversity, SAD, learned-mask confidence and diversity). With ``couplings``, latency and size
-    count the input channels that upstream filter pruning removed.
+    count the input channels that upstream filter pruning removed. ``steps`` numbers the search
+    step that decided each layer: layers tied by residual adds, and depthwise convs that follow
+    their producer, share one.
     """
-    metrics = metrics or {}
+    metrics, steps = metrics or {}, steps or {}
     reference = hardware.dense_choice()
     choices = [policy.get(layer.name, reference) for layer in layers]
     effective = effective_cells(layers, choices, couplings)
@@ -46,6 +49,7 @@ def layer_rows(
         rows.append(
             {
                 "layer": layer.name,
+                "step": steps.get(layer.name),
                 "kind": layer.kind,
                 "pattern": choice.pattern.value,
                 "keep": choice.keep,
@@ -76,7 +80,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             console = Console(width=160)
     table = Table(title=f"rlprune policy — {report['search']['agent']} on {report['hardware']}")
     extra = [m for m in METRIC_HEADERS if any(row.get(m) is not None for row in report["layers"])]
-    for column in ("layer", "kind", "pattern", "keep:group", "sparsity", "bits w/a", "latency %"):
+    for column in ("layer", "step", "kind", "pattern", "keep:group", "sparsity", "bits w/a", "latency %"):
         table.add_column(column, justify="left" if column in ("layer", "kind", "pattern") else "right")
     for metric in extra:
         table.add_column(METRIC_HEADERS[metric], justify="right")
@@ -84,6 +88,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         pattern = row["pattern"] + ("" if row["searched"] else " (fixed)")
         table.add_row(
             row["layer"],
+            "" if row["step"] is None else str(row["step"]),
             row["kind"],
             pattern,
             f"{row['keep']}:{row['group']}",

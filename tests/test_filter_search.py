@@ -23,6 +23,7 @@ from rlprune.hardware import build_latency_model, network_latency
 from rlprune.layers import discover_layers, filter_couplings
 from rlprune.models import MNIST1DCNN, DenseNet, MobileNetV2, ResNet20
 from rlprune.policy import Choice, Pattern, Policy
+from rlprune.report import layer_rows
 from rlprune.training import TrainSettings
 from tests.support import hardware_config, record, shift_batch_norms
 
@@ -138,6 +139,13 @@ def test_resnet_decides_the_convs_tied_by_residual_adds_as_one_step():
     masks = compress(resnet, policy, couplings=space.couplings)
     kept = [masks.get_submodule(name).kept_filters.kept for name in steps[0]]
     assert all(torch.equal(k, kept[0]) for k in kept) and 0 < int(kept[0].sum()) < 8
+    # the report numbers the step that decided each layer: a group's layers share one
+    rows = layer_rows(layers, policy, device, space.skipped, couplings=space.couplings, steps=space.step_of)
+    step = {row["layer"]: row["step"] for row in rows}
+    assert [[step[name] for name in members] for members in steps] == [
+        [i] * len(members) for i, members in enumerate(steps)
+    ]
+    assert len(step) == len(layers) and step["fc"] == len(space) - 1
 
 
 @pytest.mark.slow
@@ -217,6 +225,7 @@ def test_depthwise_convs_follow_the_filters_that_feed_them():
     steps = [lay.name for lay in space.layers]
     assert space.followers[steps.index(expand)] == (depthwise,) and depthwise in space.skipped
     assert depthwise not in steps and steps[steps.index(expand) + 1] == "blocks.1.project"
+    assert space.step_of[depthwise] == space.step_of[expand] == steps.index(expand)  # as reported
     searched = [lay.name for lay, shapes in zip(space.layers, space.shapes, strict=True) if len(shapes) > 1]
     assert sum(name.endswith("expand") for name in searched) == 7
     rng = np.random.default_rng(0)
