@@ -63,7 +63,8 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
-CACHE_FORMAT = 6  # 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
+# 7: int8 glue may be cheaper; 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
+CACHE_FORMAT = 7
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -190,6 +191,7 @@ class MeasuredModel(LatencyModel):
         self._table: dict[str, float] = self._load()
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
         self._int8_glue = 0.0  # seconds each int8 layer adds to the network's glue, calibrate()
+        self._int8_glue_scale = 1.0  # int8 glue over float glue where int8 is cheaper, calibrate()
         self._int8_scale = 1.0  # int8 ops' seconds inside the network over alone, calibrate()
 
     # -- config --------------------------------------------------------------------------------
@@ -258,7 +260,9 @@ class MeasuredModel(LatencyModel):
         glue, channels = self._glue.get(layer.name, (0.0, 1))
         kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
         if self._runs_int8(choice):
-            return float(op * self._int8_scale + glue * kept / channels + self._int8_glue)
+            return float(
+                op * self._int8_scale + glue * self._int8_glue_scale * kept / channels + self._int8_glue
+            )
         return float(op + glue * kept / channels)
 
     def _runs_int8(self, choice: Choice) -> bool:
@@ -272,9 +276,11 @@ class MeasuredModel(LatencyModel):
         that return their recorded outputs (batch norms folded, as deployed). Narrowing one
         stub's output shows how much of that time follows the layer's width: that share is added
         to the layer's latency, scaled by the channels it keeps; the rest is returned. Where
-        int8 is searched, the int8 export (torch.ao FX) is stubbed the same way: what its glue
+        int8 is searched, the int8 export (torch.ao FX) is stubbed the same way. What its glue
         (quantize, dequantize, quantized pooling and reshapes) costs beyond the FP32 glue is
-        spread over the layers, each int8 layer paying its share. The whole int8 export is timed
+        spread over the layers, each int8 layer paying its share; where it costs less (pooling
+        quint8 maps of a batch is far cheaper than float ones), an int8 layer's width-following
+        glue shrinks by the network's ratio of int8 to FP32 glue. The whole int8 export is timed
         too: int8 ops run slower inside it than alone, and the ratio of the two scales every
         int8 op. Cached in the table under the network's structure; until called, layers cost
         their op alone.
@@ -293,7 +299,10 @@ class MeasuredModel(LatencyModel):
         self._glue = {
             name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
         }
-        self._int8_glue = self._table[prefix + "int8_glue"] / len(outputs)
+        extra, width_glue = self._table[prefix + "int8_glue"], sum(g for g, _ in self._glue.values())
+        cheaper = extra < 0 and width_glue > 0
+        self._int8_glue = 0.0 if cheaper else max(0.0, extra) / len(outputs)
+        self._int8_glue_scale = max(0.0, 1.0 + extra / width_glue) if cheaper else 1.0
         self._int8_scale = self._table[prefix + "int8_scale"]
         self._cache.clear()
         return self._table[prefix + "overhead"]
@@ -334,7 +343,7 @@ class MeasuredModel(LatencyModel):
         full, again = seconds.pop("full"), seconds.pop("again")
         stub_calls = seconds.pop("stub call") * len(outputs)
         int8_stubbed = seconds.pop("int8", full)
-        int8_glue = max(0.0, int8_stubbed - full)
+        int8_glue = int8_stubbed - full  # negative where the int8 glue is the cheaper
         int8_scale = 1.0
         if "int8 network" in seconds:  # its ops' seconds inside the network over their seconds alone
             inside = seconds.pop("int8 network") - int8_stubbed + stub_calls
