@@ -5,8 +5,9 @@ filter-pruning policies (per layer a keep count from multiples of 8 channels, 25
 final classifier is never pruned) at int8 or fp32 for the whole network (where torch.ao
 quantizes the model on this CPU), plus the dense fp32 and dense int8 policies. Each policy is
 exported to a real network (Torch-Pruning; batch norms folded for fp32, FX int8 for 8 bits),
-timed whole and side by side with ``torch.utils.benchmark`` (fixed threads, the fastest of
-interleaved short blocks: :func:`rlprune.hardware.measured.time_calls`), and predicted by
+timed whole and side by side with the networks of its precision using ``torch.utils.benchmark``
+(fixed threads, the fastest of interleaved short blocks:
+:func:`rlprune.hardware.measured.time_calls`), and predicted by
 every latency model that applies:
 
 * ``local_cpu``: the measured lookup table, summed over the exported layers, plus the glue
@@ -73,11 +74,22 @@ def _timing(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_networks(modules: list[nn.Module], x: torch.Tensor, threads: int, rounds: int) -> list[float]:
-    """Seconds of one forward pass of each module on ``x``, timed side by side (:func:`time_calls`)."""
+def time_networks(
+    modules: list[nn.Module], x: torch.Tensor, threads: int, rounds: int, bits: list[int]
+) -> list[float]:
+    """Seconds of one forward pass of each module on ``x`` (:func:`time_calls`).
+
+    Each is timed side by side with the modules of its own precision (``bits``), as the table
+    times its ops: INT8 taking turns with FP32 runs slower than among INT8.
+    """
+    seconds = [0.0] * len(modules)
     with _timing(threads):
-        calls = [functools.partial(module.eval(), x) for module in modules]
-        return time_calls(calls, threads, rounds=rounds, block_time=0.001)
+        for precision in sorted(set(bits)):
+            chosen = [i for i, b in enumerate(bits) if b == precision]
+            calls = [functools.partial(modules[i].eval(), x) for i in chosen]
+            for i, t in zip(chosen, time_calls(calls, threads, rounds=rounds, block_time=0.001), strict=True):
+                seconds[i] = t
+    return seconds
 
 
 def _keep_options(channels: int) -> list[int]:
@@ -219,13 +231,16 @@ def run_model(
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
     half_net, half_eff = deploy(_uniform_policy(layers, low), 32)
     extra = {"dense": fold_batch_norms(model), "filter_budget_0.5": half_net}
+    extra_bits = [32, 32]
     if 8 in bit_options:
         extra["int8"] = export_int8(model, x)
+        extra_bits.append(8)
 
     start = time.time()
-    # every network in one interleaved timing: the dense policy 4 times more, to show the noise
+    # every network timed with those of its precision; the dense policy 4 times more, to show the noise
     nets = [net for net, _ in exported] + [exported[0][0]] * 4 + [*extra.values()]
-    seconds = time_networks(nets, x, local.threads, rounds)
+    bits = [b for _, b in samples] + [samples[0][1]] * 4 + extra_bits
+    seconds = time_networks(nets, x, local.threads, rounds, bits)
     log(f"  {name}: {len(nets)} networks timed in {time.time() - start:.0f} s")
     records = [
         {

@@ -49,6 +49,21 @@ def test_builds_from_yaml_and_measures_for_real(tmp_path):
     assert model.cache_path.is_file() and str(model.cache_path).startswith(str(tmp_path))
 
 
+def test_ops_take_turns_only_with_ops_of_their_own_precision(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path))
+    chunks = []
+
+    def time(specs):
+        chunks.append({spec["bits"] for spec in specs})
+        return [1e-6] * len(specs)
+
+    model._time = time
+    cells = [(LayerInfo(f"c{i}", "conv1d", 8 * i, 16, (3,), (1,), 1, (8 * i, 20), (16, 20)), dense(b))
+             for i in range(1, 40) for b in (32, 8)]  # fmt: skip
+    model.prepare(cells)
+    assert len(chunks) > 2 and all(len(bits) == 1 for bits in chunks)
+
+
 def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
     monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "env"))
     cfg = plain_cfg(tmp_path)
