@@ -90,6 +90,10 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
         fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
         return graph.get_pruning_group(module, fn, idxs=idxs)
 
+    def tied_modules(pruning: tp.dependency.Group) -> set[nn.Module]:
+        """The modules whose output channels the group prunes (tied by residual adds)."""
+        return {dep.target.module for dep, _ in pruning if graph.is_out_channel_pruning_fn(dep.handler)}
+
     # Rank filters on the original weights, before upstream pruning shrinks their inputs, so the
     # choice of filters does not depend on the order of the policy; requested layers tied by a
     # residual add rank them together, as the masks do.
@@ -97,9 +101,7 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
     for name, choice in requests:
         if name in drop:
             continue
-        coupled = {
-            dep.target.module for dep, _ in group(name, [0]) if graph.is_out_channel_pruning_fn(dep.handler)
-        }
+        coupled = tied_modules(group(name, [0]))
         tied = [n for n, _ in requests if n == name or modules[n] in coupled]
         kept = tied_filter_masks({n: modules[n].weight.detach().abs() for n in tied}, choice.keep)
         drop |= {n: (~kept[n].flatten(1).any(1)).nonzero().flatten().tolist() for n in tied}
@@ -114,7 +116,7 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
             continue
         idxs = drop[name]
         pruning = group(name, idxs)
-        coupled = {dep.target.module for dep, _ in pruning if graph.is_out_channel_pruning_fn(dep.handler)}
+        coupled = tied_modules(pruning)
         if idxs:
             if not graph.check_pruning_group(pruning):
                 raise ModelError(f"filter choice for '{name}' would remove every channel of a coupled layer")

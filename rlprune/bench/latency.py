@@ -7,7 +7,7 @@ quantizes the model on this CPU), plus the dense fp32 and dense int8 policies. E
 exported to a real network (Torch-Pruning; batch norms folded for fp32, FX int8 for 8 bits),
 timed whole and side by side with the networks of its precision using ``torch.utils.benchmark``
 (fixed threads, the fastest of interleaved short blocks:
-:func:`rlprune.hardware.measured.time_calls`), and predicted by
+:func:`rlprune.hardware.measured.time_apart`), and predicted by
 every latency model that applies:
 
 * ``local_cpu``: the measured lookup table, summed over the exported layers, plus the glue
@@ -48,7 +48,7 @@ from rlprune.config import default_cache_dir
 from rlprune.errors import ModelError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
-from rlprune.hardware.measured import cpu_model, time_calls
+from rlprune.hardware.measured import cpu_model, time_apart
 from rlprune.io import write_json_atomic
 from rlprune.layers import LayerInfo, discover_layers
 from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
@@ -77,19 +77,11 @@ def _timing(threads: int) -> Iterator[None]:
 def time_networks(
     modules: list[nn.Module], x: torch.Tensor, threads: int, rounds: int, bits: list[int]
 ) -> list[float]:
-    """Seconds of one forward pass of each module on ``x`` (:func:`time_calls`).
-
-    Each is timed side by side with the modules of its own precision (``bits``), as the table
-    times its ops: INT8 taking turns with FP32 runs slower than among INT8.
-    """
-    seconds = [0.0] * len(modules)
+    """Seconds of one forward pass of each module on ``x``, timed side by side with the modules
+    of its own precision (``bits``), as the table times its ops (:func:`time_apart`)."""
     with _timing(threads):
-        for precision in sorted(set(bits)):
-            chosen = [i for i, b in enumerate(bits) if b == precision]
-            calls = [functools.partial(modules[i].eval(), x) for i in chosen]
-            for i, t in zip(chosen, time_calls(calls, threads, rounds=rounds, block_time=0.001), strict=True):
-                seconds[i] = t
-    return seconds
+        calls = [functools.partial(module.eval(), x) for module in modules]
+        return time_apart(calls, bits, threads, rounds=rounds, block_time=0.001)
 
 
 def _keep_options(channels: int) -> list[int]:
