@@ -11,7 +11,7 @@ import torch
 from rlprune.errors import ConfigError
 from rlprune.export import effective_layers, export_filter_pruned, export_int8
 from rlprune.layers import discover_layers
-from rlprune.models import MNIST1DCNN, ResNet20
+from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
 from rlprune.policy import Choice, Pattern, Policy
 
 
@@ -77,12 +77,48 @@ def test_the_classifier_is_never_pruned():
         export_filter_pruned(model, Policy.of({"conv1": Choice(Pattern.FILTER, 4, 8)}), x)
 
 
-def test_int8_export_runs():
-    model = MNIST1DCNN().eval()
-    x = torch.randn(2, 1, 40)
+def _float_ops_between_int8(quantized: torch.nn.Module) -> list[str]:
+    """The dequantize calls of an FX int8 export: each hands a tensor back to float."""
+    return [n.name for n in quantized.graph.nodes if n.target in ("dequantize", torch.dequantize)]
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (MNIST1DCNN, (1, 40)),
+        (DigitsCNN, (1, 8, 8)),
+        (lambda: ResNet20(in_channels=1, width=8, dims=2), (1, 8, 8)),
+    ],
+)
+def test_int8_export_fuses_relu_and_stays_int8_to_the_end(build, shape):
+    # the zoo writes torch.relu and x.flatten(1); spelled so, torch.ao would dequantize around them
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, *shape)
     quantized = export_int8(model, x)
     out = quantized(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert len(_float_ops_between_int8(quantized)) == 1  # the output's
+    assert (out - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+def test_int8_export_keeps_float_layers_float():
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    x = torch.randn(2, 1, 8, 8)
+    mixed = export_int8(model, x, float_layers=["conv2", "fc1"])
+    modules = dict(mixed.named_modules())
+    assert not _is_quantized(modules["conv2"]) and not _is_quantized(modules["fc1"])
+    assert all(_is_quantized(modules[name]) for name in ("conv1", "conv3", "fc2"))
+    # int8 conv1 -> float conv2 -> int8 conv3 ... float fc1 -> int8 fc2: three hand-overs to float
+    assert len(_float_ops_between_int8(mixed)) == 3
+    assert (mixed(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+    with pytest.raises(ConfigError, match=r"float_layers \['conv9'\] are not modules of DigitsCNN"):
+        export_int8(model, x, float_layers=["conv9"])
+
+
+def _is_quantized(module: torch.nn.Module) -> bool:
+    return ".quantized." in type(module).__module__  # torch.ao.nn{,.intrinsic}.quantized
 
 
 def test_latency_bench_quick_writes_json(tmp_path):

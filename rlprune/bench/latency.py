@@ -2,9 +2,10 @@
 
 For each zoo model (untrained weights: timing does not depend on them) sample random
 filter-pruning policies (per layer a keep count from multiples of 8 channels, 25%..100%; the
-final classifier is never pruned) at int8 or fp32 for the whole network (where torch.ao
-quantizes the model on this CPU), plus the dense fp32 and dense int8 policies. Each policy is
-exported to a real network (Torch-Pruning; batch norms folded for fp32, FX int8 for 8 bits),
+final classifier is never pruned), each with fp32 or int8 for the whole network or bits drawn
+per layer (``mixed``, as the search picks them; int8 where torch.ao quantizes the model on
+this CPU), plus the dense fp32 and dense int8 policies. Each policy is exported to a real
+network (Torch-Pruning, batch norms folded; FX int8 for the 8-bit layers),
 timed whole and side by side with the networks of its precision using ``torch.utils.benchmark``
 (fixed threads, the fastest of interleaved short blocks:
 :func:`rlprune.hardware.measured.time_apart`), and predicted by
@@ -36,7 +37,7 @@ import platform
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet20": (lambda: ResNet20(in_channels=1, num_classes=10, width=16, dims=2), (1, 8, 8)),
 }
 PREDICTORS = ("local_cpu", "arm_cpu", "flops", "bops")
+# how a sampled policy's layers run: all float, all int8, or each layer drawn (the search's choice)
+PRECISIONS = ("fp32", "int8", "mixed")
 
 
 @contextlib.contextmanager
@@ -116,13 +119,12 @@ class Predictors:
         assert isinstance(bops, BopsModel)
         self.bops = bops.with_input_layers([first_layer])
 
-    @staticmethod
-    def _choices(layers: list[LayerInfo], bits: int) -> list[Choice]:
-        return [Choice(Pattern.DENSE, 1, 1, bits, bits)] * len(layers)
+    def predict(self, layers: list[LayerInfo], bits: Sequence[int]) -> dict[str, float]:
+        """Each model's prediction for ``layers`` (exported), layer ``i`` at ``bits[i]``."""
+        choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
 
-    def predict(self, layers: list[LayerInfo], bits: int) -> dict[str, float]:
         def net(model: LatencyModel) -> float:
-            return network_latency(model, layers, self._choices(layers, bits))
+            return network_latency(model, layers, choices)
 
         return {
             "local_cpu": net(self.local) + self.overhead,
@@ -174,19 +176,28 @@ def run_model(
     int8_note = None
     try:
         export_int8(model, x)
-        bit_options = [32, 8]
+        kinds = list(PRECISIONS)
     except ModelError as exc:
         int8_note = str(exc)
-        bit_options = [32]
+        kinds = ["fp32"]
 
-    def deploy(policy: Policy, bits: int) -> tuple[nn.Module, list[LayerInfo]]:
-        exported = export_filter_pruned(model, policy, x)
+    def deploy(policy: Policy, bits: Sequence[int]) -> tuple[nn.Module, list[LayerInfo]]:
+        exported = fold_batch_norms(export_filter_pruned(model, policy, x))
         found = {info.name: info for info in discover_layers(exported, x)}
         eff = [found[n] for n in names]
-        return (export_int8(exported, x) if bits == 8 else fold_batch_norms(exported)), eff
+        if 8 not in bits:
+            return exported, eff
+        floats = [name for name, b in zip(names, bits, strict=True) if b != 8]
+        return export_int8(exported, x, float_layers=floats), eff
 
-    sample_bits = [32] if quick else bit_options  # quick: int8 only for the speedup row (FX export is slow)
-    samples: list[tuple[Policy, int]] = [(Policy(), b) for b in sample_bits]
+    def layer_bits(kind: str) -> tuple[int, ...]:
+        if kind == "mixed":  # each layer's bits drawn, as the search chooses them
+            return tuple(rng.choice((8, 32)) for _ in names)
+        return (32 if kind == "fp32" else 8,) * len(names)
+
+    sample_kinds = ["fp32"] if quick else kinds  # quick: int8 only for the speedup row (FX export is slow)
+    # the dense network first, at fp32 (every ratio's reference) and int8
+    samples = [(Policy(), kind, layer_bits(kind)) for kind in sample_kinds if kind != "mixed"]
     for _ in range(policies):
         policy = Policy.of(
             {
@@ -196,14 +207,15 @@ def run_model(
                 for layer in layers[:-1]
             }
         )
-        samples.append((policy, rng.choice(sample_bits)))
+        kind = rng.choice(sample_kinds)
+        samples.append((policy, kind, layer_bits(kind)))
 
-    exported = [deploy(p, b) for p, b in samples]
+    exported = [deploy(p, b) for p, _, b in samples]
     local.prepare(
         [
             (layer, Choice(Pattern.DENSE, 1, 1, b, b))
-            for (_, b), (_, eff) in zip(samples, exported, strict=True)
-            for layer in eff
+            for (_, _, bits), (_, eff) in zip(samples, exported, strict=True)
+            for layer, b in zip(eff, bits, strict=True)
         ]
     )
 
@@ -214,34 +226,36 @@ def run_model(
     dense_pred = table(layers)
 
     def predicted_ratio(ratio: float) -> float:
-        _, eff = deploy(_uniform_policy(layers, ratio), 32)
+        _, eff = deploy(_uniform_policy(layers, ratio), layer_bits("fp32"))
         return table(eff) / dense_pred
 
     low, high = 0.05, 1.0
     for _ in range(4 if quick else 8):
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
-    half_net, half_eff = deploy(_uniform_policy(layers, low), 32)
+    half_net, half_eff = deploy(_uniform_policy(layers, low), layer_bits("fp32"))
     extra = {"dense": fold_batch_norms(model), "filter_budget_0.5": half_net}
     extra_bits = [32, 32]
-    if 8 in bit_options:
+    if "int8" in kinds:
         extra["int8"] = export_int8(model, x)
         extra_bits.append(8)
 
     start = time.time()
-    # every network timed with those of its precision; the dense policy 4 times more, to show the noise
+    # every network timed with those of its precision (mixed ones, holding int8 ops, with int8);
+    # the dense policy 4 times more, to show the noise
     nets = [net for net, _ in exported] + [exported[0][0]] * 4 + [*extra.values()]
-    bits = [b for _, b in samples] + [samples[0][1]] * 4 + extra_bits
+    bits = [32 if kind == "fp32" else 8 for _, kind, _ in samples] + [32] * 4 + extra_bits
     seconds = time_networks(nets, x, local.threads, rounds, bits)
     log(f"  {name}: {len(nets)} networks timed in {time.time() - start:.0f} s")
     records = [
         {
-            "bits": bits,
+            "precision": kind,
+            "bits": dict(zip(names, bits, strict=True)),
             "keep": {n: c.keep for n, c in policy},
             "measured": t,
             "predicted": predictors.predict(eff, bits),
         }
-        for (policy, bits), (_, eff), t in zip(samples, exported, seconds, strict=False)
+        for (policy, kind, bits), (_, eff), t in zip(samples, exported, seconds, strict=False)
     ]
     dense_repeats = seconds[len(samples) : len(samples) + 4]
     timed = dict(zip(extra, seconds[len(samples) + 4 :], strict=True))
@@ -249,11 +263,11 @@ def run_model(
     # per precision (int8 and fp32 networks behave differently here), ratios to dense fp32
     meas_dense = records[0]["measured"]
     fidelity: dict[str, dict[str, dict]] = {}
-    for bits in sample_bits:
-        chosen = [r for r in records if r["bits"] == bits]
+    for kind in sample_kinds:
+        chosen = [r for r in records if r["precision"] == kind]
         meas = np.array([r["measured"] for r in chosen])
         budget = float(np.median(meas / meas_dense))
-        fidelity[f"fp{bits}" if bits == 32 else f"int{bits}"] = {
+        fidelity[kind] = {
             key: _metrics(
                 np.array([r["predicted"][key] for r in chosen]),
                 meas,
@@ -281,7 +295,7 @@ def run_model(
         "model": name,
         "input_shape": list(shape),
         "layers": len(layers),
-        "bits": bit_options,
+        "precisions": kinds,
         "int8_note": int8_note,
         "policies": len(records),
         "dense_measured_s": {"policy": meas_dense, "repeats": dense_repeats},
@@ -390,5 +404,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{r['model']:<12} {key:<18} {s['predicted_ratio']:>9.3f} {s['measured_ratio']:>8.3f}{note}"
             )
+    spreads = []
+    for r in results_models:
+        dense = [r["dense_measured_s"]["policy"], *r["dense_measured_s"]["repeats"]]
+        spreads.append(f"{r['model']} {max(dense) / min(dense) - 1:.1%}")
+    print(f"timing noise, slowest over fastest of 5 timings of the dense fp32 network: {', '.join(spreads)}")
     print(f"written to {args.out}")
     return results

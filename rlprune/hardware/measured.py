@@ -63,9 +63,9 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
-# 8: ops timed among their own precision; 7: int8 glue may be cheaper; 6: int8 glue;
-# 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
-CACHE_FORMAT = 8
+# 9: the int8 export fuses torch.relu; 8: ops timed among their own precision; 7: int8 glue
+# may be cheaper; 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
+CACHE_FORMAT = 9
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
