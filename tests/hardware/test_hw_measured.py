@@ -230,3 +230,22 @@ def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tm
     assert seconds(-0.25 * width, 8) == pytest.approx(op8 * scale + 0.75 * glue, rel=1e-9)
     assert seconds(-2 * width, 8) == pytest.approx(op8 * scale, rel=1e-9)  # no glue left to save
     assert seconds(-0.25 * width, 32) == pytest.approx(op32 + glue, rel=1e-9)  # float layers keep theirs
+
+
+@pytest.mark.parametrize(("bits", "warned"), [(None, True), ([32], False)])
+def test_a_mixed_precision_search_on_the_table_is_warned_of(tmp_path, caplog, bits, warned):
+    # the table sums layers; the float <-> int8 switches of a mixed policy are not in it
+    from rlprune.api import make_space
+    from rlprune.layers import discover_layers
+    from rlprune.models import MNIST1DCNN
+    from tests.support import compose_config
+
+    cfg = compose_config("hardware=local_cpu", "search.pattern=kofn_weight", f"search.bits={bits or 'null'}")
+    model, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
+    layers = discover_layers(model, x)
+    hardware = build_latency_model(plain_cfg(tmp_path))
+    fake(hardware)
+    with caplog.at_level("WARNING", logger="rlprune.api"):
+        space = make_space(cfg, model, x, layers, layers, hardware)
+    assert len(space.bits) == (2 if warned else 1)
+    assert ("does not charge the switches between float and int8" in caplog.text) is warned
