@@ -300,7 +300,9 @@ class MeasuredModel(LatencyModel):
         self._glue = {
             name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
         }
-        extra, width_glue = self._table[prefix + "int8_glue"], sum(g for g, _ in self._glue.values())
+        # the int8 export's glue over the float network's (negative where int8 glue is cheaper)
+        extra = self._table[prefix + "stubbed:int8"] - self._table[prefix + "stubbed:float"]
+        width_glue = sum(g for g, _ in self._glue.values())
         cheaper = extra < 0 and width_glue > 0
         self._int8_glue = 0.0 if cheaper else max(0.0, extra) / len(outputs)
         self._int8_glue_scale = max(0.0, 1.0 + extra / width_glue) if cheaper else 1.0
@@ -346,7 +348,6 @@ class MeasuredModel(LatencyModel):
         full, again = seconds.pop("full"), seconds.pop("again")
         stub_calls = seconds.pop("stub call") * len(outputs)
         int8_stubbed = seconds.pop("int8", full)
-        int8_glue = int8_stubbed - full  # negative where the int8 glue is the cheaper
         int8_scale = 1.0
         if "int8 network" in seconds:  # its ops' seconds inside the network over their seconds alone
             inside = seconds.pop("int8 network") - int8_stubbed + stub_calls
@@ -360,7 +361,14 @@ class MeasuredModel(LatencyModel):
             if saved > noise:
                 glue[f"glue:{name}"] = saved
         overhead = max(0.0, full - stub_calls - sum(glue.values()))
-        return {"overhead": overhead, "int8_glue": int8_glue, "int8_scale": int8_scale, **glue}
+        # seconds only, never their difference: the cache keeps no negative entry
+        return {
+            "overhead": overhead,
+            "stubbed:float": full,
+            "stubbed:int8": int8_stubbed,
+            "int8_scale": int8_scale,
+            **glue,
+        }
 
     def _int8_export(self, net: nn.Module, x: torch.Tensor) -> nn.Module | None:
         """The int8 export of ``net`` (torch.ao FX), or None where it cannot run here."""

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
+from rlprune.hardware.measured import int8_engine
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern
 
@@ -212,7 +213,7 @@ def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tm
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
     model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":int8_glue")).removesuffix("int8_glue")
+    prefix = next(k for k in model.table if k.endswith(":int8_scale")).removesuffix("int8_scale")
     conv = layers["conv2"]
     model.prepare([(conv, dense(8)), (conv, dense(32))])
     table = model.table
@@ -221,7 +222,8 @@ def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tm
 
     def seconds(extra: float, bits: int) -> float:
         model._table.update({f"{prefix}glue:{name}": glue for name in layers})
-        model._table[prefix + "int8_glue"] = extra
+        model._table[prefix + "stubbed:float"] = 1e-4  # the stubbed float network: glue only
+        model._table[prefix + "stubbed:int8"] = 1e-4 + extra
         model.calibrate(net, x)  # from the table
         return model.latency(conv, dense(bits))
 
@@ -230,6 +232,35 @@ def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tm
     assert seconds(-0.25 * width, 8) == pytest.approx(op8 * scale + 0.75 * glue, rel=1e-9)
     assert seconds(-2 * width, 8) == pytest.approx(op8 * scale, rel=1e-9)  # no glue left to save
     assert seconds(-0.25 * width, 32) == pytest.approx(op32 + glue, rel=1e-9)  # float layers keep theirs
+
+
+@pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
+def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
+    # int8 glue cheaper than float glue is common since the export fuses ReLUs; its negative
+    # difference once made the whole cache read as corrupt, so every run measured it again
+    from rlprune.hardware import measured
+    from rlprune.models import DigitsCNN
+
+    net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
+
+    def timed(calls, precisions, *args):
+        # full, again, the narrowed stubs, a stub call; then the stubbed int8 export and the export
+        assert list(precisions[-2:]) == [8, 8]
+        return [1e-4, 1e-4] + [8e-5] * (len(calls) - 5) + [1e-6, 5e-5, 6e-5]
+
+    monkeypatch.setattr(measured, "time_apart", timed)
+    model = build_latency_model(plain_cfg(tmp_path))
+    fake(model)
+    overhead = model.calibrate(net, x)
+    assert model._int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
+
+    def no_timing(*args):
+        raise AssertionError("the calibration should come from the cache")
+
+    monkeypatch.setattr(measured, "time_apart", no_timing)
+    again = build_latency_model(plain_cfg(tmp_path))
+    assert again.table == model.table
+    assert again.calibrate(net, x) == overhead and again._int8_glue_scale == model._int8_glue_scale
 
 
 @pytest.mark.parametrize(("bits", "warned"), [(None, True), ([32], False)])
