@@ -231,9 +231,9 @@ def make_space(
     )
     if isinstance(hardware, MeasuredModel) and len(space.bits) > 1:
         log.warning(
-            "hardware %s sums per-layer times and does not charge the switches between float and "
-            "int8 layers of a mixed policy (12-21 µs each at batch 1 on an AMD EPYC VM: README, "
-            "'Latency fidelity'); search.bits=[32] or search.bits=[8] searches one precision",
+            "hardware %s sums per-layer times, but a network that mixes float and int8 layers "
+            "runs slower than the sum of its layers (12-21 µs more per switch at batch 1 on an AMD "
+            "EPYC VM: README, 'Latency fidelity'); search.bits=[32] or [8] searches one precision",
             hardware.name,
         )
     return space
