@@ -117,6 +117,22 @@ def test_int8_export_keeps_float_layers_float():
         export_int8(model, x, float_layers=["conv9"])
 
 
+def test_int8_export_runs_the_pool_between_float_layers_in_float():
+    # torch.ao would quantize it (global qconfig): quantize, int8 max-pool, dequantize
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    x = torch.randn(2, 1, 8, 8)
+    mixed = export_int8(model, x, float_layers=["conv2", "conv3"])
+    graph = list(mixed.graph.nodes)
+    pools = [n for n in graph if n.op == "call_module" and n.target == "pool"]
+    first_pool_input = pools[0].args[0]
+    assert first_pool_input.op == "call_module" and first_pool_input.target == "conv2"  # float in
+    assert [u.target for u in pools[0].users] == ["conv3"]  # float out
+    # int8 conv1 hands over to float once; the second pool quantizes for fc1; fc2's output
+    assert len(_float_ops_between_int8(mixed)) == 2
+    assert (mixed(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
 def _is_quantized(module: torch.nn.Module) -> bool:
     return ".quantized." in type(module).__module__  # torch.ao.nn{,.intrinsic}.quantized
 
