@@ -250,7 +250,8 @@ def _float_between_floats(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
         while float_safe(chain[-1]):
             chain.append(chain[-1].args[0])
         quantize = chain.pop()
-        if not chain or quantize.target is not torch.quantize_per_tensor or len(quantize.users) != 1:
+        quantizes = isinstance(quantize, torch.fx.Node) and quantize.target is torch.quantize_per_tensor
+        if not chain or not quantizes or len(quantize.users) != 1:
             continue
         chain[-1].replace_input_with(quantize, quantize.args[0])
         dequantize.replace_all_uses_with(chain[0])
