@@ -119,15 +119,23 @@ class Predictors:
         assert isinstance(bops, BopsModel)
         self.bops = bops.with_input_layers([first_layer])
 
+    @staticmethod
+    def _seconds(model: LatencyModel, layers: list[LayerInfo], bits: Sequence[int]) -> float:
+        choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
+        return network_latency(model, layers, choices)
+
+    def local_seconds(self, layers: list[LayerInfo], bits: Sequence[int]) -> float:
+        """The measured table's seconds for ``layers`` (exported) at ``bits``, glue included."""
+        return self._seconds(self.local, layers, bits) + self.overhead
+
     def predict(self, layers: list[LayerInfo], bits: Sequence[int]) -> dict[str, float]:
         """Each model's prediction for ``layers`` (exported), layer ``i`` at ``bits[i]``."""
-        choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
 
         def net(model: LatencyModel) -> float:
-            return network_latency(model, layers, choices)
+            return self._seconds(model, layers, bits)
 
         return {
-            "local_cpu": net(self.local) + self.overhead,
+            "local_cpu": self.local_seconds(layers, bits),
             "arm_cpu": net(self.arm),
             "flops": float(sum(layer.macs for layer in layers)),
             "bops": net(self.bops),
@@ -220,20 +228,18 @@ def run_model(
     )
 
     # §5: uniform filter pruning at predicted budget 0.5, and the dense int8 export
-    def table(eff: list[LayerInfo], bits: int = 32) -> float:
-        return network_latency(local, eff, [Choice(Pattern.DENSE, 1, 1, bits, bits)] * len(eff)) + overhead
-
-    dense_pred = table(layers)
+    fp32 = layer_bits("fp32")
+    dense_pred = predictors.local_seconds(layers, fp32)
 
     def predicted_ratio(ratio: float) -> float:
-        _, eff = deploy(_uniform_policy(layers, ratio), layer_bits("fp32"))
-        return table(eff) / dense_pred
+        _, eff = deploy(_uniform_policy(layers, ratio), fp32)
+        return predictors.local_seconds(eff, fp32) / dense_pred
 
     low, high = 0.05, 1.0
     for _ in range(4 if quick else 8):
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
-    half_net, half_eff = deploy(_uniform_policy(layers, low), layer_bits("fp32"))
+    half_net, half_eff = deploy(_uniform_policy(layers, low), fp32)
     extra = {"dense": fold_batch_norms(model), "filter_budget_0.5": half_net}
     extra_bits = [32, 32]
     if "int8" in kinds:
@@ -282,11 +288,12 @@ def run_model(
     speedups = {
         "filter_budget_0.5": {
             "keep_ratio": low,
-            "predicted_ratio": table(half_eff) / dense_pred,
+            "predicted_ratio": predictors.local_seconds(half_eff, fp32) / dense_pred,
         }
     }
     if "int8" in extra:
-        speedups["int8"] = {"predicted_ratio": table(layers, 8) / dense_pred}
+        int8_pred = predictors.local_seconds(layers, layer_bits("int8"))
+        speedups["int8"] = {"predicted_ratio": int8_pred / dense_pred}
     for key, entry in speedups.items():
         entry.update(
             measured_ratio=timed[key] / timed["dense"], measured_s=timed[key], dense_s=timed["dense"]
