@@ -16,6 +16,7 @@ dynamic programme over the factors, exact however the decisions interleave.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -199,11 +200,7 @@ class SearchSpace:
     @property
     def step_of(self) -> dict[str, int]:
         """The step that decides each searched layer: its own, or a depthwise follower's leader's."""
-        return {
-            name: i
-            for i, (members, followers) in enumerate(zip(self.members, self.followers, strict=True))
-            for name in (*(m.name for m in members), *followers)
-        }
+        return _owners(self.members, self.followers)
 
     @property
     def min_latency(self) -> np.ndarray:
@@ -476,6 +473,8 @@ def build_space(
     fixed = overhead + sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in touched)
     for term in terms:
         costs[term.step] = costs[term.step] + term.factor(shapes, chosen_bits, seconds)
+    for step, factor in _switch_factors(all_layers, _owners(steps, followers), chosen_bits, hardware):
+        costs[step] = costs[step] + factor
     dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
     return SearchSpace(
         [members[0] for members in steps],
@@ -492,6 +491,44 @@ def build_space(
         overhead,
         nm_pad,
     )
+
+
+def _owners(steps: Sequence[Sequence[LayerInfo]], followers: Sequence[Sequence[str]]) -> dict[str, int]:
+    """The step that decides each layer: the one it is a member of, or whose depthwise follower it is."""
+    return {
+        name: i
+        for i, (members, follow) in enumerate(zip(steps, followers, strict=True))
+        for name in (*(m.name for m in members), *follow)
+    }
+
+
+def _switch_factors(
+    layers: Sequence[LayerInfo], owner: Mapping[str, int], bits: Sequence[int], hardware: LatencyModel
+) -> list[tuple[int, Factor]]:
+    """The seconds of switching between float and int8, each as a table over the bits of the two
+    steps that decide a pair of consecutive layers, and the later step it belongs to.
+
+    A layer no step decides runs the reference choice; two layers of one step never switch.
+    """
+    if hardware.switch_seconds <= 0 or len(bits) < 2:
+        return []
+    choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
+    reference = hardware.dense_choice()
+    factors = []
+    for first, then in itertools.pairwise(layers):
+        a, b = owner.get(first.name), owner.get(then.name)
+        if a == b:
+            continue
+        if a is None or b is None:  # one side runs the reference choice
+            step = b if a is None else a
+            table = [hardware.switches(reference, c) for c in choices]
+            factors.append((step, Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))))
+            continue
+        low, high = sorted((a, b))
+        table = [[hardware.switches(c, d) for d in choices] for c in choices]
+        axes = (2 * low + 1, 2 * high + 1)
+        factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
+    return factors
 
 
 def _steps(

@@ -17,6 +17,10 @@
 * :func:`export_int8`: post-training static int8 quantization (FX graph mode, x86/fbgemm
   engine, a few calibration batches; batch norm and ReLU are fused into the int8 convs),
   of every layer or of those a mixed-precision policy runs at 8 bits.
+* :func:`to_torchscript`: the deployed form of an export, traced and frozen TorchScript. It
+  runs without Python between the ops, and int8 needs it: called from Python, each quantized
+  op throws and catches two C++ exceptions (PyTorch looks up ``__torch_function__`` on its
+  packed weights), 24 µs for a 64x10 int8 Linear at batch 1 on an AMD EPYC.
 * :func:`fold_batch_norms`: a float deploy copy with every batch norm folded into the conv
   before it (what an inference runtime does), for timing float exports fairly.
 """
@@ -152,6 +156,26 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in copy_.modules()):
         return copy_
     return fuse(copy_)
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``model`` traced on ``example`` and frozen: what a deployment loads (``torch.jit.save``/``load``).
+
+    Freezing inlines the submodules and folds the weights into constants, so a call runs the
+    ops alone. Tracing records one path through ``forward``: data-dependent control flow is
+    fixed to the example's.
+
+    Raises:
+        ModelError: when the model cannot be traced.
+    """
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trace's warnings on constants and Python values
+        example = example.clone()  # an inference tensor cannot be traced
+        try:
+            traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+        except Exception as exc:  # any failure inside the model's forward
+            raise ModelError(f"{type(model).__name__} cannot be traced to TorchScript: {exc}") from exc
+        return torch.jit.freeze(traced)
 
 
 def int8_supported() -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -71,6 +72,27 @@ def test_coupled_costs_equal_the_network_latency():
         assert space.seconds(picks) == pytest.approx(expected, rel=1e-12)
     # pruning conv1's filters makes conv2 cheaper: its table's first axis is conv1's option
     assert space.costs[1].table[0].min() < space.costs[1].table[-1].min()
+
+
+def test_precision_switches_cost_the_same_in_the_space_as_in_the_network():
+    # a measured table charges each float/int8 switch between consecutive layers; the space
+    # holds it as a table over two steps' bits (fc2, not searched, runs the reference FP16)
+    model, x, layers = mnist1d()
+    device = build_latency_model(hardware_config("a100"))
+    couplings = filter_couplings(model, x, layers)
+    plain = build_space(layers, layers[:-1], device, "filter", None, 4, 0.1, None, couplings)
+    device.switch_seconds = 1e-5
+    space = build_space(layers, layers[:-1], device, "filter", None, 4, 0.1, None, couplings)
+    assert space.bits == (4, 8, 16)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        policy = space.policy(picks)
+        expected = network_latency(device, layers, policy, couplings)
+        assert space.seconds(picks) + space.fixed_latency == pytest.approx(expected, rel=1e-12)
+        floats = [space.bits[b] == 16 for _, b in picks] + [True]  # fc2 at the reference
+        switches = sum(a != b for a, b in itertools.pairwise(floats))
+        assert space.seconds(picks) - plain.seconds(picks) == pytest.approx(1e-5 * switches, rel=1e-9)
 
 
 def random_episodes(

@@ -47,7 +47,7 @@ from torch import nn
 
 from rlprune.config import default_cache_dir
 from rlprune.errors import ModelError
-from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
+from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms, to_torchscript
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
 from rlprune.hardware.measured import cpu_model, time_apart
 from rlprune.io import write_json_atomic
@@ -189,14 +189,17 @@ def run_model(
         int8_note = str(exc)
         kinds = ["fp32"]
 
-    def deploy(policy: Policy, bits: Sequence[int]) -> tuple[nn.Module, list[LayerInfo]]:
+    def pruned(policy: Policy) -> tuple[nn.Module, list[LayerInfo]]:
         exported = fold_batch_norms(export_filter_pruned(model, policy, x))
         found = {info.name: info for info in discover_layers(exported, x)}
-        eff = [found[n] for n in names]
-        if 8 not in bits:
-            return exported, eff
-        floats = [name for name, b in zip(names, bits, strict=True) if b != 8]
-        return export_int8(exported, x, float_layers=floats), eff
+        return exported, [found[n] for n in names]
+
+    def deploy(policy: Policy, bits: Sequence[int]) -> tuple[nn.Module, list[LayerInfo]]:
+        exported, eff = pruned(policy)
+        if 8 in bits:
+            floats = [name for name, b in zip(names, bits, strict=True) if b != 8]
+            exported = export_int8(exported, x, float_layers=floats)
+        return to_torchscript(exported, x), eff
 
     def layer_bits(kind: str) -> tuple[int, ...]:
         if kind == "mixed":  # each layer's bits drawn, as the search chooses them
@@ -232,7 +235,7 @@ def run_model(
     dense_pred = predictors.local_seconds(layers, fp32)
 
     def predicted_ratio(ratio: float) -> float:
-        _, eff = deploy(_uniform_policy(layers, ratio), fp32)
+        _, eff = pruned(_uniform_policy(layers, ratio))
         return predictors.local_seconds(eff, fp32) / dense_pred
 
     low, high = 0.05, 1.0
@@ -240,10 +243,16 @@ def run_model(
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
     half_net, half_eff = deploy(_uniform_policy(layers, low), fp32)
-    extra = {"dense": fold_batch_norms(model), "filter_budget_0.5": half_net}
+    extra = {"dense": to_torchscript(fold_batch_norms(model), x), "filter_budget_0.5": half_net}
     extra_bits = [32, 32]
     if "int8" in kinds:
-        extra["int8"] = export_int8(model, x)
+        extra["int8"] = to_torchscript(export_int8(model, x), x)
+        extra_bits.append(8)
+    # the same dense networks called from Python, not deployed: what TorchScript saves
+    extra["dense eager"] = fold_batch_norms(model)
+    extra_bits.append(32)
+    if "int8" in kinds:
+        extra["int8 eager"] = export_int8(model, x)
         extra_bits.append(8)
 
     start = time.time()
@@ -298,6 +307,7 @@ def run_model(
         entry.update(
             measured_ratio=timed[key] / timed["dense"], measured_s=timed[key], dense_s=timed["dense"]
         )
+    eager = {key.removesuffix(" eager"): t for key, t in timed.items() if key.endswith(" eager")}
     return {
         "model": name,
         "input_shape": list(shape),
@@ -308,6 +318,8 @@ def run_model(
         "dense_measured_s": {"policy": meas_dense, "repeats": dense_repeats},
         "fidelity": fidelity,
         "speedup": speedups,
+        "eager_s": eager,
+        "deployed_s": {key: timed[key] for key in eager},
         "records": records,
     }
 
@@ -415,6 +427,12 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results_models:
         dense = [r["dense_measured_s"]["policy"], *r["dense_measured_s"]["repeats"]]
         spreads.append(f"{r['model']} {max(dense) / min(dense) - 1:.1%}")
+    print("dense networks called from Python (eager) against deployed (TorchScript), µs:")
+    for r in results_models:
+        row = ", ".join(
+            f"{key} {r['eager_s'][key] * 1e6:.0f} vs {r['deployed_s'][key] * 1e6:.0f}" for key in r["eager_s"]
+        )
+        print(f"  {r['model']:<12} {row}")
     print(f"timing noise, slowest over fastest of 5 timings of the dense fp32 network: {', '.join(spreads)}")
     print(f"written to {args.out}")
     return results

@@ -17,12 +17,16 @@ Conventions shared by every model:
   layer ``layer.with_channels(layer.in_channels, keep)``. The consumers' fewer input channels
   follow from the layers' :class:`~rlprune.layers.FilterCoupling` (:func:`with_fewer_inputs`,
   :func:`network_latency`).
+* A network whose consecutive layers switch between float and int8 pays
+  :attr:`LatencyModel.switch_seconds` per switch (quantize or dequantize, and what a measured
+  network spends beyond them); analytical models count it in their layers (0).
 * Results are deterministic and memoized per ``(layer, choice)``.
 """
 
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -51,7 +55,11 @@ class LatencyModel(abc.ABC):
         patterns: the patterns the device can run (always dense and filter).
         search_pattern: what ``search.pattern=auto`` searches here: the patterns that buy this
             device latency (a hardware config's ``search_pattern``; filter when it names none).
+        switch_seconds: seconds a network adds each time a layer runs float and the next int8,
+            or the reverse (:meth:`switches`); 0 unless measured (:meth:`calibrate`).
     """
+
+    switch_seconds: float = 0.0
 
     name: str
     batch_size: int
@@ -127,6 +135,14 @@ class LatencyModel(abc.ABC):
         residual adds) and charges each layer the part that follows its width.
         """
         return 0.0
+
+    def runs_integer(self, choice: Choice) -> bool:
+        """Whether ``choice`` runs in integers here (weights and activations at 8 bits or fewer)."""
+        return max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8
+
+    def switches(self, first: Choice, then: Choice) -> bool:
+        """Whether a network switches between float and int8 from a layer at ``first`` to one at ``then``."""
+        return self.runs_integer(first) != self.runs_integer(then)
 
     def dense_choice(self) -> Choice:
         """Dense at the reference precision for weights and activations: the baseline."""
@@ -219,7 +235,8 @@ def network_latency(
     choices: Sequence[Choice] | Mapping[str, Choice] | Policy,
     couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> float:
-    """Seconds per batch of the whole network: the sum of the per-layer latencies.
+    """Seconds per batch of the whole network: the sum of the per-layer latencies, plus
+    :attr:`LatencyModel.switch_seconds` for each switch between float and int8 in forward order.
 
     Args:
         model: the latency model.
@@ -236,4 +253,6 @@ def network_latency(
         picked = list(choices)
         if len(picked) != len(layers):
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
-    return float(sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings)))
+    switches = sum(model.switches(a, b) for a, b in itertools.pairwise(picked))
+    layers_seconds = sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings))
+    return float(layers_seconds + model.switch_seconds * switches)

@@ -1,8 +1,12 @@
 """A latency lookup table measured on the machine at hand (ALGORITHMS.md, "Measured lookup table").
 
 ``latency(layer, choice)`` is the time of one batch of ``batch_size`` samples through the
-layer's op on this CPU, timed with :mod:`torch.utils.benchmark` at a fixed thread count: the
-fastest short block over interleaved rounds (:func:`time_calls`, which says why not the median).
+layer's op on this CPU, as a deployed network runs it: traced and frozen TorchScript
+(:func:`rlprune.export.to_torchscript`), less the cost of calling a deployed module. It is timed
+with :mod:`torch.utils.benchmark` at a fixed thread count: the fastest short block over
+interleaved rounds (:func:`time_calls`, which says why not the median). Eager PyTorch is not
+what is modelled: there each int8 op costs about 20 µs more at batch 1 (two C++ exceptions per
+call), and more after float ops.
 
 What is measured, and what is not:
 
@@ -63,9 +67,10 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
-# 9: the int8 export fuses torch.relu; 8: ops timed among their own precision; 7: int8 glue
+# 10: ops and networks timed deployed (TorchScript); 9: the int8 export fuses torch.relu;
+# 8: ops timed among their own precision; 7: int8 glue
 # may be cheaper; 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
-CACHE_FORMAT = 9
+CACHE_FORMAT = 10
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -191,9 +196,13 @@ class MeasuredModel(LatencyModel):
         self.int8_fallbacks: set[str] = set()
         self._table: dict[str, float] = self._load()
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
-        self._int8_glue = 0.0  # seconds each int8 layer adds to the network's glue, calibrate()
-        self._int8_glue_scale = 1.0  # int8 glue over float glue where int8 is cheaper, calibrate()
-        self._int8_scale = 1.0  # int8 ops' seconds inside the network over alone, calibrate()
+        # calibrate(): seconds each op runs faster inside the deployed network than alone (float;
+        # int8, negative where the int8 network pays more, as its quantize and dequantize), and
+        # int8 glue over float glue (at most 1)
+        self._float_saving = 0.0
+        self._int8_saving = 0.0
+        self.switch_seconds = 0.0
+        self._int8_glue_scale = 1.0
 
     # -- config --------------------------------------------------------------------------------
 
@@ -260,31 +269,31 @@ class MeasuredModel(LatencyModel):
         op = sum(w * self._table[spec["key"]] for spec, w in points)
         glue, channels = self._glue.get(layer.name, (0.0, 1))
         kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
-        if self._runs_int8(choice):
-            return float(
-                op * self._int8_scale + glue * self._int8_glue_scale * kept / channels + self._int8_glue
-            )
-        return float(op + glue * kept / channels)
-
-    def _runs_int8(self, choice: Choice) -> bool:
-        return max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8
+        if self.runs_integer(choice):
+            return float(max(0.0, op - self._int8_saving) + glue * self._int8_glue_scale * kept / channels)
+        return float(max(0.0, op - self._float_saving) + glue * kept / channels)
 
     def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
-        """Measure what ``network`` spends outside its layers' ops; return the part no choice changes.
+        """Fit the table to ``network`` as deployed; return the seconds no choice changes.
 
-        The ops between the layers (pooling, batch norm, activations, reshapes, residual adds,
-        the forward's own Python) are timed on a copy whose prunable layers are replaced by stubs
-        that return their recorded outputs (batch norms folded, as deployed). Narrowing one
-        stub's output shows how much of that time follows the layer's width: that share is added
-        to the layer's latency, scaled by the channels it keeps; the rest is returned. Where
-        int8 is searched, the int8 export (torch.ao FX) is stubbed the same way. What its glue
-        (quantize, dequantize, quantized pooling and reshapes) costs beyond the FP32 glue is
-        spread over the layers, each int8 layer paying its share; where it costs less (pooling
-        quint8 maps of a batch is far cheaper than float ones), an int8 layer's width-following
-        glue shrinks by the network's ratio of int8 to FP32 glue. The whole int8 export is timed
-        too: int8 ops run slower inside it than alone, and the ratio of the two scales every
-        int8 op. Cached in the table under the network's structure; until called, layers cost
-        their op alone.
+        The ops between the layers (pooling, activations, reshapes, residual adds) are timed on
+        a copy whose prunable layers are replaced by stubs that return their recorded outputs
+        (batch norms folded, as deployed). Narrowing one stub's output shows how much of that
+        time follows the layer's width: that share is added to the layer's latency, scaled by
+        the channels it keeps. The stubs run from Python, but narrowing changes only the ops'
+        work, so the split holds for the deployed network too.
+
+        The whole network, deployed (:func:`rlprune.export.to_torchscript`), is timed too, and
+        the dense network is then predicted as measured. Where its ops, each timed alone, add up
+        to more than the network, each op is charged an equal share less, at most its own
+        seconds (on a resnet20 at batch 1 they added up to 1.2x; a share per op fitted its
+        filter-pruned exports, a scale did not); the stubs' glue is kept up to what is left;
+        the rest is the overhead returned. Where int8
+        is searched, its int8 export is stubbed and deployed the same way: an int8 layer's
+        width-following glue shrinks by the ratio of the two stubbed networks (never grows),
+        and each int8 op is charged an equal share of what the deployed int8 network spends
+        beyond that glue and its ops (its quantize and dequantize). Cached in the table under
+        the network's structure; until called, layers cost their op alone.
         """
         from rlprune.export import fold_batch_norms
 
@@ -293,33 +302,66 @@ class MeasuredModel(LatencyModel):
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = _layer_outputs(net, x)
-        if prefix + "int8_scale" not in self._table:
-            measured = self._measure_glue(net, x, outputs)  # may measure (and reload) table entries first
+        if prefix + "deployed:float" not in self._table:
+            measured = self._measure_glue(net, x, outputs)
             self._table.update({prefix + k: v for k, v in measured.items()})
             self._save()
-        self._glue = {
-            name: (self._table[f"{prefix}glue:{name}"], _channels(out)) for name, out in outputs.items()
-        }
-        # the int8 export's glue over the float network's (negative where int8 glue is cheaper)
-        extra = self._table[prefix + "stubbed:int8"] - self._table[prefix + "stubbed:float"]
-        width_glue = sum(g for g, _ in self._glue.values())
-        cheaper = extra < 0 and width_glue > 0
-        self._int8_glue = 0.0 if cheaper else max(0.0, extra) / len(outputs)
-        self._int8_glue_scale = max(0.0, 1.0 + extra / width_glue) if cheaper else 1.0
-        self._int8_scale = self._table[prefix + "int8_scale"]
+        stub_glue = {name: self._table[f"{prefix}glue:{name}"] for name in outputs}
+        stub_total = sum(stub_glue.values())
+        # the dense deployed network, predicted as measured: its ops less their saving, then
+        # the stubs' glue up to what is left, split over the layers as the stubs say
+        deployed, ops = self._table[prefix + "deployed:float"], self._dense_ops(net, x, 32)
+        self._float_saving = _share_per_op(ops, max(0.0, sum(ops) - deployed))
+        beyond_ops = max(0.0, deployed - sum(ops))
+        kept = min(1.0, beyond_ops / stub_total) if stub_total > 0 else 1.0
+        self._glue = {name: (g * kept, _channels(outputs[name])) for name, g in stub_glue.items()}
+        overhead = beyond_ops - kept * stub_total
+        self._int8_glue_scale, self._int8_saving = 1.0, 0.0
+        if prefix + "deployed:int8" in self._table:
+            extra = self._table[prefix + "stubbed:int8"] - self._table[prefix + "stubbed:float"]
+            if stub_total > 0:
+                self._int8_glue_scale = min(1.0, max(0.0, 1.0 + extra / stub_total))
+            int8_glue = self._int8_glue_scale * kept * stub_total
+            ops8 = self._dense_ops(net, x, 8)
+            rest = self._table[prefix + "deployed:int8"] - overhead - int8_glue
+            self._int8_saving = _share_per_op(ops8, sum(ops8) - rest)
         self._cache.clear()
-        return self._table[prefix + "overhead"]
+        self.switch_seconds = self._switch_seconds(net, x, prefix, overhead)
+        self._cache.clear()
+        return overhead
+
+    def _switch_seconds(self, net: nn.Module, x: torch.Tensor, prefix: str, overhead: float) -> float:
+        """What each float/int8 switch adds: the networks whose every layer switches, measured
+        beyond their layers' predictions (0 where none was measured, never negative)."""
+        from rlprune.layers import discover_layers
+
+        layers = discover_layers(net, x)
+        excess = []
+        for first in (8, 32):
+            measured = self._table.get(f"{prefix}deployed:alternating:{first}")
+            if measured is None or len(layers) < 2:
+                continue
+            other = 32 if first == 8 else 8
+            bits = [other if i % 2 else first for i in range(len(layers))]
+            predicted = overhead + sum(
+                self.latency(layer, Choice(Pattern.DENSE, 1, 1, b, b))
+                for layer, b in zip(layers, bits, strict=True)
+            )
+            excess.append((measured - predicted) / (len(layers) - 1))
+        return max(0.0, sum(excess) / len(excess)) if excess else 0.0
 
     def _measure_glue(
         self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        """``overhead`` and ``glue:<layer>`` seconds of ``net`` (see :meth:`calibrate`).
+        """Seconds of ``net`` and its stubbed copies, and ``glue:<layer>`` (see :meth:`calibrate`).
 
         Each layer's stub is narrowed to a quarter of its channels (at least 2, which cannot
         broadcast into a residual add); where the network still runs, the time saved, scaled to
         all channels, is that layer's glue if it stands out of the noise: three times the gap
         between two timings of the same stubbed network, and 1% of it.
         """
+        from rlprune.export import to_torchscript
+
         kept = {name: max(2, _channels(out) // 4) for name, out in outputs.items()}
         variants = {"full": _stubbed(net, outputs), "again": _stubbed(net, outputs)}
         for name, out in outputs.items():
@@ -332,27 +374,31 @@ class MeasuredModel(LatencyModel):
                 variants[name] = narrow
             except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
                 pass
-        variants["stub call"] = _Stub(x)
+        variants["deployed:float"] = to_torchscript(net, x)
         precisions = [32] * len(variants)
         int8 = self._int8_export(net, x) if 8 in self.bits else None
         if int8 is not None:
             with self._timing_context():  # the int8 engine
-                variants["int8"] = _stubbed(int8, _record_outputs(int8, x, outputs))
-            variants["int8 network"] = int8
+                variants["stubbed:int8"] = _stubbed(int8, _record_outputs(int8, x, outputs))
+                variants["deployed:int8"] = to_torchscript(int8, x)
             precisions += [8, 8]
-        with self._timing_context(), warnings.catch_warnings():
+            names = list(outputs)
+            for first in (8, 32):  # every layer switches precision, starting int8 or float
+                floats = names[1::2] if first == 8 else names[0::2]
+                mixed = self._int8_export(net, x, floats) if len(names) > 1 else None
+                if mixed is not None:
+                    with self._timing_context():
+                        variants[f"deployed:alternating:{first}"] = to_torchscript(mixed, x)
+                    precisions.append(8)
+        with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calls = [functools.partial(module, x) for module in variants.values()]
             timed = time_apart(calls, precisions, self.threads, 2 * self.rounds, self.block_time)
         seconds = dict(zip(variants, timed, strict=True))
         full, again = seconds.pop("full"), seconds.pop("again")
-        stub_calls = seconds.pop("stub call") * len(outputs)
-        int8_stubbed = seconds.pop("int8", full)
-        int8_scale = 1.0
-        if "int8 network" in seconds:  # its ops' seconds inside the network over their seconds alone
-            inside = seconds.pop("int8 network") - int8_stubbed + stub_calls
-            alone = self._dense_int8_ops(net, x)
-            int8_scale = inside / alone if inside > 0 and alone > 0 else 1.0
+        # seconds only, never their differences: the cache keeps no negative entry
+        measured = {"stubbed:float": full}
+        measured.update((key, seconds.pop(key)) for key in [k for k in seconds if ":" in k])
         noise = max(3.0 * abs(full - again), 0.01 * full)
         glue = {f"glue:{name}": 0.0 for name in outputs}  # layers whose narrowing could not run: 0
         for name, narrowed in seconds.items():  # what is left: the narrowed variants
@@ -360,17 +406,11 @@ class MeasuredModel(LatencyModel):
             saved = (full - narrowed) * channels / (channels - kept[name])
             if saved > noise:
                 glue[f"glue:{name}"] = saved
-        overhead = max(0.0, full - stub_calls - sum(glue.values()))
-        # seconds only, never their difference: the cache keeps no negative entry
-        return {
-            "overhead": overhead,
-            "stubbed:float": full,
-            "stubbed:int8": int8_stubbed,
-            "int8_scale": int8_scale,
-            **glue,
-        }
+        return {**measured, **glue}
 
-    def _int8_export(self, net: nn.Module, x: torch.Tensor) -> nn.Module | None:
+    def _int8_export(
+        self, net: nn.Module, x: torch.Tensor, float_layers: Sequence[str] = ()
+    ) -> nn.Module | None:
         """The int8 export of ``net`` (torch.ao FX), or None where it cannot run here."""
         from rlprune.errors import ModelError
         from rlprune.export import export_int8
@@ -379,25 +419,26 @@ class MeasuredModel(LatencyModel):
             return None
         try:
             with self._timing_context():  # the int8 engine
-                return export_int8(net, x)
+                return export_int8(net, x, float_layers=float_layers)
         except ModelError as exc:
             log.warning("%s: no int8 glue measured: %s", self.name, exc)
             return None
 
-    def _dense_int8_ops(self, net: nn.Module, x: torch.Tensor) -> float:
-        """Seconds of the dense int8 ops of ``net``'s layers, each timed alone (from the table)."""
+    def _dense_ops(self, net: nn.Module, x: torch.Tensor, bits: int) -> list[float]:
+        """Seconds of each of ``net``'s layers' dense op at ``bits``, timed alone (from the table)."""
         from rlprune.layers import discover_layers
 
-        int8 = Choice(Pattern.DENSE, 1, 1, 8, 8)
-        points = [p for layer in discover_layers(net, x) for p in self.grid_points(layer, int8)]
-        self._measure_all([spec for spec, _ in points if spec["key"] not in self._table], progress=False)
-        return sum(w * self._table[spec["key"]] for spec, w in points)
+        choice = Choice(Pattern.DENSE, 1, 1, bits, bits)
+        layers = [self.grid_points(layer, choice) for layer in discover_layers(net, x)]
+        missing = [spec for points in layers for spec, _ in points if spec["key"] not in self._table]
+        self._measure_all(missing, progress=False)
+        return [sum(w * self._table[spec["key"]] for spec, w in points) for points in layers]
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
         """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""
         if choice.pattern is Pattern.FILTER:
             layer = layer.with_channels(layer.in_channels, choice.keep)
-        bits = 8 if self._runs_int8(choice) else 32
+        bits = 8 if self.runs_integer(choice) else 32
         step = self.channel_step
         depthwise = layer.kind != "linear" and layer.groups > 1 and layer.groups == layer.in_channels
         if depthwise and layer.out_channels == layer.in_channels:
@@ -501,14 +542,13 @@ class MeasuredModel(LatencyModel):
         try:
             if self.engine is not None:
                 torch.backends.quantized.engine = self.engine
-            with torch.inference_mode():
-                yield
+            yield
         finally:
             torch.set_num_threads(threads)
             torch.backends.quantized.engine = engine
 
-    def _build(self, spec: dict[str, Any]) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-        """The op and an input batch for one grid entry (float or int8)."""
+    def _build(self, spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+        """The op (with its epilogue) and an input batch for one grid entry (float or int8)."""
         gen = torch.Generator().manual_seed(0)
         kind, c_in, c_out = spec["kind"], spec["c_in"], spec["c_out"]
         shape = (
@@ -541,14 +581,27 @@ class MeasuredModel(LatencyModel):
                 except (RuntimeError, NotImplementedError, AttributeError, AssertionError) as exc:
                     warnings.warn(f"no int8 kernel for {kind} here ({exc}); costing it at FP32", stacklevel=2)
                     self.int8_fallbacks.add(spec["key"])
-        return (functools.partial(_then_relu, op) if relu else op), x
+        return (_ThenRelu(op) if relu else op), x
 
     def _time(self, specs: list[dict[str, Any]]) -> list[float]:
-        """Seconds of one batch through each grid entry's op (:func:`time_calls`)."""
+        """Seconds of one batch through each grid entry's op, deployed, less a deployed call's.
+
+        Each op runs as a network would deploy it (:func:`rlprune.export.to_torchscript`); a
+        call of an empty deployed module, timed beside them, is taken off (a module that
+        returns a new tensor costs the same), as inside a network the ops run one after
+        another without it (:func:`time_calls`).
+        """
+        from rlprune.export import to_torchscript
+
         with self._timing_context(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
-            calls = [functools.partial(*self._build(spec)) for spec in specs]
-            return time_calls(calls, self.threads, self.rounds, self.block_time, self.warmup)
+            built = [self._build(spec) for spec in specs]
+            calls = [functools.partial(to_torchscript(op, x), x) for op, x in built]
+            x = built[0][1]
+            calls.append(functools.partial(to_torchscript(_Identity(), x), x))
+            with torch.inference_mode():
+                *seconds, call = time_calls(calls, self.threads, self.rounds, self.block_time, self.warmup)
+        return [max(0.0, t - call) for t in seconds]
 
     # -- the cache file ------------------------------------------------------------------------
 
@@ -660,6 +713,22 @@ def time_apart(
     return seconds
 
 
+def _share_per_op(ops: Sequence[float], total: float) -> float:
+    """The share ``c`` with ``sum(min(op, c) for op in ops) == total``: equal, capped at each op.
+
+    A negative ``total`` (the ops cost more inside the network) is shared equally, uncapped.
+    """
+    if total <= 0:
+        return total / len(ops)
+    remaining = total
+    for i, op in enumerate(sorted(ops)):
+        share = remaining / (len(ops) - i)
+        if share <= op:
+            return share
+        remaining -= op
+    return max(ops)
+
+
 class _Stub(nn.Module):
     """Stands in for a layer: returns its recorded output at the cost of a module call."""
 
@@ -719,10 +788,22 @@ def _narrow_channels(output: torch.Tensor, channels: int) -> torch.Tensor:
     return output.narrow(dim, 0, channels).contiguous()
 
 
-def _then_relu(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # torch.relu after the module call, as the zoo's forward passes write it: an nn.Sequential
-    # with nn.ReLU would add two module calls (microseconds each, a quarter of a small layer)
-    return torch.relu(op(x))
+class _ThenRelu(nn.Module):
+    """An op followed by ``torch.relu``, as the zoo's forward passes write it."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.op(x))
+
+
+class _Identity(nn.Module):
+    """A deployed call that runs no op: what each deployed op's timing includes beyond its op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 def _int8_op(op: nn.Module, kind: str, relu: bool) -> nn.Module:

@@ -161,6 +161,12 @@ def test_bad_config_fails_with_a_message(tmp_path):
         build_latency_model(plain_cfg(tmp_path, epilogue="gelu"))
 
 
+def _dense_prediction(
+    model: MeasuredModel, layers: dict[str, LayerInfo], overhead: float, bits: int
+) -> float:
+    return overhead + sum(model.latency(layer, dense(bits)) for layer in layers.values())
+
+
 def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     from rlprune.hardware import measured
     from rlprune.layers import discover_layers
@@ -171,25 +177,20 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     layers = {layer.name: layer for layer in discover_layers(torch_model, x)}
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
-    before = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
     overhead = model.calibrate(torch_model, x)
     assert overhead >= 0
-    # int8 ops are scaled by how much slower they ran inside the whole int8 export than alone
-    (scale,) = [v for k, v in model.table.items() if k.endswith(":int8_scale")]
-    glue, _ = model._glue["stages.0.0.conv1"]
-    conv1 = layers["stages.0.0.conv1"]
-    seconds = model.latency(conv1, dense(8))  # measures its int8 entries where missing
-    op = sum(w * model.table[spec["key"]] for spec, w in model.grid_points(conv1, dense(8)))
-    assert seconds == pytest.approx(op * scale + glue * model._int8_glue_scale + model._int8_glue, rel=1e-12)
-    after = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
-    assert all(after[name] >= before[name] for name in layers)
-    # a conv2 feeds a residual add: halving its output cannot run, so its glue stays constant
-    assert after["stages.0.0.conv2"] == before["stages.0.0.conv2"]
+    # the dense deployed network, timed for real, is predicted as measured (int8: next test)
+    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
+    predicted = _dense_prediction(model, layers, overhead, 32)
+    assert predicted == pytest.approx(model.table[prefix + "deployed:float"], rel=1e-9)
+    # a conv2 feeds a residual add: halving its output cannot run, so it has no glue
+    assert model._glue["stages.0.0.conv2"][0] == 0.0
     # a filter choice pays the glue of the channels it keeps, as the narrower layer does
     conv1 = layers["stages.0.0.conv1"]
     half = Choice(Pattern.FILTER, conv1.out_channels // 2, conv1.out_channels, 32, 32)
     narrower = conv1.with_channels(conv1.in_channels, conv1.out_channels // 2)
     assert model.latency(conv1, half) == pytest.approx(model.latency(narrower, dense(32)), rel=1e-12)
+    after = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
 
     def no_timing(*args, **kwargs):
         raise AssertionError("the calibration should come from the cache")
@@ -203,8 +204,10 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
-def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tmp_path):
-    # at batch 32 a digits CNN's quantized pooling ran in a sixth of its float pooling's time
+@pytest.mark.parametrize("deployed_over_ops", [0.8, 1.05, 1.5])
+def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deployed_over_ops):
+    # ops alone summed up to 1.2x a deployed resnet20 at batch 1 (0.8 here), and to less than
+    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all)
     from rlprune.layers import discover_layers
     from rlprune.models import DigitsCNN
 
@@ -212,26 +215,31 @@ def test_int8_glue_dearer_is_shared_and_cheaper_shrinks_each_int8_layers_glue(tm
     layers = {layer.name: layer for layer in discover_layers(net, x)}
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
+    ops = {b: sum(model.latency(layer, dense(b)) for layer in layers.values()) for b in (8, 32)}  # alone
     model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":int8_scale")).removesuffix("int8_scale")
-    conv = layers["conv2"]
-    model.prepare([(conv, dense(8)), (conv, dense(32))])
-    table = model.table
-    op8, op32 = (sum(w * table[s["key"]] for s, w in model.grid_points(conv, dense(b))) for b in (8, 32))
-    scale, glue = table[prefix + "int8_scale"], 1e-5
-
-    def seconds(extra: float, bits: int) -> float:
-        model._table.update({f"{prefix}glue:{name}": glue for name in layers})
-        model._table[prefix + "stubbed:float"] = 1e-4  # the stubbed float network: glue only
-        model._table[prefix + "stubbed:int8"] = 1e-4 + extra
-        model.calibrate(net, x)  # from the table
-        return model.latency(conv, dense(bits))
-
-    width = glue * len(layers)
-    assert seconds(2e-6, 8) == pytest.approx(op8 * scale + glue + 2e-6 / len(layers), rel=1e-9)
-    assert seconds(-0.25 * width, 8) == pytest.approx(op8 * scale + 0.75 * glue, rel=1e-9)
-    assert seconds(-2 * width, 8) == pytest.approx(op8 * scale, rel=1e-9)  # no glue left to save
-    assert seconds(-0.25 * width, 32) == pytest.approx(op32 + glue, rel=1e-9)  # float layers keep theirs
+    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
+    glue = 0.1 * ops[32] / len(layers)
+    model._table.update({f"{prefix}glue:{name}": glue for name in layers})
+    model._table[prefix + "stubbed:float"] = 1e-4
+    model._table[prefix + "stubbed:int8"] = 1e-4 - 0.5 * glue * len(layers)  # int8 pools cost half
+    model._table[prefix + "deployed:float"] = deployed_over_ops * ops[32]
+    overhead = model.calibrate(net, x)  # from the table
+    assert overhead >= 0
+    # the int8 network spends 2% beyond its ops (quantize, dequantize), besides the float overhead
+    int8_glue = model._int8_glue_scale * sum(g for g, _ in model._glue.values())
+    model._table[prefix + "deployed:int8"] = overhead + int8_glue + 1.02 * ops[8]
+    assert model.calibrate(net, x) == overhead
+    for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
+        assert _dense_prediction(model, layers, overhead, bits) == pytest.approx(
+            model.table[prefix + key], rel=1e-9
+        )
+    glue_kept = sum(g for g, _ in model._glue.values())
+    if deployed_over_ops < 1:  # no room for glue: every op is charged less
+        assert glue_kept == 0 and model._float_saving > 0
+    else:  # the stubs' glue, up to what the network spends beyond its ops
+        assert glue_kept == pytest.approx(min(0.1, deployed_over_ops - 1) * ops[32], rel=1e-9)
+        assert model._float_saving == 0 and model._int8_glue_scale == pytest.approx(0.5)
+    assert model._int8_saving == pytest.approx(-0.02 * ops[8] / len(layers), rel=1e-9)
 
 
 @pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
@@ -244,9 +252,10 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
     net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
 
     def timed(calls, precisions, *args):
-        # full, again, the narrowed stubs, a stub call; then the stubbed int8 export and the export
-        assert list(precisions[-2:]) == [8, 8]
-        return [1e-4, 1e-4] + [8e-5] * (len(calls) - 5) + [1e-6, 5e-5, 6e-5]
+        # full, again, the narrowed stubs, the deployed network; the stubbed and deployed int8
+        # ones, and the two whose layers alternate float and int8
+        assert list(precisions[-5:]) == [32, 8, 8, 8, 8]
+        return [1e-4, 1e-4] + [8e-5] * (len(calls) - 7) + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
 
     monkeypatch.setattr(measured, "time_apart", timed)
     model = build_latency_model(plain_cfg(tmp_path))
@@ -259,24 +268,34 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(measured, "time_apart", no_timing)
     again = build_latency_model(plain_cfg(tmp_path))
+    fake(again)
     assert again.table == model.table
     assert again.calibrate(net, x) == overhead and again._int8_glue_scale == model._int8_glue_scale
+    assert again.switch_seconds == model.switch_seconds > 0
 
 
-@pytest.mark.parametrize(("bits", "warned"), [(None, True), ([32], False)])
-def test_a_mixed_precision_search_on_the_table_is_warned_of(tmp_path, caplog, bits, warned):
-    # the table sums layers; a network mixing float and int8 layers costs more than that
+@pytest.mark.parametrize(
+    ("model_name", "bits", "warned"),
+    [("resnet20", None, True), ("resnet20", [32], False), ("mnist1d_cnn", None, False)],
+)
+def test_a_mixed_precision_search_of_a_residual_network_is_warned_of(
+    tmp_path, caplog, model_name, bits, warned
+):
+    # the int8 export runs residual adds in int8 once any layer is: switches the table misses
     from rlprune.api import make_space
     from rlprune.layers import discover_layers
-    from rlprune.models import MNIST1DCNN
+    from rlprune.models import MNIST1DCNN, ResNet20
     from tests.support import compose_config
 
     cfg = compose_config("hardware=local_cpu", "search.pattern=kofn_weight", f"search.bits={bits or 'null'}")
-    model, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
+    if model_name == "resnet20":
+        model, x = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval(), torch.randn(1, 1, 8, 8)
+    else:
+        model, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
     layers = discover_layers(model, x)
     hardware = build_latency_model(plain_cfg(tmp_path))
     fake(hardware)
     with caplog.at_level("WARNING", logger="rlprune.api"):
         space = make_space(cfg, model, x, layers, layers, hardware)
-    assert len(space.bits) == (2 if warned else 1)
-    assert ("runs slower than the sum of its layers" in caplog.text) is warned
+    assert len(space.bits) == (1 if bits else 2)
+    assert ("runs residual adds in int8" in caplog.text) is warned
