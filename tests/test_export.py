@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from rlprune.errors import ConfigError
-from rlprune.export import effective_layers, export_filter_pruned, export_int8
+from rlprune.errors import ConfigError, ModelError
+from rlprune.export import effective_layers, export_filter_pruned, export_int8, to_torchscript
 from rlprune.layers import discover_layers
 from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
 from rlprune.policy import Choice, Pattern, Policy
@@ -131,6 +131,29 @@ def test_int8_export_runs_the_pool_between_float_layers_in_float():
     # int8 conv1 hands over to float once; the second pool quantizes for fc1; fc2's output
     assert len(_float_ops_between_int8(mixed)) == 2
     assert (mixed(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+def test_a_mixed_int8_export_deploys_as_torchscript_and_loads_back(tmp_path):
+    # the deploy form: saved and loaded without rlprune or torch.ao's FX module (which torch.save
+    # cannot pickle in torch 2.13), computing what the export does
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    x = torch.randn(2, 1, 8, 8)
+    mixed = export_int8(model, x, float_layers=["conv2"])
+    deployed = to_torchscript(mixed, x)
+    torch.jit.save(deployed, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    assert torch.equal(loaded(x), mixed(x))
+    assert "quantized::conv2d_relu" in str(loaded.graph)  # the int8 ops, not a float copy
+
+
+def test_a_model_that_cannot_be_traced_is_refused_clearly():
+    class Branchy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.numpy()  # not a tensor op: the tracer cannot record it
+
+    with pytest.raises(ModelError, match="Branchy cannot be traced to TorchScript"):
+        to_torchscript(Branchy(), torch.randn(1, 3))
 
 
 def _is_quantized(module: torch.nn.Module) -> bool:
