@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -29,7 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
-from rlprune.compress import bake, calibrate_activations, compress, recalibrate_batch_norms
+from rlprune.compress import (
+    bake,
+    calibrate_activations,
+    compress,
+    recalibrate_batch_norms,
+    without_input_quantizers,
+)
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
@@ -37,7 +44,7 @@ from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, 
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
-from rlprune.export import export_filter_pruned
+from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms, to_torchscript
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, network_latency
 from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
@@ -457,6 +464,50 @@ def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run
     }
 
 
+def _deploy_here(
+    dense: nn.Module,
+    baked: nn.Module,
+    policy: Policy,
+    layers: list[LayerInfo],
+    splits: Splits,
+    hardware: MeasuredModel,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Deploy the policy as the measured table costs it, save it, and measure it on this CPU.
+
+    The network with the policy's filters removed and its batch norms folded, int8 (torch.ao,
+    ranges from training batches) in the layers the policy runs at 8 bits, traced and frozen:
+    ``model_deployed.pt``, for ``torch.jit.load`` without rlprune. Reported: its test accuracy
+    (int8 rounds as torch.ao does, not as the finetune's simulation did), and its latency over
+    the dense network's, both deployed and timed side by side on this CPU as the table is.
+    """
+    example = splits.train_x[:1]
+    plain = without_input_quantizers(copy.deepcopy(baked))
+    filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
+    network = fold_batch_norms(export_filter_pruned(plain, filters, example) if filters.choices else plain)
+    dense_choice = hardware.dense_choice()
+    integer = {layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers}
+    int8 = [name for name, runs in integer.items() if runs]
+    if int8:
+        floats = [name for name, runs in integer.items() if not runs]
+        calibration = list(splits.train_x[:512].split(64))
+        network = export_int8(network, example, calibration, float_layers=floats)
+    deployed = to_torchscript(network, example)
+    write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
+    x = splits.test_x[: hardware.batch_size]
+    dense_s, deployed_s = hardware.time_networks(
+        [to_torchscript(fold_batch_norms(dense), example), deployed], x, [32, 8 if int8 else 32]
+    )
+    return {
+        "model": "model_deployed.pt",
+        "int8_layers": int8,
+        "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
+        "measured_latency": deployed_s / dense_s,
+        "dense_seconds": dense_s,
+        "deployed_seconds": deployed_s,
+    }
+
+
 def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:
     """Write a policy and how it scored to ``path`` (YAML, atomically)."""
     write_yaml_atomic(
@@ -626,6 +677,10 @@ def _finish(
         report["export"] = _export_filters(baked, tuned.policy, splits.train_x[:1], run_dir)
         if report["export"]["model_pruned"]:
             outputs.append(run_dir / "model_pruned.pt")
+    if isinstance(hardware, MeasuredModel):
+        deployed = _deploy_here(target.model, baked, tuned.policy, layers, splits, hardware, run_dir)
+        report["deployed"] = deployed
+        outputs.append(run_dir / "model_deployed.pt")
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
     write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))

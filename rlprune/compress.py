@@ -265,6 +265,17 @@ def recalibrate_batch_norms(model: nn.Module, x: torch.Tensor, batch_size: int) 
             bn.eval()
 
 
+def without_input_quantizers(model: nn.Module) -> nn.Module:
+    """``model`` without its layers' float input quantizers, in place: a deployment quantizes for real."""
+    for module in model.modules():
+        if isinstance(getattr(module, "input_quantizer", None), ActivationQuantizer):
+            for key, hook in list(module._forward_pre_hooks.items()):
+                if hook is _quantize_input:
+                    del module._forward_pre_hooks[key]
+            del module.input_quantizer
+    return model
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Fold masks and weight quantization into plain weights, in place, and return the model.
 

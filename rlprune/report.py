@@ -109,6 +109,13 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s",
         soft_wrap=True,
     )
+    if deployed := report.get("deployed"):
+        console.print(
+            f"deployed on this CPU ({deployed['model']}, {len(deployed['int8_layers'])} int8 layers): "
+            f"latency {deployed['measured_latency']:.3f} of dense measured, "
+            f"{report['latency']:.3f} predicted; test accuracy {deployed['test_accuracy']:.4f}",
+            soft_wrap=True,
+        )
     if report["latency"] > report["budget"] + 1e-9:
         console.print(
             f"warning: finetune.mask={report['finetune']['mask']} recast the searched policy; "

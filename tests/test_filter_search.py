@@ -209,6 +209,17 @@ def test_cli_searches_filters_on_the_measured_table_and_reuses_it(tmp_path):
     assert first["export"]["params"] < first["export"]["dense_params"]
     with torch.no_grad():
         assert smaller(torch.randn(2, 1, 40)).shape == (2, 10)
+    # the policy deployed as the table costs it: TorchScript, int8 where the policy runs 8 bits
+    deployed = first["deployed"]
+    loaded = torch.jit.load(tmp_path / "first" / deployed["model"])
+    assert loaded(torch.randn(2, 1, 40)).shape == (2, 10)
+    int8 = [row["layer"] for row in first["layers"] if row["w_bits"] == 8]
+    assert deployed["int8_layers"] == int8
+    assert ("quantized::" in str(loaded.graph)) is bool(int8)
+    assert deployed["measured_latency"] > 0 and deployed["deployed_seconds"] > 0
+    # torch.ao rounds as the finetune's simulation nearly does
+    tuned = first["accuracy"]["pruned_test_after_finetune"]
+    assert deployed["test_accuracy"] == pytest.approx(tuned, abs=0.05)
 
 
 def test_pruned_filters_silence_their_batch_norm_as_the_export_removes_it():

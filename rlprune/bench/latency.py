@@ -8,7 +8,7 @@ this CPU), plus the dense fp32 and dense int8 policies. Each policy is exported 
 network (Torch-Pruning, batch norms folded; FX int8 for the 8-bit layers),
 timed whole and side by side with the networks of its precision using ``torch.utils.benchmark``
 (fixed threads, the fastest of interleaved short blocks:
-:func:`rlprune.hardware.measured.time_apart`), and predicted by
+:meth:`rlprune.hardware.MeasuredModel.time_networks`), and predicted by
 every latency model that applies:
 
 * ``local_cpu``: the measured lookup table, summed over the exported layers, plus the glue
@@ -29,15 +29,12 @@ the dense int8 export, each against the dense model measured in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import math
 import os
 import platform
 import random
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +46,7 @@ from rlprune.config import default_cache_dir
 from rlprune.errors import ModelError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms, to_torchscript
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
-from rlprune.hardware.measured import cpu_model, time_apart
+from rlprune.hardware.measured import cpu_model
 from rlprune.io import write_json_atomic
 from rlprune.layers import LayerInfo, discover_layers
 from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
@@ -63,28 +60,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 PREDICTORS = ("local_cpu", "arm_cpu", "flops", "bops")
 # how a sampled policy's layers run: all float, all int8, or each layer drawn (the search's choice)
 PRECISIONS = ("fp32", "int8", "mixed")
-
-
-@contextlib.contextmanager
-def _timing(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def time_networks(
-    modules: list[nn.Module], x: torch.Tensor, threads: int, rounds: int, bits: list[int]
-) -> list[float]:
-    """Seconds of one forward pass of each module on ``x``, timed side by side with the modules
-    of its own precision (``bits``), as the table times its ops (:func:`time_apart`)."""
-    with _timing(threads):
-        calls = [functools.partial(module.eval(), x) for module in modules]
-        return time_apart(calls, bits, threads, rounds=rounds, block_time=0.001)
 
 
 def _keep_options(channels: int) -> list[int]:
@@ -167,7 +142,6 @@ def run_model(
     name: str,
     policies: int,
     local: MeasuredModel,
-    rounds: int,
     rng: random.Random,
     log: Callable[[str], None],
     quick: bool = False,
@@ -260,7 +234,7 @@ def run_model(
     # the dense policy 4 times more, to show the noise
     nets = [net for net, _ in exported] + [exported[0][0]] * 4 + [*extra.values()]
     bits = [32 if kind == "fp32" else 8 for _, kind, _ in samples] + [32] * 4 + extra_bits
-    seconds = time_networks(nets, x, local.threads, rounds, bits)
+    seconds = local.time_networks(nets, x, bits)
     log(f"  {name}: {len(nets)} networks timed in {time.time() - start:.0f} s")
     records = [
         {
@@ -357,9 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     load_before = os.getloadavg()[0]
     started = time.time()
-    results_models = [
-        run_model(m, args.policies, local, args.rounds, rng, print, args.quick) for m in args.models
-    ]
+    results_models = [run_model(m, args.policies, local, rng, print, args.quick) for m in args.models]
     results = {
         "benchmark": "latency",
         "machine": {

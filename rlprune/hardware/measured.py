@@ -22,7 +22,8 @@ What is measured, and what is not:
 * The op is followed by its ``epilogue`` (``relu``: an elementwise ReLU on the output, fused
   into the int8 kernel as a deployed ``ConvReLU``/``LinearReLU`` is; ``none``: the op alone).
   Every hidden layer of the zoo is followed by an activation, whose cost scales with the
-  layer's output and so belongs to the layer. Batch norm is assumed folded (deploy).
+  layer's output and so belongs to the layer. Batch norm is assumed folded (deploy), so every
+  op has a bias: a layer and its deployed, folded self share one table entry.
 * Channel counts are measured on a grid (multiples of ``channel_step``) and interpolated
   bilinearly in ``(c_in, c_out)`` between the four neighbouring grid points; a count below
   ``channel_step`` is measured as it is. Depthwise convolutions interpolate along ``c``;
@@ -67,10 +68,11 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 log = logging.getLogger(__name__)
 
 MEASURED_NUMBERS = ("batch_size", "threads", "channel_step", "rounds", "block_time", "warmup")
+# 11: every op with a bias (a deployed conv holds its folded batch norm's);
 # 10: ops and networks timed deployed (TorchScript); 9: the int8 export fuses torch.relu;
 # 8: ops timed among their own precision; 7: int8 glue
 # may be cheaper; 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
-CACHE_FORMAT = 10
+CACHE_FORMAT = 11
 EPILOGUES = ("relu", "none")
 INT8_ENGINES = ("x86", "fbgemm")
 
@@ -306,31 +308,45 @@ class MeasuredModel(LatencyModel):
             measured = self._measure_glue(net, x, outputs)
             self._table.update({prefix + k: v for k, v in measured.items()})
             self._save()
-        stub_glue = {name: self._table[f"{prefix}glue:{name}"] for name in outputs}
+        ops = {bits: self._dense_ops(net, x, bits) for bits in (32, 8)}
+
+        def read(key: str, bits: int) -> float:
+            # what the calibration timed, in the table's time: scaled by the layers' ops as the
+            # table has them over the same ops timed beside the networks
+            alone = self._table.get(f"{prefix}alone:{'float' if bits == 32 else 'int8'}", 0.0)
+            return self._table[prefix + key] * (sum(ops[bits]) / alone if alone > 0 else 1.0)
+
+        stub_glue = {name: read(f"glue:{name}", 32) for name in outputs}
         stub_total = sum(stub_glue.values())
         # the dense deployed network, predicted as measured: its ops less their saving, then
         # the stubs' glue up to what is left, split over the layers as the stubs say
-        deployed, ops = self._table[prefix + "deployed:float"], self._dense_ops(net, x, 32)
-        self._float_saving = _share_per_op(ops, max(0.0, sum(ops) - deployed))
-        beyond_ops = max(0.0, deployed - sum(ops))
+        deployed = read("deployed:float", 32)
+        self._float_saving = _share_per_op(ops[32], max(0.0, sum(ops[32]) - deployed))
+        beyond_ops = max(0.0, deployed - sum(ops[32]))
         kept = min(1.0, beyond_ops / stub_total) if stub_total > 0 else 1.0
         self._glue = {name: (g * kept, _channels(outputs[name])) for name, g in stub_glue.items()}
         overhead = beyond_ops - kept * stub_total
         self._int8_glue_scale, self._int8_saving = 1.0, 0.0
         if prefix + "deployed:int8" in self._table:
-            extra = self._table[prefix + "stubbed:int8"] - self._table[prefix + "stubbed:float"]
+            extra = read("stubbed:int8", 8) - read("stubbed:float", 32)
             if stub_total > 0:
                 self._int8_glue_scale = min(1.0, max(0.0, 1.0 + extra / stub_total))
             int8_glue = self._int8_glue_scale * kept * stub_total
-            ops8 = self._dense_ops(net, x, 8)
-            rest = self._table[prefix + "deployed:int8"] - overhead - int8_glue
-            self._int8_saving = _share_per_op(ops8, sum(ops8) - rest)
+            rest = read("deployed:int8", 8) - overhead - int8_glue
+            self._int8_saving = _share_per_op(ops[8], sum(ops[8]) - rest)
         self._cache.clear()
-        self.switch_seconds = self._switch_seconds(net, x, prefix, overhead)
+        self.switch_seconds = self._switch_seconds(net, x, prefix, overhead, read)
         self._cache.clear()
         return overhead
 
-    def _switch_seconds(self, net: nn.Module, x: torch.Tensor, prefix: str, overhead: float) -> float:
+    def _switch_seconds(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        prefix: str,
+        overhead: float,
+        read: Callable[[str, int], float],
+    ) -> float:
         """What each float/int8 switch adds: the networks whose every layer switches, measured
         beyond their layers' predictions (0 where none was measured, never negative)."""
         from rlprune.layers import discover_layers
@@ -338,9 +354,10 @@ class MeasuredModel(LatencyModel):
         layers = discover_layers(net, x)
         excess = []
         for first in (8, 32):
-            measured = self._table.get(f"{prefix}deployed:alternating:{first}")
-            if measured is None or len(layers) < 2:
+            key = f"deployed:alternating:{first}"
+            if prefix + key not in self._table or len(layers) < 2:
                 continue
+            measured = read(key, 8)
             other = 32 if first == 8 else 8
             bits = [other if i % 2 else first for i in range(len(layers))]
             predicted = overhead + sum(
@@ -390,11 +407,24 @@ class MeasuredModel(LatencyModel):
                     with self._timing_context():
                         variants[f"deployed:alternating:{first}"] = to_torchscript(mixed, x)
                     precisions.append(8)
+        calls = [functools.partial(module, x) for module in variants.values()]
+        # the layers' ops alone, timed beside the networks: the machine's speed drifts by up to
+        # 1.5x for seconds at a time, so the networks are read against these, not the table
+        with self._timing_context():
+            alone = {bits: self._ops_alone(net, x, bits) for bits in sorted(set(precisions))}
+        for bits, (ops, _) in alone.items():
+            calls += ops
+            precisions += [bits] * len(ops)
         with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            calls = [functools.partial(module, x) for module in variants.values()]
             timed = time_apart(calls, precisions, self.threads, 2 * self.rounds, self.block_time)
-        seconds = dict(zip(variants, timed, strict=True))
+        seconds = dict(zip(variants, timed, strict=False))
+        at = len(variants)
+        for bits, (ops, weights) in alone.items():
+            *each, call = timed[at : at + len(ops)]
+            at += len(ops)
+            kind = "float" if bits == 32 else "int8"
+            seconds[f"alone:{kind}"] = sum(w * max(0.0, t - call) for w, t in zip(weights, each, strict=True))
         full, again = seconds.pop("full"), seconds.pop("again")
         # seconds only, never their differences: the cache keeps no negative entry
         measured = {"stubbed:float": full}
@@ -407,6 +437,35 @@ class MeasuredModel(LatencyModel):
             if saved > noise:
                 glue[f"glue:{name}"] = saved
         return {**measured, **glue}
+
+    def time_networks(
+        self, networks: Sequence[nn.Module], x: torch.Tensor, bits: Sequence[int]
+    ) -> list[float]:
+        """Seconds of one forward pass of each network on ``x``, timed as the table times its ops:
+        side by side with the networks of its precision (``bits``: 8 where it holds int8 ops),
+        at this model's threads, rounds and block time (:func:`time_apart`)."""
+        with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calls = [functools.partial(network.eval(), x) for network in networks]
+            return time_apart(calls, bits, self.threads, self.rounds, self.block_time)
+
+    def _ops_alone(
+        self, net: nn.Module, x: torch.Tensor, bits: int
+    ) -> tuple[list[Callable[[], object]], list[float]]:
+        """Deployed calls of ``net``'s layers' dense ops at ``bits`` (each grid point the table
+        reads), an empty deployed call last (as :meth:`_time` times them), and their weights."""
+        from rlprune.export import to_torchscript
+        from rlprune.layers import discover_layers
+
+        choice = Choice(Pattern.DENSE, 1, 1, bits, bits)
+        points = [p for layer in discover_layers(net, x) for p in self.grid_points(layer, choice)]
+        calls, weights = [], []
+        for spec, weight in points:
+            op, example = self._build(spec)
+            calls.append(functools.partial(to_torchscript(op, example), example))
+            weights.append(weight)
+        calls.append(functools.partial(to_torchscript(_Identity(), x), x))
+        return calls, weights
 
     def _int8_export(
         self, net: nn.Module, x: torch.Tensor, float_layers: Sequence[str] = ()
@@ -473,7 +532,6 @@ class MeasuredModel(LatencyModel):
             "padding": list(padding),
             "groups": groups,
             "spatial": list(spatial),
-            "bias": layer.has_bias,
             "bits": bits,
             "batch": self.batch_size,
             "epilogue": self.epilogue,
@@ -558,7 +616,7 @@ class MeasuredModel(LatencyModel):
         )
         x = torch.randn(shape, generator=gen)
         if kind == "linear":
-            op: nn.Module = nn.Linear(c_in, c_out, bias=spec["bias"])
+            op: nn.Module = nn.Linear(c_in, c_out)
         else:
             conv = nn.Conv1d if kind == "conv1d" else nn.Conv2d
             op = conv(
@@ -568,7 +626,6 @@ class MeasuredModel(LatencyModel):
                 stride=tuple(spec["stride"]),
                 padding=tuple(spec["padding"]),
                 groups=spec["groups"],
-                bias=spec["bias"],
             )
         op.eval()
         relu = spec["epilogue"] == "relu"

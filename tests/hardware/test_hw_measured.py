@@ -177,12 +177,16 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     layers = {layer.name: layer for layer in discover_layers(torch_model, x)}
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
+    ops = sum(model.latency(layer, dense(32)) for layer in layers.values())  # alone, from the table
     overhead = model.calibrate(torch_model, x)
     assert overhead >= 0
-    # the dense deployed network, timed for real, is predicted as measured (int8: next test)
+    # the dense deployed network, timed for real beside its ops, is predicted as measured, in the
+    # table's time (int8: next test)
     prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    predicted = _dense_prediction(model, layers, overhead, 32)
-    assert predicted == pytest.approx(model.table[prefix + "deployed:float"], rel=1e-9)
+    table = model.table
+    assert table[prefix + "alone:float"] > 0
+    in_table_time = table[prefix + "deployed:float"] * ops / table[prefix + "alone:float"]
+    assert _dense_prediction(model, layers, overhead, 32) == pytest.approx(in_table_time, rel=1e-9)
     # a conv2 feeds a residual add: halving its output cannot run, so it has no glue
     assert model._glue["stages.0.0.conv2"][0] == 0.0
     # a filter choice pays the glue of the channels it keeps, as the narrower layer does
@@ -207,7 +211,9 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("deployed_over_ops", [0.8, 1.05, 1.5])
 def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deployed_over_ops):
     # ops alone summed up to 1.2x a deployed resnet20 at batch 1 (0.8 here), and to less than
-    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all)
+    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all);
+    # the machine ran at 0.8x the table's speed while they were timed
+    slow = 1.25
     from rlprune.layers import discover_layers
     from rlprune.models import DigitsCNN
 
@@ -219,19 +225,21 @@ def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deploye
     model.calibrate(net, x)
     prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
     glue = 0.1 * ops[32] / len(layers)
-    model._table.update({f"{prefix}glue:{name}": glue for name in layers})
-    model._table[prefix + "stubbed:float"] = 1e-4
-    model._table[prefix + "stubbed:int8"] = 1e-4 - 0.5 * glue * len(layers)  # int8 pools cost half
-    model._table[prefix + "deployed:float"] = deployed_over_ops * ops[32]
+    model._table.update({f"{prefix}glue:{name}": slow * glue for name in layers})
+    model._table[prefix + "alone:float"] = slow * ops[32]
+    model._table[prefix + "alone:int8"] = slow * ops[8]
+    model._table[prefix + "stubbed:float"] = slow * 1e-4
+    model._table[prefix + "stubbed:int8"] = slow * (1e-4 - 0.5 * glue * len(layers))  # int8 pools: half
+    model._table[prefix + "deployed:float"] = slow * deployed_over_ops * ops[32]
     overhead = model.calibrate(net, x)  # from the table
     assert overhead >= 0
     # the int8 network spends 2% beyond its ops (quantize, dequantize), besides the float overhead
     int8_glue = model._int8_glue_scale * sum(g for g, _ in model._glue.values())
-    model._table[prefix + "deployed:int8"] = overhead + int8_glue + 1.02 * ops[8]
+    model._table[prefix + "deployed:int8"] = slow * (overhead + int8_glue + 1.02 * ops[8])
     assert model.calibrate(net, x) == overhead
     for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
         assert _dense_prediction(model, layers, overhead, bits) == pytest.approx(
-            model.table[prefix + key], rel=1e-9
+            model.table[prefix + key] / slow, rel=1e-9
         )
     glue_kept = sum(g for g, _ in model._glue.values())
     if deployed_over_ops < 1:  # no room for glue: every op is charged less
@@ -252,10 +260,11 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
     net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
 
     def timed(calls, precisions, *args):
-        # full, again, the narrowed stubs, the deployed network; the stubbed and deployed int8
-        # ones, and the two whose layers alternate float and int8
-        assert list(precisions[-5:]) == [32, 8, 8, 8, 8]
-        return [1e-4, 1e-4] + [8e-5] * (len(calls) - 7) + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
+        # full, again, the 5 narrowed stubs, the deployed network; the stubbed and deployed int8
+        # ones and the two whose layers alternate float and int8; then the ops alone, float and int8
+        networks = [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
+        assert list(precisions[: len(networks)]) == [32] * 8 + [8] * 4
+        return networks + [1e-5] * (len(calls) - len(networks))
 
     monkeypatch.setattr(measured, "time_apart", timed)
     model = build_latency_model(plain_cfg(tmp_path))
