@@ -479,8 +479,25 @@ def _deploy_here(
     ranges from training batches) in the layers the policy runs at 8 bits, traced and frozen:
     ``model_deployed.pt``, for ``torch.jit.load`` without rlprune. Reported: its test accuracy
     (int8 rounds as torch.ao does, not as the finetune's simulation did), and its latency over
-    the dense network's, both deployed and timed side by side on this CPU as the table is.
+    the dense network's, both deployed and timed side by side on this CPU as the table is. A
+    network that cannot be exported or traced keeps the run's other outputs; the report says why.
     """
+    try:
+        return _deploy(dense, baked, policy, layers, splits, hardware, run_dir)
+    except (ConfigError, ModelError) as exc:
+        print(f"no model_deployed.pt: {exc}")
+        return {"model": None, "skipped": str(exc)}
+
+
+def _deploy(
+    dense: nn.Module,
+    baked: nn.Module,
+    policy: Policy,
+    layers: list[LayerInfo],
+    splits: Splits,
+    hardware: MeasuredModel,
+    run_dir: Path,
+) -> dict[str, Any]:
     example = splits.train_x[:1]
     plain = without_input_quantizers(copy.deepcopy(baked))
     filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
@@ -678,9 +695,11 @@ def _finish(
         if report["export"]["model_pruned"]:
             outputs.append(run_dir / "model_pruned.pt")
     if isinstance(hardware, MeasuredModel):
-        deployed = _deploy_here(target.model, baked, tuned.policy, layers, splits, hardware, run_dir)
-        report["deployed"] = deployed
-        outputs.append(run_dir / "model_deployed.pt")
+        report["deployed"] = _deploy_here(
+            target.model, baked, tuned.policy, layers, splits, hardware, run_dir
+        )
+        if report["deployed"]["model"]:
+            outputs.append(run_dir / "model_deployed.pt")
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
     write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))

@@ -109,7 +109,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s",
         soft_wrap=True,
     )
-    if deployed := report.get("deployed"):
+    if (deployed := report.get("deployed")) and deployed["model"]:
         console.print(
             f"deployed on this CPU ({deployed['model']}, {len(deployed['int8_layers'])} int8 layers): "
             f"latency {deployed['measured_latency']:.3f} of dense measured, "

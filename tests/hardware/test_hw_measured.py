@@ -264,7 +264,8 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
         # ones and the two whose layers alternate float and int8; then the ops alone, float and int8
         networks = [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
         assert list(precisions[: len(networks)]) == [32] * 8 + [8] * 4
-        return networks + [1e-5] * (len(calls) - len(networks))
+        alone = [precisions.count(bits) - networks_of for bits, networks_of in ((32, 8), (8, 4))]
+        return networks + [t for n in alone for t in [2e-5] * (n - 1) + [1e-5]]  # an empty call last
 
     monkeypatch.setattr(measured, "time_apart", timed)
     model = build_latency_model(plain_cfg(tmp_path))
