@@ -483,46 +483,39 @@ def _deploy_here(
     network that cannot be exported or traced keeps the run's other outputs; the report says why.
     """
     try:
-        return _deploy(dense, baked, policy, layers, splits, hardware, run_dir)
+        example = splits.train_x[:1]
+        plain = without_input_quantizers(copy.deepcopy(baked))
+        filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
+        network = fold_batch_norms(
+            export_filter_pruned(plain, filters, example) if filters.choices else plain
+        )
+        dense_choice = hardware.dense_choice()
+        integer = {
+            layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers
+        }
+        int8 = [name for name, runs in integer.items() if runs]
+        if int8:
+            floats = [name for name, runs in integer.items() if not runs]
+            calibration = list(splits.train_x[:512].split(64))
+            network = export_int8(network, example, calibration, float_layers=floats)
+        deployed = to_torchscript(network, example)
+        write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
+        x = splits.test_x[: hardware.batch_size]
+        dense_s, deployed_s = hardware.time_networks(
+            [to_torchscript(fold_batch_norms(dense), example), deployed], x, [32, 8 if int8 else 32]
+        )
+        result = {
+            "model": "model_deployed.pt",
+            "int8_layers": int8,
+            "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
+            "measured_latency": deployed_s / dense_s,
+            "dense_seconds": dense_s,
+            "deployed_seconds": deployed_s,
+        }
     except (ConfigError, ModelError) as exc:
         print(f"no model_deployed.pt: {exc}")
         return {"model": None, "skipped": str(exc)}
-
-
-def _deploy(
-    dense: nn.Module,
-    baked: nn.Module,
-    policy: Policy,
-    layers: list[LayerInfo],
-    splits: Splits,
-    hardware: MeasuredModel,
-    run_dir: Path,
-) -> dict[str, Any]:
-    example = splits.train_x[:1]
-    plain = without_input_quantizers(copy.deepcopy(baked))
-    filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
-    network = fold_batch_norms(export_filter_pruned(plain, filters, example) if filters.choices else plain)
-    dense_choice = hardware.dense_choice()
-    integer = {layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers}
-    int8 = [name for name, runs in integer.items() if runs]
-    if int8:
-        floats = [name for name, runs in integer.items() if not runs]
-        calibration = list(splits.train_x[:512].split(64))
-        network = export_int8(network, example, calibration, float_layers=floats)
-    deployed = to_torchscript(network, example)
-    write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
-    x = splits.test_x[: hardware.batch_size]
-    dense_s, deployed_s = hardware.time_networks(
-        [to_torchscript(fold_batch_norms(dense), example), deployed], x, [32, 8 if int8 else 32]
-    )
-    return {
-        "model": "model_deployed.pt",
-        "int8_layers": int8,
-        "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
-        "measured_latency": deployed_s / dense_s,
-        "dense_seconds": dense_s,
-        "deployed_seconds": deployed_s,
-    }
+    return result
 
 
 def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:

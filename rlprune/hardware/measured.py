@@ -298,17 +298,19 @@ class MeasuredModel(LatencyModel):
         the network's structure; until called, layers cost their op alone.
         """
         from rlprune.export import fold_batch_norms
+        from rlprune.layers import discover_layers
 
         x = torch.randn((self.batch_size, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
         net = fold_batch_norms(network).float()
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = _layer_outputs(net, x)
+        layers = discover_layers(net, x)
         if prefix + "deployed:float" not in self._table:
-            measured = self._measure_glue(net, x, outputs)
+            measured = self._measure_glue(net, x, outputs, layers)
             self._table.update({prefix + k: v for k, v in measured.items()})
             self._save()
-        ops = {bits: self._dense_ops(net, x, bits) for bits in (32, 8)}
+        ops = {bits: self._dense_ops(layers, bits) for bits in {FLOAT_BITS, *self.bits}}
 
         def read(key: str, bits: int) -> float:
             # what the calibration timed, in the table's time: scaled by the layers' ops as the
@@ -327,7 +329,7 @@ class MeasuredModel(LatencyModel):
         self._glue = {name: (g * kept, _channels(outputs[name])) for name, g in stub_glue.items()}
         overhead = beyond_ops - kept * stub_total
         self._int8_glue_scale, self._int8_saving = 1.0, 0.0
-        if prefix + "deployed:int8" in self._table:
+        if 8 in ops and prefix + "deployed:int8" in self._table:
             extra = read("stubbed:int8", 8) - read("stubbed:float", 32)
             if stub_total > 0:
                 self._int8_glue_scale = min(1.0, max(0.0, 1.0 + extra / stub_total))
@@ -335,23 +337,16 @@ class MeasuredModel(LatencyModel):
             rest = read("deployed:int8", 8) - overhead - int8_glue
             self._int8_saving = _share_per_op(ops[8], sum(ops[8]) - rest)
         self._cache.clear()
-        self.switch_seconds = self._switch_seconds(net, x, prefix, overhead, read)
+        if 8 in ops:
+            self.switch_seconds = self._switch_seconds(layers, prefix, overhead, read)
         self._cache.clear()
         return overhead
 
     def _switch_seconds(
-        self,
-        net: nn.Module,
-        x: torch.Tensor,
-        prefix: str,
-        overhead: float,
-        read: Callable[[str, int], float],
+        self, layers: list[LayerInfo], prefix: str, overhead: float, read: Callable[[str, int], float]
     ) -> float:
         """What each float/int8 switch adds: the networks whose every layer switches, measured
         beyond their layers' predictions (0 where none was measured, never negative)."""
-        from rlprune.layers import discover_layers
-
-        layers = discover_layers(net, x)
         excess = []
         for first in (8, 32):
             key = f"deployed:alternating:{first}"
@@ -368,7 +363,7 @@ class MeasuredModel(LatencyModel):
         return max(0.0, sum(excess) / len(excess)) if excess else 0.0
 
     def _measure_glue(
-        self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor]
+        self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor], layers: list[LayerInfo]
     ) -> dict[str, float]:
         """Seconds of ``net`` and its stubbed copies, and ``glue:<layer>`` (see :meth:`calibrate`).
 
@@ -411,7 +406,7 @@ class MeasuredModel(LatencyModel):
         # the layers' ops alone, timed beside the networks: the machine's speed drifts by up to
         # 1.5x for seconds at a time, so the networks are read against these, not the table
         with self._timing_context():
-            alone = {bits: self._ops_alone(net, x, bits) for bits in sorted(set(precisions))}
+            alone = {bits: self._ops_alone(layers, x, bits) for bits in sorted(set(precisions))}
         for bits, (ops, _) in alone.items():
             calls += ops
             precisions += [bits] * len(ops)
@@ -452,15 +447,14 @@ class MeasuredModel(LatencyModel):
             return time_apart(calls, bits, self.threads, self.rounds, self.block_time)
 
     def _ops_alone(
-        self, net: nn.Module, x: torch.Tensor, bits: int
+        self, layers: list[LayerInfo], x: torch.Tensor, bits: int
     ) -> tuple[list[Callable[[], object]], list[float]]:
-        """Deployed calls of ``net``'s layers' dense ops at ``bits`` (each grid point the table
-        reads), an empty deployed call last (as :meth:`_time` times them), and their weights."""
+        """Deployed calls of the layers' dense ops at ``bits`` (each grid point the table reads),
+        an empty deployed call on ``x`` last (as :meth:`_time` times them), and their weights."""
         from rlprune.export import to_torchscript
-        from rlprune.layers import discover_layers
 
         choice = Choice(Pattern.DENSE, 1, 1, bits, bits)
-        points = [p for layer in discover_layers(net, x) for p in self.grid_points(layer, choice)]
+        points = [p for layer in layers for p in self.grid_points(layer, choice)]
         calls, weights = [], []
         for spec, weight in points:
             op, example = self._build(spec)
@@ -485,15 +479,13 @@ class MeasuredModel(LatencyModel):
             log.warning("%s: no int8 glue measured: %s", self.name, exc)
             return None
 
-    def _dense_ops(self, net: nn.Module, x: torch.Tensor, bits: int) -> list[float]:
-        """Seconds of each of ``net``'s layers' dense op at ``bits``, timed alone (from the table)."""
-        from rlprune.layers import discover_layers
-
+    def _dense_ops(self, layers: list[LayerInfo], bits: int) -> list[float]:
+        """Seconds of each layer's dense op at ``bits``, timed alone (from the table)."""
         choice = Choice(Pattern.DENSE, 1, 1, bits, bits)
-        layers = [self.grid_points(layer, choice) for layer in discover_layers(net, x)]
-        missing = [spec for points in layers for spec, _ in points if spec["key"] not in self._table]
+        points = [self.grid_points(layer, choice) for layer in layers]
+        missing = [spec for each in points for spec, _ in each if spec["key"] not in self._table]
         self._measure_all(missing, progress=False)
-        return [sum(w * self._table[spec["key"]] for spec, w in points) for points in layers]
+        return [sum(w * self._table[spec["key"]] for spec, w in each) for each in points]
 
     def grid_points(self, layer: LayerInfo, choice: Choice) -> list[tuple[dict[str, Any], float]]:
         """The table entries ``latency(layer, choice)`` interpolates, with their weights (sum 1)."""
