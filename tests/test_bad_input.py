@@ -68,7 +68,13 @@ CASES = [
     # infeasible budgets
     (["budget.latency=0.001"], "below the cheapest reachable latency"),
     (  # a CPU runs k-of-n masks dense: only int8 saves (deployed, about 0.4 of FP32 here)
-        ["hardware=local_cpu", "search.pattern=kofn_weight", "hardware.rounds=1", "budget.latency=0.1"],
+        [
+            "hardware=local_cpu",
+            "search.pattern=kofn_weight",
+            "hardware.rounds=1",
+            "hardware.retries=0",
+            "budget.latency=0.1",
+        ],
         "or search.pattern=filter",
     ),
     (["hardware=a100", "hardware.search_pattern=kofn"], "field 'search_pattern' must be one or a list of"),

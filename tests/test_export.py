@@ -187,7 +187,7 @@ def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatc
     model, x, y = MNIST1DCNN().eval(), torch.randn(8, 1, 40), torch.randint(0, 10, (8,))
     splits = Splits(x, y, x, y, x, y, 10)
     policy = Policy.of({"conv2": Choice(Pattern.DENSE, 1, 1, 8, 8)})
-    hardware = MeasuredModel(cache_dir=tmp_path, rounds=1, block_time=1e-4, progress=False)
+    hardware = MeasuredModel(cache_dir=tmp_path, rounds=1, block_time=1e-4, retries=0, progress=False)
     layers = discover_layers(model, x[:1])
     result = api._deploy_here(model, copy.deepcopy(model), policy, layers, splits, hardware, tmp_path)
     assert result == {

@@ -178,6 +178,7 @@ def test_cli_searches_filters_on_the_measured_table_and_reuses_it(tmp_path):
     overrides = [
         "hardware=local_cpu",
         "hardware.rounds=1",
+        "hardware.retries=0",
         "hardware.block_time=0.0001",
         "hardware.progress=false",  # search.pattern=auto: the measured CPU searches filters
         "search.levels=4",

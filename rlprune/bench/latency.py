@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads=args.threads,
         batch_size=args.batch_size,
         rounds=args.rounds,
+        retries=0 if args.quick else 2,
         cache_dir=args.cache_dir or default_cache_dir(),
         progress=not args.quick,
     )
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
             "policies": args.policies,
             "rounds": args.rounds,
             "lut_rounds": local.rounds,
+            "retries": local.retries,
             "batch_size": local.batch_size,
             "seed": args.seed,
             "quick": args.quick,
@@ -354,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
         "lut": {
             "cache": str(local.cache_path),
             "measurements": local.measurements,
+            "retimed": local.retimed,
+            "still_slow": local.still_slow,
             "entries": len(local.table),
         },
         "seconds": time.time() - started,

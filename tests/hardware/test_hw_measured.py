@@ -19,19 +19,23 @@ LINEAR = LayerInfo("fc", "linear", 24, 16, (), (), 1, (24,), (16,))
 
 def plain_cfg(cache_dir, **extra) -> dict:
     cfg = yaml.safe_load((hardware_config_dir() / "local_cpu.yaml").read_text())
-    cfg.update(cache_dir=str(cache_dir), rounds=1, block_time=1e-4, warmup=1, progress=False, **extra)
+    cfg.update(cache_dir=str(cache_dir), rounds=1, block_time=1e-4, warmup=1, retries=0, progress=False)
+    cfg.update(extra)
     return cfg
 
 
 def fake(model: MeasuredModel) -> list[dict]:
-    """Replace the timer by a deterministic function of the shape; return the specs it timed."""
+    """Replace the timer by a deterministic function of the shape (the machine always quiet: its
+    marker op at 1 µs); return the specs it timed."""
     timed = []
 
     def time(specs):
         timed.extend(specs)
-        return [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * (0.5 if s["bits"] == 8 else 1.0) for s in specs]
+        seconds = [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * (0.5 if s["bits"] == 8 else 1.0) for s in specs]
+        return seconds, 1e-6
 
     model._time = time
+    model._await_quiet = lambda bits: None
     return timed
 
 
@@ -56,7 +60,7 @@ def test_ops_take_turns_only_with_ops_of_their_own_precision(tmp_path):
 
     def time(specs):
         chunks.append({spec["bits"] for spec in specs})
-        return [1e-6] * len(specs)
+        return [1e-6] * len(specs), 1e-6
 
     model._time = time
     cells = [(LayerInfo(f"c{i}", "conv1d", 8 * i, 16, (3,), (1,), 1, (8 * i, 20), (16, 20)), dense(b))
@@ -177,16 +181,12 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     layers = {layer.name: layer for layer in discover_layers(torch_model, x)}
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
-    ops = sum(model.latency(layer, dense(32)) for layer in layers.values())  # alone, from the table
     overhead = model.calibrate(torch_model, x)
     assert overhead >= 0
-    # the dense deployed network, timed for real beside its ops, is predicted as measured, in the
-    # table's time (int8: next test)
+    # the dense deployed network, timed for real, is predicted as measured (int8: next test)
     prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    table = model.table
-    assert table[prefix + "alone:float"] > 0
-    in_table_time = table[prefix + "deployed:float"] * ops / table[prefix + "alone:float"]
-    assert _dense_prediction(model, layers, overhead, 32) == pytest.approx(in_table_time, rel=1e-9)
+    timed = model.table[prefix + "deployed:float"]
+    assert _dense_prediction(model, layers, overhead, 32) == pytest.approx(timed, rel=1e-9)
     # a conv2 feeds a residual add: halving its output cannot run, so it has no glue
     assert model._glue["stages.0.0.conv2"][0] == 0.0
     # a filter choice pays the glue of the channels it keeps, as the narrower layer does
@@ -199,7 +199,7 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
     def no_timing(*args, **kwargs):
         raise AssertionError("the calibration should come from the cache")
 
-    monkeypatch.setattr(measured, "time_calls", no_timing)
+    monkeypatch.setattr(measured, "time_rounds", no_timing)
     again = build_latency_model(plain_cfg(tmp_path))
     fake(again)
     assert again.calibrate(torch_model, x) == overhead
@@ -211,9 +211,7 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
 @pytest.mark.parametrize("deployed_over_ops", [0.8, 1.05, 1.5])
 def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deployed_over_ops):
     # ops alone summed up to 1.2x a deployed resnet20 at batch 1 (0.8 here), and to less than
-    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all);
-    # the machine ran at 0.8x the table's speed while they were timed
-    slow = 1.25
+    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all)
     from rlprune.layers import discover_layers
     from rlprune.models import DigitsCNN
 
@@ -225,21 +223,19 @@ def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deploye
     model.calibrate(net, x)
     prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
     glue = 0.1 * ops[32] / len(layers)
-    model._table.update({f"{prefix}glue:{name}": slow * glue for name in layers})
-    model._table[prefix + "alone:float"] = slow * ops[32]
-    model._table[prefix + "alone:int8"] = slow * ops[8]
-    model._table[prefix + "stubbed:float"] = slow * 1e-4
-    model._table[prefix + "stubbed:int8"] = slow * (1e-4 - 0.5 * glue * len(layers))  # int8 pools: half
-    model._table[prefix + "deployed:float"] = slow * deployed_over_ops * ops[32]
+    model._table.update({f"{prefix}glue:{name}": glue for name in layers})
+    model._table[prefix + "stubbed:float"] = 1e-4
+    model._table[prefix + "stubbed:int8"] = 1e-4 - 0.5 * glue * len(layers)  # int8 pools: half
+    model._table[prefix + "deployed:float"] = deployed_over_ops * ops[32]
     overhead = model.calibrate(net, x)  # from the table
     assert overhead >= 0
     # the int8 network spends 2% beyond its ops (quantize, dequantize), besides the float overhead
     int8_glue = model._int8_glue_scale * sum(g for g, _ in model._glue.values())
-    model._table[prefix + "deployed:int8"] = slow * (overhead + int8_glue + 1.02 * ops[8])
+    model._table[prefix + "deployed:int8"] = overhead + int8_glue + 1.02 * ops[8]
     assert model.calibrate(net, x) == overhead
     for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
         assert _dense_prediction(model, layers, overhead, bits) == pytest.approx(
-            model.table[prefix + key] / slow, rel=1e-9
+            model.table[prefix + key], rel=1e-9
         )
     glue_kept = sum(g for g, _ in model._glue.values())
     if deployed_over_ops < 1:  # no room for glue: every op is charged less
@@ -259,24 +255,22 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
 
     net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
 
-    def timed(calls, precisions, *args):
+    def timed(calls, precisions, rounds):
         # full, again, the 5 narrowed stubs, the deployed network; the stubbed and deployed int8
-        # ones and the two whose layers alternate float and int8; then the ops alone, float and int8
-        networks = [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
-        assert list(precisions[: len(networks)]) == [32] * 8 + [8] * 4
-        alone = [precisions.count(bits) - networks_of for bits, networks_of in ((32, 8), (8, 4))]
-        return networks + [t for n in alone for t in [2e-5] * (n - 1) + [1e-5]]  # an empty call last
+        # ones and the two whose layers alternate float and int8
+        assert list(precisions) == [32] * 8 + [8] * 4
+        return [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
 
-    monkeypatch.setattr(measured, "time_apart", timed)
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
+    model._time_apart = timed
     overhead = model.calibrate(net, x)
     assert model._int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
 
     def no_timing(*args):
         raise AssertionError("the calibration should come from the cache")
 
-    monkeypatch.setattr(measured, "time_apart", no_timing)
+    monkeypatch.setattr(measured, "time_rounds", no_timing)
     again = build_latency_model(plain_cfg(tmp_path))
     fake(again)
     assert again.table == model.table
@@ -309,3 +303,72 @@ def test_a_mixed_precision_search_of_a_residual_network_is_warned_of(
         space = make_space(cfg, model, x, layers, layers, hardware)
     assert len(space.bits) == (1 if bits else 2)
     assert ("runs residual adds in int8" in caplog.text) is warned
+
+
+def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8) -> list[list[dict]]:
+    """Time as :func:`fake` does, but the first ``slow_timings`` timings run ``slowdown`` times
+    slower, marker op included (a slow stretch of a shared machine); return the parts timed."""
+    parts: list[list[dict]] = []
+
+    def time(specs):
+        pace = slowdown if len(parts) < slow_timings else 1.0
+        parts.append(specs)
+        seconds = [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * pace for s in specs]
+        return seconds, 1e-6 * pace
+
+    model._time = time
+    model._await_quiet = lambda bits: None
+    return parts
+
+
+def conv_cells(count: int) -> list[tuple[LayerInfo, Choice]]:
+    return [
+        (LayerInfo(f"c{i}", "conv1d", 8 * i, 16, (3,), (1,), 1, (8 * i, 20), (16, 20)), dense(32))
+        for i in range(1, count + 1)
+    ]
+
+
+def test_a_part_timed_in_a_slow_stretch_is_timed_again_after_the_others(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path, retries=2))
+    parts = slow_at_first(model, slow_timings=1)
+    model.prepare(conv_cells(40))  # two parts of 32 and 8 ops
+    assert [len(p) for p in parts] == [32, 8, 32]  # the first part, slow, again after the second
+    assert parts[2] == parts[0]
+    for spec in parts[0]:  # its entries are the quiet ones
+        assert model.table[spec["key"]] == pytest.approx(1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64))
+    assert model.measurements == 40 and model.retimed == 1 and model.still_slow == 0
+
+
+def test_a_machine_slow_throughout_keeps_the_fastest_timing_and_says_so(tmp_path, caplog):
+    quiet = build_latency_model(plain_cfg(tmp_path))
+    fake(quiet)
+    quiet.prepare(conv_cells(1))  # caches the quiet pace of the marker op
+    model = build_latency_model(plain_cfg(tmp_path, retries=1))
+    parts = slow_at_first(model, slow_timings=3)
+    with caplog.at_level("WARNING"):
+        model.prepare(conv_cells(40)[1:])
+    assert [len(p) for p in parts] == [32, 7, 32, 7]  # each part twice (retries=1), then given up
+    assert "1 of 2 timings ran slow 2 times" in caplog.text
+    assert model.retimed == 2 and model.still_slow == 1
+    last = parts[-1][0]  # the second part's second timing was quiet; the first part's never
+    assert model.table[last["key"]] == pytest.approx(1e-6 * (1 + last["c_in"] * last["c_out"] / 64))
+    first = parts[0][0]
+    assert model.table[first["key"]] == pytest.approx(1.8e-6 * (1 + first["c_in"] * first["c_out"] / 64))
+
+
+def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch):
+    from rlprune.hardware import measured
+
+    rounds = []
+
+    def time_rounds(calls, threads, *args):  # the marker op is the last call; 2 rounds each
+        rounds.append(len(calls))
+        pace = 2.0 if len(rounds) == 1 else 1.0
+        return [[pace * 1e-4, 3e-4]] * (len(calls) - 1) + [[pace * 1e-6, 3e-6]]
+
+    model = build_latency_model(plain_cfg(tmp_path, retries=2))
+    model._table[model._marker(32)[0]] = 1e-6  # the quiet pace, as a table build caches it
+    monkeypatch.setattr(measured, "time_rounds", time_rounds)
+    nets = [torch.nn.Linear(4, 4) for _ in range(3)]
+    assert model.time_networks(nets, torch.randn(1, 4), [32, 32, 32]) == [1e-4] * 3
+    assert rounds == [4, 1, 4]  # the three networks and the marker; the marker alone, quiet; again
