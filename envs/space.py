@@ -16,7 +16,6 @@ dynamic programme over the factors, exact however the decisions interleave.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -506,7 +505,8 @@ def _switch_factors(
     layers: Sequence[LayerInfo], owner: Mapping[str, int], bits: Sequence[int], hardware: LatencyModel
 ) -> list[tuple[int, Factor]]:
     """The seconds of switching between float and int8, each as a table over the bits of the two
-    steps that decide a pair of consecutive layers, and the later step it belongs to.
+    steps that decide a pair of neighbouring layers (:attr:`LayerInfo.neighbours`), and the
+    later step it belongs to.
 
     A layer no step decides runs the reference choice; two layers of one step never switch.
     """
@@ -514,20 +514,23 @@ def _switch_factors(
         return []
     choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
     reference = hardware.dense_choice()
+    known = {layer.name for layer in layers}
     factors = []
-    for first, then in itertools.pairwise(layers):
-        a, b = owner.get(first.name), owner.get(then.name)
-        if a == b:
-            continue
-        if a is None or b is None:  # one side runs the reference choice
-            step = b if a is None else a
-            table = [hardware.switches(reference, c) for c in choices]
-            factors.append((step, Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))))
-            continue
-        low, high = sorted((a, b))
-        table = [[hardware.switches(c, d) for d in choices] for c in choices]
-        axes = (2 * low + 1, 2 * high + 1)
-        factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
+    for layer in layers:
+        for other in (name for name in layer.neighbours if name in known):
+            a, b = owner.get(other), owner.get(layer.name)
+            if a == b:
+                continue
+            if a is None or b is None:  # one side runs the reference choice
+                step = b if a is None else a
+                table = [hardware.switches(reference, c) for c in choices]
+                factor = Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))
+                factors.append((step, factor))
+                continue
+            low, high = sorted((a, b))
+            table = [[hardware.switches(c, d) for d in choices] for c in choices]
+            axes = (2 * low + 1, 2 * high + 1)
+            factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
     return factors
 
 

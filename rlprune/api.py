@@ -236,16 +236,6 @@ def make_space(
         hardware.calibrate(model, example),
         s.nm_pad,
     )
-    if isinstance(hardware, MeasuredModel) and len(space.bits) > 1:
-        tied = couplings if couplings is not None else filter_couplings(model, example, layers)
-        if any(coupling.tied for coupling in tied.values()):
-            log.warning(
-                "hardware %s costs each switch between float and int8 layers in forward order, but "
-                "the int8 export runs residual adds in int8 whenever a layer is int8: a mixed "
-                "residual network runs slower than predicted (resnet20 at batch 1: 12%% under; "
-                "README, 'Latency fidelity'); search.bits=[32] or [8] searches one precision",
-                hardware.name,
-            )
     return space
 
 

@@ -30,14 +30,19 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rlprune.errors import ConfigError, ModelError
-from rlprune.layers import LayerInfo, discover_layers
+from rlprune.layers import PRUNABLE_TYPES, LayerInfo, discover_layers, precision_sources
 from rlprune.masks import tied_filter_masks
+
+if TYPE_CHECKING:
+    from torch.ao.quantization import QConfigMapping
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
 from rlprune.policy import Pattern, Policy
 
 log = logging.getLogger(__name__)
@@ -196,9 +201,9 @@ def export_int8(
     calibration batches (default: 4 batches of 16 standard-normal samples shaped like
     ``example``). Conv + batch norm + ReLU are fused into one int8 op (:func:`_as_fx_patterns`).
     Layers named in ``float_layers`` stay float (a mixed-precision policy): the export
-    dequantizes before them and quantizes after, as torch.ao places those ops, and the
-    max-pools, ReLUs and reshapes between two float layers run float
-    (:func:`_float_between_floats`).
+    dequantizes before them and quantizes after, as torch.ao places those ops, and every op
+    whose first operand comes from a float layer runs float too: the max-pools, ReLUs and
+    reshapes after it, and a residual add (:func:`_float_after_floats`).
 
     Raises:
         ModelError: when this CPU has no int8 engine or the model cannot be traced/quantized.
@@ -225,7 +230,8 @@ def export_int8(
             warnings.simplefilter("ignore")
             try:
                 traced = _as_fx_patterns(torch.fx.symbolic_trace(copy.deepcopy(model).eval()))
-                prepared = prepare_fx(traced, qconfigs, (example[:1],))
+                custom = _float_after_floats(traced, float_layers, qconfigs)
+                prepared = prepare_fx(traced, qconfigs, (example[:1],), prepare_custom_config=custom)
                 gen = torch.Generator().manual_seed(0)
                 batches = calibration or [
                     torch.randn((16, *example.shape[1:]), generator=gen) for _ in range(4)
@@ -233,7 +239,7 @@ def export_int8(
                 with torch.no_grad():
                     for batch in batches:
                         prepared(batch)
-                return _float_between_floats(convert_fx(prepared))
+                return convert_fx(prepared)
             except Exception as exc:  # tracing or a missing quantized op
                 raise ModelError(
                     f"{type(model).__name__} cannot be quantized to int8 with torch.ao FX ({engine}): {exc}"
@@ -242,48 +248,47 @@ def export_int8(
         torch.backends.quantized.engine = previous
 
 
-_FLOAT_SAFE_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)
-_FLOAT_SAFE_FUNCTIONS = (
-    torch.flatten,
-    nn.functional.relu,
-    nn.functional.max_pool1d,
-    nn.functional.max_pool2d,
-)
-_FLOAT_SAFE_METHODS = ("flatten", "view", "reshape", "relu")
+class _FloatOp(nn.Module):
+    """A function call between layers, as a module torch.ao does not trace into or quantize."""
+
+    def __init__(self, function: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.function(*args, **kwargs)
 
 
-def _float_between_floats(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``graph`` with each quantize -> max-pool / ReLU / reshape ... -> dequantize run in float.
+def _float_after_floats(
+    graph: torch.fx.GraphModule, float_layers: Collection[str], qconfigs: QConfigMapping
+) -> PrepareCustomConfig:
+    """Leave float every op between layers whose first operand a float layer computes.
 
-    torch.ao quantizes every op its global qconfig covers, so a max-pool between two float
-    layers of a mixed-precision export ran as quantize, int8 pool, dequantize (up to 32 µs more
-    for a digits CNN at batch 1). These ops compute the same on floats without the rounding.
+    torch.ao runs every op its global qconfig covers in int8: a float conv2 of a residual block
+    then quantizes before the add, and even a float ReLU's output is quantized for the next
+    float layer to dequantize, conversions that no pair of layers shows. Run at its first
+    operand's layer's precision (:func:`rlprune.layers.precision_sources`), an op converts
+    only where its operands' layers differ, as :attr:`rlprune.layers.LayerInfo.neighbours`
+    counts. Such a function call becomes a :class:`_FloatOp` (in ``graph``), such a module
+    (other than a batch norm, which fuses into its conv) gets no qconfig (in ``qconfigs``);
+    returns the config that keeps torch.ao out of the :class:`_FloatOp`.
     """
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
 
-    def float_safe(node: object) -> bool:
-        if not isinstance(node, torch.fx.Node) or len(node.users) != 1:
-            return False
-        if node.op == "call_module":
-            return isinstance(graph.get_submodule(str(node.target)), _FLOAT_SAFE_MODULES)
-        if node.op == "call_function":
-            return node.target in _FLOAT_SAFE_FUNCTIONS
-        return node.op == "call_method" and node.target in _FLOAT_SAFE_METHODS
-
-    for dequantize in [n for n in graph.graph.nodes if n.op == "call_method" and n.target == "dequantize"]:
-        chain = [dequantize.args[0]]  # from the dequantize back to the quantize
-        while float_safe(chain[-1]):
-            chain.append(chain[-1].args[0])
-        quantize = chain.pop()
-        quantizes = isinstance(quantize, torch.fx.Node) and quantize.target is torch.quantize_per_tensor
-        if not chain or not quantizes or len(quantize.users) != 1:
+    layers = {name for name, module in graph.named_modules() if type(module) in PRUNABLE_TYPES}
+    source = precision_sources(graph.graph, layers)
+    for i, node in enumerate(list(graph.graph.nodes)):
+        if source.get(node) not in float_layers or (node.op == "call_module" and node.target in layers):
             continue
-        chain[-1].replace_input_with(quantize, quantize.args[0])
-        dequantize.replace_all_uses_with(chain[0])
-        graph.graph.erase_node(dequantize)
-        graph.graph.erase_node(quantize)
-    graph.graph.eliminate_dead_code()  # the quantize's scale and zero-point attributes
+        if node.op == "call_function":
+            graph.add_submodule(f"float_op_{i}", _FloatOp(node.target))
+            node.op, node.target = "call_module", f"float_op_{i}"
+        elif node.op == "call_module" and not isinstance(
+            graph.get_submodule(str(node.target)), nn.modules.batchnorm._BatchNorm
+        ):
+            qconfigs.set_module_name(str(node.target), None)
     graph.recompile()
-    return graph
+    return PrepareCustomConfig().set_non_traceable_module_classes([_FloatOp])
 
 
 def _as_fx_patterns(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -8,6 +8,7 @@ the report) works on :class:`LayerInfo` and never on modules.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -37,6 +38,11 @@ class LayerInfo:
         in_shape: shape of the input activation of one sample, channels first.
         out_shape: shape of the output activation of one sample, channels first.
         has_bias: whether the layer adds a bias.
+        neighbours: the other layers whose outputs meet this layer's at one precision (a
+            network deployed in mixed float/int8 converts once for each pair that differs):
+            the layer its input comes from (through pooling, activations and reshapes), and,
+            where its output is summed with others' (a residual add runs at the precision of
+            its first operand's layer), the layers those come from (:func:`precision_sources`).
     """
 
     name: str
@@ -49,6 +55,7 @@ class LayerInfo:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     has_bias: bool = True
+    neighbours: tuple[str, ...] = ()
 
     @property
     def reduction(self) -> int:
@@ -180,7 +187,44 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             f"{type(model).__name__} has no prunable layer (Conv1d, Conv2d or Linear) "
             "on its forward path; rlprune needs at least one."
         )
-    return found
+    neighbours = _neighbours(model, [layer.name for layer in found])
+    return [replace(layer, neighbours=neighbours[layer.name]) for layer in found]
+
+
+def precision_sources(graph: torch.fx.Graph, layers: Collection[str]) -> dict[torch.fx.Node, str]:
+    """The layer whose precision each node of ``graph`` computes in, where one does.
+
+    A prunable layer computes in its own; any other op in that of its first operand that has
+    one (pooling, activations, reshapes, and the residual adds, as :func:`rlprune.export.export_int8`
+    places them); the network input and constants in none.
+    """
+    source: dict[torch.fx.Node, str] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in layers:
+            source[node] = str(node.target)
+            continue
+        first = next((source[n] for n in node.all_input_nodes if n in source), None)
+        if first is not None:
+            source[node] = first
+    return source
+
+
+def _neighbours(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each layer's :attr:`LayerInfo.neighbours`, from the model's FX graph; where the model
+    cannot be traced (then it has no torch.ao int8 export either), the layer before it."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # the user's model: any failure means no graph
+        return {name: tuple(names[i - 1 : i]) for i, name in enumerate(names)}
+    source = precision_sources(graph, set(names))
+    found: dict[str, list[str]] = {name: [] for name in names}
+    for node in graph.nodes:
+        operands = [source[n] for n in node.all_input_nodes if n in source]
+        if node.op == "call_module" and node.target in found:
+            found[str(node.target)] += operands
+        elif len(operands) > 1:  # an add: its other operands convert to its first one's precision
+            found[operands[0]] += operands[1:]
+    return {name: tuple(dict.fromkeys(n for n in found[name] if n != name)) for name in names}
 
 
 def select_layers(layers: list[LayerInfo], exclude_first: bool, exclude_last: bool) -> list[LayerInfo]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 
 import pytest
 import torch
@@ -125,11 +126,36 @@ def test_int8_export_runs_the_pool_between_float_layers_in_float():
     mixed = export_int8(model, x, float_layers=["conv2", "conv3"])
     graph = list(mixed.graph.nodes)
     pools = [n for n in graph if n.op == "call_module" and n.target == "pool"]
-    first_pool_input = pools[0].args[0]
-    assert first_pool_input.op == "call_module" and first_pool_input.target == "conv2"  # float in
+    relu = pools[0].args[0]  # conv2's ReLU, float
+    assert relu.args[0].op == "call_module" and relu.args[0].target == "conv2"  # float in
     assert [u.target for u in pools[0].users] == ["conv3"]  # float out
     # int8 conv1 hands over to float once; the second pool quantizes for fc1; fc2's output
     assert len(_float_ops_between_int8(mixed)) == 2
+    assert (mixed(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_mixed_int8_export_converts_where_the_layers_neighbours_differ(seed):
+    # float and int8 meet once per pair of neighbours that differ: the latency model's switches.
+    # A residual add runs at its first operand's layer's precision; torch.ao alone would run
+    # every add in int8 and quantize every float ReLU's output (11 more on one full-size draw).
+    # One conversion can serve two neighbours (a block's int8 output dequantized once for a
+    # float conv1 and a float shortcut conv): at most one fewer on these draws.
+    torch.manual_seed(seed)
+    model = ResNet20(in_channels=1, width=8, dims=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    layers = discover_layers(model, x)
+    rng = random.Random(seed)
+    floats = {layer.name for layer in layers if rng.random() < 0.5}
+    mixed = export_int8(model, x, float_layers=floats)
+    conversions = sum(
+        n.target is torch.quantize_per_tensor or n.target in ("dequantize", torch.dequantize)
+        for n in mixed.graph.nodes
+    )
+    bits = {layer.name: 32 if layer.name in floats else 8 for layer in layers}
+    pairs = sum(bits[other] != bits[layer.name] for layer in layers for other in layer.neighbours)
+    ends = (bits[layers[0].name] == 8) + (bits[layers[-1].name] == 8)  # the input's, the output's
+    assert pairs + ends - 1 <= conversions <= pairs + ends
     assert (mixed(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
 
 

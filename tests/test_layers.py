@@ -48,3 +48,36 @@ def test_select_layers_exclusions():
     assert [lay.name for lay in select_layers(layers, True, True)] == ["conv2", "conv3", "conv4", "fc1"]
     with pytest.raises(ModelError, match="exclusion settings"):
         select_layers(layers[:1], True, False)
+
+
+def test_neighbours_follow_the_data_through_glue_and_residual_adds():
+    chain = {layer.name: layer.neighbours for layer in discover_layers(DigitsCNN(), torch.randn(1, 1, 8, 8))}
+    assert chain == {
+        "conv1": (),
+        "conv2": ("conv1",),
+        "conv3": ("conv2",),
+        "fc1": ("conv3",),
+        "fc2": ("fc1",),
+    }
+    res = {layer.name: layer.neighbours for layer in discover_layers(ResNet20(), torch.randn(1, 3, 32, 32))}
+    # conv2's add meets the block's input: the previous block's conv2 (or the stem) ...
+    assert res["stages.0.0.conv2"] == ("stages.0.0.conv1", "stem")
+    assert res["stages.0.1.conv2"] == ("stages.0.1.conv1", "stages.0.0.conv2")
+    # ... or its 1x1 shortcut conv, which reads the block's input
+    assert res["stages.1.0.conv2"] == ("stages.1.0.conv1", "stages.1.0.shortcut.0")
+    assert res["stages.1.0.shortcut.0"] == ("stages.0.2.conv2",)
+    assert res["fc"] == ("stages.2.2.conv2",)  # through pooling and flatten
+
+
+def test_a_model_fx_cannot_trace_has_its_forward_order_as_neighbours():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.a(x)
+            return self.b(x if x.sum() > 0 else -x)  # control flow on a value: no FX graph
+
+    layers = discover_layers(DataDependent(), torch.randn(1, 4))
+    assert [layer.neighbours for layer in layers] == [(), ("a",)]

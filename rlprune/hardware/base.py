@@ -17,16 +17,16 @@ Conventions shared by every model:
   layer ``layer.with_channels(layer.in_channels, keep)``. The consumers' fewer input channels
   follow from the layers' :class:`~rlprune.layers.FilterCoupling` (:func:`with_fewer_inputs`,
   :func:`network_latency`).
-* A network whose consecutive layers switch between float and int8 pays
-  :attr:`LatencyModel.switch_seconds` per switch (quantize or dequantize, and what a measured
-  network spends beyond them); analytical models count it in their layers (0).
+* A network pays :attr:`LatencyModel.switch_seconds` for each pair of neighbouring layers
+  (:attr:`~rlprune.layers.LayerInfo.neighbours`: consecutive ones, and the operands of a
+  residual add) one of which runs float and the other int8 (a quantize or dequantize, and what
+  a measured network spends beyond it); analytical models count it in their layers (0).
 * Results are deterministic and memoized per ``(layer, choice)``.
 """
 
 from __future__ import annotations
 
 import abc
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -141,7 +141,7 @@ class LatencyModel(abc.ABC):
         return max(self.effective_bits(choice.w_bits), self.effective_bits(choice.a_bits)) <= 8
 
     def switches(self, first: Choice, then: Choice) -> bool:
-        """Whether a network switches between float and int8 from a layer at ``first`` to one at ``then``."""
+        """Whether a network converts between float and int8 from a layer at ``first`` to one at ``then``."""
         return self.runs_integer(first) != self.runs_integer(then)
 
     def dense_choice(self) -> Choice:
@@ -236,7 +236,8 @@ def network_latency(
     couplings: Mapping[str, FilterCoupling] | None = None,
 ) -> float:
     """Seconds per batch of the whole network: the sum of the per-layer latencies, plus
-    :attr:`LatencyModel.switch_seconds` for each switch between float and int8 in forward order.
+    :attr:`LatencyModel.switch_seconds` for each pair of neighbours (:attr:`LayerInfo.neighbours`)
+    one of which runs float and the other int8.
 
     Args:
         model: the latency model.
@@ -253,6 +254,12 @@ def network_latency(
         picked = list(choices)
         if len(picked) != len(layers):
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
-    switches = sum(model.switches(a, b) for a, b in itertools.pairwise(picked))
+    choice_of = {layer.name: choice for layer, choice in zip(layers, picked, strict=True)}
+    switches = sum(
+        model.switches(choice_of[other], choice_of[layer.name])
+        for layer in layers
+        for other in layer.neighbours
+        if other in choice_of
+    )
     layers_seconds = sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings))
     return float(layers_seconds + model.switch_seconds * switches)

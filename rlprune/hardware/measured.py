@@ -376,21 +376,24 @@ class MeasuredModel(LatencyModel):
         return overhead
 
     def _switch_seconds(self, layers: list[LayerInfo], prefix: str, overhead: float) -> float:
-        """What each float/int8 switch adds: the networks whose every layer switches, measured
-        beyond their layers' predictions (0 where none was measured, never negative)."""
+        """What each float/int8 switch adds: the networks whose consecutive layers alternate,
+        measured beyond their layers' predictions, per pair of neighbours that differ (0 where
+        none was measured, never negative)."""
         excess = []
         for first in (8, 32):
             key = f"deployed:alternating:{first}"
-            if prefix + key not in self._table or len(layers) < 2:
-                continue
-            measured = self._table[prefix + key]
             other = 32 if first == 8 else 8
-            bits = [other if i % 2 else first for i in range(len(layers))]
-            predicted = overhead + sum(
-                self.latency(layer, Choice(Pattern.DENSE, 1, 1, b, b))
-                for layer, b in zip(layers, bits, strict=True)
+            bits = {layer.name: other if i % 2 else first for i, layer in enumerate(layers)}
+            switches = sum(
+                bits[n] != bits[layer.name] for layer in layers for n in layer.neighbours if n in bits
             )
-            excess.append((measured - predicted) / (len(layers) - 1))
+            if prefix + key not in self._table or not switches:
+                continue
+            predicted = overhead + sum(
+                self.latency(layer, Choice(Pattern.DENSE, 1, 1, bits[layer.name], bits[layer.name]))
+                for layer in layers
+            )
+            excess.append((self._table[prefix + key] - predicted) / switches)
         return max(0.0, sum(excess) / len(excess)) if excess else 0.0
 
     def _measure_glue(
@@ -426,7 +429,7 @@ class MeasuredModel(LatencyModel):
                 variants["deployed:int8"] = to_torchscript(int8, x)
             precisions += [8, 8]
             names = list(outputs)
-            for first in (8, 32):  # every layer switches precision, starting int8 or float
+            for first in (8, 32):  # consecutive layers alternate precision, starting int8 or float
                 floats = names[1::2] if first == 8 else names[0::2]
                 mixed = self._int8_export(net, x, floats) if len(names) > 1 else None
                 if mixed is not None:

@@ -278,33 +278,6 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
     assert again.switch_seconds == model.switch_seconds > 0
 
 
-@pytest.mark.parametrize(
-    ("model_name", "bits", "warned"),
-    [("resnet20", None, True), ("resnet20", [32], False), ("mnist1d_cnn", None, False)],
-)
-def test_a_mixed_precision_search_of_a_residual_network_is_warned_of(
-    tmp_path, caplog, model_name, bits, warned
-):
-    # the int8 export runs residual adds in int8 once any layer is: switches the table misses
-    from rlprune.api import make_space
-    from rlprune.layers import discover_layers
-    from rlprune.models import MNIST1DCNN, ResNet20
-    from tests.support import compose_config
-
-    cfg = compose_config("hardware=local_cpu", "search.pattern=kofn_weight", f"search.bits={bits or 'null'}")
-    if model_name == "resnet20":
-        model, x = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval(), torch.randn(1, 1, 8, 8)
-    else:
-        model, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
-    layers = discover_layers(model, x)
-    hardware = build_latency_model(plain_cfg(tmp_path))
-    fake(hardware)
-    with caplog.at_level("WARNING", logger="rlprune.api"):
-        space = make_space(cfg, model, x, layers, layers, hardware)
-    assert len(space.bits) == (1 if bits else 2)
-    assert ("runs residual adds in int8" in caplog.text) is warned
-
-
 def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8) -> list[list[dict]]:
     """Time as :func:`fake` does, but the first ``slow_timings`` timings run ``slowdown`` times
     slower, marker op included (a slow stretch of a shared machine); return the parts timed."""
