@@ -35,7 +35,7 @@ def fake(model: MeasuredModel) -> list[dict]:
         return seconds, 1e-6
 
     model._time = time
-    model._await_quiet = lambda bits: None
+    model._first_pace = model._await_quiet = lambda bits: None
     return timed
 
 
@@ -67,6 +67,18 @@ def test_ops_take_turns_only_with_ops_of_their_own_precision(tmp_path):
              for i in range(1, 40) for b in (32, 8)]  # fmt: skip
     model.prepare(cells)
     assert len(chunks) > 2 and all(len(bits) == 1 for bits in chunks)
+
+
+def test_int8_channel_counts_are_measured_each_not_interpolated(tmp_path):
+    # off multiples of 8 int8 kernels slow down in steps (a 3x3 conv on 8x8: 15 channels 16.4 µs,
+    # 16 channels 11.9 µs), so no line between grid points follows them
+    model = build_latency_model(plain_cfg(tmp_path))
+    layer = LayerInfo("c", "conv2d", 20, 20, (3, 3), (1, 1), 1, (20, 8, 8), (20, 8, 8))
+    int8 = model.grid_points(layer, dense(8))
+    assert [(s["c_in"], s["c_out"], w) for s, w in int8] == [(20, 20, 1.0)]
+    assert len(model.grid_points(layer, dense(32))) == 4  # FP32: between 16 and 24
+    coarse = build_latency_model(plain_cfg(tmp_path, int8_channel_step=8))
+    assert len(coarse.grid_points(layer, dense(8))) == 4
 
 
 def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
@@ -290,7 +302,7 @@ def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8
         return seconds, 1e-6 * pace
 
     model._time = time
-    model._await_quiet = lambda bits: None
+    model._first_pace = model._await_quiet = lambda bits: None
     return parts
 
 
@@ -345,3 +357,22 @@ def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch)
     nets = [torch.nn.Linear(4, 4) for _ in range(3)]
     assert model.time_networks(nets, torch.randn(1, 4), [32, 32, 32]) == [1e-4] * 3
     assert rounds == [4, 1, 4]  # the three networks and the marker; the marker alone, quiet; again
+
+
+def test_a_fresh_table_finds_the_marker_pace_before_it_times_anything(tmp_path, monkeypatch):
+    # else a first timing in a slow stretch has nothing to be slow against
+    from rlprune.hardware import measured
+
+    bursts = []
+
+    def time_rounds(calls, threads, rounds, *args):
+        bursts.append(len(calls))
+        pace = [3e-6, 1.5e-6, 1e-6][min(len(bursts) - 1, 2)]  # the machine speeds up, then holds
+        return [[pace] * rounds for _ in calls]
+
+    monkeypatch.setattr(measured, "time_rounds", time_rounds)
+    monkeypatch.setattr(measured.time, "perf_counter", lambda: 0.5 * len(bursts))  # 0.5 s a burst
+    model = build_latency_model(plain_cfg(tmp_path, retries=1))
+    model._first_pace(32)
+    # faster at bursts 2 and 3, then 2 s (4 bursts) without a faster one
+    assert len(bursts) == 7 and model.table[model._marker(32)[0]] == 1e-6
