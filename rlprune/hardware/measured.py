@@ -25,13 +25,14 @@ What is measured, and what is not:
   Every hidden layer of the zoo is followed by an activation, whose cost scales with the
   layer's output and so belongs to the layer. Batch norm is assumed folded (deploy), so every
   op has a bias: a layer and its deployed, folded self share one table entry.
-* FP32 channel counts are measured on a grid (multiples of ``channel_step``) and interpolated
+* Channel counts are measured on a grid (multiples of ``channel_step``) and interpolated
   bilinearly in ``(c_in, c_out)`` between the four neighbouring grid points; a count below
   ``channel_step`` is measured as it is. Depthwise convolutions interpolate along ``c``;
   other grouped convolutions are measured exactly. Every other dimension (kernel, stride,
-  padding, spatial size, batch) is part of the table's key. INT8 counts are each measured
-  (``int8_channel_step: 1``): off multiples of 8 its kernels slow down in steps (a 3x3 conv
-  on 8x8: 16 to 16 channels 11.9 µs, 15 to 15 16.4 µs), which no interpolation follows.
+  padding, spatial size, batch) is part of the table's key. ``local_cpu`` measures every count
+  (``channel_step: 1``): off multiples of 8 the kernels slow down in steps, which no
+  interpolation follows (a 3x3 conv on 8x8, INT8 at batch 1: 16 to 16 channels 11.9 µs, 15 to
+  15 16.4 µs; FP32 at batch 32: 336 and 432 µs).
 
 Measurements are cached as JSON in ``cache_dir/latency/``, keyed by CPU model, torch version
 and thread count (one file per key, with a SHA-256 checksum over key and entries). A corrupt,
@@ -75,7 +76,6 @@ MEASURED_NUMBERS = (
     "batch_size",
     "threads",
     "channel_step",
-    "int8_channel_step",
     "rounds",
     "block_time",
     "warmup",
@@ -144,8 +144,7 @@ class MeasuredModel(LatencyModel):
 
     Attributes:
         threads: torch threads during timing (set only while timing, restored after).
-        channel_step: grid spacing of FP32 channel counts.
-        int8_channel_step: grid spacing of INT8 channel counts (1: each count measured).
+        channel_step: grid spacing of channel counts (1: each count measured).
         rounds: interleaved timing rounds per measurement (:func:`time_rounds`).
         block_time: seconds of one timed block.
         warmup: untimed calls before each measurement.
@@ -169,8 +168,7 @@ class MeasuredModel(LatencyModel):
         bits: Sequence[int] = (8, 32),
         reference_bits: int = FLOAT_BITS,
         threads: int = 1,
-        channel_step: int = 8,
-        int8_channel_step: int = 1,
+        channel_step: int = 1,
         rounds: int = 21,
         block_time: float = 0.001,
         warmup: int = 10,
@@ -209,7 +207,6 @@ class MeasuredModel(LatencyModel):
         self.description = description
         self.threads = int(threads)
         self.channel_step = int(channel_step)
-        self.int8_channel_step = int(int8_channel_step)
         self.rounds = int(rounds)
         self.block_time = float(block_time)
         self.warmup = int(warmup)
@@ -258,7 +255,6 @@ class MeasuredModel(LatencyModel):
         description = reader.string("description", name)
         threads = reader.integer("threads", minimum=1)
         step = reader.integer("channel_step", minimum=1)
-        int8_step = reader.integer("int8_channel_step", 1, minimum=1)
         rounds = reader.integer("rounds", minimum=1)
         block_time = reader.number("block_time", positive=True)
         warmup = reader.integer("warmup", 10, minimum=0)
@@ -293,7 +289,6 @@ class MeasuredModel(LatencyModel):
             reference_bits=reference,
             threads=threads,
             channel_step=step,
-            int8_channel_step=int8_step,
             rounds=rounds,
             block_time=block_time,
             warmup=warmup,
@@ -623,7 +618,7 @@ class MeasuredModel(LatencyModel):
         if choice.pattern is Pattern.FILTER:
             layer = layer.with_channels(layer.in_channels, choice.keep)
         bits = 8 if self.runs_integer(choice) else 32
-        step = self.channel_step if bits == FLOAT_BITS else self.int8_channel_step
+        step = self.channel_step
         depthwise = layer.kind != "linear" and layer.groups > 1 and layer.groups == layer.in_channels
         if depthwise and layer.out_channels == layer.in_channels:
             corners = [((c, c), w) for c, w in _grid(layer.in_channels, step)]

@@ -69,16 +69,17 @@ def test_ops_take_turns_only_with_ops_of_their_own_precision(tmp_path):
     assert len(chunks) > 2 and all(len(bits) == 1 for bits in chunks)
 
 
-def test_int8_channel_counts_are_measured_each_not_interpolated(tmp_path):
-    # off multiples of 8 int8 kernels slow down in steps (a 3x3 conv on 8x8: 15 channels 16.4 µs,
-    # 16 channels 11.9 µs), so no line between grid points follows them
-    model = build_latency_model(plain_cfg(tmp_path))
+def test_every_channel_count_is_measured_unless_a_grid_is_asked_for(tmp_path):
+    # off multiples of 8 kernels slow down in steps (an INT8 3x3 conv on 8x8: 15 channels
+    # 16.4 µs, 16 channels 11.9 µs), so by default no line between grid points stands in for them
     layer = LayerInfo("c", "conv2d", 20, 20, (3, 3), (1, 1), 1, (20, 8, 8), (20, 8, 8))
-    int8 = model.grid_points(layer, dense(8))
-    assert [(s["c_in"], s["c_out"], w) for s, w in int8] == [(20, 20, 1.0)]
-    assert len(model.grid_points(layer, dense(32))) == 4  # FP32: between 16 and 24
-    coarse = build_latency_model(plain_cfg(tmp_path, int8_channel_step=8))
-    assert len(coarse.grid_points(layer, dense(8))) == 4
+    exact = build_latency_model(plain_cfg(tmp_path))
+    for bits in (8, 32):
+        assert [(s["c_in"], s["c_out"], w) for s, w in exact.grid_points(layer, dense(bits))] == [
+            (20, 20, 1.0)
+        ]
+    coarse = build_latency_model(plain_cfg(tmp_path, channel_step=8))
+    assert len(coarse.grid_points(layer, dense(8))) == len(coarse.grid_points(layer, dense(32))) == 4
 
 
 def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
@@ -89,7 +90,7 @@ def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
 
 
 def test_interpolation_lies_between_grid_neighbours(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path))
+    model = build_latency_model(plain_cfg(tmp_path, channel_step=8))
     fake(model)
     layer = LayerInfo("c", "conv1d", 20, 20, (3,), (1,), 1, (20, 20), (20, 20))
     points = model.grid_points(layer, dense(32))
