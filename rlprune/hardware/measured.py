@@ -796,8 +796,9 @@ class MeasuredModel(LatencyModel):
         body = json.dumps({"key": key, "entries": entries}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()
 
-    def _read(self) -> dict[str, float] | None:
-        """The entries of the cache file, or None when it is absent, corrupt or for another key."""
+    def _read(self, warn: bool = True) -> dict[str, float] | None:
+        """The entries of the cache file, or None when it is absent, corrupt or for another key
+        (said in a warning, unless ``warn`` is false)."""
         path = self.cache_path
         if not path.is_file():
             return None
@@ -815,11 +816,12 @@ class MeasuredModel(LatencyModel):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             ok = False
         if not ok:
-            log.warning(
-                "latency cache %s is corrupt or stale (another format, CPU, torch or thread count); "
-                "it will be rebuilt",
-                path,
-            )
+            if warn:
+                log.warning(
+                    "latency cache %s is corrupt or stale (another format, CPU, torch or thread count); "
+                    "it will be rebuilt",
+                    path,
+                )
             return None
         return dict(entries)
 
@@ -827,7 +829,7 @@ class MeasuredModel(LatencyModel):
         return self._read() or {}
 
     def _save(self) -> None:
-        on_disk = self._read() or {}  # another process may have added entries meanwhile
+        on_disk = self._read(warn=False) or {}  # another process may have added entries meanwhile
         entries = {**on_disk, **self._table}
         self._table = entries
         write_json_atomic(

@@ -137,16 +137,18 @@ def test_cache_round_trips(tmp_path):
     ],
     ids=["truncated", "garbage", "checksum"],
 )
-def test_a_corrupt_cache_is_rebuilt(tmp_path, damage):
+def test_a_corrupt_cache_is_rebuilt(tmp_path, caplog, damage):
     first = build_latency_model(plain_cfg(tmp_path))
     fake(first)
     first.latency(CONV, dense(32))
     path = first.cache_path
     path.write_text(damage(path.read_text()))
-    second = build_latency_model(plain_cfg(tmp_path))
-    timed = fake(second)
-    second.latency(CONV, dense(32))
+    with caplog.at_level("WARNING"):
+        second = build_latency_model(plain_cfg(tmp_path))
+        timed = fake(second)
+        second.latency(CONV, dense(32))
     assert len(timed) == 1
+    assert caplog.text.count("is corrupt or stale") == 1  # said once, not again as it is replaced
     data = json.loads(path.read_text())  # rewritten, valid again
     assert data["checksum"] == MeasuredModel._checksum(data["key"], data["entries"])
 
