@@ -39,11 +39,11 @@ from torch import nn
 from rlprune.errors import ConfigError, ModelError
 from rlprune.layers import PRUNABLE_TYPES, LayerInfo, discover_layers, precision_sources
 from rlprune.masks import tied_filter_masks
+from rlprune.policy import Pattern, Policy
 
 if TYPE_CHECKING:
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-from rlprune.policy import Pattern, Policy
 
 log = logging.getLogger(__name__)
 
