@@ -23,7 +23,7 @@ import numpy as np
 
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import LatencyModel, with_fewer_inputs
-from rlprune.layers import FilterCoupling, LayerInfo
+from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
 from rlprune.policy import SEARCHABLE_PATTERNS, Choice, Pattern, Policy
 
 
@@ -514,23 +514,20 @@ def _switch_factors(
         return []
     choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
     reference = hardware.dense_choice()
-    known = {layer.name for layer in layers}
     factors = []
-    for layer in layers:
-        for other in (name for name in layer.neighbours if name in known):
-            a, b = owner.get(other), owner.get(layer.name)
-            if a == b:
-                continue
-            if a is None or b is None:  # one side runs the reference choice
-                step = b if a is None else a
-                table = [hardware.switches(reference, c) for c in choices]
-                factor = Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))
-                factors.append((step, factor))
-                continue
-            low, high = sorted((a, b))
-            table = [[hardware.switches(c, d) for d in choices] for c in choices]
-            axes = (2 * low + 1, 2 * high + 1)
-            factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
+    for first, then in neighbour_pairs(layers):
+        a, b = owner.get(first), owner.get(then)
+        if a == b:
+            continue
+        if a is None or b is None:  # one side runs the reference choice
+            step = b if a is None else a
+            table = [hardware.switches(reference, c) for c in choices]
+            factors.append((step, Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))))
+            continue
+        low, high = sorted((a, b))
+        table = [[hardware.switches(c, d) for d in choices] for c in choices]
+        axes = (2 * low + 1, 2 * high + 1)
+        factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
     return factors
 
 

@@ -191,6 +191,13 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     return [replace(layer, neighbours=neighbours[layer.name]) for layer in found]
 
 
+def neighbour_pairs(layers: Sequence[LayerInfo]) -> list[tuple[str, str]]:
+    """Each pair of neighbouring layers among ``layers`` (:attr:`LayerInfo.neighbours`), by name:
+    the neighbour first, the layer that names it second."""
+    names = {layer.name for layer in layers}
+    return [(other, layer.name) for layer in layers for other in layer.neighbours if other in names]
+
+
 def precision_sources(graph: torch.fx.Graph, layers: Collection[str]) -> dict[torch.fx.Node, str]:
     """The layer whose precision each node of ``graph`` computes in, where one does.
 

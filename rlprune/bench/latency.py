@@ -63,8 +63,7 @@ PRECISIONS = ("fp32", "int8", "mixed")
 
 
 def _keep_options(channels: int) -> list[int]:
-    """Keep counts from 25% to 100% of ``channels``: any count, as the search draws them (the
-    table measures multiples of 8 and interpolates between them)."""
+    """Keep counts from 25% to 100% of ``channels``: any count, as the search draws them."""
     return list(range(max(1, math.ceil(0.25 * channels)), channels + 1))
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from rlprune.errors import ConfigError
 from rlprune.hardware.storage import check_group, kofn_group_size
-from rlprune.layers import FilterCoupling, LayerInfo
+from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
 from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Choice, Pattern, Policy
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d")
@@ -255,11 +255,6 @@ def network_latency(
         if len(picked) != len(layers):
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
     choice_of = {layer.name: choice for layer, choice in zip(layers, picked, strict=True)}
-    switches = sum(
-        model.switches(choice_of[other], choice_of[layer.name])
-        for layer in layers
-        for other in layer.neighbours
-        if other in choice_of
-    )
+    switches = sum(model.switches(choice_of[a], choice_of[b]) for a, b in neighbour_pairs(layers))
     layers_seconds = sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings))
     return float(layers_seconds + model.switch_seconds * switches)

@@ -67,7 +67,7 @@ from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import ConfigReader, read_common
 from rlprune.io import write_json_atomic
-from rlprune.layers import LayerInfo
+from rlprune.layers import LayerInfo, neighbour_pairs
 from rlprune.policy import FLOAT_BITS, Choice, Pattern
 
 log = logging.getLogger(__name__)
@@ -388,9 +388,7 @@ class MeasuredModel(LatencyModel):
             key = f"deployed:alternating:{first}"
             other = 32 if first == 8 else 8
             bits = {layer.name: other if i % 2 else first for i, layer in enumerate(layers)}
-            switches = sum(
-                bits[n] != bits[layer.name] for layer in layers for n in layer.neighbours if n in bits
-            )
+            switches = sum(bits[a] != bits[b] for a, b in neighbour_pairs(layers))
             if prefix + key not in self._table or not switches:
                 continue
             predicted = overhead + sum(
