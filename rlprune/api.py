@@ -44,7 +44,7 @@ from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, 
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
-from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms, to_torchscript
+from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, network_latency
 from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
@@ -488,11 +488,11 @@ def _deploy_here(
             floats = [name for name, runs in integer.items() if not runs]
             calibration = list(splits.train_x[:512].split(64))
             network = export_int8(network, example, calibration, float_layers=floats)
-        deployed = to_torchscript(network, example)
+        deployed = hardware.deploy(network, example)
         write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
         x = splits.test_x[: hardware.batch_size]
         dense_s, deployed_s = hardware.time_networks(
-            [to_torchscript(fold_batch_norms(dense), example), deployed], x, [32, 8 if int8 else 32]
+            [hardware.deploy(fold_batch_norms(dense), example), deployed], x, [32, 8 if int8 else 32]
         )
         result = {
             "model": "model_deployed.pt",

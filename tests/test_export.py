@@ -173,6 +173,19 @@ def test_a_mixed_int8_export_deploys_as_torchscript_and_loads_back(tmp_path):
     assert "quantized::conv2d_relu" in str(loaded.graph)  # the int8 ops, not a float copy
 
 
+def test_a_channels_last_deploy_computes_the_same_in_nhwc():
+    # the float layers of a mixed network run on NHWC activations, as the int8 ones return them
+    torch.manual_seed(0)
+    model = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    for network in (model, export_int8(model, x, float_layers=["stem", "stages.1.0.conv1"])):
+        plain, nhwc = to_torchscript(network, x), to_torchscript(network, x, channels_last=True)
+        assert torch.allclose(nhwc(x), plain(x), atol=1e-5)
+    conv = torch.nn.Conv2d(1, 4, 3).eval()
+    assert to_torchscript(conv, x, channels_last=True)(x).is_contiguous(memory_format=torch.channels_last)
+    assert not to_torchscript(conv, x)(x).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_a_model_that_cannot_be_traced_is_refused_clearly():
     class Branchy(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ per layer (``mixed``, as the search picks them; int8 where torch.ao quantizes th
 this CPU), plus the dense fp32 and dense int8 policies. Each policy is exported to a real
 network (Torch-Pruning, batch norms folded; FX int8 for the 8-bit layers),
 timed whole and side by side with the networks of its precision using ``torch.utils.benchmark``
-(fixed threads, the fastest of interleaved short blocks:
+(fixed threads, interleaved short blocks read against a marker op's:
 :meth:`rlprune.hardware.MeasuredModel.time_networks`), and predicted by
 every latency model that applies:
 
@@ -44,7 +44,7 @@ from torch import nn
 
 from rlprune.config import default_cache_dir
 from rlprune.errors import ModelError
-from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms, to_torchscript
+from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
 from rlprune.hardware.measured import cpu_model
 from rlprune.io import write_json_atomic
@@ -171,7 +171,7 @@ def run_model(
         if 8 in bits:
             floats = [name for name, b in zip(names, bits, strict=True) if b != 8]
             exported = export_int8(exported, x, float_layers=floats)
-        return to_torchscript(exported, x), eff
+        return local.deploy(exported, x), eff
 
     def layer_bits(kind: str) -> tuple[int, ...]:
         if kind == "mixed":  # each layer's bits drawn, as the search chooses them
@@ -215,16 +215,17 @@ def run_model(
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
     half_net, half_eff = deploy(_uniform_policy(layers, low), fp32)
-    extra = {"dense": to_torchscript(fold_batch_norms(model), x), "filter_budget_0.5": half_net}
+    extra = {"dense": local.deploy(fold_batch_norms(model), x), "filter_budget_0.5": half_net}
     extra_bits = [32, 32]
     if "int8" in kinds:
-        extra["int8"] = to_torchscript(export_int8(model, x), x)
+        extra["int8"] = local.deploy(export_int8(model, x), x)
         extra_bits.append(8)
     # the same dense networks called from Python, not deployed: what TorchScript saves
-    extra["dense eager"] = fold_batch_norms(model)
+    order = torch.channels_last if local.memory_format == "channels_last" else torch.contiguous_format
+    extra["dense eager"] = fold_batch_norms(model).to(memory_format=order)
     extra_bits.append(32)
     if "int8" in kinds:
-        extra["int8 eager"] = export_int8(model, x)
+        extra["int8 eager"] = export_int8(model, x).to(memory_format=order)
         extra_bits.append(8)
 
     start = time.time()

@@ -2,10 +2,11 @@
 
 ``latency(layer, choice)`` is the time of one batch of ``batch_size`` samples through the
 layer's op on this CPU, as a deployed network runs it: traced and frozen TorchScript
-(:func:`rlprune.export.to_torchscript`), less the cost of calling a deployed module. It is timed
-with :mod:`torch.utils.benchmark` at a fixed thread count: the fastest short block over
-interleaved rounds (:func:`time_rounds`, which says why not the median), in a quiet stretch of
-the machine (:meth:`MeasuredModel._until_quiet`). Eager PyTorch is not what is modelled: there
+(:meth:`MeasuredModel.deploy`), less the cost of calling a deployed module. It is timed
+with :mod:`torch.utils.benchmark` at a fixed thread count in short blocks over interleaved
+rounds (:func:`time_rounds`), beside a marker op whose blocks in the same rounds it is read
+against (:meth:`MeasuredModel._timed`), in a quiet stretch of the machine
+(:meth:`MeasuredModel._until_quiet`). Eager PyTorch is not what is modelled: there
 each int8 op costs about 20 µs more at batch 1 (two C++ exceptions per call), and more after
 float ops.
 
@@ -33,6 +34,12 @@ What is measured, and what is not:
   (``channel_step: 1``): off multiples of 8 the kernels slow down in steps, which no
   interpolation follows (a 3x3 conv on 8x8, INT8 at batch 1: 16 to 16 channels 11.9 µs, 15 to
   15 16.4 µs; FP32 at batch 32: 336 and 432 µs).
+* 2-D convs run channels-last (``memory_format``), in their weights and activations, as
+  their networks are deployed: on this machine's CPU that ran a float resnet20 at batch 1 in
+  0.54x (8x8 inputs) to 0.84x (32x32) of its time in the default order, and the int8 layers
+  of a mixed network return channels-last activations anyway, so the float layers after them
+  ran so whatever the weights (one int8 stem took 100 µs off a 692 µs float resnet20 where
+  its own op was worth 8).
 
 Measurements are cached as JSON in ``cache_dir/latency/``, keyed by CPU model, torch version
 and thread count (one file per key, with a SHA-256 checksum over key and entries). A corrupt,
@@ -53,6 +60,7 @@ import math
 import os
 import platform
 import random
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -72,7 +80,8 @@ from rlprune.policy import FLOAT_BITS, Choice, Pattern
 
 log = logging.getLogger(__name__)
 
-MEASURED_NUMBERS = (
+# the settings a hardware config must give a source for (sources.<name>)
+MEASURED_SETTINGS = (
     "batch_size",
     "threads",
     "channel_step",
@@ -81,14 +90,20 @@ MEASURED_NUMBERS = (
     "warmup",
     "retries",
     "slack",
+    "memory_format",
 )
-# 12: timed in quiet stretches (a marker op beside each timing), networks not read against
-# their ops timed beside them; 11: every op with a bias (a deployed conv holds its folded BN's);
+# 13: ops and networks deployed in a memory format (channels-last); 12: timed in quiet
+# stretches (a marker op beside each timing), networks not read against their ops timed
+# beside them; 11: every op with a bias (a deployed conv holds its folded BN's);
 # 10: ops and networks timed deployed (TorchScript); 9: the int8 export fuses torch.relu;
 # 8: ops timed among their own precision; 7: int8 glue may be cheaper; 6: int8 glue;
 # 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
-CACHE_FORMAT = 12
+CACHE_FORMAT = 13
 EPILOGUES = ("relu", "none")
+MEMORY_FORMATS = ("channels_last", "contiguous")
+# a marker block after about every 4 calls' blocks of a round: with one per round of 24 calls
+# a busy machine's timings read 3.4-4.4% apart (cv), no steadier than their fastest blocks
+MARKER_EVERY = 4
 # the longest wait for a quiet stretch before a retry: slow stretches lasted 0.3-5 s here, and
 # on a busy day a table's parts still ran slow after two waits of 5 s
 QUIET_WAIT = 10.0
@@ -149,8 +164,10 @@ class MeasuredModel(LatencyModel):
         block_time: seconds of one timed block.
         warmup: untimed calls before each measurement.
         retries: how often a measurement taken in a slow stretch is taken again (:meth:`_until_quiet`).
-        slack: a measurement whose marker op's pace was over ``slack`` times its fastest ran slow.
+        slack: a measurement whose marker op's pace was over ``slack`` times its reference ran slow.
         epilogue: ``relu`` or ``none``: what follows the op in the timed statement.
+        memory_format: ``channels_last`` or ``contiguous``: the order of the 4-D weights and
+            activations of every network and op this model deploys (:meth:`deploy`).
         cache_dir: folder holding ``latency/<name>-<key>.json``.
         measurements: how many measurements this instance has taken (cache misses).
         retimed: how many timings (a part of the table, or networks of one precision) were taken
@@ -175,6 +192,7 @@ class MeasuredModel(LatencyModel):
         retries: int = 2,
         slack: float = 1.1,
         epilogue: str = "relu",
+        memory_format: str = "channels_last",
         cache_dir: str | os.PathLike[str] | None = None,
         patterns: Sequence[Pattern | str] = tuple(Pattern),
         progress: bool = True,
@@ -191,6 +209,11 @@ class MeasuredModel(LatencyModel):
         if epilogue not in EPILOGUES:
             raise ConfigError(
                 f"hardware '{name}': epilogue must be one of {list(EPILOGUES)}, got {epilogue!r}"
+            )
+        if memory_format not in MEMORY_FORMATS:
+            raise ConfigError(
+                f"hardware '{name}': memory_format must be one of {list(MEMORY_FORMATS)}, "
+                f"got {memory_format!r}"
             )
         if retries < 0 or not slack > 1:
             raise ConfigError(
@@ -213,6 +236,7 @@ class MeasuredModel(LatencyModel):
         self.retries = int(retries)
         self.slack = float(slack)
         self.epilogue = epilogue
+        self.memory_format = memory_format
         self.progress = progress
         self.sources = dict(sources or {})
         self.cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
@@ -261,10 +285,13 @@ class MeasuredModel(LatencyModel):
         retries = reader.integer("retries", 2, minimum=0)
         slack = reader.number("slack", 1.1, positive=True)
         if not slack > 1:
-            raise reader.error("slack", "a number over 1 (1.1: 10% over the marker's fastest pace)", slack)
+            raise reader.error("slack", "a number over 1 (1.1: 10% over the marker's reference pace)", slack)
         epilogue = reader.string("epilogue", "relu")
         if epilogue not in EPILOGUES:
             raise reader.error("epilogue", f"one of {list(EPILOGUES)}", epilogue)
+        memory_format = reader.string("memory_format", "channels_last")
+        if memory_format not in MEMORY_FORMATS:
+            raise reader.error("memory_format", f"one of {list(MEMORY_FORMATS)}", memory_format)
         cache_dir = reader.raw("cache_dir", None)
         if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
             raise reader.error("cache_dir", "a folder path", cache_dir)
@@ -277,7 +304,7 @@ class MeasuredModel(LatencyModel):
         progress = reader.raw("progress", True)
         if not isinstance(progress, bool):
             raise reader.error("progress", "true or false", progress)
-        sources = reader.sources(MEASURED_NUMBERS)
+        sources = reader.sources(MEASURED_SETTINGS)
         reader.finish()
         if bits != tuple(sorted(set(bits) & {8, FLOAT_BITS})):
             raise reader.error("bits", "a subset of [8, 32] (int8 and float are what a CPU runs)", list(bits))
@@ -295,11 +322,19 @@ class MeasuredModel(LatencyModel):
             retries=retries,
             slack=slack,
             epilogue=epilogue,
+            memory_format=memory_format,
             cache_dir=cache_dir,
             patterns=patterns,
             progress=progress,
             sources=sources,
         )
+
+    def deploy(self, network: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+        """``network`` as this CPU runs it: traced and frozen in this model's memory format
+        (:func:`rlprune.export.to_torchscript`). Every network and op the table times is deployed so."""
+        from rlprune.export import to_torchscript
+
+        return to_torchscript(network, example, channels_last=self.memory_format == "channels_last")
 
     # -- the lookup ----------------------------------------------------------------------------
 
@@ -325,7 +360,7 @@ class MeasuredModel(LatencyModel):
         the channels it keeps. The stubs run from Python, but narrowing changes only the ops'
         work, so the split holds for the deployed network too.
 
-        The whole network, deployed (:func:`rlprune.export.to_torchscript`), is timed too, and
+        The whole network, deployed (:meth:`deploy`), is timed too, and
         the dense network is then predicted as measured. Where its ops, each timed alone, add up
         to more than the network, each op is charged an equal share less, at most its own
         seconds (on a resnet20 at batch 1 they added up to 1.2x; a share per op fitted its
@@ -342,7 +377,9 @@ class MeasuredModel(LatencyModel):
 
         x = torch.randn((self.batch_size, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
         net = fold_batch_norms(network).float()
-        digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}".encode()).hexdigest()[:16]
+        if self.memory_format == "channels_last":  # the stubs then return what the layers would
+            net = net.to(memory_format=torch.channels_last)
+        digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}|{self.memory_format}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = _layer_outputs(net, x)
         layers = discover_layers(net, x)
@@ -408,8 +445,6 @@ class MeasuredModel(LatencyModel):
         all channels, is that layer's glue if it stands out of the noise: three times the gap
         between two timings of the same stubbed network, and 1% of it.
         """
-        from rlprune.export import to_torchscript
-
         kept = {name: max(2, _channels(out) // 4) for name, out in outputs.items()}
         variants = {"full": _stubbed(net, outputs), "again": _stubbed(net, outputs)}
         for name, out in outputs.items():
@@ -422,13 +457,13 @@ class MeasuredModel(LatencyModel):
                 variants[name] = narrow
             except RuntimeError:  # the layer's outputs meet another's (a residual add): constant
                 pass
-        variants["deployed:float"] = to_torchscript(net, x)
+        variants["deployed:float"] = self.deploy(net, x)
         precisions = [32] * len(variants)
         int8 = self._int8_export(net, x) if 8 in self.bits else None
         if int8 is not None:
             with self._timing_context():  # the int8 engine
                 variants["stubbed:int8"] = _stubbed(int8, _record_outputs(int8, x, outputs))
-                variants["deployed:int8"] = to_torchscript(int8, x)
+                variants["deployed:int8"] = self.deploy(int8, x)
             precisions += [8, 8]
             names = list(outputs)
             for first in (8, 32):  # consecutive layers alternate precision, starting int8 or float
@@ -436,7 +471,7 @@ class MeasuredModel(LatencyModel):
                 mixed = self._int8_export(net, x, floats) if len(names) > 1 else None
                 if mixed is not None:
                     with self._timing_context():
-                        variants[f"deployed:alternating:{first}"] = to_torchscript(mixed, x)
+                        variants[f"deployed:alternating:{first}"] = self.deploy(mixed, x)
                     precisions.append(8)
         calls = [functools.partial(module, x) for module in variants.values()]
         with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
@@ -470,9 +505,8 @@ class MeasuredModel(LatencyModel):
     def _time_apart(
         self, calls: Sequence[Callable[[], object]], precisions: Sequence[int], rounds: int
     ) -> list[float]:
-        """Seconds per call (its fastest block, :func:`time_rounds`), each call taking turns only
-        with the calls of its own precision and that precision's marker op, in a quiet stretch
-        (:meth:`_until_quiet`).
+        """Seconds per call (:meth:`_timed`), each call taking turns only with the calls of its
+        own precision and that precision's marker op, in a quiet stretch (:meth:`_until_quiet`).
 
         INT8 ops that took turns with FP32 ops ran up to 1.28x (mean 1.04-1.07x) their best, among
         INT8 ones up to 1.07x (1.01-1.03x). Call inside :meth:`_timing_context`.
@@ -482,10 +516,7 @@ class MeasuredModel(LatencyModel):
         }
 
         def time_group(bits: int) -> tuple[list[float], float]:
-            _, marker = self._marker(bits)
-            group = [calls[i] for i in chosen[bits]] + [marker]
-            *blocks, marker_blocks = time_rounds(group, self.threads, rounds, self.block_time, self.warmup)
-            return [min(each) for each in blocks], _pace(marker_blocks)
+            return self._timed([calls[i] for i in chosen[bits]], bits, rounds)
 
         timed = self._until_quiet([(bits, functools.partial(time_group, bits)) for bits in chosen])
         seconds = [0.0] * len(calls)
@@ -493,6 +524,33 @@ class MeasuredModel(LatencyModel):
             for i, t in zip(indices, group, strict=True):
                 seconds[i] = t
         return seconds
+
+    def _timed(
+        self, calls: Sequence[Callable[[], object]], bits: int, rounds: int
+    ) -> tuple[list[float], float]:
+        """Seconds per call, each read against the marker op timed in the same rounds, and the
+        marker's pace over them (:func:`_pace`).
+
+        The marker takes a turn after about every :data:`MARKER_EVERY` calls of a round (its
+        copies shuffled in with them, :func:`time_rounds`). A call's seconds are the median over
+        the rounds of its block over the round's median marker block, times the marker's
+        reference pace (its ``pace:`` entry: the first found for this table,
+        :meth:`_first_pace`): a slow stretch slows the marker with the calls beside it. On this
+        VM, busy (a marker's 20 ms windows at a median 1.3-1.7x its fastest), 8 copies each of
+        three networks timed together 6 times read with a cv of 2.3-4.8% from timing to timing
+        this way, and of 8-13% as their fastest blocks (two runs). Call inside
+        :meth:`_timing_context`.
+        """
+        key, marker = self._marker(bits)
+        copies = max(1, math.ceil(len(calls) / MARKER_EVERY))
+        blocks = time_rounds([*calls, *[marker] * copies], self.threads, rounds, self.block_time, self.warmup)
+        markers = [statistics.median(each) for each in zip(*blocks[len(calls) :], strict=True)]
+        reference = self._table.setdefault(key, _pace(markers))
+        seconds = [
+            reference * statistics.median(b / m for b, m in zip(each, markers, strict=True))
+            for each in blocks[: len(calls)]
+        ]
+        return seconds, _pace(markers)
 
     def _until_quiet(
         self,
@@ -505,10 +563,10 @@ class MeasuredModel(LatencyModel):
         precision's marker op (:meth:`_marker`) and returns their seconds and the marker's pace
         (:func:`_pace`). This machine alternates quiet stretches with slow ones (1.4-2x, for
         0.3-5 s; measured here): a group whose marker's pace was over ``slack`` times the
-        fastest pace seen (cached as a ``pace:`` entry) ran in a slow stretch, and is timed
+        reference pace (cached as a ``pace:`` entry) ran in a slow stretch, and is timed
         again after the others, once the machine is quiet (:meth:`_await_quiet`), up to
-        ``retries`` times; each call keeps its fastest time. ``on_timed(i, seconds, first)``
-        follows each timing of group ``i``.
+        ``retries`` times; a group keeps its quietest timing (its marker's lowest pace).
+        ``on_timed(i, seconds, first)`` follows each timing of group ``i``.
         """
         if self.retries > 0:
             for bits in {bits for bits, _ in groups}:
@@ -523,10 +581,9 @@ class MeasuredModel(LatencyModel):
                     self.retimed += 1
                     self._await_quiet(bits)
                 seconds, pace = time_group()
-                best[i] = [min(a, b) for a, b in zip(best[i], seconds, strict=True)] if best[i] else seconds
-                paces[i] = min(paces[i], pace)
-                key = self._marker(bits)[0]
-                self._table[key] = min(self._table.get(key, math.inf), pace)
+                if pace < paces[i]:
+                    best[i], paces[i] = seconds, pace
+                self._table.setdefault(self._marker(bits)[0], pace)
                 if on_timed is not None:
                     on_timed(i, best[i], attempt == 0)
             slow = {i: paces[i] / self._table[self._marker(bits)[0]] for i, (bits, _) in enumerate(groups)}
@@ -535,7 +592,7 @@ class MeasuredModel(LatencyModel):
                 return best
         self.still_slow += len(todo)
         log.warning(
-            "%s: %d of %d timings ran slow %d times (marker op at up to %.2fx its fastest pace); "
+            "%s: %d of %d timings ran slow %d times (marker op at up to %.2fx its reference pace); "
             "they may read high. Time on an idle machine, or raise `retries`.",
             self.name,
             len(todo),
@@ -577,14 +634,12 @@ class MeasuredModel(LatencyModel):
     def _marker(self, bits: int) -> tuple[str, Callable[[], object]]:
         """The marker op timed beside every measurement at ``bits``: its ``pace:`` table key and
         its deployed call (a 16-channel 3x3 conv on 8x8, at this batch size)."""
-        from rlprune.export import to_torchscript
-
         if bits not in self._markers:
             spec = self._spec(_MARKER, 16, 16, bits)
             with self._timing_context(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
                 op, x = self._build(spec)
-                self._markers[bits] = ("pace:" + spec["key"], functools.partial(to_torchscript(op, x), x))
+                self._markers[bits] = ("pace:" + spec["key"], functools.partial(self.deploy(op, x), x))
         return self._markers[bits]
 
     def _int8_export(
@@ -653,6 +708,7 @@ class MeasuredModel(LatencyModel):
             "bits": bits,
             "batch": self.batch_size,
             "epilogue": self.epilogue,
+            "memory_format": self.memory_format,
         }
         spec["key"] = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return spec
@@ -738,6 +794,8 @@ class MeasuredModel(LatencyModel):
             else (self.batch_size, c_in, *spec["spatial"])
         )
         x = torch.randn(shape, generator=gen)
+        if x.dim() == 4 and spec["memory_format"] == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)  # as the layer before returns it
         if kind == "linear":
             op: nn.Module = nn.Linear(c_in, c_out)
         else:
@@ -767,25 +825,20 @@ class MeasuredModel(LatencyModel):
         """Seconds of one batch through each grid entry's op (all at one precision), deployed,
         less a deployed call's; and the seconds of the precision's marker op timed beside them.
 
-        Each op runs as a network would deploy it (:func:`rlprune.export.to_torchscript`); a
+        Each op runs as a network would deploy it (:meth:`deploy`); a
         call of an empty deployed module, timed beside them, is taken off (a module that
         returns a new tensor costs the same), as inside a network the ops run one after
         another without it (:func:`time_rounds`).
         """
-        from rlprune.export import to_torchscript
-
         with self._timing_context(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
             built = [self._build(spec) for spec in specs]
-            calls = [functools.partial(to_torchscript(op, x), x) for op, x in built]
+            calls = [functools.partial(self.deploy(op, x), x) for op, x in built]
             x = built[0][1]
-            calls.append(functools.partial(to_torchscript(_Identity(), x), x))
-            calls.append(self._marker(specs[0]["bits"])[1])
+            calls.append(functools.partial(self.deploy(_Identity(), x), x))
             with torch.inference_mode():
-                *blocks, call, marker = time_rounds(
-                    calls, self.threads, self.rounds, self.block_time, self.warmup
-                )
-        return [_without_call(min(each), min(call)) for each in blocks], _pace(marker)
+                (*ops, call), pace = self._timed(calls, specs[0]["bits"], self.rounds)
+        return [_without_call(op, call) for op in ops], pace
 
     # -- the cache file ------------------------------------------------------------------------
 
@@ -857,11 +910,9 @@ def time_rounds(
 
     Timed with :class:`torch.utils.benchmark.Timer` at ``threads`` threads. Each call is
     warmed up, then every round times one block of about ``block_time`` seconds per call, the
-    calls taking turns in an order shuffled every round. A call's seconds are its fastest
-    block, not the median: on a shared machine the speed drifts by up to 2x between 0.3 s
-    windows, so a median measures the neighbours as much as the op, while the fastest of short,
-    interleaved blocks repeats to about 1% in a quiet stretch (measured here;
-    :meth:`MeasuredModel._until_quiet` for the rest).
+    calls taking turns in an order shuffled every round. On a shared machine the speed drifts
+    by up to 2x between 0.3 s windows: short blocks in rounds let a call be read against a
+    marker op timed in the same rounds (:meth:`MeasuredModel._timed`).
     """
     from torch.utils.benchmark import Timer
 
@@ -974,7 +1025,7 @@ def _channels(output: torch.Tensor) -> int:
 
 def _narrow_channels(output: torch.Tensor, channels: int) -> torch.Tensor:
     dim = 1 if output.dim() > 2 else output.dim() - 1
-    return output.narrow(dim, 0, channels).contiguous()
+    return output.narrow(dim, 0, channels).clone(memory_format=torch.preserve_format)  # NHWC stays
 
 
 class _ThenRelu(nn.Module):

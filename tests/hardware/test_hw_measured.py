@@ -178,6 +178,19 @@ def test_bad_config_fails_with_a_message(tmp_path):
         build_latency_model(plain_cfg(tmp_path, bits=[4, 8, 32]))
     with pytest.raises(ConfigError, match="epilogue"):
         build_latency_model(plain_cfg(tmp_path, epilogue="gelu"))
+    with pytest.raises(ConfigError, match="memory_format"):
+        build_latency_model(plain_cfg(tmp_path, memory_format="nhwc"))
+
+
+def test_conv2d_ops_are_timed_in_the_memory_format_networks_deploy_in(tmp_path):
+    conv = LayerInfo("c", "conv2d", 16, 16, (3, 3), (1, 1), 1, (16, 8, 8), (16, 8, 8))
+    for memory_format, nhwc in (("channels_last", True), ("contiguous", False)):
+        model = build_latency_model(plain_cfg(tmp_path, memory_format=memory_format))
+        ((spec, _),) = model.grid_points(conv, dense(32))
+        assert spec["memory_format"] == memory_format  # one table entry per format
+        op, x = model._build(spec)
+        assert x.is_contiguous(memory_format=torch.channels_last) == nhwc
+        assert model.deploy(op, x)(x).is_contiguous(memory_format=torch.channels_last) == nhwc
 
 
 def _dense_prediction(
@@ -305,7 +318,8 @@ def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8
         return seconds, 1e-6 * pace
 
     model._time = time
-    model._first_pace = model._await_quiet = lambda bits: None
+    model._first_pace = lambda bits: model._table.setdefault(model._marker(bits)[0], 1e-6)  # quiet
+    model._await_quiet = lambda bits: None
     return parts
 
 
@@ -327,7 +341,7 @@ def test_a_part_timed_in_a_slow_stretch_is_timed_again_after_the_others(tmp_path
     assert model.measurements == 40 and model.retimed == 1 and model.still_slow == 0
 
 
-def test_a_machine_slow_throughout_keeps_the_fastest_timing_and_says_so(tmp_path, caplog):
+def test_a_machine_slow_throughout_keeps_the_quietest_timing_and_says_so(tmp_path, caplog):
     quiet = build_latency_model(plain_cfg(tmp_path))
     fake(quiet)
     quiet.prepare(conv_cells(1))  # caches the quiet pace of the marker op
@@ -344,6 +358,27 @@ def test_a_machine_slow_throughout_keeps_the_fastest_timing_and_says_so(tmp_path
     assert model.table[first["key"]] == pytest.approx(1.8e-6 * (1 + first["c_in"] * first["c_out"] / 64))
 
 
+def test_a_timing_is_read_against_the_marker_in_its_own_rounds(tmp_path, monkeypatch):
+    from rlprune.hardware import measured
+
+    marker = [1e-6, 1.8e-6, 1.4e-6]  # the machine slows down, then recovers in part
+    steady = [50 * m for m in marker]  # slowed as the marker was
+    odd = [5e-5, 9e-5, 2e-4]  # slowed far more than the marker in one round
+    timed = []
+
+    def time_rounds(calls, *args):
+        timed.append(len(calls))
+        return [steady, odd] + [marker] * (len(calls) - 2)
+
+    monkeypatch.setattr(measured, "time_rounds", time_rounds)
+    model = build_latency_model(plain_cfg(tmp_path))
+    model._table[model._marker(32)[0]] = 1e-6  # the marker's reference pace
+    seconds, pace = model._timed([print] * 2, 32, rounds=3)
+    assert seconds == pytest.approx([5e-5, 5e-5]) and pace == 1e-6
+    model._timed([print] * 9, 32, rounds=3)
+    assert timed == [3, 9 + 3]  # a marker copy for about every 4 calls
+
+
 def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch):
     from rlprune.hardware import measured
 
@@ -358,7 +393,7 @@ def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch)
     model._table[model._marker(32)[0]] = 1e-6  # the quiet pace, as a table build caches it
     monkeypatch.setattr(measured, "time_rounds", time_rounds)
     nets = [torch.nn.Linear(4, 4) for _ in range(3)]
-    assert model.time_networks(nets, torch.randn(1, 4), [32, 32, 32]) == [1e-4] * 3
+    assert model.time_networks(nets, torch.randn(1, 4), [32, 32, 32]) == pytest.approx([1e-4] * 3)
     assert rounds == [4, 1, 4]  # the three networks and the marker; the marker alone, quiet; again
 
 
