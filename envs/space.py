@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,11 @@ class SearchSpace:
         couplings: the layers' filter couplings (empty unless filter pruning is searched).
         overhead: the network's seconds outside its layers (part of fixed and dense latency).
         nm_pad: N:M pads a reduction length that is not a multiple of M (for tied layers' options).
+        mixed_seconds: seconds the network adds once when its layers run both float and int8
+            (:attr:`~rlprune.hardware.LatencyModel.mixed_seconds`), charged to the step that
+            first mixes them.
+        integer: per bit-width, whether it runs in integers (empty when ``mixed_seconds`` is 0).
+        fixed_kinds: whether the layers no step decides run in integers (empty when there are none).
     """
 
     layers: list[LayerInfo]
@@ -178,20 +184,61 @@ class SearchSpace:
     couplings: dict[str, FilterCoupling] = field(default_factory=dict)
     overhead: float = 0.0
     nm_pad: bool = False
+    mixed_seconds: float = 0.0
+    integer: tuple[bool, ...] = ()
+    fixed_kinds: frozenset[bool] = frozenset()
 
     def __post_init__(self) -> None:
         self.members = self.members or [(layer,) for layer in self.layers]
         self.followers = self.followers or [() for _ in self.layers]
-        # rest_min[i]: the fewest seconds steps i+1.. can take, over the decisions up to step i
-        # (rest_max: the most); exact, by dynamic programming from the back.
-        self._rest_min = self._rest(np.min)
-        self._rest_max = self._rest(np.max)
+        # rests[pick][kind][i]: the fewest (np.min) or most (np.max) seconds steps i+1.. can
+        # take, over the decisions up to step i, at any bit-width (kind None) or only at those
+        # that run in integers (True) or float (False); exact, by dynamic programming from the back.
+        kinds = (None, True, False) if self.mixed_seconds > 0 else (None,)
+        self._rests = {pick: {kind: self._rest(pick, kind) for kind in kinds} for pick in (np.min, np.max)}
 
-    def _rest(self, pick: Callable[..., np.ndarray]) -> list[Factor]:
+    def _rest(self, pick: Callable[..., np.ndarray], kind: bool | None) -> list[Factor]:
+        costs = self.costs if kind is None else [self._only(cost, kind, pick) for cost in self.costs]
         rest = [ZERO] * len(self)
         for i in range(len(self) - 1, 0, -1):
-            rest[i - 1] = (self.costs[i] + rest[i]).reduce({2 * i, 2 * i + 1}, pick)
+            rest[i - 1] = (costs[i] + rest[i]).reduce({2 * i, 2 * i + 1}, pick)
         return rest
+
+    def _only(self, factor: Factor, kind: bool, pick: Callable[..., np.ndarray]) -> Factor:
+        """``factor`` with the other kind's bit-widths ruled out (``inf`` for a min, ``-inf`` for a max)."""
+        table = factor.table.astype(float, copy=True)
+        other = [b for b, runs in enumerate(self.integer) if runs != kind]
+        for dim, axis in enumerate(factor.axes):
+            if axis % 2 and table.shape[dim] == len(self.integer):  # a bit-width axis
+                index: list[Any] = [slice(None)] * table.ndim
+                index[dim] = other
+                table[tuple(index)] = np.inf if pick is np.min else -np.inf
+        return Factor(factor.axes, table)
+
+    def _seen(self, step: int, picks: Sequence[tuple[int, int]]) -> set[bool]:
+        """Whether the layers decided before ``step`` (and those no step decides) run in integers."""
+        return set(self.fixed_kinds) | {self.integer[b] for _, b in picks[:step]}
+
+    def _rest_grid(
+        self, step: int, picks: Sequence[tuple[int, int]], pick: Callable[..., np.ndarray]
+    ) -> np.ndarray:
+        """The fewest (``np.min``) or most (``np.max``) seconds the steps after ``step`` take,
+        as ``[options, bits]`` of ``step``, once the steps before it took ``picks``. Where the
+        layers decided so far run at one kind, the rest either stays at it or pays
+        ``mixed_seconds``."""
+        rests = self._rests[pick]
+        grid = self._grid(rests[None][step], step, picks)
+        if self.mixed_seconds <= 0 or step == len(self) - 1:
+            return grid
+        seen = self._seen(step, picks)
+        columns = []
+        for b, kind in enumerate(self.integer):
+            column = grid[:, b]
+            if seen <= {kind}:  # still one kind after this step
+                alone = self._grid(rests[kind][step], step, picks)[:, b]
+                column = pick(np.stack([alone, column + self.mixed_seconds]), axis=0)
+            columns.append(column)
+        return np.stack(columns, axis=1)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -218,8 +265,13 @@ class SearchSpace:
         return np.broadcast_to(own, (len(self.shapes[step]), len(self.bits)))
 
     def table(self, step: int, picks: Sequence[tuple[int, int]] = ()) -> np.ndarray:
-        """Seconds ``[options, bits]`` that ``step`` adds once the steps before it took ``picks``."""
-        return self._grid(self.costs[step], step, picks)
+        """Seconds ``[options, bits]`` that ``step`` adds once the steps before it took ``picks``
+        (``mixed_seconds`` where it is the first to run at the other kind)."""
+        own = self._grid(self.costs[step], step, picks)
+        if self.mixed_seconds > 0 and len(seen := self._seen(step, picks)) == 1:
+            (kind,) = seen
+            own = own + self.mixed_seconds * np.array([runs != kind for runs in self.integer])[None, :]
+        return own
 
     def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """Seconds each step adds under a policy given as index pairs."""
@@ -239,7 +291,7 @@ class SearchSpace:
 
     def cheapest(self) -> float:
         """The lowest relative latency any policy reaches."""
-        return self.relative(float((self.costs[0] + self._rest_min[0]).table.min()))
+        return self.relative(float((self.table(0) + self._rest_grid(0, (), np.min)).min()))
 
     def check_budget(self, budget: float) -> None:
         """Raise when no policy of this space meets ``budget``."""
@@ -316,8 +368,8 @@ class SearchSpace:
         else:
             slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
             left = budget - spent
-            feasible = table <= left - self._grid(self._rest_min[step], step, picks) + slack
-            in_band = feasible & (table >= left - self._grid(self._rest_max[step], step, picks) - slack)
+            feasible = table <= left - self._rest_grid(step, picks, np.min) + slack
+            in_band = feasible & (table >= left - self._rest_grid(step, picks, np.max) - slack)
             if not feasible.any():  # unreachable once the budget was checked; never step further out
                 allowed = table == table.min()
             elif not fill:
@@ -472,9 +524,13 @@ def build_space(
     fixed = overhead + sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in touched)
     for term in terms:
         costs[term.step] = costs[term.step] + term.factor(shapes, chosen_bits, seconds)
-    for step, factor in _switch_factors(all_layers, _owners(steps, followers), chosen_bits, hardware):
+    owner = _owners(steps, followers)
+    for step, factor in _switch_factors(all_layers, owner, chosen_bits, hardware):
         costs[step] = costs[step] + factor
     dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
+    integer = tuple(hardware.runs_integer(Choice(Pattern.DENSE, 1, 1, b, b)) for b in chosen_bits)
+    mixes = hardware.mixed_seconds > 0 and len(set(integer)) > 1
+    undecided = [lay for lay in all_layers if lay.name not in owner]
     return SearchSpace(
         [members[0] for members in steps],
         shapes,
@@ -489,6 +545,9 @@ def build_space(
         couplings,
         overhead,
         nm_pad,
+        hardware.mixed_seconds if mixes else 0.0,
+        integer if mixes else (),
+        frozenset({hardware.runs_integer(reference)} if undecided and mixes else ()),
     )
 
 

@@ -95,6 +95,34 @@ def test_precision_switches_cost_the_same_in_the_space_as_in_the_network():
         assert space.seconds(picks) - plain.seconds(picks) == pytest.approx(1e-5 * switches, rel=1e-9)
 
 
+@pytest.mark.parametrize("searched", [6, 5], ids=["all searched", "fc2 at the reference"])
+def test_a_network_that_mixes_float_and_int8_pays_once_in_the_space_as_in_the_network(searched):
+    # a measured table charges a network whose layers run both float and int8 once more
+    # (mixed_seconds); the space charges it to the step that first mixes them, and the wall,
+    # the cheapest policy and the network sum stay exact
+    model, x, layers = mnist1d()
+    device = build_latency_model(hardware_config("a100"))
+    couplings = filter_couplings(model, x, layers)
+    device.switch_seconds, device.mixed_seconds = 1e-6, 2e-5
+    space = build_space(layers, layers[:searched], device, "filter", [8, 16], 2, 0.3, None, couplings)
+    picks_all = list(itertools.product(*[itertools.product(range(len(s)), range(2)) for s in space.shapes]))
+    fixed = [] if searched == 6 else [False]  # fc2 at the reference FP16
+    for picks in picks_all[:: len(picks_all) // 40]:
+        policy = space.policy(picks)
+        expected = network_latency(device, layers, policy, couplings)
+        assert space.seconds(picks) + space.fixed_latency == pytest.approx(expected, rel=1e-12)
+        kinds = {space.bits[b] == 8 for _, b in picks} | set(fixed)
+        device.mixed_seconds = 0.0
+        plain = network_latency(device, layers, policy, couplings)
+        device.mixed_seconds = 2e-5
+        assert expected - plain == pytest.approx(2e-5 * (len(kinds) > 1), abs=1e-12)
+    latencies = [space.policy_latency(picks) for picks in picks_all]
+    assert space.cheapest() == pytest.approx(min(latencies), rel=1e-12)
+    for budget in np.quantile(latencies, [0.02, 0.3, 0.7]):
+        outcomes = random_episodes(model, x, layers, space, float(budget), 30, seed=2)
+        assert max(o.latency for o in outcomes) <= budget + 1e-9
+
+
 def random_episodes(
     model, x, layers, space, budget: float, episodes: int, seed: int, wall: str = "band"
 ) -> list:

@@ -20,7 +20,8 @@ Conventions shared by every model:
 * A network pays :attr:`LatencyModel.switch_seconds` for each pair of neighbouring layers
   (:attr:`~rlprune.layers.LayerInfo.neighbours`: consecutive ones, and the operands of a
   residual add) one of which runs float and the other int8 (a quantize or dequantize, and what
-  a measured network spends beyond it); analytical models count it in their layers (0).
+  a measured network spends beyond it), and :attr:`LatencyModel.mixed_seconds` once if any
+  layer runs float and another int8; analytical models count both in their layers (0).
 * Results are deterministic and memoized per ``(layer, choice)``.
 """
 
@@ -57,9 +58,12 @@ class LatencyModel(abc.ABC):
             device latency (a hardware config's ``search_pattern``; filter when it names none).
         switch_seconds: seconds a network adds each time a layer runs float and the next int8,
             or the reverse (:meth:`switches`); 0 unless measured (:meth:`calibrate`).
+        mixed_seconds: seconds a network adds once when its layers run both float and int8,
+            however often they switch; 0 unless measured (:meth:`calibrate`).
     """
 
     switch_seconds: float = 0.0
+    mixed_seconds: float = 0.0
 
     name: str
     batch_size: int
@@ -237,7 +241,8 @@ def network_latency(
 ) -> float:
     """Seconds per batch of the whole network: the sum of the per-layer latencies, plus
     :attr:`LatencyModel.switch_seconds` for each pair of neighbours (:attr:`LayerInfo.neighbours`)
-    one of which runs float and the other int8.
+    one of which runs float and the other int8, and :attr:`LatencyModel.mixed_seconds` once
+    where some layer runs float and another int8.
 
     Args:
         model: the latency model.
@@ -256,5 +261,6 @@ def network_latency(
             raise ValueError(f"{len(layers)} layers but {len(picked)} choices")
     choice_of = {layer.name: choice for layer, choice in zip(layers, picked, strict=True)}
     switches = sum(model.switches(choice_of[a], choice_of[b]) for a, b in neighbour_pairs(layers))
+    mixed = len({model.runs_integer(choice) for choice in picked}) > 1
     layers_seconds = sum(model.latency(*cell) for cell in effective_cells(layers, picked, couplings))
-    return float(layers_seconds + model.switch_seconds * switches)
+    return float(layers_seconds + model.switch_seconds * switches + model.mixed_seconds * mixed)

@@ -285,9 +285,9 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
 
     def timed(calls, precisions, rounds):
         # full, again, the 5 narrowed stubs, the deployed network; the stubbed and deployed int8
-        # ones and the two whose layers alternate float and int8
-        assert list(precisions) == [32] * 8 + [8] * 4
-        return [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5, 3e-4, 3e-4]
+        # ones, and the mixed ones: layers alternating float and int8, and halves that differ
+        assert list(precisions) == [32] * 8 + [8] * 6
+        return [1e-4, 1e-4] + [8e-5] * 5 + [2e-4, 5e-5, 6e-5] + [3e-4, 2.5e-4] * 2
 
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
@@ -303,7 +303,19 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
     fake(again)
     assert again.table == model.table
     assert again.calibrate(net, x) == overhead and again._int8_glue_scale == model._int8_glue_scale
-    assert again.switch_seconds == model.switch_seconds > 0
+    assert (again.switch_seconds, again.mixed_seconds) == (model.switch_seconds, model.mixed_seconds)
+    assert model.switch_seconds > 0 and model.mixed_seconds > 0
+
+
+def test_mixing_costs_are_fitted_per_switch_and_once():
+    from rlprune.hardware.measured import _fit_switches
+
+    # networks switching 5 and 1 times, 2 µs a switch and 10 µs once
+    assert _fit_switches([5, 5, 1, 1], [20e-6, 20e-6, 12e-6, 12e-6]) == pytest.approx((2e-6, 10e-6))
+    # more switches costing less: all of it once; a negative constant: all of it per switch
+    assert _fit_switches([5, 1], [10e-6, 12e-6]) == pytest.approx((0.0, 11e-6))
+    assert _fit_switches([5, 1], [10e-6, 1e-6]) == pytest.approx(((5 * 10e-6 + 1e-6) / 26, 0.0))
+    assert _fit_switches([4, 4], [8e-6, 8e-6]) == pytest.approx((2e-6, 0.0))  # one switch count only
 
 
 def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8) -> list[list[dict]]:
