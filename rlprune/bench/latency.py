@@ -233,7 +233,7 @@ def run_model(
     # the dense policy 4 times more, to show the noise
     nets = [net for net, _ in exported] + [exported[0][0]] * 4 + [*extra.values()]
     bits = [32 if kind == "fp32" else 8 for _, kind, _ in samples] + [32] * 4 + extra_bits
-    seconds = local.time_networks(nets, x, bits)
+    seconds = local.time_networks(nets, x, bits, repeats=1 if quick else 3)
     log(f"  {name}: {len(nets)} networks timed in {time.time() - start:.0f} s")
     records = [
         {

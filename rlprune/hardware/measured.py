@@ -481,7 +481,7 @@ class MeasuredModel(LatencyModel):
         calls = [functools.partial(module, x) for module in variants.values()]
         with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            timed = self._time_apart(calls, precisions, 2 * self.rounds)
+            timed = self._time_apart(calls, precisions, 2 * self.rounds, repeats=3)
         seconds = dict(zip(variants, timed, strict=True))
         full, again = seconds.pop("full"), seconds.pop("again")
         # seconds only, never their differences: the cache keeps no negative entry
@@ -497,24 +497,28 @@ class MeasuredModel(LatencyModel):
         return {**measured, **glue}
 
     def time_networks(
-        self, networks: Sequence[nn.Module], x: torch.Tensor, bits: Sequence[int]
+        self, networks: Sequence[nn.Module], x: torch.Tensor, bits: Sequence[int], repeats: int = 1
     ) -> list[float]:
         """Seconds of one forward pass of each network on ``x``, timed as the table times its ops:
         side by side with the networks of its precision (``bits``: 8 where it holds int8 ops),
-        at this model's threads, rounds and block time, in a quiet stretch (:meth:`_time_apart`)."""
+        at this model's threads, rounds and block time, in a quiet stretch, the precisions taking
+        turns ``repeats`` times (:meth:`_time_apart`)."""
         with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calls = [functools.partial(network.eval(), x) for network in networks]
-            return self._time_apart(calls, bits, self.rounds)
+            return self._time_apart(calls, bits, self.rounds, repeats)
 
     def _time_apart(
-        self, calls: Sequence[Callable[[], object]], precisions: Sequence[int], rounds: int
+        self, calls: Sequence[Callable[[], object]], precisions: Sequence[int], rounds: int, repeats: int = 1
     ) -> list[float]:
         """Seconds per call (:meth:`_timed`), each call taking turns only with the calls of its
-        own precision and that precision's marker op, in a quiet stretch (:meth:`_until_quiet`).
+        own precision and that precision's marker op, in a quiet stretch (:meth:`_until_quiet`);
+        with ``repeats``, the precisions take turns that often, and each call keeps its median.
 
         INT8 ops that took turns with FP32 ops ran up to 1.28x (mean 1.04-1.07x) their best, among
-        INT8 ones up to 1.07x (1.01-1.03x). Call inside :meth:`_timing_context`.
+        INT8 ones up to 1.07x (1.01-1.03x). Timed apart, a dense INT8 network over its FP32 one
+        varied by 5% (cv) from timing to timing on a busy day; repeats average that out. Call
+        inside :meth:`_timing_context`.
         """
         chosen = {
             bits: [i for i, p in enumerate(precisions) if p == bits] for bits in sorted(set(precisions))
@@ -523,11 +527,11 @@ class MeasuredModel(LatencyModel):
         def time_group(bits: int) -> tuple[list[float], float]:
             return self._timed([calls[i] for i in chosen[bits]], bits, rounds)
 
-        timed = self._until_quiet([(bits, functools.partial(time_group, bits)) for bits in chosen])
+        timed = self._until_quiet([(bits, functools.partial(time_group, bits)) for bits in chosen] * repeats)
         seconds = [0.0] * len(calls)
-        for indices, group in zip(chosen.values(), timed, strict=True):
-            for i, t in zip(indices, group, strict=True):
-                seconds[i] = t
+        for g, indices in enumerate(chosen.values()):
+            for k, i in enumerate(indices):
+                seconds[i] = statistics.median(timed[g + r * len(chosen)][k] for r in range(repeats))
         return seconds
 
     def _timed(

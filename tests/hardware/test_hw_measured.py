@@ -283,7 +283,7 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
 
     net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
 
-    def timed(calls, precisions, rounds):
+    def timed(calls, precisions, rounds, repeats):
         # full, again, the 5 narrowed stubs, the deployed network; the stubbed and deployed int8
         # ones, and the mixed ones: layers alternating float and int8, and halves that differ
         assert list(precisions) == [32] * 8 + [8] * 6
@@ -389,6 +389,19 @@ def test_a_timing_is_read_against_the_marker_in_its_own_rounds(tmp_path, monkeyp
     assert seconds == pytest.approx([5e-5, 5e-5]) and pace == 1e-6
     model._timed([print] * 9, 32, rounds=3)
     assert timed == [3, 9 + 3]  # a marker copy for about every 4 calls
+
+
+def test_precisions_take_turns_and_each_call_keeps_its_median(tmp_path):
+    model = build_latency_model(plain_cfg(tmp_path))
+    order, readings = [], {8: iter([3e-6, 1e-6, 2e-6]), 32: iter([5e-6, 4e-6, 6e-6])}
+
+    def timed(calls, bits, rounds):
+        order.append(bits)
+        return [next(readings[bits])] * len(calls), 1e-6
+
+    model._timed = timed
+    assert model._time_apart([print] * 3, [8, 32, 8], rounds=1, repeats=3) == [2e-6, 5e-6, 2e-6]
+    assert order == [8, 32] * 3
 
 
 def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch):
