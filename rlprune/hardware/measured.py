@@ -535,26 +535,31 @@ class MeasuredModel(LatencyModel):
         return seconds
 
     def _timed(
-        self, calls: Sequence[Callable[[], object]], bits: int, rounds: int
+        self, calls: Sequence[Callable[[], object]], bits: int, rounds: int, fastest: bool = False
     ) -> tuple[list[float], float]:
-        """Seconds per call, each read against the marker op timed in the same rounds, and the
-        marker's pace over them (:func:`_pace`).
+        """Seconds per call, and the pace of the marker op timed in the same rounds (:func:`_pace`).
 
         The marker takes a turn after about every :data:`MARKER_EVERY` calls of a round (its
-        copies shuffled in with them, :func:`time_rounds`). A call's seconds are the median over
-        the rounds of its block over the round's median marker block, times the marker's
-        reference pace (its ``pace:`` entry: the first found for this table,
-        :meth:`_first_pace`): a slow stretch slows the marker with the calls beside it. On this
-        VM, busy (a marker's 20 ms windows at a median 1.3-1.7x its fastest), 8 copies each of
-        three networks timed together 6 times read with a cv of 2.3-4.8% from timing to timing
-        this way, and of 8-13% as their fastest blocks (two runs). Call inside
-        :meth:`_timing_context`.
+        copies shuffled in with them, :func:`time_rounds`). A call's seconds are read against it:
+        the median over the rounds of its block over the round's median marker block, times the
+        marker's reference pace (its ``pace:`` entry: the first found for this table,
+        :meth:`_first_pace`); a slow stretch slows the marker with the calls beside it. With
+        ``fastest``, a call's seconds are its fastest block instead.
+
+        On this VM, busy (a marker's 20 ms windows at a median 1.3-1.7x its fastest): 8 copies
+        each of three networks timed together 6 times read with a cv of 2.3-4.8% from timing to
+        timing against the marker, and of 8-13% as their fastest blocks (two runs); a network
+        runs a few times in a block. Int8 conv1d ops of 14-18 µs, dozens of calls to a block,
+        repeated to about 1-2% as their fastest blocks and to 5-10% against the marker: the
+        table's ops take their fastest (:meth:`_time`). Call inside :meth:`_timing_context`.
         """
         key, marker = self._marker(bits)
         copies = max(1, math.ceil(len(calls) / MARKER_EVERY))
         blocks = time_rounds([*calls, *[marker] * copies], self.threads, rounds, self.block_time, self.warmup)
         markers = [statistics.median(each) for each in zip(*blocks[len(calls) :], strict=True)]
         reference = self._table.setdefault(key, _pace(markers))
+        if fastest:
+            return [min(each) for each in blocks[: len(calls)]], _pace(markers)
         seconds = [
             reference * statistics.median(b / m for b, m in zip(each, markers, strict=True))
             for each in blocks[: len(calls)]
@@ -832,7 +837,8 @@ class MeasuredModel(LatencyModel):
 
     def _time(self, specs: list[dict[str, Any]]) -> tuple[list[float], float]:
         """Seconds of one batch through each grid entry's op (all at one precision), deployed,
-        less a deployed call's; and the seconds of the precision's marker op timed beside them.
+        less a deployed call's, each its fastest block (:meth:`_timed` says why); and the pace of
+        the precision's marker op timed beside them.
 
         Each op runs as a network would deploy it (:meth:`deploy`); a
         call of an empty deployed module, timed beside them, is taken off (a module that
@@ -846,7 +852,7 @@ class MeasuredModel(LatencyModel):
             x = built[0][1]
             calls.append(functools.partial(self.deploy(_Identity(), x), x))
             with torch.inference_mode():
-                (*ops, call), pace = self._timed(calls, specs[0]["bits"], self.rounds)
+                (*ops, call), pace = self._timed(calls, specs[0]["bits"], self.rounds, fastest=True)
         return [_without_call(op, call) for op in ops], pace
 
     # -- the cache file ------------------------------------------------------------------------

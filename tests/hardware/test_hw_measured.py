@@ -376,19 +376,22 @@ def test_a_timing_is_read_against_the_marker_in_its_own_rounds(tmp_path, monkeyp
     marker = [1e-6, 1.8e-6, 1.4e-6]  # the machine slows down, then recovers in part
     steady = [50 * m for m in marker]  # slowed as the marker was
     odd = [5e-5, 9e-5, 2e-4]  # slowed far more than the marker in one round
+    unmoved = [6e-5] * 3  # not slowed at all
     timed = []
 
     def time_rounds(calls, *args):
         timed.append(len(calls))
-        return [steady, odd] + [marker] * (len(calls) - 2)
+        return [steady, odd, unmoved] + [marker] * (len(calls) - 3)
 
     monkeypatch.setattr(measured, "time_rounds", time_rounds)
     model = build_latency_model(plain_cfg(tmp_path))
     model._table[model._marker(32)[0]] = 1e-6  # the marker's reference pace
-    seconds, pace = model._timed([print] * 2, 32, rounds=3)
-    assert seconds == pytest.approx([5e-5, 5e-5]) and pace == 1e-6
+    seconds, pace = model._timed([print] * 3, 32, rounds=3)
+    assert seconds == pytest.approx([5e-5, 5e-5, 6e-5 / 1.4]) and pace == 1e-6
+    fastest, _ = model._timed([print] * 3, 32, rounds=3, fastest=True)  # the table's ops
+    assert fastest == pytest.approx([5e-5, 5e-5, 6e-5])
     model._timed([print] * 9, 32, rounds=3)
-    assert timed == [3, 9 + 3]  # a marker copy for about every 4 calls
+    assert timed == [4, 4, 9 + 3]  # a marker copy for about every 4 calls
 
 
 def test_precisions_take_turns_and_each_call_keeps_its_median(tmp_path):
