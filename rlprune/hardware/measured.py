@@ -92,14 +92,15 @@ MEASURED_SETTINGS = (
     "slack",
     "memory_format",
 )
-# 14: mixed networks whose halves differ (mixed_seconds); 13: ops and networks deployed in a
+# 15: ops by their fastest block again, networks read against the marker; 14: mixed networks
+# whose halves differ (mixed_seconds); 13: ops and networks deployed in a
 # memory format (channels-last), read against a marker op; 12: timed in quiet
 # stretches (a marker op beside each timing), networks not read against their ops timed
 # beside them; 11: every op with a bias (a deployed conv holds its folded BN's);
 # 10: ops and networks timed deployed (TorchScript); 9: the int8 export fuses torch.relu;
 # 8: ops timed among their own precision; 7: int8 glue may be cheaper; 6: int8 glue;
 # 5: glue by narrowed stubs; 4: torch.relu epilogue; 1: median
-CACHE_FORMAT = 14
+CACHE_FORMAT = 15
 EPILOGUES = ("relu", "none")
 MEMORY_FORMATS = ("channels_last", "contiguous")
 # a marker block after about every 4 calls' blocks of a round: with one per round of 24 calls
