@@ -4,8 +4,8 @@
 layer's op on this CPU, as a deployed network runs it: traced and frozen TorchScript
 (:meth:`MeasuredModel.deploy`), less the cost of calling a deployed module. It is timed
 with :mod:`torch.utils.benchmark` at a fixed thread count in short blocks over interleaved
-rounds (:func:`time_rounds`), beside a marker op whose blocks in the same rounds it is read
-against (:meth:`MeasuredModel._timed`), in a quiet stretch of the machine
+rounds (:func:`time_rounds`), its fastest block, beside a marker op that whole networks are
+read against (:meth:`MeasuredModel._timed`), in a quiet stretch of the machine
 (:meth:`MeasuredModel._until_quiet`). Eager PyTorch is not what is modelled: there
 each int8 op costs about 20 µs more at batch 1 (two C++ exceptions per call), and more after
 float ops.
