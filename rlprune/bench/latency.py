@@ -221,11 +221,10 @@ def run_model(
         extra["int8"] = local.deploy(export_int8(model, x), x)
         extra_bits.append(8)
     # the same dense networks called from Python, not deployed: what TorchScript saves
-    order = torch.channels_last if local.memory_format == "channels_last" else torch.contiguous_format
-    extra["dense eager"] = fold_batch_norms(model).to(memory_format=order)
+    extra["dense eager"] = local.in_memory_format(fold_batch_norms(model))
     extra_bits.append(32)
     if "int8" in kinds:
-        extra["int8 eager"] = export_int8(model, x).to(memory_format=order)
+        extra["int8 eager"] = local.in_memory_format(export_int8(model, x))
         extra_bits.append(8)
 
     start = time.time()

@@ -339,6 +339,12 @@ class MeasuredModel(LatencyModel):
 
         return to_torchscript(network, example, channels_last=self.memory_format == "channels_last")
 
+    def in_memory_format(self, module: nn.Module) -> nn.Module:
+        """``module`` with its 4-D weights in this model's memory format (in place), as
+        :meth:`deploy` runs it: for a copy timed from Python."""
+        channels_last = self.memory_format == "channels_last"
+        return module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
     # -- the lookup ----------------------------------------------------------------------------
 
     def _latency(self, layer: LayerInfo, choice: Choice) -> float:
@@ -379,9 +385,7 @@ class MeasuredModel(LatencyModel):
         from rlprune.layers import discover_layers
 
         x = torch.randn((self.batch_size, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
-        net = fold_batch_norms(network).float()
-        if self.memory_format == "channels_last":  # the stubs then return what the layers would
-            net = net.to(memory_format=torch.channels_last)
+        net = self.in_memory_format(fold_batch_norms(network).float())  # stubs return what layers would
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}|{self.memory_format}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = _layer_outputs(net, x)
@@ -500,10 +504,10 @@ class MeasuredModel(LatencyModel):
     def time_networks(
         self, networks: Sequence[nn.Module], x: torch.Tensor, bits: Sequence[int], repeats: int = 1
     ) -> list[float]:
-        """Seconds of one forward pass of each network on ``x``, timed as the table times its ops:
-        side by side with the networks of its precision (``bits``: 8 where it holds int8 ops),
-        at this model's threads, rounds and block time, in a quiet stretch, the precisions taking
-        turns ``repeats`` times (:meth:`_time_apart`)."""
+        """Seconds of one forward pass of each network on ``x``, read against the marker op
+        (:meth:`_timed`), side by side with the networks of its precision (``bits``: 8 where it
+        holds int8 ops), at this model's threads, rounds and block time, in a quiet stretch, the
+        precisions taking turns ``repeats`` times (:meth:`_time_apart`)."""
         with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calls = [functools.partial(network.eval(), x) for network in networks]
@@ -558,14 +562,15 @@ class MeasuredModel(LatencyModel):
         copies = max(1, math.ceil(len(calls) / MARKER_EVERY))
         blocks = time_rounds([*calls, *[marker] * copies], self.threads, rounds, self.block_time, self.warmup)
         markers = [statistics.median(each) for each in zip(*blocks[len(calls) :], strict=True)]
-        reference = self._table.setdefault(key, _pace(markers))
+        pace = _pace(markers)
+        reference = self._table.setdefault(key, pace)
         if fastest:
-            return [min(each) for each in blocks[: len(calls)]], _pace(markers)
+            return [min(each) for each in blocks[: len(calls)]], pace
         seconds = [
             reference * statistics.median(b / m for b, m in zip(each, markers, strict=True))
             for each in blocks[: len(calls)]
         ]
-        return seconds, _pace(markers)
+        return seconds, pace
 
     def _until_quiet(
         self,
