@@ -20,11 +20,12 @@ every latency model that applies:
 Every sampled network is timed a second time, and that timing is scored like a prediction
 (``timed again``): how well this machine repeats itself, which no latency model can beat.
 
-Per model and latency model: MAPE and share within ±10% (in seconds for ``local_cpu``; for all
-models also on the ratio to the dense policy, which is what a budget is), Kendall τ, and the
-share of policies predicted within the budget (median measured/dense ratio) that measure over
-it. Then the measured speedup of a uniform filter-pruned export at predicted budget 0.5, and of
-the dense int8 export, each against the dense model measured in the same run.
+Per model, precision (and all policies together: what a search ranks) and latency model: MAPE
+and share within ±10% (in seconds for ``local_cpu``; for all models also on the ratio to the
+dense policy, which is what a budget is), Kendall τ, and the share of policies predicted
+within the budget (median measured/dense ratio) that measure over it. Then the measured
+speedup of a uniform filter-pruned export at predicted budget 0.5, and of the dense int8
+export, each against the dense model measured in the same run.
 
     python -m rlprune.bench latency [--policies 50] [--quick]
 """
@@ -257,11 +258,14 @@ def run_model(
     dense_repeats = seconds[len(samples) : len(samples) + 4]
     timed = dict(zip(extra, seconds[len(samples) + 4 :], strict=True))
 
-    # per precision (int8 and fp32 networks behave differently here), ratios to dense fp32
+    # per precision (int8 and fp32 networks behave differently here), and all of them: the
+    # policies a search ranks; ratios to dense fp32
     meas_dense = records[0]["measured"]
+    groups = {kind: [r for r in records if r["precision"] == kind] for kind in sample_kinds}
+    if len(groups) > 1:
+        groups["all"] = records
     fidelity: dict[str, dict[str, dict]] = {}
-    for kind in sample_kinds:
-        chosen = [r for r in records if r["precision"] == kind]
+    for kind, chosen in groups.items():
         meas = np.array([r["measured"] for r in chosen])
         budget = float(np.median(meas / meas_dense))
         fidelity[kind] = {
