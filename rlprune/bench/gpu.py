@@ -15,7 +15,8 @@ Each is timed twice: called from Python (``eager``) and as replays of a captured
 Each sparse result is checked against the dense product of the masked weight first (FP16 within
 a relative error of 1e-2, INT8 exactly), so a timing is only reported for a kernel that computes
 the right thing. A variant the installed torch or GPU cannot run is listed with its error.
-These are the figures behind the ``h100`` profile's N:M speedups (``conf/hardware/h100.yaml``).
+These are the figures behind the ``h100`` and ``h200`` profiles' N:M speedups
+(``conf/hardware/h100.yaml``, ``h200.yaml``).
 
 With ``--networks``, it checks a GPU profile's roofline on whole zoo networks instead: per model,
 the dense network and filter-pruned exports (uniform keep ratios and random per-layer keeps,

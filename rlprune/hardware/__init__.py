@@ -3,9 +3,9 @@
 Every model implements :class:`LatencyModel`; pick one with ``hardware=<name>`` (a file in
 ``conf/hardware``) and build it with :func:`build_latency_model`:
 
-* :class:`RooflineModel` over a :class:`DeviceProfile` (``a100``, ``h100``, ``jetson_orin``,
-  ``arm_cpu``): peak rate per precision, bandwidth, and the sparsity patterns the device
-  accelerates;
+* :class:`RooflineModel` over a :class:`DeviceProfile` (``a100``, ``h100``, ``h200``,
+  ``jetson_orin``, ``arm_cpu``): peak rate per precision, bandwidth, and the sparsity
+  patterns the device accelerates;
 * :class:`BitFusionModel` (``bitfusion``): a bit-flexible accelerator, cycle formula from
   Sharma et al. (ISCA 2018);
 * :class:`BopsModel` (``bops``): the bit-operations proxy;

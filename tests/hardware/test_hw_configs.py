@@ -35,7 +35,7 @@ def raw(name: str) -> dict:
 
 def test_the_expected_devices_ship():
     names = {p.stem for p in FILES}
-    assert {"a100", "h100", "jetson_orin", "arm_cpu", "bitfusion", "bops"} <= names
+    assert {"a100", "h100", "h200", "jetson_orin", "arm_cpu", "bitfusion", "bops"} <= names
     assert set(available_hardware()) == names
     assert hardware_config_dir().resolve() == CONF.resolve()
 
@@ -60,7 +60,7 @@ def test_every_config_builds_from_plain_yaml_and_omegaconf(path):
 
 def test_auto_searches_what_buys_each_device_latency():
     auto = {name: build_latency_model(raw(name)).search_pattern for name in available_hardware()}
-    assert auto["a100"] == auto["h100"] == auto["jetson_orin"] == ("nm",)
+    assert auto["a100"] == auto["h100"] == auto["h200"] == auto["jetson_orin"] == ("nm",)
     assert auto["arm_cpu"] == ("kofn_weight",)  # its sparse kernel speeds up fine-grained weights
     assert auto["local_cpu"] == auto["bitfusion"] == ("filter",)
     unnamed = broken("a100", lambda c: c.pop("search_pattern"))

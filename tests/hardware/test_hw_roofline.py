@@ -167,9 +167,10 @@ def test_nm_speedup_only_at_listed_precisions():
     assert model.terms(LINEAR, Choice(Pattern.NM, 2, 4, 8, 8)).speedup == 2.0
 
 
-def test_nm_speedup_per_precision_on_h100():
-    # the h100 profile carries measured 2:4 gains per precision (python -m rlprune.bench gpu)
-    model = shipped("h100")
+@pytest.mark.parametrize("name", ["h100", "h200"])
+def test_nm_speedup_per_precision_on_hopper(name):
+    # the Hopper profiles carry measured 2:4 gains per precision (python -m rlprune.bench gpu)
+    model = shipped(name)
     gains = {b: model.terms(LINEAR, Choice(Pattern.NM, 2, 4, b, b)).speedup for b in (8, 16)}
     options = {b: o.speedup for o in model.profile.nm_options for b in o.bits}
     assert gains == options
