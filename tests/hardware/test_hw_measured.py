@@ -289,18 +289,18 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
 
     def timed(calls, precisions, rounds, repeats):
         # the stubbed networks (full, again, the 5 narrowed, int8), then apart from them the
-        # deployed ones (float, float at half width, int8, and the mixed: layers alternating
-        # float and int8, and halves that differ)
+        # deployed ones (float and int8 each at full and half width, and the mixed: layers
+        # alternating float and int8, and halves that differ)
         groups.append(list(precisions))
         if len(groups) == 1:
             return [1e-4, 1e-4] + [8e-5] * 5 + [5e-5]
-        return [2e-4, 1.2e-4, 6e-5] + [3e-4, 2.5e-4] * 2
+        return [2e-4, 1.2e-4, 6e-5, 4e-5] + [3e-4, 2.5e-4] * 2
 
     model = build_latency_model(plain_cfg(tmp_path))
     fake(model)
     model._time_apart = timed
     overhead = model.calibrate(net, x)
-    assert groups == [[32] * 7 + [8], [32, 32] + [8] * 5]
+    assert groups == [[32] * 7 + [8], [32, 32] + [8] * 6]
     assert model._int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
 
     def no_timing(*args):
@@ -323,11 +323,20 @@ def test_ops_shrink_inside_the_network_between_a_scale_and_an_equal_share():
     assert _scale_and_share(ops, dense, narrow, 12e-6) == pytest.approx((0.8, 0.0))  # as scaled
     assert _scale_and_share(ops, dense, narrow, 9e-6) == pytest.approx((1.0, 2e-6))  # as shared
     assert _scale_and_share(ops, dense, narrow, 10.5e-6) == pytest.approx((0.9, 1e-6))  # between
-    assert _scale_and_share(ops, dense, narrow, 20e-6) == pytest.approx((0.8, 0.0))  # at most a scale
     assert _scale_and_share(ops, dense, narrow, 1e-6) == pytest.approx((1.0, 2e-6))  # at most a share
+    # a half-width network slower than the ops scaled: each op also costs a constant (int8's
+    # quantize and dequantize), 15 k - 3 s = 14 µs beside 30 k - 3 s = 24 µs
+    assert _scale_and_share(ops, dense, narrow, 14e-6) == pytest.approx((2 / 3, -4e-6 / 3))
+    assert _scale_and_share(ops, dense, narrow, 30e-6) == pytest.approx((0.0, -8e-6))  # all constant
 
 
-def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(tmp_path):
+@pytest.mark.parametrize("bits", [32, 8])
+@pytest.mark.parametrize("half_width_cost", ["between", "over_scaled"])
+def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
+    tmp_path, bits, half_width_cost
+):
+    # the half-width network between the ops scaled and the ops less a share (float at batch
+    # 1), or over the ops scaled (int8 at batch 32: quantize and dequantize cost per layer)
     from rlprune.export import fold_batch_norms
     from rlprune.hardware import network_latency
     from rlprune.hardware.measured import _half_width
@@ -336,27 +345,39 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(t
 
     torch.manual_seed(0)
     net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
-    model = build_latency_model(plain_cfg(tmp_path, bits=[32]))
+    model = build_latency_model(plain_cfg(tmp_path, bits=sorted({bits, 32})))
     fake(model)
     folded = fold_batch_norms(net)
     layers, half = discover_layers(folded, x), _half_width(folded, x, discover_layers(folded, x))
     half_layers = discover_layers(half, x)
-    ops, half_ops = sum(model._dense_ops(layers, 32)), sum(model._dense_ops(half_layers, 32))
-    dense_s = 0.8 * ops  # the ops alone add up to more than the network
-    scaled, shared = dense_s * half_ops / ops, half_ops - ops + dense_s
-    half_s = (scaled + shared) / 2
+    measured = {}
+    for b in {bits, 32}:
+        ops, half_ops = sum(model._dense_ops(layers, b)), sum(model._dense_ops(half_layers, b))
+        dense_s = 0.8 * ops  # the ops alone add up to more than the network
+        scaled, shared = dense_s * half_ops / ops, half_ops - ops + dense_s
+        measured[b] = dense_s, (scaled + shared) / 2 if half_width_cost == "between" else 1.1 * scaled
+    groups = []
 
     def timed(calls, precisions, rounds, repeats):
-        if len(calls) == 2:  # the deployed networks: dense and half width
-            return [dense_s, half_s]
-        return [1e-5] * len(calls)  # the stubbed ones: no glue follows a layer's width
+        groups.append(precisions)
+        if len(groups) == 1:  # the stubbed networks: no glue follows a layer's width
+            return [1e-5] * len(calls)
+        if bits == 32:  # the deployed networks: dense and half width
+            return list(measured[32])
+        return [*measured[32], *measured[8]] + [measured[8][0]] * 4  # and the mixed ones
 
     model._time_apart = timed
     overhead = model.calibrate(net, x)
-    dense = Choice(Pattern.DENSE, 1, 1, 32, 32)
-    assert network_latency(model, layers, [dense] * len(layers)) + overhead == pytest.approx(dense_s)
-    assert network_latency(model, half_layers, [dense] * len(layers)) + overhead == pytest.approx(half_s)
-    assert 0.8 < model._float_scale < 1.0
+    dense = Choice(Pattern.DENSE, 1, 1, bits, bits)
+    for found, seconds in zip((layers, half_layers), measured[bits], strict=True):
+        assert network_latency(model, found, [dense] * len(layers)) + overhead == pytest.approx(seconds)
+    scale, saving = (
+        (model._float_scale, model._float_saving) if bits == 32 else (model._int8_scale, model._int8_saving)
+    )
+    if half_width_cost == "between":
+        assert 0.8 < scale < 1.0 and saving > 0
+    else:
+        assert 0.0 < scale < 0.8 and saving < 0
 
 
 def test_mixing_costs_are_fitted_per_switch_and_once():
