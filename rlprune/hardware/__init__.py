@@ -10,7 +10,8 @@ Every model implements :class:`LatencyModel`; pick one with ``hardware=<name>`` 
   Sharma et al. (ISCA 2018);
 * :class:`BopsModel` (``bops``): the bit-operations proxy;
 * :class:`MeasuredModel` (``local_cpu``): a lookup table measured on this CPU with
-  ``torch.utils.benchmark``, cached per CPU model, torch version and thread count.
+  ``torch.utils.benchmark``, cached per CPU model (with its family and model numbers),
+  torch's CPU kernels, torch version and thread count.
 """
 
 from rlprune.hardware.base import LatencyModel, effective_cells, network_latency, with_fewer_inputs

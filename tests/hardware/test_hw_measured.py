@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +170,25 @@ def test_a_cache_with_another_key_is_not_used(tmp_path):
     assert len(timed) == 1
     other_threads = build_latency_model(plain_cfg(tmp_path, threads=2))
     assert other_threads.cache_path != second.cache_path
+
+
+def test_cpus_of_one_name_but_another_generation_keep_their_own_tables(tmp_path):
+    # cloud VMs may name only "AMD EPYC"; its generations time ops differently
+    from rlprune.hardware.measured import cpu_model
+
+    def cpuinfo(model: int) -> Path:
+        path = tmp_path / f"cpuinfo{model}"
+        core = f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+        path.write_text(
+            "\n".join(core.format(i) + "model name\t: AMD EPYC\nstepping\t: 1\n" for i in range(2))
+        )
+        return path
+
+    assert cpu_model(cpuinfo(17)) == "AMD EPYC (cpu family 25, model 17, stepping 1)"
+    assert cpu_model(cpuinfo(1)) != cpu_model(cpuinfo(17))
+    assert cpu_model(tmp_path / "missing") != ""
+    model = build_latency_model(plain_cfg(tmp_path))
+    assert model.key["cpu"] == cpu_model() and model.key["isa"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_bad_config_fails_with_a_message(tmp_path):
