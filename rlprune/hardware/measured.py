@@ -383,12 +383,17 @@ class MeasuredModel(LatencyModel):
         if missing:
             self._measure_all(missing, progress=False)
         op = sum(w * self._table[spec["key"]] for spec, w in points)
-        glue, channels = self._glue.get(layer.name, (0.0, 1))
         kept = choice.keep if choice.pattern is Pattern.FILTER else layer.out_channels
         if self.runs_integer(choice):
             int8_op = max(0.0, self._int8_scale * op - self._int8_saving)
-            return float(int8_op + glue * self._int8_glue_scale * kept / channels)
-        return float(max(0.0, self._float_scale * op - self._float_saving) + glue * kept / channels)
+            return float(int8_op + self._glue_seconds(layer.name, kept, 8))
+        float_op = max(0.0, self._float_scale * op - self._float_saving)
+        return float(float_op + self._glue_seconds(layer.name, kept, FLOAT_BITS))
+
+    def _glue_seconds(self, name: str, kept: int, bits: int) -> float:
+        """The glue (:meth:`calibrate`) that follows layer ``name`` keeping ``kept`` filters."""
+        glue, channels = self._glue.get(name, (0.0, 1))
+        return glue * (self._int8_glue_scale if bits == 8 else 1.0) * kept / channels
 
     def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
         """Fit the table to ``network`` as deployed; return the seconds no choice changes.
@@ -400,22 +405,22 @@ class MeasuredModel(LatencyModel):
         the channels it keeps. The stubs run from Python, but narrowing changes only the ops'
         work, so the split holds for the deployed network too.
 
-        The whole network, deployed (:meth:`deploy`), is timed too, and
-        the dense network is then predicted as measured. Where its ops, each timed alone, add up
-        to more than the network (1.1-1.6x for the zoo's CNNs at batch 1, channels-last), each
-        op runs scaled by at most 1 and less an equal share, at most its own seconds (where
-        the scale leaves the ops short, a negative share: an extra cost per op;
-        :func:`_scale_and_share`): the scale is set by a copy with half the filters of every
-        layer that can lose them on its own, deployed and timed beside it, which is then
-        predicted as measured too where a scale or a share can. The stubs' glue is kept up to
-        what is left; the rest is the overhead returned. Where int8
-        is searched, its int8 export is stubbed and deployed the same way: an int8 layer's
-        width-following glue shrinks by the ratio of the two stubbed networks (never grows),
-        and the int8 ops are scaled and charged a share (which may be an extra cost: its
-        quantize and dequantize) so that they add up to what the deployed int8 network spends
-        beyond that glue, the scale set by the half-width int8 export as the float one is.
-        Cached in the table under the network's structure; until called, layers cost their op
-        alone.
+        The whole network, deployed (:meth:`deploy`), is timed too, and the dense network is
+        then predicted as measured: where its ops, each timed alone, add up to more than the
+        network (1.1-1.6x for the zoo's CNNs at batch 1, channels-last), they run faster inside
+        it; otherwise the stubs' glue is kept up to what the network spends beyond them, and
+        the rest is the overhead returned. How the ops shrink with width inside the network is
+        set by a copy with half the filters of every layer that can lose them on its own,
+        deployed and timed beside it: each op runs scaled by at most 1 less a share (at most
+        its own seconds; negative, an extra cost per op, where the scale leaves the network
+        short), so that the dense network is predicted as measured and the half-width one,
+        less its glue and the overhead, as near as the scale allows (:func:`_scale_and_share`).
+        Where int8 is searched, its int8 export is stubbed and deployed the same way: an int8
+        layer's width-following glue shrinks by the ratio of the two stubbed networks (never
+        grows), and the int8 ops are fitted as the float ones, to the deployed int8 network and
+        its half-width copy less that glue and the overhead (quantize and dequantize are in
+        the share). Cached in the table under the network's structure; until called, layers
+        cost their op alone.
         """
         from rlprune.export import fold_batch_norms
         from rlprune.layers import discover_layers
@@ -445,19 +450,21 @@ class MeasuredModel(LatencyModel):
         kept = min(1.0, beyond_ops / stub_total) if stub_total > 0 else 1.0
         self._glue = {name: (g * kept, _channels(outputs[name])) for name, g in stub_glue.items()}
         overhead = beyond_ops - kept * stub_total
-        # where the ops take all of the dense network (no glue, no overhead), they take all of
-        # the half-width one too, which then shows how they shrink with width
-        half_layers = discover_layers(half, x) if half is not None and beyond_ops == 0 else []
+        half_layers = discover_layers(half, x) if half is not None else []
 
         def fit(bits: int, network: float, half_key: str) -> tuple[float, float]:
             """The scale and the saving per op with which the ops at ``bits`` add up to
-            ``network`` seconds (:func:`_scale_and_share`); scale 1 without a half-width network."""
+            ``network`` seconds, and the half-width network's (less its glue and the overhead)
+            as near as a scale allows (:func:`_scale_and_share`); scale 1 where it was not timed."""
             if not half_layers or prefix + half_key not in self._table:
                 return 1.0, _share_per_op(ops[bits], sum(ops[bits]) - network)
-            return _scale_and_share(ops[bits], network, self._dense_ops(half_layers, bits), read(half_key))
+            half_glue = sum(self._glue_seconds(lay.name, lay.out_channels, bits) for lay in half_layers)
+            half_ops = read(half_key) - overhead - half_glue
+            return _scale_and_share(ops[bits], network, self._dense_ops(half_layers, bits), half_ops)
 
+        self._int8_glue_scale = 1.0
         self._float_scale, self._float_saving = fit(FLOAT_BITS, deployed - beyond_ops, "deployed:half")
-        self._int8_glue_scale, self._int8_scale, self._int8_saving = 1.0, 1.0, 0.0
+        self._int8_scale, self._int8_saving = 1.0, 0.0
         if 8 in ops and prefix + "deployed:int8" in self._table:
             extra = read("stubbed:int8") - read("stubbed:float")
             if stub_total > 0:
@@ -1099,8 +1106,9 @@ def _half_width(net: nn.Module, x: torch.Tensor, layers: list[LayerInfo]) -> nn.
 def _scale_and_share(
     dense_ops: Sequence[float], dense: float, half_ops: Sequence[float], half: float
 ) -> tuple[float, float]:
-    """A scale ``k`` and a saving ``s`` per op with ``sum(max(0, k * op - s))`` equal to the
-    dense network's seconds, and as near the half-width network's as ``k`` allows.
+    """A scale ``k`` and a saving ``s`` per op with ``sum(max(0, k * op - s))`` equal to
+    ``dense`` (the seconds the dense network spends in its ops), and as near ``half`` (the
+    half-width network's) as ``k`` allows.
 
     ``k`` runs from 0 (every op a constant, whatever its width) to 1 (an equal share off each
     op, as :func:`_share_per_op`); ``s`` is negative where the network costs more than its

@@ -400,6 +400,40 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
         assert 0.0 < scale < 0.8 and saving < 0
 
 
+def test_the_half_width_network_is_fitted_less_its_glue_and_the_overhead(tmp_path):
+    # the dense network spends 1.3x its ops: glue following the layers' widths (0.1) and an
+    # overhead (0.2); its half-width copy less its glue and the overhead is all ops, which
+    # run at 0.9 of their time alone and a constant per op (a digits CNN's int8 ops at batch 32)
+    from rlprune.export import fold_batch_norms
+    from rlprune.hardware import network_latency
+    from rlprune.hardware.measured import _half_width
+    from rlprune.layers import discover_layers
+    from rlprune.models import DigitsCNN
+
+    torch.manual_seed(0)
+    net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
+    model = build_latency_model(plain_cfg(tmp_path, bits=[32]))
+    fake(model)
+    model.calibrate(net, x)
+    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
+    folded = fold_batch_norms(net)
+    layers = discover_layers(folded, x)
+    half_layers = discover_layers(_half_width(folded, x, layers), x)
+    ops, half_ops = sum(model._dense_ops(layers, 32)), sum(model._dense_ops(half_layers, 32))
+    glue = 0.1 * ops / len(layers)
+    model._table.update({f"{prefix}glue:{layer.name}": glue for layer in layers})
+    model._table[prefix + "deployed:float"] = 1.3 * ops
+    half_glue = sum(glue * h.out_channels / d.out_channels for d, h in zip(layers, half_layers, strict=True))
+    extra = (ops - 0.9 * ops) / len(layers)  # per op, so that the dense ops add up as alone
+    model._table[prefix + "deployed:half"] = 0.2 * ops + half_glue + 0.9 * half_ops + len(layers) * extra
+    overhead = model.calibrate(net, x)
+    assert overhead == pytest.approx(0.2 * ops)
+    dense = Choice(Pattern.DENSE, 1, 1, 32, 32)
+    for found, seconds in ((layers, 1.3 * ops), (half_layers, model.table[prefix + "deployed:half"])):
+        assert network_latency(model, found, [dense] * len(layers)) + overhead == pytest.approx(seconds)
+    assert model._float_scale == pytest.approx(0.9) and model._float_saving == pytest.approx(-extra)
+
+
 def test_mixing_costs_are_fitted_per_switch_and_once():
     from rlprune.hardware.measured import _fit_switches
 
