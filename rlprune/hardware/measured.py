@@ -94,9 +94,9 @@ MEASURED_SETTINGS = (
     "verify",
     "memory_format",
 )
-# 17: a half-width int8 network sets how int8 ops shrink inside a network; 16: a marker's
-# pace is its fastest round, deployed networks calibrated apart from stubbed
-# ones; 15: ops by their fastest block again, networks read against the marker; 14: mixed
+# 17: half-width networks, float and int8, set how ops shrink inside a network (beside glue
+# and overhead too); 16: a marker's pace is its fastest round, deployed networks calibrated
+# apart from stubbed ones; 15: ops by their fastest block again, networks read against the marker; 14: mixed
 # networks whose halves differ (mixed_seconds); 13: ops and networks deployed in a memory
 # format (channels-last), read against a marker op; 12: timed in quiet stretches (a marker op
 # beside each timing), networks not read against their ops timed beside them; 11: every op
