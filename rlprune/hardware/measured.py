@@ -452,14 +452,16 @@ class MeasuredModel(LatencyModel):
         overhead = beyond_ops - kept * stub_total
         half_layers = discover_layers(half, x) if half is not None else []
 
+        def glue(found: list[LayerInfo], bits: int) -> float:
+            return sum(self._glue_seconds(lay.name, lay.out_channels, bits) for lay in found)
+
         def fit(bits: int, network: float, half_key: str) -> tuple[float, float]:
             """The scale and the saving per op with which the ops at ``bits`` add up to
             ``network`` seconds, and the half-width network's (less its glue and the overhead)
             as near as a scale allows (:func:`_scale_and_share`); scale 1 where it was not timed."""
             if not half_layers or prefix + half_key not in self._table:
                 return 1.0, _share_per_op(ops[bits], sum(ops[bits]) - network)
-            half_glue = sum(self._glue_seconds(lay.name, lay.out_channels, bits) for lay in half_layers)
-            half_ops = read(half_key) - overhead - half_glue
+            half_ops = read(half_key) - overhead - glue(half_layers, bits)
             return _scale_and_share(ops[bits], network, self._dense_ops(half_layers, bits), half_ops)
 
         self._int8_glue_scale = 1.0
@@ -469,8 +471,7 @@ class MeasuredModel(LatencyModel):
             extra = read("stubbed:int8") - read("stubbed:float")
             if stub_total > 0:
                 self._int8_glue_scale = min(1.0, max(0.0, 1.0 + extra / stub_total))
-            int8_glue = self._int8_glue_scale * kept * stub_total
-            rest = read("deployed:int8") - overhead - int8_glue
+            rest = read("deployed:int8") - overhead - glue(layers, 8)
             self._int8_scale, self._int8_saving = fit(8, rest, "deployed:half:int8")
         self._cache.clear()
         if 8 in ops:
