@@ -130,16 +130,17 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     apart, whose tables differ (at batch 1, a dense FP32 resnet20 ran 273 µs on one "AMD EPYC",
     382 on another, and INT8 0.91 of FP32 on the first, 0.43 on the second).
     """
+    fallback = platform.processor() or platform.machine() or "unknown"
     try:
         first = cpuinfo.read_text().split("\n\n", 1)[0]
     except OSError:
-        return platform.processor() or platform.machine() or "unknown"
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {key.strip().lower(): value.strip() for key, value in fields.items()}
+        return fallback
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip().lower(): value.strip() for key, value in pairs}
     numbers = ", ".join(
         f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping") if key in fields
     )
-    name = fields.get("model name", platform.processor() or platform.machine() or "unknown")
+    name = fields.get("model name", fallback)
     return f"{name} ({numbers})" if numbers else name
 
 
@@ -464,9 +465,8 @@ class MeasuredModel(LatencyModel):
             half_ops = read(half_key) - overhead - glue(half_layers, bits)
             return _scale_and_share(ops[bits], network, self._dense_ops(half_layers, bits), half_ops)
 
-        self._int8_glue_scale = 1.0
         self._float_scale, self._float_saving = fit(FLOAT_BITS, deployed - beyond_ops, "deployed:half")
-        self._int8_scale, self._int8_saving = 1.0, 0.0
+        self._int8_glue_scale, self._int8_scale, self._int8_saving = 1.0, 1.0, 0.0
         if 8 in ops and prefix + "deployed:int8" in self._table:
             extra = read("stubbed:int8") - read("stubbed:float")
             if stub_total > 0:
