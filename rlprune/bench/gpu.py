@@ -312,8 +312,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timed blocks per variant")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/gpu[_networks].json")
     parser.add_argument("--networks", action="store_true", help="check a profile on whole zoo networks")
-    parser.add_argument("--profile", default="h100", help="with --networks: the hardware config")
-    parser.add_argument("--policies", type=int, default=16, help="with --networks: pruned exports per model")
+    parser.add_argument(
+        "--profile", default=None, help="the hardware config (--networks: h100, --deploy: h200)"
+    )
+    parser.add_argument("--policies", type=int, default=None, help="per model (--networks: 16, --deploy: 30)")
+    parser.add_argument(
+        "--deploy", action="store_true", help="local_gpu and --profile against deployed networks"
+    )
+    parser.add_argument("--models", nargs="+", default=None, help="with --deploy: vit resnet20 mobilenetv2")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256], help="with --deploy")
+    parser.add_argument("--rounds", type=int, default=7, help="with --deploy: timed blocks per measurement")
     args = parser.parse_args(argv)
     if bad := [s for s in [*args.sizes, args.rows or 64] if s < 64 or s % 64]:
         raise SystemExit(f"--sizes and --rows must be multiples of 64 (2:4 kernels' tile), got {bad}")
@@ -321,9 +329,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("python -m rlprune.bench gpu needs a CUDA GPU; torch sees none on this machine")
     torch.backends.cuda.matmul.allow_tf32 = False
     warnings.filterwarnings("ignore", message=".*SparseSemiStructuredTensor is in prototype stage")
+    if args.deploy:
+        from rlprune.bench.gpu_deploy import MODELS, main_deploy
+
+        torch.backends.cudnn.benchmark = True
+        out = args.out or "benchmarks/results/gpu_deploy.json"
+        models, policies = args.models or list(MODELS), args.policies or 30
+        main_deploy(models, args.batches, policies, args.profile or "h200", out, args.rounds)
+        return
     if args.networks:
         torch.backends.cudnn.benchmark = True
-        rows = network_fidelity(args.profile, args.policies, args.min_run_time)
+        args.profile = args.profile or "h100"
+        rows = network_fidelity(args.profile, args.policies or 16, args.min_run_time)
         report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "profile": args.profile}
         path = write_json_atomic(args.out or "benchmarks/results/gpu_networks.json", {**report, "rows": rows})
         print(f"{report['device']} torch {report['torch']}, profile {args.profile}, FP16; wrote {path}\n")

@@ -19,6 +19,7 @@ from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.bitfusion import BitFusionModel
 from rlprune.hardware.bops import BopsModel
+from rlprune.hardware.local_gpu import GpuTableModel
 from rlprune.hardware.measured import MeasuredModel
 from rlprune.hardware.roofline import RooflineModel
 from rlprune.policy import SEARCHABLE_PATTERNS, Pattern
@@ -30,6 +31,7 @@ _BUILDERS: dict[str, Builder] = {
     "bitfusion": BitFusionModel.from_config,
     "bops": BopsModel.from_config,
     "measured": MeasuredModel.from_config,
+    "measured_gpu": GpuTableModel.from_config,
 }
 
 

@@ -1,0 +1,259 @@
+"""GPU deploy benchmark: ``local_gpu`` and a roofline profile against deployed networks.
+
+For each zoo model (the ViT of the GPU issue, ResNet-20, MobileNetV2) and batch size:
+
+1. ``hardware=local_gpu`` (:class:`~rlprune.hardware.local_gpu.GpuTableModel`) times the ops
+   the policies need and calibrates on deployed networks (a fresh table in a temporary cache).
+2. Random policies over the options a GPU runs (FP16, 2:4 and int8 on Linear layers, filter
+   pruning where it may be applied) plus named ones (every Linear 2:4, the MLPs 2:4), each
+   deployed by :func:`rlprune.cuda.timing.deploy_policy` and timed as CUDA-graph replays,
+   twice in two passes (the second timing's τ is the ceiling a table can reach).
+3. Latency over dense, measured against ``local_gpu``'s and the roofline profile's
+   predictions: MAPE, share within ±10%, Kendall τ.
+
+Each deployed network is checked against the float32 network with the same masks (relative
+error), so a time is only reported for a network that computes the right thing.
+
+``python -m rlprune.bench gpu --deploy [--models vit resnet20 mobilenetv2] [--batches 1 32 256]
+[--policies 30] [--profile h200] [--out PATH]``. Needs a CUDA GPU; never run in tests or CI.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlprune.io import write_json_atomic
+from rlprune.policy import Choice, Pattern, Policy
+
+MODELS = ("vit", "resnet20", "mobilenetv2")
+DENSITY_LEVELS = [0.25 + 0.75 * i / 15 for i in range(16)]  # filter keep ratios drawn from
+
+
+def zoo_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A zoo network (random weights, seeded) and one sample's input shape."""
+    from rlprune.models import MobileNetV2, ResNet20, ViT
+
+    torch.manual_seed(0)
+    if name == "vit":  # the GPU issue's ViT: 65 tokens of width 768, 24 searchable Linear layers
+        return ViT(in_channels=3, num_classes=10, dims=2, image_size=32, patch=4, dim=768, depth=6, heads=12,
+                   mlp_ratio=4), (3, 32, 32)  # fmt: skip
+    if name == "resnet20":
+        return ResNet20(in_channels=3, num_classes=10, dims=2), (3, 32, 32)
+    if name == "mobilenetv2":
+        return MobileNetV2(in_channels=3, num_classes=10, dims=2), (3, 32, 32)
+    raise SystemExit(f"--models: unknown model {name!r}; choose from {list(MODELS)}")
+
+
+def layer_options(layer: Any, free: bool, last: bool) -> list[Callable[[random.Random], Choice]]:
+    """The choices a GPU runs differently on ``layer``, as draws from a random generator."""
+    options: list[Callable[[random.Random], Choice]] = [lambda r: Choice(Pattern.DENSE, 1, 1, 16, 16)]
+    if layer.kind == "linear" and not last:
+        options.append(lambda r: Choice(Pattern.DENSE, 1, 1, 8, 8))
+        if layer.in_channels % 4 == 0:
+            options.append(lambda r: Choice(Pattern.NM, 2, 4, 16, 16))
+            options.append(lambda r: Choice(Pattern.NM, 2, 4, 8, 8))
+    if free and not last:
+        out = layer.out_channels
+
+        step = 16 if layer.kind == "linear" else 8  # GPU-friendly widths, as the zoo's are
+
+        def filters(r: random.Random) -> Choice:
+            keep = max(step, step * round(r.choice(DENSITY_LEVELS[:-1]) * out / step))
+            bits = 8 if layer.kind == "linear" and r.random() < 0.5 else 16
+            return Choice(Pattern.FILTER, min(keep, out), out, bits, bits)
+
+        options.append(filters)
+    return options
+
+
+def random_policies(layers: list, couplings: dict, count: int, seed: int) -> list[Policy]:
+    """``count`` policies: each layer changed with a probability drawn per policy."""
+    rng = random.Random(seed)
+    menus = {
+        layer.name: layer_options(layer, couplings[layer.name].blocked is None, i == len(layers) - 1)
+        for i, layer in enumerate(layers)
+    }
+    policies = []
+    for _ in range(count):
+        share = rng.uniform(0.2, 1.0)
+        picks = {}
+        for layer in layers:
+            menu = menus[layer.name]
+            if len(menu) > 1 and rng.random() < share:
+                picks[layer.name] = rng.choice(menu[1:])(rng)
+        policies.append(Policy.of(picks))
+    return policies
+
+
+def named_policies(layers: list) -> dict[str, Policy]:
+    """Every Linear but the head 2:4, and the MLPs' Linear layers alone 2:4 (the issue's policies)."""
+    linears = [lay for lay in layers[:-1] if lay.kind == "linear" and lay.in_channels % 4 == 0]
+    two_four = Choice(Pattern.NM, 2, 4, 16, 16)
+    if not linears:
+        return {}
+    mlp = [lay for lay in linears if lay.name.endswith(("fc1", "fc2"))]
+    out = {"all_linear_24": Policy.of(dict.fromkeys((lay.name for lay in linears), two_four))}
+    if mlp:
+        out["mlp_24"] = Policy.of(dict.fromkeys((lay.name for lay in mlp), two_four))
+        out["mlp_24_int8"] = Policy.of(
+            dict.fromkeys((lay.name for lay in mlp), Choice(Pattern.NM, 2, 4, 8, 8))
+        )
+        out["all_linear_int8"] = Policy.of(
+            dict.fromkeys((lay.name for lay in linears), Choice(Pattern.DENSE, 1, 1, 8, 8))
+        )
+    return out
+
+
+def fidelity(predicted: list[float], measured: list[float]) -> dict[str, float]:
+    """MAPE, share within ±10% and Kendall τ of predicted against measured ratios."""
+    from scipy.stats import kendalltau
+
+    errors = [abs(p - m) / m for p, m in zip(predicted, measured, strict=True)]
+    return {
+        "mape": sum(errors) / len(errors),
+        "within_10pct": sum(e <= 0.10 for e in errors) / len(errors),
+        "kendall_tau": float(kendalltau(predicted, measured).statistic),
+    }
+
+
+def relative_error(deployment: Any, reference: nn.Module, x: torch.Tensor) -> float:
+    """``||deployed(x) - reference(x)|| / ||reference(x)||``, the reference in float32 on the CPU."""
+    with torch.no_grad():
+        want = reference(x).double()
+        got = deployment(x).double()
+    return float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
+
+
+def run_model(name: str, batches: list[int], count: int, profile: str, rounds: int) -> dict[str, Any]:
+    """Tables, deployed networks and fidelity rows of one model at every batch size."""
+    from rlprune.compress import bake, compress
+    from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, deploy_policy
+    from rlprune.hardware import network_latency
+    from rlprune.hardware.factory import build_latency_model, load_hardware_config
+    from rlprune.hardware.local_gpu import GpuTableModel
+    from rlprune.layers import discover_layers, filter_couplings
+
+    model, shape = zoo_model(name)
+    model.eval()
+    example = torch.randn(2, *shape)
+    layers = discover_layers(model, example)
+    couplings = filter_couplings(model, example, layers)
+    named = named_policies(layers)
+    policies = [Policy(), *named.values(), *random_policies(layers, couplings, count, seed=1)]
+    labels = ["dense", *named, *(f"random_{i}" for i in range(count))]
+    timer = CudaGraphTimer(rounds=rounds, block_time=0.005)
+    started = time.perf_counter()
+    deployed, checks = [], []
+    check_x = torch.randn(8, *shape)
+    for policy in policies:  # deployed once, timed at every batch size
+        deployment = deploy_policy(model, policy, example, "cuda", torch.float16)
+        reference = bake(compress(model, policy, couplings=couplings)).eval()
+        checks.append(relative_error(deployment, reference, check_x))
+        deployed.append(deployment)
+    deploy_s = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "model": name,
+        "layers": len(layers),
+        "policies": labels,
+        "kernels": [d.kernels for d in deployed],
+        "dense_fallbacks": [d.dense_fallbacks for d in deployed],
+        "relative_error": checks,
+        "deploy_seconds": deploy_s,
+        "batches": [],
+    }
+    cache = tempfile.mkdtemp(prefix="rlprune_local_gpu_")
+    for batch in batches:
+        t0 = time.perf_counter()
+        data, _ = load_hardware_config("local_gpu")
+        data.pop("search_pattern")
+        data |= {"batch_size": batch, "cache_dir": cache}
+        local = GpuTableModel.from_config(data, "local_gpu", timer=CudaTimer(block_time=0.005, rounds=rounds))
+        roof_cfg, _ = load_hardware_config(profile)
+        roofline = build_latency_model({**roof_cfg, "batch_size": batch})
+        x = torch.randn(batch, *shape)
+        cells = [(lay, p.get(lay.name, local.dense_choice())) for p in policies for lay in layers]
+        local.prepare(cells)
+        table_s = time.perf_counter() - t0
+        constant = local.calibrate(model, x)
+        calibrate_s = time.perf_counter() - t0 - table_s
+        calls = [functools.partial(d.network, d.inputs(x)) for d in deployed]
+        measured, again = ([timer.seconds([call]) for call in calls] for _ in range(2))
+        local_s = [network_latency(local, layers, p, couplings) + constant for p in policies]
+        roof_s = [network_latency(roofline, layers, p, couplings) for p in policies]
+
+        def ratios(values: list[float]) -> list[float]:
+            return [v / values[0] for v in values[1:]]
+
+        row = {
+            "batch": batch,
+            "dense_measured_s": measured[0],
+            "dense_local_gpu_s": local_s[0],
+            "dense_profile_s": roof_s[0],
+            "measured_ratio": ratios(measured),
+            "again_ratio": ratios(again),
+            "local_gpu_ratio": ratios(local_s),
+            "profile_ratio": ratios(roof_s),
+            "local_gpu": fidelity(ratios(local_s), ratios(measured)),
+            "profile": fidelity(ratios(roof_s), ratios(measured)),
+            "timed_again": fidelity(ratios(again), ratios(measured)),
+            "scales": local.scales,
+            "constant_s": constant,
+            "table_entries": len(local.table),
+            "table_seconds": table_s,
+            "calibrate_seconds": calibrate_s,
+            "total_seconds": time.perf_counter() - t0,
+        }
+        out["batches"].append(row)
+        print(summary_line(name, row, labels), flush=True)
+    del deployed
+    torch.cuda.empty_cache()
+    return out
+
+
+def summary_line(name: str, row: dict[str, Any], labels: list[str]) -> str:
+    """One line per model and batch: fidelity of each predictor and the named policies' ratios."""
+    lg, pr, ag = row["local_gpu"], row["profile"], row["timed_again"]
+    rows = zip(labels[1:], row["measured_ratio"], row["local_gpu_ratio"], strict=True)
+    named = [f"{lab}={m:.3f}(pred {p:.3f})" for lab, m, p in rows if not lab.startswith("random")]
+    return (
+        f"{name} b={row['batch']}: dense {row['dense_measured_s'] * 1e6:.0f}us | local_gpu MAPE "
+        f"{100 * lg['mape']:.1f}% ±10% {100 * lg['within_10pct']:.0f}% τ {lg['kendall_tau']:.2f} | "
+        f"profile MAPE {100 * pr['mape']:.1f}% τ {pr['kendall_tau']:.2f} | again τ {ag['kendall_tau']:.2f} | "
+        f"{' '.join(named)} | {row['total_seconds']:.0f}s"
+    )
+
+
+def main_deploy(
+    models: list[str], batches: list[int], count: int, profile: str, out: str, rounds: int
+) -> None:
+    """Run every model, writing the JSON after each (a failed model is recorded with its traceback)."""
+    import platform
+
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cusparselt": cusparselt.version() if cusparselt and cusparselt.is_available() else None,
+        "host": platform.node(),
+        "profile": profile,
+        "policies_per_model": count,
+        "models": [],
+    }
+    for name in models:
+        try:
+            report["models"].append(run_model(name, batches, count, profile, rounds))
+        except Exception as exc:  # one model's failure must not lose the others' numbers
+            traceback.print_exc()
+            report["models"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+        write_json_atomic(out, report)
+    print(f"wrote {out}")
