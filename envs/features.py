@@ -1,4 +1,4 @@
-"""Observation features of the search env (ALGORITHMS.md, Search environment).
+"""Observation features of the search env (docs/algorithms.md, "Observation").
 
 Static features describe each layer once (shape, cost shares, sensitivity); the env appends
 the dynamic ones (budget, latency spent and still needed, previous action) at every step.

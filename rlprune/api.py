@@ -1,4 +1,4 @@
-"""The programmatic API: the chain of DESIGN.md as plain function calls.
+"""The programmatic API: the chain of docs/design.md as plain function calls.
 
 ``run(cfg, run_dir)`` is what ``python -m rlprune`` calls; each stage is usable alone:
 

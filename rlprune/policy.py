@@ -4,7 +4,7 @@ A :class:`Choice` is the decision for one layer; a :class:`Policy` is the decisi
 whole network, the answer a search writes to ``policy.yaml``.  Both are plain, frozen data so
 they can be hashed (reward memoization), compared, and serialized without surprises.
 
-Convention (ALGORITHMS.md): ``keep`` of ``group`` is *kept*, never pruned. For N:M that is
+Convention (docs/algorithms.md, "Conventions"): ``keep`` of ``group`` is *kept*, never pruned. For N:M that is
 ``keep=N, group=M``; for k-out-of-n it is ``keep=k, group=n``; for filter pruning
 ``group`` is the number of output channels.
 """

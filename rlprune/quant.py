@@ -1,4 +1,4 @@
-"""Fake quantization with straight-through gradients (ALGORITHMS.md, Quantization).
+"""Fake quantization with straight-through gradients (docs/algorithms.md, "Quantization").
 
 Weights: symmetric, per output channel, ``scale = max|w_o| / (2^(b-1) - 1)``.
 Activations: per tensor, asymmetric, over a calibrated range (or the batch's own range

@@ -1,4 +1,4 @@
-"""Latency model fidelity and real CPU speedup (BENCHMARKS.md §4 and §5).
+"""Latency model fidelity and real CPU speedup (docs/latency.md).
 
 For each zoo model (untrained weights: timing does not depend on them) sample random
 filter-pruning policies (per layer any keep count from 25% to 100% of its filters; the

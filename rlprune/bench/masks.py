@@ -1,4 +1,4 @@
-"""Benchmark of the mask algorithms (BENCHMARKS.md §3).
+"""Benchmark of the mask algorithms (docs/benchmarks.md, "Mask algorithms").
 
 For each layer shape, on Gaussian weights with magnitude scores: the time per mask of k-of-n at
 each granularity, N:M, and transposable N:M (greedy and exact); the |w| the greedy keeps as a

@@ -1,4 +1,5 @@
-"""Search quality at equal cost (BENCHMARKS.md §1-2): every searcher, same evaluations, same target.
+"""Search quality at equal cost (docs/benchmarks.md, "Search quality"): every searcher, same evaluations,
+same target.
 
 For each target (model, data, hardware model), budget, searcher and seed, the searcher gets
 ``--evaluations`` policy evaluations on the same trained dense model and search space. The

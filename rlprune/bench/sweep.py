@@ -1,4 +1,5 @@
-"""A budget sweep two ways (BENCHMARKS.md §2): one agent per budget, or one budget-conditioned agent.
+"""A budget sweep two ways (docs/benchmarks.md, "Budget-conditioned search"): one agent per budget, or one
+budget-conditioned agent.
 
 Per-budget: a fresh agent searches each budget with ``--evaluations``. Conditioned: one agent
 trains on episodes whose budget is drawn from the sweep (it is in the observation), with

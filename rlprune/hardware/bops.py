@@ -1,4 +1,4 @@
-"""The BOPs proxy: bit operations as a stand-in for latency (ALGORITHMS.md).
+"""The BOPs proxy: bit operations as a stand-in for latency (docs/algorithms.md, "BOPs proxy").
 
 ``BOPs = keep_ratio · MACs · b_w · b_a`` per layer and sample, times ``batch_size``, returned
 as seconds ``BOPs / bops_per_second + overhead_s`` so that it plugs in wherever a latency

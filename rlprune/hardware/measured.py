@@ -1,4 +1,4 @@
-"""A latency lookup table measured on the machine at hand (ALGORITHMS.md, "Measured lookup table").
+"""A latency lookup table measured on the machine at hand (docs/algorithms.md, "Measured table").
 
 ``latency(layer, choice)`` is the time of one batch of ``batch_size`` samples through the
 layer's op on this CPU, as a deployed network runs it: traced and frozen TorchScript

@@ -1,4 +1,4 @@
-"""Roofline latency over a device profile (ALGORITHMS.md, "Latency models").
+"""Roofline latency over a device profile (docs/algorithms.md, "Roofline").
 
 ``t = max(FLOPs / (P · η_c · s), bytes / (BW · η_m)) + t_launch`` per layer and batch, with
 

@@ -1,7 +1,7 @@
 """Bits a layer's weights occupy in memory under a choice: packed values plus mask metadata.
 
 The latency models charge memory time for these bits, so the rules here decide how much a
-sparse pattern saves on bandwidth. They follow ALGORITHMS.md ("Size"):
+sparse pattern saves on bandwidth. They follow docs/algorithms.md ("Weight storage"):
 
 * values are packed at ``w_bits`` per *kept* weight;
 * N:M and transposable N:M: ``ceil(log2 C(M,N))`` bits per group, except 2:4, which is stored

@@ -1,7 +1,8 @@
 """Sparsity masks: k-of-n, N:M, transposable N:M, unstructured, learned, and their metrics.
 
 Every mask is a ``torch.bool`` tensor with exactly the weight's shape; applying one never changes
-a shape. Conventions (ALGORITHMS.md): ``keep`` of ``group`` is *kept*; N:M groups run along the
+a shape. Conventions (docs/algorithms.md, "Conventions"): ``keep`` of ``group`` is *kept*; N:M groups run
+along the
 reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
 """
 

@@ -1,7 +1,8 @@
 """k-out-of-n masks at weight, kernel and filter granularity, and unstructured masks.
 
 A *unit* is what is kept or dropped whole: one weight, one ``kh x kw`` kernel, or one filter; a
-*group* is the set of units that must keep exactly ``k`` of its ``n`` (ALGORITHMS.md). A unit's
+*group* is the set of units that must keep exactly ``k`` of its ``n``
+(docs/algorithms.md, "k-out-of-n masks"). A unit's
 score is the sum of its elements' scores (L1 for magnitude). Ties go to the lowest unit index in
 the weight's own layout (``weight.reshape(O, -1)`` for weight granularity).
 """

@@ -126,7 +126,8 @@ class GumbelTopKMask(nn.Module):
     def confidence(self) -> float:
         """``1 - mean_g H(softmax(D_g)) / log n``: 1 when every softmax is one-hot.
 
-        As ALGORITHMS.md defines it: a group whose softmax is spread evenly over its k kept units
+        As docs/algorithms.md ("Mask metrics") defines it: a group whose softmax is spread evenly over its k
+        kept units
         scores ``1 - log k / log n``, not 1.
         """
         n = self.logits.shape[-1]

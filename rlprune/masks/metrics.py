@@ -1,4 +1,4 @@
-"""Mask metrics: Sparse Architecture Divergence and mask diversity (ALGORITHMS.md)."""
+"""Mask metrics: Sparse Architecture Divergence and mask diversity (docs/algorithms.md, "Mask metrics")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The 2-D view of a weight (ALGORITHMS.md, "Weight views and conventions").
+"""The 2-D view of a weight (docs/algorithms.md, "Conventions").
 
 Linear ``(O, I)`` is its own view. A conv weight ``(O, I/g, *kernel)`` is permuted to
 ``(O, *kernel, I/g)`` and flattened to ``(O, R)``, NVIDIA ASP's layout: consecutive reduction

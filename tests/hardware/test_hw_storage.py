@@ -1,4 +1,4 @@
-"""Packed weight bits and mask metadata, worked out by hand (ALGORITHMS.md, Size)."""
+"""Packed weight bits and mask metadata, worked out by hand (docs/algorithms.md, "Weight storage")."""
 
 from __future__ import annotations
 

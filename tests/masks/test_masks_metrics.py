@@ -54,7 +54,8 @@ def test_tile_count_matches_brute_force(keep: int, group: int) -> None:
 
 
 def test_tile_counts_from_the_literature() -> None:
-    # ALGORITHMS.md / Hubara et al.: 2:4 90, 1:4 and 3:4 24, 2:8 187,530,840, 4:8 116,963,796,250.
+    # docs/algorithms.md ("Mask metrics") / Hubara et al.: 2:4 90, 1:4 and 3:4 24, 2:8 187,530,840,
+    # 4:8 116,963,796,250.
     assert transposable_tile_count(2, 4) == 90
     assert transposable_tile_count(1, 4) == transposable_tile_count(3, 4) == 24
     assert transposable_tile_count(2, 8) == 187_530_840
