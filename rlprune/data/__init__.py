@@ -10,7 +10,7 @@ accuracy is not the one the search optimised.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -39,6 +39,11 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+
+    def to(self, device: torch.device | str) -> Splits:
+        """The same splits on ``device`` (moved once; a run then keeps them there)."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_classes"}
+        return replace(self, **{name: t.to(device) for name, t in tensors.items()})
 
     @property
     def input_shape(self) -> tuple[int, ...]:

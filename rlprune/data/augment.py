@@ -48,7 +48,7 @@ class Augment:
         if self.crop_padding:
             x = self._crop(x, generator)
         if self.flip:
-            mirror = torch.rand(len(x), generator=generator) < 0.5
+            mirror = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
             x = torch.where(mirror.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
         return x
 
@@ -59,7 +59,7 @@ class Augment:
             offsets = torch.randint(0, 2 * p + 1, (len(x),), generator=generator)
             shape = [len(x)] + [1] * (padded.dim() - 1)
             shape[axis] = size
-            index = (offsets[:, None] + torch.arange(size)).view(shape)
+            index = (offsets[:, None] + torch.arange(size)).view(shape).to(x.device)
             index = index.expand(*padded.shape[:axis], size, *padded.shape[axis + 1 :])
             padded = padded.gather(axis, index)
         return padded
