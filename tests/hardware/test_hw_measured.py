@@ -11,6 +11,7 @@ import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
 from rlprune.hardware.measured import int8_engine
+from rlprune.hardware.measured.cache import TableCache
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern
 
@@ -153,7 +154,7 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path, caplog, damage):
     assert len(timed) == 1
     assert caplog.text.count("is corrupt or stale") == 1  # said once, not again as it is replaced
     data = json.loads(path.read_text())  # rewritten, valid again
-    assert data["checksum"] == MeasuredModel._checksum(data["key"], data["entries"])
+    assert data["checksum"] == TableCache.checksum(data["key"], data["entries"])
 
 
 def test_a_cache_with_another_key_is_not_used(tmp_path):
@@ -162,7 +163,7 @@ def test_a_cache_with_another_key_is_not_used(tmp_path):
     first.latency(CONV, dense(32))
     data = json.loads(first.cache_path.read_text())
     data["key"]["cpu"] = "some other CPU"
-    data["checksum"] = MeasuredModel._checksum(data["key"], data["entries"])
+    data["checksum"] = TableCache.checksum(data["key"], data["entries"])
     first.cache_path.write_text(json.dumps(data))
     second = build_latency_model(plain_cfg(tmp_path))
     timed = fake(second)

@@ -74,8 +74,8 @@ from torch import nn
 from rlprune.config import default_cache_dir
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
+from rlprune.hardware.measured.cache import TableCache
 from rlprune.hardware.profile import ConfigReader, read_common
-from rlprune.io import write_json_atomic
 from rlprune.layers import LayerInfo, neighbour_pairs
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 
@@ -148,6 +148,19 @@ def int8_engine() -> str | None:
     """The quantized engine that runs int8 Linear/Conv on this CPU (x86 or fbgemm), or None."""
     engines = torch.backends.quantized.supported_engines
     return next((e for e in INT8_ENGINES if e in engines), None)
+
+
+def cpu_key(threads: int) -> dict[str, Any]:
+    """What a CPU table's entries depend on beyond their shapes: the CPU (:func:`cpu_model`),
+    the kernels torch dispatches to on it (AVX2, AVX512, ...), the architecture, torch's
+    version and the thread count. The key of its cache file (:class:`TableCache`)."""
+    return {
+        "cpu": cpu_model(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "threads": threads,
+    }
 
 
 def _grid(c: int, step: int) -> list[tuple[int, float]]:
@@ -269,20 +282,12 @@ class MeasuredModel(LatencyModel):
         self.sources = dict(sources or {})
         self.cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
         self.engine = int8_engine()
-        self.key = {
-            "cpu": cpu_model(),
-            "isa": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
-            "machine": platform.machine(),
-            "torch": torch.__version__,
-            "threads": self.threads,
-        }
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.cache_path = self.cache_dir / "latency" / f"{name}-{digest}.json"
+        self.table_cache = TableCache(self.cache_dir, name, cpu_key(self.threads), CACHE_FORMAT)
         self.measurements = 0
         self.retimed = 0
         self.still_slow = 0
         self.int8_fallbacks: set[str] = set()
-        self._table: dict[str, float] = self._load()
+        self._table: dict[str, float] = self.table_cache.load()
         self._markers: dict[int, tuple[str, Callable[[], object]]] = {}  # bits -> (pace key, call)
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
         # calibrate(): seconds each op runs faster inside the deployed network than alone (float;
@@ -965,56 +970,18 @@ class MeasuredModel(LatencyModel):
 
     # -- the cache file ------------------------------------------------------------------------
 
-    @staticmethod
-    def _checksum(key: Mapping[str, Any], entries: Mapping[str, float]) -> str:
-        body = json.dumps({"key": key, "entries": entries}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()
+    @property
+    def key(self) -> dict[str, Any]:
+        """What the table was measured on (:func:`cpu_key`): its cache file's key."""
+        return self.table_cache.key
 
-    def _read(self, warn: bool = True) -> dict[str, float] | None:
-        """The entries of the cache file, or None when it is absent, corrupt or for another key
-        (said in a warning, unless ``warn`` is false)."""
-        path = self.cache_path
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            ok = (
-                isinstance(data, dict)
-                and data.get("format") == CACHE_FORMAT
-                and data.get("key") == self.key
-                and isinstance(data.get("entries"), dict)
-                and data.get("checksum") == self._checksum(data["key"], data["entries"])
-            )
-            entries = data["entries"] if ok else {}
-            ok = ok and all(isinstance(v, float) and math.isfinite(v) and v >= 0 for v in entries.values())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            ok = False
-        if not ok:
-            if warn:
-                log.warning(
-                    "latency cache %s is corrupt or stale (another format, CPU, torch or thread count); "
-                    "it will be rebuilt",
-                    path,
-                )
-            return None
-        return dict(entries)
-
-    def _load(self) -> dict[str, float]:
-        return self._read() or {}
+    @property
+    def cache_path(self) -> Path:
+        """The table's cache file (:class:`TableCache`)."""
+        return self.table_cache.path
 
     def _save(self) -> None:
-        on_disk = self._read(warn=False) or {}  # another process may have added entries meanwhile
-        entries = {**on_disk, **self._table}
-        self._table = entries
-        write_json_atomic(
-            self.cache_path,
-            {
-                "format": CACHE_FORMAT,
-                "key": self.key,
-                "checksum": self._checksum(self.key, entries),
-                "entries": entries,
-            },
-        )
+        self._table = self.table_cache.save(self._table)
 
     @property
     def table(self) -> dict[str, float]:
