@@ -4,9 +4,9 @@
 layer's op on this CPU, as a deployed network runs it: traced and frozen TorchScript
 (:meth:`MeasuredModel.deploy`), less the cost of calling a deployed module. It is timed
 with :mod:`torch.utils.benchmark` at a fixed thread count in short blocks over interleaved
-rounds (:func:`time_rounds`), its fastest block, beside a marker op that whole networks are
-read against (:meth:`MeasuredModel._timed`), in a quiet stretch of the machine
-(:meth:`MeasuredModel._until_quiet`). Eager PyTorch is not what is modelled: there
+rounds, its fastest block, beside a marker op that whole networks are read against, in a quiet
+stretch of the machine (:class:`~rlprune.hardware.measured.timing.QuietTimer`, or the timer
+the model is handed). Eager PyTorch is not what is modelled: there
 each int8 op costs about 20 µs more at batch 1 (two C++ exceptions per call), and more after
 float ops.
 
@@ -57,10 +57,8 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import platform
-import random
 import statistics
 import time
 import warnings
@@ -75,6 +73,15 @@ from rlprune.config import default_cache_dir
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.measured.cache import TableCache
+from rlprune.hardware.measured.timing import (
+    Call,
+    Group,
+    Marker,
+    QuietTimer,
+    Timer,
+    Timing,
+    time_in_turns,
+)
 from rlprune.hardware.profile import ConfigReader, read_common
 from rlprune.layers import LayerInfo, neighbour_pairs
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
@@ -107,12 +114,6 @@ MEASURED_SETTINGS = (
 CACHE_FORMAT = 17
 EPILOGUES = ("relu", "none")
 MEMORY_FORMATS = ("channels_last", "contiguous")
-# a marker block after about every 4 calls' blocks of a round: with one per round of 24 calls
-# a busy machine's timings read 3.4-4.4% apart (cv), no steadier than their fastest blocks
-MARKER_EVERY = 4
-# the longest wait for a quiet stretch before a retry: slow stretches lasted 0.3-5 s here, and
-# on a busy day a table's parts still ran slow after two waits of 5 s
-QUIET_WAIT = 10.0
 INT8_ENGINES = ("x86", "fbgemm")
 # how often the precisions take turns in a calibration, each network keeping its median: over
 # 4 calibrations of the mnist1d CNN here, the mixed networks read with a cv of 2.6-5.0% at 3,
@@ -120,6 +121,8 @@ INT8_ENGINES = ("x86", "fbgemm")
 CALIBRATION_REPEATS = 9
 # grid entries (their specs: :meth:`MeasuredModel._spec`) built and timed together
 Part = list[dict[str, Any]]
+# the label of the empty deployed call timed with every part of the table (:meth:`MeasuredModel._group`)
+EMPTY_CALL = "call"
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -199,7 +202,7 @@ class MeasuredModel(LatencyModel):
         rounds: interleaved timing rounds per measurement (:func:`time_rounds`).
         block_time: seconds of one timed block.
         warmup: untimed calls before each measurement.
-        retries: how often a measurement taken in a slow stretch is taken again (:meth:`_until_quiet`).
+        retries: how often a measurement taken in a slow stretch is taken again (:class:`QuietTimer`).
         slack: a measurement whose marker op's pace was over ``slack`` times its reference ran slow.
         verify: ops of each part of the table timed again in other parts, to catch a part that
             ran slow while its marker did not (:meth:`_verify`); 0: none.
@@ -210,7 +213,7 @@ class MeasuredModel(LatencyModel):
         measurements: how many measurements this instance has taken (cache misses).
         retimed: how many timings (a part of the table, or networks of one precision) were taken
             again because they ran in a slow stretch; ``still_slow``: how many of them never
-            came out of one (:meth:`_until_quiet`).
+            came out of one.
         int8_fallbacks: entry keys whose int8 op had no kernel here and were timed at FP32.
     """
 
@@ -236,6 +239,7 @@ class MeasuredModel(LatencyModel):
         patterns: Sequence[Pattern | str] = tuple(Pattern),
         progress: bool = True,
         sources: Mapping[str, str] | None = None,
+        timer: Timer | None = None,
     ) -> None:
         if reference_bits != FLOAT_BITS:
             raise ConfigError(f"hardware '{name}': reference_bits must be 32 (FP32 on a CPU)")
@@ -283,12 +287,19 @@ class MeasuredModel(LatencyModel):
         self.cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
         self.engine = int8_engine()
         self.table_cache = TableCache(self.cache_dir, name, cpu_key(self.threads), CACHE_FORMAT)
+        self.timer: Timer = timer or QuietTimer(
+            threads=self.threads,
+            block_time=self.block_time,
+            warmup=self.warmup,
+            retries=self.retries,
+            slack=self.slack,
+            name=name,
+        )
         self.measurements = 0
         self.retimed = 0
         self.still_slow = 0
         self.int8_fallbacks: set[str] = set()
         self._table: dict[str, float] = self.table_cache.load()
-        self._markers: dict[int, tuple[str, Callable[[], object]]] = {}  # bits -> (pace key, call)
         self._glue: dict[str, tuple[float, int]] = {}  # layer name -> (seconds, out channels), calibrate()
         # calibrate(): seconds each op runs faster inside the deployed network than alone (float;
         # int8, negative where the int8 network pays more, as its quantize and dequantize), and
@@ -304,8 +315,11 @@ class MeasuredModel(LatencyModel):
     # -- config --------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], where: str = "hardware config") -> MeasuredModel:
-        """Build from a ``model: measured`` config node (plain data).
+    def from_config(
+        cls, cfg: Mapping[str, Any], where: str = "hardware config", *, timer: Timer | None = None
+    ) -> MeasuredModel:
+        """Build from a ``model: measured`` config node (plain data), timed by ``timer`` (default:
+        a :class:`QuietTimer` with the config's settings).
 
         ``cache_dir`` may be absent, null or an unresolved ``${...}`` string (a YAML file read
         without OmegaConf): the default cache (``$RLPRUNE_CACHE`` or ``~/.cache/rlprune``) is used.
@@ -366,6 +380,7 @@ class MeasuredModel(LatencyModel):
             patterns=patterns,
             progress=progress,
             sources=sources,
+            timer=timer,
         )
 
     def deploy(self, network: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -539,30 +554,27 @@ class MeasuredModel(LatencyModel):
         holding_int8: set[str] = set()  # timed with the int8 networks
         int8 = self._int8_export(net, x) if 8 in self.bits else None
         if int8 is not None:
-            with self._timing_context():  # the int8 engine
+            with self._engine():  # the int8 engine
                 stubbed["stubbed:int8"] = _stubbed(int8, _record_outputs(int8, x, outputs))
                 deployed["deployed:int8"] = self.deploy(int8, x)
             holding_int8 |= {"stubbed:int8", "deployed:int8"}
             half_int8 = self._int8_export(half, x) if half is not None else None
             if half_int8 is not None:
-                with self._timing_context():
+                with self._engine():
                     deployed["deployed:half:int8"] = self.deploy(half_int8, x)
                 holding_int8.add("deployed:half:int8")
             for key, bits in _mixed_bits(list(outputs)).items():
                 floats = [name for name, b in bits.items() if b == 32]
                 mixed = self._int8_export(net, x, floats)
                 if mixed is not None:
-                    with self._timing_context():
+                    with self._engine():
                         deployed[key] = self.deploy(mixed, x)
                     holding_int8.add(key)
         seconds: dict[str, float] = {}
-        with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for variants in (stubbed, deployed):
-                calls = [functools.partial(module, x) for module in variants.values()]
-                precisions = [8 if key in holding_int8 else 32 for key in variants]
-                timed = self._time_apart(calls, precisions, 2 * self.rounds, CALIBRATION_REPEATS)
-                seconds.update(zip(variants, timed, strict=True))
+        for variants in (stubbed, deployed):
+            calls = {key: functools.partial(module, x) for key, module in variants.items()}
+            precisions = [8 if key in holding_int8 else 32 for key in variants]
+            seconds.update(self._time_apart(calls, precisions, 2 * self.rounds, CALIBRATION_REPEATS))
         full, again = seconds.pop("full"), seconds.pop("again")
         # seconds only, never their differences: the cache keeps no negative entry
         measured = {"stubbed:float": full}
@@ -579,163 +591,55 @@ class MeasuredModel(LatencyModel):
     def time_networks(
         self, networks: Sequence[nn.Module], x: torch.Tensor, bits: Sequence[int], repeats: int = 1
     ) -> list[float]:
-        """Seconds of one forward pass of each network on ``x``, read against the marker op
-        (:meth:`_timed`), side by side with the networks of its precision (``bits``: 8 where it
-        holds int8 ops), at this model's threads, rounds and block time, in a quiet stretch, the
-        precisions taking turns ``repeats`` times (:meth:`_time_apart`)."""
-        with self._timing_context(), torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calls = [functools.partial(network.eval(), x) for network in networks]
-            return self._time_apart(calls, bits, self.rounds, repeats)
+        """Seconds of one forward pass of each network on ``x``, read against the marker op,
+        side by side with the networks of its precision (``bits``: 8 where it holds int8 ops),
+        at this model's rounds, in a quiet stretch, the precisions taking turns ``repeats``
+        times (:meth:`_time_apart`)."""
+        calls = {str(i): functools.partial(network.eval(), x) for i, network in enumerate(networks)}
+        return list(self._time_apart(calls, bits, self.rounds, repeats).values())
 
     def _time_apart(
-        self, calls: Sequence[Callable[[], object]], precisions: Sequence[int], rounds: int, repeats: int = 1
-    ) -> list[float]:
-        """Seconds per call (:meth:`_timed`), each call taking turns only with the calls of its
-        own precision and that precision's marker op, in a quiet stretch (:meth:`_until_quiet`);
-        with ``repeats``, the precisions take turns that often, and each call keeps its median.
-
-        INT8 ops that took turns with FP32 ops ran up to 1.28x (mean 1.04-1.07x) their best, among
-        INT8 ones up to 1.07x (1.01-1.03x). Timed apart, a dense INT8 network over its FP32 one
-        varied by 5% (cv) from timing to timing on a busy day; repeats average that out. Call
-        inside :meth:`_timing_context`.
-        """
-        chosen = {
-            bits: [i for i, p in enumerate(precisions) if p == bits] for bits in sorted(set(precisions))
-        }
-
-        def time_group(bits: int) -> tuple[list[float], float]:
-            return self._timed([calls[i] for i in chosen[bits]], bits, rounds)
-
-        timed = self._until_quiet([(bits, functools.partial(time_group, bits)) for bits in chosen] * repeats)
-        seconds = [0.0] * len(calls)
-        for g, indices in enumerate(chosen.values()):
-            for k, i in enumerate(indices):
-                seconds[i] = statistics.median(timed[g + r * len(chosen)][k] for r in range(repeats))
-        return seconds
-
-    def _timed(
-        self, calls: Sequence[Callable[[], object]], bits: int, rounds: int, fastest: bool = False
-    ) -> tuple[list[float], float]:
-        """Seconds per call, and the pace of the marker op timed in the same rounds (:func:`_pace`).
-
-        The marker takes a turn after about every :data:`MARKER_EVERY` calls of a round (its
-        copies shuffled in with them, :func:`time_rounds`). A call's seconds are read against it:
-        the median over the rounds of its block over the round's median marker block, times the
-        marker's reference pace (its ``pace:`` entry: the first found for this table,
-        :meth:`_first_pace`); a slow stretch slows the marker with the calls beside it. With
-        ``fastest``, a call's seconds are its fastest block instead.
-
-        On this VM, busy (a marker's 20 ms windows at a median 1.3-1.7x its fastest): 8 copies
-        each of three networks timed together 6 times read with a cv of 2.3-4.8% from timing to
-        timing against the marker, and of 8-13% as their fastest blocks (two runs); a network
-        runs a few times in a block. Int8 conv1d ops of 14-18 µs, dozens of calls to a block,
-        repeated to about 1-2% as their fastest blocks and to 5-10% against the marker: the
-        table's ops take their fastest (:meth:`_time`). Call inside :meth:`_timing_context`.
-        """
-        key, marker = self._marker(bits)
-        copies = max(1, math.ceil(len(calls) / MARKER_EVERY))
-        blocks = time_rounds([*calls, *[marker] * copies], self.threads, rounds, self.block_time, self.warmup)
-        markers = [statistics.median(each) for each in zip(*blocks[len(calls) :], strict=True)]
-        pace = _pace(markers)
-        reference = self._table.setdefault(key, pace)
-        if fastest:
-            return [min(each) for each in blocks[: len(calls)]], pace
-        seconds = [
-            reference * statistics.median(b / m for b, m in zip(each, markers, strict=True))
-            for each in blocks[: len(calls)]
-        ]
-        return seconds, pace
-
-    def _until_quiet(
         self,
-        groups: Sequence[tuple[int, Callable[[], tuple[list[float], float]]]],
-        on_timed: Callable[[int, list[float], bool], None] | None = None,
-    ) -> list[list[float]]:
-        """Seconds of each group's calls, taken again for the groups timed while the machine ran slow.
+        calls: Mapping[str, Call],
+        precisions: Sequence[int],
+        rounds: int,
+        repeats: int = 1,
+    ) -> dict[str, float]:
+        """Seconds per call, by label (in the order of ``calls``), each call taking turns only
+        with the calls of its own precision and that precision's marker op (:func:`time_in_turns`)."""
+        by_bits: dict[int, dict[str, Call]] = {}
+        for (label, call), bits in zip(calls.items(), precisions, strict=True):
+            by_bits.setdefault(bits, {})[label] = call
+        groups = [
+            Group(self._marker(bits), tuple(same), functools.partial(list, same.values()))
+            for bits, same in sorted(by_bits.items())
+        ]
+        with self._engine(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            timing = time_in_turns(self.timer, groups, self._table, rounds=rounds, repeats=repeats)
+        self._count(timing)
+        seconds = {
+            label: t
+            for group, each in zip(groups, timing.seconds, strict=True)
+            for label, t in zip(group.labels, each, strict=True)
+        }
+        return {label: seconds[label] for label in calls}  # in the order of calls
 
-        ``groups`` pairs a precision with a function that times the group's calls beside that
-        precision's marker op (:meth:`_marker`) and returns their seconds and the marker's pace
-        (:func:`_pace`). This machine alternates quiet stretches with slow ones (1.4-2x, for
-        0.3-5 s; measured here): a group whose marker's pace was over ``slack`` times the
-        reference pace (cached as a ``pace:`` entry) ran in a slow stretch, and is timed
-        again after the others, once the machine is quiet (:meth:`_await_quiet`), up to
-        ``retries`` times; a group keeps its quietest timing (its marker's lowest pace).
-        ``on_timed(i, seconds, first)`` follows each timing of group ``i``.
-        """
-        if self.retries > 0:
-            for bits in {bits for bits, _ in groups}:
-                self._first_pace(bits)
-        best: list[list[float]] = [[] for _ in groups]
-        paces = [math.inf] * len(groups)
-        todo: Sequence[int] = range(len(groups))
-        for attempt in range(self.retries + 1):
-            for i in todo:
-                bits, time_group = groups[i]
-                if attempt > 0:
-                    self.retimed += 1
-                    self._await_quiet(bits)
-                seconds, pace = time_group()
-                if pace < paces[i]:
-                    best[i], paces[i] = seconds, pace
-                self._table.setdefault(self._marker(bits)[0], pace)
-                if on_timed is not None:
-                    on_timed(i, best[i], attempt == 0)
-            slow = {i: paces[i] / self._table[self._marker(bits)[0]] for i, (bits, _) in enumerate(groups)}
-            todo = [i for i, ratio in slow.items() if ratio > self.slack]
-            if not todo:
-                return best
-        self.still_slow += len(todo)
-        log.warning(
-            "%s: %d of %d timings ran slow %d times (marker op at up to %.2fx its reference pace); "
-            "they may read high. Time on an idle machine, or raise `retries`.",
-            self.name,
-            len(todo),
-            len(groups),
-            self.retries + 1,
-            max(slow[i] for i in todo),
-        )
-        return best
+    def _count(self, timing: Timing) -> None:
+        self.retimed += timing.retimed
+        self.still_slow += timing.still_slow
 
-    def _first_pace(self, bits: int) -> None:
-        """Find the marker's pace on a machine that has none cached: its fastest over short
-        bursts, until 2 s pass without a faster one (at most :data:`QUIET_WAIT` seconds). Without
-        it the first timings of a fresh table have nothing to be slow against: a calibration
-        in a slow stretch once predicted a dense network at 1.5x its speed."""
-        key, marker = self._marker(bits)
-        if key in self._table:
-            return
-        start = last = time.perf_counter()
-        best = math.inf
-        with self._timing_context(), torch.inference_mode():
-            while (now := time.perf_counter()) - last < 2.0 and now - start < QUIET_WAIT:
-                (blocks,) = time_rounds([marker], self.threads, 8, self.block_time, 0)
-                if _pace(blocks) < 0.98 * best:
-                    last = time.perf_counter()
-                best = min(best, _pace(blocks))
-        self._table[key] = best
+    def _marker(self, bits: int) -> Marker:
+        """The marker op timed beside every timing at ``bits``: a 16-channel 3x3 conv on 8x8,
+        at this batch size, deployed; its reference pace is the table's ``pace:`` entry."""
+        spec = self._spec(_MARKER, 16, 16, bits)
 
-    def _await_quiet(self, bits: int) -> None:
-        """Return once the marker op, timed alone in short bursts, runs within ``slack`` of its
-        fastest pace, or after :data:`QUIET_WAIT` seconds."""
-        key, marker = self._marker(bits)
-        deadline = time.perf_counter() + QUIET_WAIT
-        with self._timing_context(), torch.inference_mode():
-            while time.perf_counter() < deadline:
-                (blocks,) = time_rounds([marker], self.threads, 8, self.block_time, 0)
-                if _pace(blocks) <= self.slack * self._table[key]:
-                    return
-
-    def _marker(self, bits: int) -> tuple[str, Callable[[], object]]:
-        """The marker op timed beside every measurement at ``bits``: its ``pace:`` table key and
-        its deployed call (a 16-channel 3x3 conv on 8x8, at this batch size)."""
-        if bits not in self._markers:
-            spec = self._spec(_MARKER, 16, 16, bits)
-            with self._timing_context(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
+        def build() -> Call:
+            with self._engine(), _quiet_ao_warnings():
                 op, x = self._build(spec)
-                self._markers[bits] = ("pace:" + spec["key"], functools.partial(self.deploy(op, x), x))
-        return self._markers[bits]
+                return functools.partial(self.deploy(op, x), x)
+
+        return Marker("pace:" + spec["key"], build)
 
     def _int8_export(
         self, net: nn.Module, x: torch.Tensor, float_layers: Sequence[str] = ()
@@ -747,7 +651,7 @@ class MeasuredModel(LatencyModel):
         if self.engine is None:
             return None
         try:
-            with self._timing_context():  # the int8 engine
+            with self._engine():  # the int8 engine
                 return export_int8(net, x, float_layers=float_layers)
         except ModelError as exc:
             log.warning("%s: no int8 glue measured: %s", self.name, exc)
@@ -861,15 +765,21 @@ class MeasuredModel(LatencyModel):
         on_first: Callable[[Part], None] | None = None,
     ) -> None:
         """Time each part's ops together (:meth:`_time`), a part in a slow stretch again
-        (:meth:`_until_quiet`), and write their seconds to the table; ``on_first(part)`` follows
+        (:attr:`timer`), and write their seconds to the table; ``on_first(part)`` follows
         each part's first timing."""
 
         def record(i: int, seconds: list[float], first: bool) -> None:
-            self._table.update((spec["key"], float(t)) for spec, t in zip(parts[i], seconds, strict=True))
+            *ops, call = seconds
+            self._table.update(
+                (spec["key"], _without_call(op, call)) for spec, op in zip(parts[i], ops, strict=True)
+            )
             if first and on_first is not None:
                 on_first(parts[i])
 
-        self._until_quiet([(part[0]["bits"], functools.partial(self._time, part)) for part in parts], record)
+        groups = [self._group(part) for part in parts]
+        with self._engine(), _quiet_ao_warnings():
+            timing = self.timer.time(groups, self._table, rounds=self.rounds, fastest=True, on_timed=record)
+        self._count(timing)
 
     def _verify(self, parts: list[Part]) -> None:
         """Time :attr:`verify` ops of every part again, mixed into new parts; a part whose ops
@@ -899,16 +809,14 @@ class MeasuredModel(LatencyModel):
         self._table.update((key, min(seconds, self._table[key])) for key, seconds in fastest.items())
 
     @contextlib.contextmanager
-    def _timing_context(self) -> Iterator[None]:
-        threads = torch.get_num_threads()
+    def _engine(self) -> Iterator[None]:
+        """This machine's int8 engine (:func:`int8_engine`), while int8 ops are built and run."""
         engine = torch.backends.quantized.engine
-        torch.set_num_threads(self.threads)
         try:
             if self.engine is not None:
                 torch.backends.quantized.engine = self.engine
             yield
         finally:
-            torch.set_num_threads(threads)
             torch.backends.quantized.engine = engine
 
     def _build(self, spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
@@ -948,25 +856,21 @@ class MeasuredModel(LatencyModel):
                     self.int8_fallbacks.add(spec["key"])
         return (_ThenRelu(op) if relu else op), x
 
-    def _time(self, specs: list[dict[str, Any]]) -> tuple[list[float], float]:
-        """Seconds of one batch through each grid entry's op (all at one precision), deployed,
-        less a deployed call's, each its fastest block (:meth:`_timed` says why); and the pace of
-        the precision's marker op timed beside them.
+    def _group(self, part: Part) -> Group:
+        """One part of the table (all at one precision) as the timer takes it: each grid entry's
+        op deployed (:meth:`deploy`), then a call of an empty deployed module, labelled
+        :data:`EMPTY_CALL`, which :func:`_without_call` takes off each op (a module that
+        returns a new tensor costs the same): inside a network the ops run one after another
+        without it. Each op's seconds are its fastest block (:meth:`QuietTimer._timed` says why)."""
 
-        Each op runs as a network would deploy it (:meth:`deploy`); a
-        call of an empty deployed module, timed beside them, is taken off (a module that
-        returns a new tensor costs the same), as inside a network the ops run one after
-        another without it (:func:`time_rounds`).
-        """
-        with self._timing_context(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
-            built = [self._build(spec) for spec in specs]
-            calls = [functools.partial(self.deploy(op, x), x) for op, x in built]
-            x = built[0][1]
-            calls.append(functools.partial(self.deploy(_Identity(), x), x))
-            with torch.inference_mode():
-                (*ops, call), pace = self._timed(calls, specs[0]["bits"], self.rounds, fastest=True)
-        return [_without_call(op, call) for op in ops], pace
+        def build() -> list[Call]:
+            with self._engine(), _quiet_ao_warnings():
+                built = [self._build(spec) for spec in part]
+                built.append((_Identity(), built[0][1]))
+                return [functools.partial(self.deploy(op, x), x) for op, x in built]
+
+        labels = (*(spec["key"] for spec in part), EMPTY_CALL)
+        return Group(self._marker(part[0]["bits"]), labels, build)
 
     # -- the cache file ------------------------------------------------------------------------
 
@@ -998,53 +902,6 @@ def _parts(specs: Sequence[dict[str, Any]], size: int = 32) -> list[Part]:
     return [same[i : i + size] for _, same in sorted(by_bits.items()) for i in range(0, len(same), size)]
 
 
-def time_rounds(
-    calls: Sequence[Callable[[], object]],
-    threads: int,
-    rounds: int = 21,
-    block_time: float = 0.001,
-    warmup: int = 10,
-) -> list[list[float]]:
-    """Seconds per call of each of ``calls`` in each round: one short block per call and round.
-
-    Timed with :class:`torch.utils.benchmark.Timer` at ``threads`` threads. Each call is
-    warmed up, then every round times one block of about ``block_time`` seconds per call, the
-    calls taking turns in an order shuffled every round. On a shared machine the speed drifts
-    by up to 2x between 0.3 s windows: short blocks in rounds let a call be read against a
-    marker op timed in the same rounds (:meth:`MeasuredModel._timed`).
-    """
-    from torch.utils.benchmark import Timer
-
-    timers, numbers = [], []
-    for call in calls:
-        for _ in range(warmup + 1):  # the first call also packs int8 weights
-            call()
-        timer = Timer("call()", globals={"call": call}, num_threads=threads)
-        once = timer.timeit(1).median
-        timers.append(timer)
-        numbers.append(max(1, int(block_time / max(once, 1e-9))))
-    blocks: list[list[float]] = [[] for _ in calls]
-    order = list(range(len(calls)))
-    shuffle = random.Random(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)  # a call at a fixed place in every round can meet a periodic neighbour every time
-        for i in order:
-            blocks[i].append(timers[i].timeit(numbers[i]).median)
-    return blocks
-
-
-def _pace(blocks: Sequence[float]) -> float:
-    """The marker op's pace over one timing: its fastest round (each round's median copy).
-
-    The table's ops keep their fastest block, so a timing ran slow when even the marker's
-    fastest round did. On this VM, over 24 timings of one part of the table (32 int8 ops),
-    this pace rose with the ops' slowdown (correlation 0.97; ops at 1.3-2.2x, marker at
-    1.4-2.8x); the marker's lower quartile, used before, also read 1.4x for parts whose ops
-    ran at 1.04x, so quiet parts were taken again and slow ones could still pass.
-    """
-    return min(blocks)
-
-
 def _without_call(seconds: float, call: float) -> float:
     """An op's timed call less an empty call's: its seconds inside a network.
 
@@ -1052,6 +909,14 @@ def _without_call(seconds: float, call: float) -> float:
     call; no op is free, so each keeps at least a tenth of its timed call.
     """
     return max(seconds - call, 0.1 * seconds)
+
+
+@contextlib.contextmanager
+def _quiet_ao_warnings() -> Iterator[None]:
+    """Hide torch.ao's deprecation warnings while int8 ops are built and timed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(deprecated|torch\.ao\.quantization).*")
+        yield
 
 
 def _half_width(net: nn.Module, x: torch.Tensor, layers: list[LayerInfo]) -> nn.Module | None:
