@@ -14,6 +14,7 @@ import yaml
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
 from rlprune.hardware.measured import EMPTY_CALL, int8_engine
 from rlprune.hardware.measured.cache import TableCache
+from rlprune.hardware.measured.ops import build_op
 from rlprune.hardware.measured.timing import Group, OnTimed, Timing
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern
@@ -284,7 +285,7 @@ def test_conv2d_ops_are_timed_in_the_memory_format_networks_deploy_in(tmp_path):
         model = build_latency_model(plain_cfg(tmp_path, memory_format=memory_format))
         ((spec, _),) = model.grid_points(conv, dense(32))
         assert spec["memory_format"] == memory_format  # one table entry per format
-        op, x = model._build(spec)
+        op, x, _ = build_op(spec, model.engine)
         assert x.is_contiguous(memory_format=torch.channels_last) == nhwc
         assert model.deploy(op, x)(x).is_contiguous(memory_format=torch.channels_last) == nhwc
 
@@ -328,44 +329,6 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
-@pytest.mark.parametrize("deployed_over_ops", [0.8, 1.05, 1.5])
-def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deployed_over_ops):
-    # ops alone summed up to 1.2x a deployed resnet20 at batch 1 (0.8 here), and to less than
-    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all)
-    from rlprune.layers import discover_layers
-    from rlprune.models import DigitsCNN
-
-    net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
-    layers = {layer.name: layer for layer in discover_layers(net, x)}
-    # half-width networks no slower than their ops: the ops shrink with width as alone (scale 1)
-    model, _ = faked(tmp_path, timer=FakeTimer({"deployed:half": 0.0, "deployed:half:int8": 0.0}))
-    ops = {b: sum(model.latency(layer, dense(b)) for layer in layers.values()) for b in (8, 32)}  # alone
-    model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    glue = 0.1 * ops[32] / len(layers)
-    model._table.update({f"{prefix}glue:{name}": glue for name in layers})
-    model._table[prefix + "stubbed:float"] = 1e-4
-    model._table[prefix + "stubbed:int8"] = 1e-4 - 0.5 * glue * len(layers)  # int8 pools: half
-    model._table[prefix + "deployed:float"] = deployed_over_ops * ops[32]
-    overhead = model.calibrate(net, x)  # from the table
-    assert overhead >= 0
-    # the int8 network spends 2% beyond its ops (quantize, dequantize), besides the float overhead
-    int8_glue = model._int8_glue_scale * sum(g for g, _ in model._glue.values())
-    model._table[prefix + "deployed:int8"] = overhead + int8_glue + 1.02 * ops[8]
-    assert model.calibrate(net, x) == overhead
-    for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
-        assert _dense_prediction(model, layers, overhead, bits) == pytest.approx(
-            model.table[prefix + key], rel=1e-9
-        )
-    glue_kept = sum(g for g, _ in model._glue.values())
-    if deployed_over_ops < 1:  # no room for glue: every op is charged less
-        assert glue_kept == 0 and model._float_saving > 0
-    else:  # the stubs' glue, up to what the network spends beyond its ops
-        assert glue_kept == pytest.approx(min(0.1, deployed_over_ops - 1) * ops[32], rel=1e-9)
-        assert model._float_saving == 0 and model._int8_glue_scale == pytest.approx(0.5)
-    assert model._int8_saving == pytest.approx(-0.02 * ops[8] / len(layers), rel=1e-9)
-
-
 @pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
 def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path):
     # int8 glue cheaper than float glue is common since the export fuses ReLUs; its negative
@@ -391,28 +354,16 @@ def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path):
         32: {"deployed:float", "deployed:half"},
         8: set(networks) - stubbed[8] - stubbed[32] - deployed[32],
     }
-    assert model._int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
+    assert model.calibration.int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
 
     again, _ = faked(tmp_path, timer=NoTimer())
     assert again.table == model.table
-    assert again.calibrate(net, x) == overhead and again._int8_glue_scale == model._int8_glue_scale
+    assert (
+        again.calibrate(net, x) == overhead
+        and again.calibration.int8_glue_scale == model.calibration.int8_glue_scale
+    )
     assert (again.switch_seconds, again.mixed_seconds) == (model.switch_seconds, model.mixed_seconds)
     assert model.switch_seconds > 0 and model.mixed_seconds > 0
-
-
-def test_ops_shrink_inside_the_network_between_a_scale_and_an_equal_share():
-    from rlprune.hardware.measured import _scale_and_share
-
-    # three 10 µs ops run as 24 µs in the network: a scale of 0.8 or 2 µs off each (k = 1)
-    dense, ops, narrow = 24e-6, [10e-6] * 3, [5e-6] * 3
-    assert _scale_and_share(ops, dense, narrow, 12e-6) == pytest.approx((0.8, 0.0))  # as scaled
-    assert _scale_and_share(ops, dense, narrow, 9e-6) == pytest.approx((1.0, 2e-6))  # as shared
-    assert _scale_and_share(ops, dense, narrow, 10.5e-6) == pytest.approx((0.9, 1e-6))  # between
-    assert _scale_and_share(ops, dense, narrow, 1e-6) == pytest.approx((1.0, 2e-6))  # at most a share
-    # a half-width network slower than the ops scaled: each op also costs a constant (int8's
-    # quantize and dequantize), 15 k - 3 s = 14 µs beside 30 k - 3 s = 24 µs
-    assert _scale_and_share(ops, dense, narrow, 14e-6) == pytest.approx((2 / 3, -4e-6 / 3))
-    assert _scale_and_share(ops, dense, narrow, 30e-6) == pytest.approx((0.0, -8e-6))  # all constant
 
 
 @pytest.mark.parametrize("bits", [32, 8])
@@ -424,7 +375,7 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
     # 1), or over the ops scaled (int8 at batch 32: quantize and dequantize cost per layer)
     from rlprune.export import fold_batch_norms
     from rlprune.hardware import network_latency
-    from rlprune.hardware.measured import _half_width
+    from rlprune.hardware.measured.networks import half_width
     from rlprune.layers import discover_layers
     from rlprune.models import DigitsCNN
 
@@ -432,7 +383,7 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
     net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
     model, timer = faked(tmp_path, bits=sorted({bits, 32}), timer=FakeTimer(other=1e-5))  # no glue
     folded = fold_batch_norms(net)
-    layers, half = discover_layers(folded, x), _half_width(folded, x, discover_layers(folded, x))
+    layers, half = discover_layers(folded, x), half_width(folded, x, discover_layers(folded, x))
     half_layers = discover_layers(half, x)
     measured = {}
     for b in {bits, 32}:
@@ -451,56 +402,14 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
     for found, seconds in zip((layers, half_layers), measured[bits], strict=True):
         assert network_latency(model, found, [dense(bits)] * len(layers)) + overhead == pytest.approx(seconds)
     scale, saving = (
-        (model._float_scale, model._float_saving) if bits == 32 else (model._int8_scale, model._int8_saving)
+        (model.calibration.float_scale, model.calibration.float_saving)
+        if bits == 32
+        else (model.calibration.int8_scale, model.calibration.int8_saving)
     )
     if half_width_cost == "between":
         assert 0.8 < scale < 1.0 and saving > 0
     else:
         assert 0.0 < scale < 0.8 and saving < 0
-
-
-def test_the_half_width_network_is_fitted_less_its_glue_and_the_overhead(tmp_path):
-    # the dense network spends 1.3x its ops: glue following the layers' widths (0.1) and an
-    # overhead (0.2); its half-width copy less its glue and the overhead is all ops, which
-    # run at 0.9 of their time alone and a constant per op (a digits CNN's int8 ops at batch 32)
-    from rlprune.export import fold_batch_norms
-    from rlprune.hardware import network_latency
-    from rlprune.hardware.measured import _half_width
-    from rlprune.layers import discover_layers
-    from rlprune.models import DigitsCNN
-
-    torch.manual_seed(0)
-    net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
-    model, _ = faked(tmp_path, bits=[32])
-    model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    folded = fold_batch_norms(net)
-    layers = discover_layers(folded, x)
-    half_layers = discover_layers(_half_width(folded, x, layers), x)
-    ops, half_ops = sum(model._dense_ops(layers, 32)), sum(model._dense_ops(half_layers, 32))
-    glue = 0.1 * ops / len(layers)
-    model._table.update({f"{prefix}glue:{layer.name}": glue for layer in layers})
-    model._table[prefix + "deployed:float"] = 1.3 * ops
-    half_glue = sum(glue * h.out_channels / d.out_channels for d, h in zip(layers, half_layers, strict=True))
-    extra = (ops - 0.9 * ops) / len(layers)  # per op, so that the dense ops add up as alone
-    model._table[prefix + "deployed:half"] = 0.2 * ops + half_glue + 0.9 * half_ops + len(layers) * extra
-    overhead = model.calibrate(net, x)
-    assert overhead == pytest.approx(0.2 * ops)
-    dense = Choice(Pattern.DENSE, 1, 1, 32, 32)
-    for found, seconds in ((layers, 1.3 * ops), (half_layers, model.table[prefix + "deployed:half"])):
-        assert network_latency(model, found, [dense] * len(layers)) + overhead == pytest.approx(seconds)
-    assert model._float_scale == pytest.approx(0.9) and model._float_saving == pytest.approx(-extra)
-
-
-def test_mixing_costs_are_fitted_per_switch_and_once():
-    from rlprune.hardware.measured import _fit_switches
-
-    # networks switching 5 and 1 times, 2 µs a switch and 10 µs once
-    assert _fit_switches([5, 5, 1, 1], [20e-6, 20e-6, 12e-6, 12e-6]) == pytest.approx((2e-6, 10e-6))
-    # more switches costing less: all of it once; a negative constant: all of it per switch
-    assert _fit_switches([5, 1], [10e-6, 12e-6]) == pytest.approx((0.0, 11e-6))
-    assert _fit_switches([5, 1], [10e-6, 1e-6]) == pytest.approx(((5 * 10e-6 + 1e-6) / 26, 0.0))
-    assert _fit_switches([4, 4], [8e-6, 8e-6]) == pytest.approx((2e-6, 0.0))  # one switch count only
 
 
 def conv_cells(count: int) -> list[tuple[LayerInfo, Choice]]:
