@@ -28,8 +28,6 @@ torch, CUDA and cuSPARSELt versions and the dtype.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -46,9 +44,9 @@ from rlprune.cuda.kernels import linear_kernel
 from rlprune.cuda.ops import KERNELS, OpSpec
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel, effective_cells
-from rlprune.hardware.measured import _grid, _padding
+from rlprune.hardware.measured.cache import TableCache
+from rlprune.hardware.measured.ops import grid_corners, padding
 from rlprune.hardware.profile import ConfigReader, read_common
-from rlprune.io import write_json_atomic
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Choice, Pattern, Policy
 
@@ -89,7 +87,7 @@ class GpuTableModel(LatencyModel):
     Attributes:
         dtype: the float dtype's name (``float16`` or ``bfloat16``).
         channel_step: grid spacing of channel counts.
-        cache_dir: folder holding ``latency/<name>-<key>.json``.
+        cache: the table's file (:class:`~rlprune.hardware.measured.cache.TableCache`).
         scales: kernel -> the factor its ops take inside a deployed network (:meth:`calibrate`).
         measurements: ops this instance has timed (cache misses).
     """
@@ -128,11 +126,9 @@ class GpuTableModel(LatencyModel):
         self.sources = dict(sources or {})
         self.scales = dict.fromkeys(KERNELS, 1.0)
         self.measurements = 0
-        self.key = {**timer.device_key(), "dtype": dtype}
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
-        self.cache_path = folder / "latency" / f"{name}-{digest}.json"
-        self._table: dict[str, float] = self._read()
+        self.cache = TableCache(folder, name, {**timer.device_key(), "dtype": dtype}, CACHE_FORMAT)
+        self._table: dict[str, float] = self.cache.load()
 
     @classmethod
     def from_config(
@@ -201,19 +197,10 @@ class GpuTableModel(LatencyModel):
         if choice.pattern is Pattern.FILTER:
             layer = layer.with_channels(layer.in_channels, choice.keep)
         kernel = self.kernel(layer, choice)
-        step = self.channel_step
-        if kernel != "dense":  # sparse and int8 kernels need aligned shapes: measured as they are
+        if kernel == "dense":
+            corners = grid_corners(layer, self.channel_step)
+        else:  # sparse and int8 kernels need aligned shapes: measured as they are
             corners = [((layer.in_channels, layer.out_channels), 1.0)]
-        elif layer.depthwise:
-            corners = [((c, c), w) for c, w in _grid(layer.in_channels, step)]
-        elif layer.groups > 1:
-            corners = [((layer.in_channels, layer.out_channels), 1.0)]
-        else:
-            corners = [
-                ((ci, co), wi * wo)
-                for ci, wi in _grid(layer.in_channels, step)
-                for co, wo in _grid(layer.out_channels, step)
-            ]
         return [(self.spec(layer, ci, co, kernel), w) for (ci, co), w in corners if w > 0]
 
     def spec(self, layer: LayerInfo, c_in: int, c_out: int, kernel: str) -> OpSpec:
@@ -226,7 +213,7 @@ class GpuTableModel(LatencyModel):
             geometry = {
                 "kernel": tuple(layer.kernel_size),
                 "stride": tuple(layer.stride),
-                "padding": _padding(layer.kind, layer),
+                "padding": padding(layer),
                 "groups": groups,
             }
             spatial = tuple(layer.in_shape[1:])
@@ -263,7 +250,7 @@ class GpuTableModel(LatencyModel):
             raise ConfigError(f"hardware '{self.name}': the timer returned no valid time for {bad[:3]}")
         self._table.update({spec.key: float(t) for spec, t in zip(missing, seconds, strict=True)})
         self.measurements += len(missing)
-        self._save()
+        self._table = self.cache.save(self._table)
 
     def calibrate(self, network: nn.Module, example: torch.Tensor) -> float:
         """Fit each kernel's scale and the network's constant seconds to deployed networks.
@@ -304,37 +291,6 @@ class GpuTableModel(LatencyModel):
         points = self.grid_points(layer, choice)
         self._measure([spec for spec, _ in points])
         return sum(w * self._table[spec.key] for spec, w in points)
-
-    # -- the cache file ------------------------------------------------------------------------
-
-    def _checksum(self, entries: Mapping[str, float]) -> str:
-        body = json.dumps({"key": self.key, "entries": entries}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()
-
-    def _read(self) -> dict[str, float]:
-        try:
-            data = json.loads(self.cache_path.read_text())
-            entries = data["entries"]
-            ok = (
-                data.get("format") == CACHE_FORMAT
-                and data.get("key") == self.key
-                and data.get("checksum") == self._checksum(entries)
-                and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in entries.values())
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
-        return dict(entries) if ok else {}
-
-    def _save(self) -> None:
-        entries = {**self._read(), **self._table}
-        self._table = entries
-        body = {
-            "format": CACHE_FORMAT,
-            "key": self.key,
-            "checksum": self._checksum(entries),
-            "entries": entries,
-        }
-        write_json_atomic(self.cache_path, body)
 
     @property
     def table(self) -> dict[str, float]:

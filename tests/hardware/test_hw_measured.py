@@ -1,8 +1,10 @@
-"""The measured lookup table: builds from its yaml, interpolates, caches safely. No timing assertions."""
+"""The measured lookup table: builds from its yaml, interpolates, caches safely. No timing assertions:
+the table is timed by a fake timer (a plain class, deterministic seconds by label)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,10 @@ import torch
 import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
-from rlprune.hardware.measured import int8_engine
+from rlprune.hardware.measured import EMPTY_CALL, int8_engine
+from rlprune.hardware.measured.cache import TableCache
+from rlprune.hardware.measured.ops import build_op
+from rlprune.hardware.measured.timing import Group, OnTimed, Timing
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern
 
@@ -27,19 +32,74 @@ def plain_cfg(cache_dir, **extra) -> dict:
     return cfg
 
 
-def fake(model: MeasuredModel) -> list[dict]:
-    """Replace the timer by a deterministic function of the shape (the machine always quiet: its
-    marker op at 1 µs); return the specs it timed."""
-    timed = []
+def op_seconds(label: str) -> float:
+    """A table op's seconds, from its table key (its spec): a function of its shape."""
+    spec = json.loads(label)
+    return 1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64) * (0.5 if spec["bits"] == 8 else 1.0)
 
-    def time(specs):
-        timed.extend(specs)
-        seconds = [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * (0.5 if s["bits"] == 8 else 1.0) for s in specs]
-        return seconds, 1e-6
 
-    model._time = time
-    model._first_pace = model._await_quiet = lambda bits: None
-    return timed
+def precision(group: Group) -> int:
+    """The bits of the marker a group was read against (its ``pace:`` key names its spec)."""
+    return json.loads(group.marker.key.removeprefix("pace:"))["bits"]
+
+
+class FakeTimer:
+    """A timer on a machine always quiet: an op's seconds from its table key (:func:`op_seconds`),
+    the empty call's 0, a network's from ``networks`` (``other`` for a label not in it); each
+    timing's seconds times the next of ``factors`` (then 1). Builds nothing; records what it timed."""
+
+    def __init__(
+        self, networks: Mapping[str, float] | None = None, other: float = 1e-4, factors: Iterable[float] = ()
+    ) -> None:
+        self.networks = dict(networks or {})
+        self.other = other
+        self.factors = iter(factors)
+        self.timed: list[list[Group]] = []  # the groups of each call
+
+    def seconds(self, label: str) -> float:
+        if label in self.networks:
+            return self.networks[label]
+        if label == EMPTY_CALL:
+            return 0.0
+        return op_seconds(label) if label.startswith("{") else self.other
+
+    def time(
+        self,
+        groups: Sequence[Group],
+        paces: MutableMapping[str, float],
+        *,
+        rounds: int,
+        fastest: bool = False,
+        on_timed: OnTimed | None = None,
+    ) -> Timing:
+        self.timed.append(list(groups))
+        seconds = []
+        for i, group in enumerate(groups):
+            factor = next(self.factors, 1.0)
+            seconds.append([factor * self.seconds(label) for label in group.labels])
+            if on_timed is not None:
+                on_timed(i, seconds[-1], True)
+        return Timing(seconds)
+
+    @property
+    def ops(self) -> list[list[str]]:
+        """The table's ops of each group timed, by key (without the empty call)."""
+        return [[label for label in g.labels if label != EMPTY_CALL] for each in self.timed for g in each]
+
+
+class NoTimer:
+    """A timer that must not be used: everything comes from the cache."""
+
+    def time(self, *args, **kwargs) -> Timing:
+        raise AssertionError("the table should come from the cache")
+
+
+def faked(cache_dir, timer=None, **extra) -> tuple[MeasuredModel, FakeTimer]:
+    """The local_cpu table (``extra`` over its yaml), timed by ``timer`` (a new :class:`FakeTimer`)."""
+    timer = FakeTimer() if timer is None else timer
+    cfg = plain_cfg(cache_dir, **extra)
+    cfg.pop("search_pattern")  # read by build_latency_model, which builds with the default timer
+    return MeasuredModel.from_config(cfg, timer=timer), timer
 
 
 def dense(bits: int) -> Choice:
@@ -58,18 +118,15 @@ def test_builds_from_yaml_and_measures_for_real(tmp_path):
 
 
 def test_ops_take_turns_only_with_ops_of_their_own_precision(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path))
-    chunks = []
-
-    def time(specs):
-        chunks.append({spec["bits"] for spec in specs})
-        return [1e-6] * len(specs), 1e-6
-
-    model._time = time
+    model, timer = faked(tmp_path)
     cells = [(LayerInfo(f"c{i}", "conv1d", 8 * i, 16, (3,), (1,), 1, (8 * i, 20), (16, 20)), dense(b))
              for i in range(1, 40) for b in (32, 8)]  # fmt: skip
     model.prepare(cells)
-    assert len(chunks) > 2 and all(len(bits) == 1 for bits in chunks)
+    groups = [g for each in timer.timed for g in each]
+    assert len(groups) > 2
+    for group in groups:  # each part beside the marker of its precision, and an empty call
+        assert group.labels[-1] == EMPTY_CALL
+        assert {json.loads(key)["bits"] for key in group.labels[:-1]} == {precision(group)}
 
 
 def test_every_channel_count_is_measured_unless_a_grid_is_asked_for(tmp_path):
@@ -93,8 +150,7 @@ def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
 
 
 def test_interpolation_lies_between_grid_neighbours(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path, channel_step=8))
-    fake(model)
+    model, _ = faked(tmp_path, channel_step=8)
     layer = LayerInfo("c", "conv1d", 20, 20, (3,), (1,), 1, (20, 20), (20, 20))
     points = model.grid_points(layer, dense(32))
     assert sorted((s["c_in"], s["c_out"]) for s, _ in points) == [(16, 16), (16, 24), (24, 16), (24, 24)]
@@ -102,14 +158,15 @@ def test_interpolation_lies_between_grid_neighbours(tmp_path):
     value = model.latency(layer, dense(32))
     low = model.latency(layer.with_channels(16, 16), dense(32))
     high = model.latency(layer.with_channels(24, 24), dense(32))
-    assert low <= value <= high
+    assert low < value < high
+    # bilinear: the fake's seconds are bilinear in (c_in, c_out), so the table reads them exactly
+    assert value == pytest.approx(1e-6 * (1 + 20 * 20 / 64))
     on_grid = model.grid_points(layer.with_channels(16, 8), dense(32))
     assert len(on_grid) == 1 and on_grid[0][1] == 1.0
 
 
 def test_filter_and_sparse_patterns_cost_as_dense_shapes(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path))
-    fake(model)
+    model, _ = faked(tmp_path)
     filt = Choice(Pattern.FILTER, 8, 16, 32, 32)
     assert model.latency(CONV, filt) == model.latency(CONV.with_channels(16, 8), dense(32))
     nm = Choice(Pattern.NM, 2, 4, 8, 8)
@@ -118,17 +175,39 @@ def test_filter_and_sparse_patterns_cost_as_dense_shapes(tmp_path):
     assert [(s["c_in"], s["c_out"]) for s, _ in points] == [(16, 8)]
 
 
-def test_cache_round_trips(tmp_path):
-    first = build_latency_model(plain_cfg(tmp_path))
-    fake(first)
-    first.prepare([(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)])
-    assert first.measurements == 4
-    values = [first.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)]
-    second = build_latency_model(plain_cfg(tmp_path))
-    timed = fake(second)
-    second.prepare([(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)])
-    assert [second.latency(layer, dense(b)) for layer in (CONV, LINEAR) for b in (8, 32)] == values
-    assert timed == [] and second.measurements == 0
+def test_a_table_built_and_calibrated_once_gives_the_same_predictions_from_its_cache(tmp_path):
+    from rlprune.layers import discover_layers
+    from rlprune.models import MNIST1DCNN
+
+    torch.manual_seed(0)
+    net, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
+    layers = discover_layers(net, x)
+    cells = [
+        (layer, choice)
+        for layer in layers
+        for b in (8, 32)
+        for choice in (dense(b), Choice(Pattern.FILTER, layer.out_channels // 3, layer.out_channels, b, b))
+    ]
+    # stubbed networks narrowed faster than the full one (glue), the int8 ones faster than float
+    networks = {"full": 3e-4, "again": 3e-4, "stubbed:int8": 2.5e-4, "deployed:float": 2e-3}
+    networks |= {"deployed:half": 1e-3, "deployed:int8": 1.2e-3, "deployed:half:int8": 7e-4}
+    networks |= {"deployed:alternating:8": 1.9e-3, "deployed:alternating:32": 1.9e-3}
+    networks |= {"deployed:halves:8": 1.6e-3, "deployed:halves:32": 1.6e-3}
+    first, _ = faked(tmp_path, timer=FakeTimer(networks, other=2.8e-4))
+    first.prepare(cells)
+    assert first.measurements == len({spec["key"] for cell in cells for spec, _ in first.grid_points(*cell)})
+    uncalibrated = [first.latency(layer, choice) for layer, choice in cells]
+    assert uncalibrated[0] == op_seconds(first.grid_points(*cells[0])[0][0]["key"])  # the op alone
+    overhead = first.calibrate(net, x)
+    values = [first.latency(layer, choice) for layer, choice in cells]
+    assert values != uncalibrated and first.switch_seconds > 0
+
+    second, _ = faked(tmp_path, timer=NoTimer())
+    assert [second.latency(layer, choice) for layer, choice in cells] == uncalibrated
+    assert second.calibrate(net, x) == overhead
+    assert [second.latency(layer, choice) for layer, choice in cells] == values
+    assert (second.switch_seconds, second.mixed_seconds) == (first.switch_seconds, first.mixed_seconds)
+    assert second.measurements == 0 and second.table == first.table
 
 
 @pytest.mark.parametrize(
@@ -141,33 +220,29 @@ def test_cache_round_trips(tmp_path):
     ids=["truncated", "garbage", "checksum"],
 )
 def test_a_corrupt_cache_is_rebuilt(tmp_path, caplog, damage):
-    first = build_latency_model(plain_cfg(tmp_path))
-    fake(first)
+    first, _ = faked(tmp_path)
     first.latency(CONV, dense(32))
     path = first.cache_path
     path.write_text(damage(path.read_text()))
     with caplog.at_level("WARNING"):
-        second = build_latency_model(plain_cfg(tmp_path))
-        timed = fake(second)
+        second, timer = faked(tmp_path)
         second.latency(CONV, dense(32))
-    assert len(timed) == 1
+    assert timer.ops == [[second.grid_points(CONV, dense(32))[0][0]["key"]]]
     assert caplog.text.count("is corrupt or stale") == 1  # said once, not again as it is replaced
     data = json.loads(path.read_text())  # rewritten, valid again
-    assert data["checksum"] == MeasuredModel._checksum(data["key"], data["entries"])
+    assert data["checksum"] == TableCache.checksum(data["key"], data["entries"])
 
 
 def test_a_cache_with_another_key_is_not_used(tmp_path):
-    first = build_latency_model(plain_cfg(tmp_path))
-    fake(first)
+    first, _ = faked(tmp_path)
     first.latency(CONV, dense(32))
     data = json.loads(first.cache_path.read_text())
     data["key"]["cpu"] = "some other CPU"
-    data["checksum"] = MeasuredModel._checksum(data["key"], data["entries"])
+    data["checksum"] = TableCache.checksum(data["key"], data["entries"])
     first.cache_path.write_text(json.dumps(data))
-    second = build_latency_model(plain_cfg(tmp_path))
-    timed = fake(second)
+    second, timer = faked(tmp_path)
     second.latency(CONV, dense(32))
-    assert len(timed) == 1
+    assert len(timer.ops) == 1
     other_threads = build_latency_model(plain_cfg(tmp_path, threads=2))
     assert other_threads.cache_path != second.cache_path
 
@@ -210,7 +285,7 @@ def test_conv2d_ops_are_timed_in_the_memory_format_networks_deploy_in(tmp_path):
         model = build_latency_model(plain_cfg(tmp_path, memory_format=memory_format))
         ((spec, _),) = model.grid_points(conv, dense(32))
         assert spec["memory_format"] == memory_format  # one table entry per format
-        op, x = model._build(spec)
+        op, x, _ = build_op(spec, model.engine)
         assert x.is_contiguous(memory_format=torch.channels_last) == nhwc
         assert model.deploy(op, x)(x).is_contiguous(memory_format=torch.channels_last) == nhwc
 
@@ -221,133 +296,74 @@ def _dense_prediction(
     return overhead + sum(model.latency(layer, dense(bits)) for layer in layers.values())
 
 
-def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path, monkeypatch):
-    from rlprune.hardware import measured
+def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path):
     from rlprune.layers import discover_layers
     from rlprune.models import MNIST1DCNN, ResNet20
 
     torch_model = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
     x = torch.randn(2, 1, 8, 8)
     layers = {layer.name: layer for layer in discover_layers(torch_model, x)}
-    model = build_latency_model(plain_cfg(tmp_path))
-    fake(model)
+    # every stub that can be narrowed saves time (glue), the deployed network spends 1.5x its ops
+    model, timer = faked(tmp_path, timer=FakeTimer({"full": 1e-4, "again": 1e-4}, other=0.9e-4))
+    ops = sum(model.latency(layer, dense(32)) for layer in layers.values())  # alone
+    timer.networks["deployed:float"] = 1.5 * ops
     overhead = model.calibrate(torch_model, x)
     assert overhead >= 0
-    # the dense deployed network, timed for real, is predicted as measured (int8: next test)
-    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    timed = model.table[prefix + "deployed:float"]
-    assert _dense_prediction(model, layers, overhead, 32) == pytest.approx(timed, rel=1e-9)
+    # the dense deployed network is predicted as measured (int8: next test)
+    assert _dense_prediction(model, layers, overhead, 32) == pytest.approx(1.5 * ops, rel=1e-9)
+    stubbed = next(groups for groups in timer.timed if "full" in groups[-1].labels)  # float: last
+    narrowed = {label for group in stubbed for label in group.labels} & set(layers)
     # a conv2 feeds a residual add: halving its output cannot run, so it has no glue
-    assert model._glue["stages.0.0.conv2"][0] == 0.0
-    # a filter choice pays the glue of the channels it keeps, as the narrower layer does
+    assert "stages.0.0.conv1" in narrowed and "stages.0.0.conv2" not in narrowed
     conv1 = layers["stages.0.0.conv1"]
+    # a filter choice pays the glue of the channels it keeps, as the narrower layer does
     half = Choice(Pattern.FILTER, conv1.out_channels // 2, conv1.out_channels, 32, 32)
     narrower = conv1.with_channels(conv1.in_channels, conv1.out_channels // 2)
     assert model.latency(conv1, half) == pytest.approx(model.latency(narrower, dense(32)), rel=1e-12)
     after = {name: model.latency(layer, dense(32)) for name, layer in layers.items()}
 
-    def no_timing(*args, **kwargs):
-        raise AssertionError("the calibration should come from the cache")
-
-    monkeypatch.setattr(measured, "time_rounds", no_timing)
-    again = build_latency_model(plain_cfg(tmp_path))
-    fake(again)
+    again, _ = faked(tmp_path, timer=NoTimer())
     assert again.calibrate(torch_model, x) == overhead
     assert {name: again.latency(layer, dense(32)) for name, layer in layers.items()} == after
     with pytest.raises(AssertionError, match="from the cache"):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
-@pytest.mark.parametrize("deployed_over_ops", [0.8, 1.05, 1.5])
-def test_the_dense_deployed_networks_are_predicted_as_measured(tmp_path, deployed_over_ops):
-    # ops alone summed up to 1.2x a deployed resnet20 at batch 1 (0.8 here), and to less than
-    # a digits CNN whose pooling takes half its time at batch 32 (1.05: some glue; 1.5: all)
-    from rlprune.layers import discover_layers
-    from rlprune.models import DigitsCNN
-
-    net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
-    layers = {layer.name: layer for layer in discover_layers(net, x)}
-    model = build_latency_model(plain_cfg(tmp_path))
-    fake(model)
-    ops = {b: sum(model.latency(layer, dense(b)) for layer in layers.values()) for b in (8, 32)}  # alone
-    model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    glue = 0.1 * ops[32] / len(layers)
-    model._table.update({f"{prefix}glue:{name}": glue for name in layers})
-    model._table[prefix + "stubbed:float"] = 1e-4
-    model._table[prefix + "stubbed:int8"] = 1e-4 - 0.5 * glue * len(layers)  # int8 pools: half
-    model._table[prefix + "deployed:float"] = deployed_over_ops * ops[32]
-    overhead = model.calibrate(net, x)  # from the table
-    assert overhead >= 0
-    # the int8 network spends 2% beyond its ops (quantize, dequantize), besides the float overhead
-    int8_glue = model._int8_glue_scale * sum(g for g, _ in model._glue.values())
-    model._table[prefix + "deployed:int8"] = overhead + int8_glue + 1.02 * ops[8]
-    assert model.calibrate(net, x) == overhead
-    for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
-        assert _dense_prediction(model, layers, overhead, bits) == pytest.approx(
-            model.table[prefix + key], rel=1e-9
-        )
-    glue_kept = sum(g for g, _ in model._glue.values())
-    if deployed_over_ops < 1:  # no room for glue: every op is charged less
-        assert glue_kept == 0 and model._float_saving > 0
-    else:  # the stubs' glue, up to what the network spends beyond its ops
-        assert glue_kept == pytest.approx(min(0.1, deployed_over_ops - 1) * ops[32], rel=1e-9)
-        assert model._float_saving == 0 and model._int8_glue_scale == pytest.approx(0.5)
-    assert model._int8_saving == pytest.approx(-0.02 * ops[8] / len(layers), rel=1e-9)
-
-
 @pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
-def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path, monkeypatch):
+def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path):
     # int8 glue cheaper than float glue is common since the export fuses ReLUs; its negative
     # difference once made the whole cache read as corrupt, so every run measured it again
-    from rlprune.hardware import measured
     from rlprune.models import DigitsCNN
 
     net, x = DigitsCNN().eval(), torch.randn(2, 1, 8, 8)
-
-    groups = []
-
-    def timed(calls, precisions, rounds, repeats):
-        # the stubbed networks (full, again, the 5 narrowed, int8), then apart from them the
-        # deployed ones (float and int8 each at full and half width, and the mixed: layers
-        # alternating float and int8, and halves that differ)
-        groups.append(list(precisions))
-        if len(groups) == 1:
-            return [1e-4, 1e-4] + [8e-5] * 5 + [5e-5]
-        return [2e-4, 1.2e-4, 6e-5, 4e-5] + [3e-4, 2.5e-4] * 2
-
-    model = build_latency_model(plain_cfg(tmp_path))
-    fake(model)
-    model._time_apart = timed
+    # the stubbed networks (full, again, the 5 narrowed: 8e-5, int8), then apart from them the
+    # deployed ones (float and int8 each at full and half width, and the mixed: layers
+    # alternating float and int8, and halves that differ)
+    networks = {"full": 1e-4, "again": 1e-4, "stubbed:int8": 5e-5}
+    networks |= {"deployed:float": 2e-4, "deployed:half": 1.2e-4}
+    networks |= {"deployed:int8": 6e-5, "deployed:half:int8": 4e-5}
+    networks |= {
+        f"deployed:{mix}:{b}": s for mix, s in (("alternating", 3e-4), ("halves", 2.5e-4)) for b in (8, 32)
+    }
+    model, timer = faked(tmp_path, timer=FakeTimer(networks, other=8e-5))
     overhead = model.calibrate(net, x)
-    assert groups == [[32] * 7 + [8], [32, 32] + [8] * 6]
-    assert model._int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
+    networks_timed = [each for each in timer.timed if not each[0].labels[0].startswith("{")]  # not ops
+    stubbed, deployed = ({precision(g): set(g.labels) for g in groups} for groups in networks_timed)
+    assert stubbed == {8: {"stubbed:int8"}, 32: {"full", "again", "conv1", "conv2", "conv3", "fc1", "fc2"}}
+    assert deployed == {
+        32: {"deployed:float", "deployed:half"},
+        8: set(networks) - stubbed[8] - stubbed[32] - deployed[32],
+    }
+    assert model.calibration.int8_glue_scale < 1.0  # cheaper int8 glue shrinks each int8 layer's glue
 
-    def no_timing(*args):
-        raise AssertionError("the calibration should come from the cache")
-
-    monkeypatch.setattr(measured, "time_rounds", no_timing)
-    again = build_latency_model(plain_cfg(tmp_path))
-    fake(again)
+    again, _ = faked(tmp_path, timer=NoTimer())
     assert again.table == model.table
-    assert again.calibrate(net, x) == overhead and again._int8_glue_scale == model._int8_glue_scale
+    assert (
+        again.calibrate(net, x) == overhead
+        and again.calibration.int8_glue_scale == model.calibration.int8_glue_scale
+    )
     assert (again.switch_seconds, again.mixed_seconds) == (model.switch_seconds, model.mixed_seconds)
     assert model.switch_seconds > 0 and model.mixed_seconds > 0
-
-
-def test_ops_shrink_inside_the_network_between_a_scale_and_an_equal_share():
-    from rlprune.hardware.measured import _scale_and_share
-
-    # three 10 µs ops run as 24 µs in the network: a scale of 0.8 or 2 µs off each (k = 1)
-    dense, ops, narrow = 24e-6, [10e-6] * 3, [5e-6] * 3
-    assert _scale_and_share(ops, dense, narrow, 12e-6) == pytest.approx((0.8, 0.0))  # as scaled
-    assert _scale_and_share(ops, dense, narrow, 9e-6) == pytest.approx((1.0, 2e-6))  # as shared
-    assert _scale_and_share(ops, dense, narrow, 10.5e-6) == pytest.approx((0.9, 1e-6))  # between
-    assert _scale_and_share(ops, dense, narrow, 1e-6) == pytest.approx((1.0, 2e-6))  # at most a share
-    # a half-width network slower than the ops scaled: each op also costs a constant (int8's
-    # quantize and dequantize), 15 k - 3 s = 14 µs beside 30 k - 3 s = 24 µs
-    assert _scale_and_share(ops, dense, narrow, 14e-6) == pytest.approx((2 / 3, -4e-6 / 3))
-    assert _scale_and_share(ops, dense, narrow, 30e-6) == pytest.approx((0.0, -8e-6))  # all constant
 
 
 @pytest.mark.parametrize("bits", [32, 8])
@@ -359,107 +375,41 @@ def test_calibration_predicts_the_dense_and_the_half_width_network_as_measured(
     # 1), or over the ops scaled (int8 at batch 32: quantize and dequantize cost per layer)
     from rlprune.export import fold_batch_norms
     from rlprune.hardware import network_latency
-    from rlprune.hardware.measured import _half_width
+    from rlprune.hardware.measured.networks import half_width
     from rlprune.layers import discover_layers
     from rlprune.models import DigitsCNN
 
     torch.manual_seed(0)
     net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
-    model = build_latency_model(plain_cfg(tmp_path, bits=sorted({bits, 32})))
-    fake(model)
+    model, timer = faked(tmp_path, bits=sorted({bits, 32}), timer=FakeTimer(other=1e-5))  # no glue
     folded = fold_batch_norms(net)
-    layers, half = discover_layers(folded, x), _half_width(folded, x, discover_layers(folded, x))
+    layers, half = discover_layers(folded, x), half_width(folded, x, discover_layers(folded, x))
     half_layers = discover_layers(half, x)
     measured = {}
     for b in {bits, 32}:
-        ops, half_ops = sum(model._dense_ops(layers, b)), sum(model._dense_ops(half_layers, b))
+        ops = sum(model.latency(layer, dense(b)) for layer in layers)  # alone
+        half_ops = sum(model.latency(layer, dense(b)) for layer in half_layers)
         dense_s = 0.8 * ops  # the ops alone add up to more than the network
         scaled, shared = dense_s * half_ops / ops, half_ops - ops + dense_s
         measured[b] = dense_s, (scaled + shared) / 2 if half_width_cost == "between" else 1.1 * scaled
-    groups = []
-
-    def timed(calls, precisions, rounds, repeats):
-        groups.append(precisions)
-        if len(groups) == 1:  # the stubbed networks: no glue follows a layer's width
-            return [1e-5] * len(calls)
-        if bits == 32:  # the deployed networks: dense and half width
-            return list(measured[32])
-        return [*measured[32], *measured[8]] + [measured[8][0]] * 4  # and the mixed ones
-
-    model._time_apart = timed
+    timer.networks = {"deployed:float": measured[32][0], "deployed:half": measured[32][1]}
+    if bits == 8:  # and the mixed networks
+        timer.networks |= {"deployed:int8": measured[8][0], "deployed:half:int8": measured[8][1]}
+        timer.networks |= {
+            f"deployed:{mix}:{b}": measured[8][0] for mix in ("alternating", "halves") for b in (8, 32)
+        }
     overhead = model.calibrate(net, x)
-    dense = Choice(Pattern.DENSE, 1, 1, bits, bits)
     for found, seconds in zip((layers, half_layers), measured[bits], strict=True):
-        assert network_latency(model, found, [dense] * len(layers)) + overhead == pytest.approx(seconds)
+        assert network_latency(model, found, [dense(bits)] * len(layers)) + overhead == pytest.approx(seconds)
     scale, saving = (
-        (model._float_scale, model._float_saving) if bits == 32 else (model._int8_scale, model._int8_saving)
+        (model.calibration.float_scale, model.calibration.float_saving)
+        if bits == 32
+        else (model.calibration.int8_scale, model.calibration.int8_saving)
     )
     if half_width_cost == "between":
         assert 0.8 < scale < 1.0 and saving > 0
     else:
         assert 0.0 < scale < 0.8 and saving < 0
-
-
-def test_the_half_width_network_is_fitted_less_its_glue_and_the_overhead(tmp_path):
-    # the dense network spends 1.3x its ops: glue following the layers' widths (0.1) and an
-    # overhead (0.2); its half-width copy less its glue and the overhead is all ops, which
-    # run at 0.9 of their time alone and a constant per op (a digits CNN's int8 ops at batch 32)
-    from rlprune.export import fold_batch_norms
-    from rlprune.hardware import network_latency
-    from rlprune.hardware.measured import _half_width
-    from rlprune.layers import discover_layers
-    from rlprune.models import DigitsCNN
-
-    torch.manual_seed(0)
-    net, x = DigitsCNN().eval(), torch.randn(1, 1, 8, 8)
-    model = build_latency_model(plain_cfg(tmp_path, bits=[32]))
-    fake(model)
-    model.calibrate(net, x)
-    prefix = next(k for k in model.table if k.endswith(":deployed:float")).removesuffix("deployed:float")
-    folded = fold_batch_norms(net)
-    layers = discover_layers(folded, x)
-    half_layers = discover_layers(_half_width(folded, x, layers), x)
-    ops, half_ops = sum(model._dense_ops(layers, 32)), sum(model._dense_ops(half_layers, 32))
-    glue = 0.1 * ops / len(layers)
-    model._table.update({f"{prefix}glue:{layer.name}": glue for layer in layers})
-    model._table[prefix + "deployed:float"] = 1.3 * ops
-    half_glue = sum(glue * h.out_channels / d.out_channels for d, h in zip(layers, half_layers, strict=True))
-    extra = (ops - 0.9 * ops) / len(layers)  # per op, so that the dense ops add up as alone
-    model._table[prefix + "deployed:half"] = 0.2 * ops + half_glue + 0.9 * half_ops + len(layers) * extra
-    overhead = model.calibrate(net, x)
-    assert overhead == pytest.approx(0.2 * ops)
-    dense = Choice(Pattern.DENSE, 1, 1, 32, 32)
-    for found, seconds in ((layers, 1.3 * ops), (half_layers, model.table[prefix + "deployed:half"])):
-        assert network_latency(model, found, [dense] * len(layers)) + overhead == pytest.approx(seconds)
-    assert model._float_scale == pytest.approx(0.9) and model._float_saving == pytest.approx(-extra)
-
-
-def test_mixing_costs_are_fitted_per_switch_and_once():
-    from rlprune.hardware.measured import _fit_switches
-
-    # networks switching 5 and 1 times, 2 µs a switch and 10 µs once
-    assert _fit_switches([5, 5, 1, 1], [20e-6, 20e-6, 12e-6, 12e-6]) == pytest.approx((2e-6, 10e-6))
-    # more switches costing less: all of it once; a negative constant: all of it per switch
-    assert _fit_switches([5, 1], [10e-6, 12e-6]) == pytest.approx((0.0, 11e-6))
-    assert _fit_switches([5, 1], [10e-6, 1e-6]) == pytest.approx(((5 * 10e-6 + 1e-6) / 26, 0.0))
-    assert _fit_switches([4, 4], [8e-6, 8e-6]) == pytest.approx((2e-6, 0.0))  # one switch count only
-
-
-def slow_at_first(model: MeasuredModel, slow_timings: int, slowdown: float = 1.8) -> list[list[dict]]:
-    """Time as :func:`fake` does, but the first ``slow_timings`` timings run ``slowdown`` times
-    slower, marker op included (a slow stretch of a shared machine); return the parts timed."""
-    parts: list[list[dict]] = []
-
-    def time(specs):
-        pace = slowdown if len(parts) < slow_timings else 1.0
-        parts.append(specs)
-        seconds = [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * pace for s in specs]
-        return seconds, 1e-6 * pace
-
-    model._time = time
-    model._first_pace = lambda bits: model._table.setdefault(model._marker(bits)[0], 1e-6)  # quiet
-    model._await_quiet = lambda bits: None
-    return parts
 
 
 def conv_cells(count: int) -> list[tuple[LayerInfo, Choice]]:
@@ -469,168 +419,61 @@ def conv_cells(count: int) -> list[tuple[LayerInfo, Choice]]:
     ]
 
 
-def test_a_part_timed_in_a_slow_stretch_is_timed_again_after_the_others(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path, retries=2))
-    parts = slow_at_first(model, slow_timings=1)
+class SlowFirstTimer(FakeTimer):
+    """Times the first group 1.8x slow, then again, quiet, after the others (as a
+    :class:`~rlprune.hardware.measured.timing.QuietTimer` does where its marker shows it)."""
+
+    def time(self, groups, paces, *, rounds, fastest=False, on_timed=None) -> Timing:
+        self.factors = iter([1.8])
+        timing = super().time(groups, paces, rounds=rounds, fastest=fastest, on_timed=on_timed)
+        self.timed.append(groups[:1])
+        quiet = [self.seconds(label) for label in groups[0].labels]
+        if on_timed is not None:
+            on_timed(0, quiet, False)
+        return Timing([quiet, *timing.seconds[1:]], retimed=1)
+
+
+def test_a_part_timed_again_keeps_its_quiet_timing_and_is_counted_once(tmp_path):
+    model, timer = faked(tmp_path, timer=SlowFirstTimer())
     model.prepare(conv_cells(40))  # two parts of 32 and 8 ops
-    assert [len(p) for p in parts] == [32, 8, 32]  # the first part, slow, again after the second
-    assert parts[2] == parts[0]
-    for spec in parts[0]:  # its entries are the quiet ones
-        assert model.table[spec["key"]] == pytest.approx(1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64))
+    assert [len(p) for p in timer.ops] == [32, 8, 32]  # the first part, slow, again after the second
+    for key in timer.ops[0]:  # its entries are the quiet ones
+        assert model.table[key] == pytest.approx(op_seconds(key))
     assert model.measurements == 40 and model.retimed == 1 and model.still_slow == 0
 
 
 def test_a_part_slow_where_its_marker_was_not_is_caught_by_its_ops_and_timed_again(tmp_path):
     # a part's ops can all run slow while the marker op beside it runs quiet: a few of each
     # part's ops, timed again beside other parts' ops, show it
-    model = build_latency_model(plain_cfg(tmp_path, verify=2))
-    parts: list[list[dict]] = []
-
-    def time(specs):
-        slow = 1.5 if not parts else 1.0  # the first part runs slow, its marker does not show it
-        parts.append(specs)
-        return [1e-6 * (1 + s["c_in"] * s["c_out"] / 64) * slow for s in specs], 1e-6
-
-    model._time = time
-    model._first_pace = model._await_quiet = lambda bits: None
+    model, timer = faked(tmp_path, verify=2, timer=FakeTimer(factors=[1.5]))  # the first part slow
     model.prepare(conv_cells(40))  # two parts of 32 and 8 ops
+    parts = timer.ops
     # the parts, two ops of each timed again together, then the slow part again
     assert [len(p) for p in parts] == [32, 8, 4, 32]
     assert parts[2] == parts[0][::16] + parts[1][::4] and parts[3] == parts[0]
-    for spec in parts[0] + parts[1]:
-        assert model.table[spec["key"]] == pytest.approx(1e-6 * (1 + spec["c_in"] * spec["c_out"] / 64))
+    for key in parts[0] + parts[1]:
+        assert model.table[key] == pytest.approx(op_seconds(key))
     assert model.retimed == 1 and model.measurements == 40
 
 
 def test_a_quiet_table_is_verified_and_each_op_keeps_its_fastest_timing(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path, verify=4))
-    readings = iter([1.0, 1.04, 0.97])  # the two parts, then the ops timed again: faster
-    parts: list[list[dict]] = []
-
-    def time(specs):
-        pace = next(readings)
-        parts.append(specs)
-        return [1e-6 * pace] * len(specs), 1e-6
-
-    model._time = time
-    model._first_pace = model._await_quiet = lambda bits: None
+    # the two parts, then the ops timed again: faster
+    model, timer = faked(tmp_path, verify=4, timer=FakeTimer(factors=[1.0, 1.04, 0.97]))
     model.prepare(conv_cells(40))
+    parts = timer.ops
     assert [len(p) for p in parts] == [32, 8, 8] and model.retimed == 0
-    again = {spec["key"] for spec in parts[2]}
-    for spec in parts[0] + parts[1]:
-        first = 1e-6 if spec in parts[0] else 1.04e-6
-        assert model.table[spec["key"]] == pytest.approx(0.97e-6 if spec["key"] in again else first)
+    for key in parts[0] + parts[1]:
+        first = 1.0 if key in parts[0] else 1.04
+        assert model.table[key] == pytest.approx(op_seconds(key) * (0.97 if key in parts[2] else first))
 
 
-def test_a_machine_slow_throughout_keeps_the_quietest_timing_and_says_so(tmp_path, caplog):
-    quiet = build_latency_model(plain_cfg(tmp_path))
-    fake(quiet)
-    quiet.prepare(conv_cells(1))  # caches the quiet pace of the marker op
-    model = build_latency_model(plain_cfg(tmp_path, retries=1))
-    parts = slow_at_first(model, slow_timings=3)
-    with caplog.at_level("WARNING"):
-        model.prepare(conv_cells(40)[1:])
-    assert [len(p) for p in parts] == [32, 7, 32, 7]  # each part twice (retries=1), then given up
-    assert "1 of 2 timings ran slow 2 times" in caplog.text
-    assert model.retimed == 2 and model.still_slow == 1
-    last = parts[-1][0]  # the second part's second timing was quiet; the first part's never
-    assert model.table[last["key"]] == pytest.approx(1e-6 * (1 + last["c_in"] * last["c_out"] / 64))
-    first = parts[0][0]
-    assert model.table[first["key"]] == pytest.approx(1.8e-6 * (1 + first["c_in"] * first["c_out"] / 64))
-
-
-def test_a_timing_is_read_against_the_marker_in_its_own_rounds(tmp_path, monkeypatch):
-    from rlprune.hardware import measured
-
-    marker = [1e-6, 1.8e-6, 1.4e-6]  # the machine slows down, then recovers in part
-    steady = [50 * m for m in marker]  # slowed as the marker was
-    odd = [5e-5, 9e-5, 2e-4]  # slowed far more than the marker in one round
-    unmoved = [6e-5] * 3  # not slowed at all
-    timed = []
-
-    def time_rounds(calls, *args):
-        timed.append(len(calls))
-        return [steady, odd, unmoved] + [marker] * (len(calls) - 3)
-
-    monkeypatch.setattr(measured, "time_rounds", time_rounds)
-    model = build_latency_model(plain_cfg(tmp_path))
-    model._table[model._marker(32)[0]] = 1e-6  # the marker's reference pace
-    seconds, pace = model._timed([print] * 3, 32, rounds=3)
-    assert seconds == pytest.approx([5e-5, 5e-5, 6e-5 / 1.4]) and pace == 1e-6
-    fastest, _ = model._timed([print] * 3, 32, rounds=3, fastest=True)  # the table's ops
-    assert fastest == pytest.approx([5e-5, 5e-5, 6e-5])
-    model._timed([print] * 9, 32, rounds=3)
-    assert timed == [4, 4, 9 + 3]  # a marker copy for about every 4 calls
-
-
-def test_precisions_take_turns_and_each_call_keeps_its_median(tmp_path):
-    model = build_latency_model(plain_cfg(tmp_path))
-    order, readings = [], {8: iter([3e-6, 1e-6, 2e-6]), 32: iter([5e-6, 4e-6, 6e-6])}
-
-    def timed(calls, bits, rounds):
-        order.append(bits)
-        return [next(readings[bits])] * len(calls), 1e-6
-
-    model._timed = timed
-    assert model._time_apart([print] * 3, [8, 32, 8], rounds=1, repeats=3) == [2e-6, 5e-6, 2e-6]
-    assert order == [8, 32] * 3
-
-
-def test_networks_timed_in_a_slow_stretch_are_timed_again(tmp_path, monkeypatch):
-    from rlprune.hardware import measured
-
-    rounds = []
-
-    def time_rounds(calls, threads, *args):  # the marker op is the last call; 2 rounds each
-        rounds.append(len(calls))
-        pace = 2.0 if len(rounds) == 1 else 1.0
-        return [[pace * 1e-4, 3e-4]] * (len(calls) - 1) + [[pace * 1e-6, 3e-6]]
-
-    model = build_latency_model(plain_cfg(tmp_path, retries=2))
-    model._table[model._marker(32)[0]] = 1e-6  # the quiet pace, as a table build caches it
-    monkeypatch.setattr(measured, "time_rounds", time_rounds)
+def test_networks_take_turns_by_precision_and_each_keeps_its_median(tmp_path):
+    # the int8 group's three timings at 3, 1 and 2x, the float group's at 5, 4 and 6x
+    timer = FakeTimer({"0": 1e-6, "1": 1e-6, "2": 1e-6}, factors=[3, 5, 1, 4, 2, 6])
+    model, _ = faked(tmp_path, timer=timer)
     nets = [torch.nn.Linear(4, 4) for _ in range(3)]
-    assert model.time_networks(nets, torch.randn(1, 4), [32, 32, 32]) == pytest.approx([1e-4] * 3)
-    assert rounds == [4, 1, 4]  # the three networks and the marker; the marker alone, quiet; again
-
-
-def test_a_timing_ran_slow_only_if_even_the_marker_s_fastest_round_did(tmp_path, monkeypatch):
-    # ops keep their fastest block: a part ran slow if no round was quiet (on this VM the
-    # marker's lower quartile read 1.4x for parts whose ops ran at 1.04x)
-    from rlprune.hardware import measured
-
-    timings = []
-
-    def time_rounds(calls, threads, *args):  # the marker op is the last call; 4 rounds each
-        timings.append(len(calls))
-        marker = [1e-6, 1.6e-6, 1.6e-6, 1.6e-6] if len(timings) == 1 else [1.6e-6] * 4
-        return [[1e-4] * 4] * (len(calls) - 1) + [marker]
-
-    model = build_latency_model(plain_cfg(tmp_path, retries=1))
-    model._table[model._marker(32)[0]] = 1e-6
-    model._await_quiet = lambda bits: None
-    monkeypatch.setattr(measured, "time_rounds", time_rounds)
-    nets = [torch.nn.Linear(4, 4) for _ in range(3)]
-    model.time_networks(nets, torch.randn(1, 4), [32, 32, 32])  # one quiet round of four
-    assert timings == [4] and model.retimed == 0
-    model.time_networks(nets, torch.randn(1, 4), [32, 32, 32])  # none quiet, then none again
-    assert timings == [4, 4, 4] and model.retimed == 1 and model.still_slow == 1
-
-
-def test_a_fresh_table_finds_the_marker_pace_before_it_times_anything(tmp_path, monkeypatch):
-    # else a first timing in a slow stretch has nothing to be slow against
-    from rlprune.hardware import measured
-
-    bursts = []
-
-    def time_rounds(calls, threads, rounds, *args):
-        bursts.append(len(calls))
-        pace = [3e-6, 1.5e-6, 1e-6][min(len(bursts) - 1, 2)]  # the machine speeds up, then holds
-        return [[pace] * rounds for _ in calls]
-
-    monkeypatch.setattr(measured, "time_rounds", time_rounds)
-    monkeypatch.setattr(measured.time, "perf_counter", lambda: 0.5 * len(bursts))  # 0.5 s a burst
-    model = build_latency_model(plain_cfg(tmp_path, retries=1))
-    model._first_pace(32)
-    # faster at bursts 2 and 3, then 2 s (4 bursts) without a faster one
-    assert len(bursts) == 7 and model.table[model._marker(32)[0]] == 1e-6
+    assert model.time_networks(nets, torch.randn(1, 4), [8, 32, 8], repeats=3) == pytest.approx(
+        [2e-6, 5e-6, 2e-6]
+    )
+    assert [precision(g) for g in timer.timed[0]] == [8, 32] * 3
+    assert [g.labels for g in timer.timed[0][:2]] == [("0", "2"), ("1",)]
