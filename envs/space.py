@@ -25,16 +25,27 @@ import numpy as np
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import LatencyModel, with_fewer_inputs
 from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
-from rlprune.policy import SEARCHABLE_PATTERNS, Choice, Pattern, Policy
+from rlprune.patterns import SparsityPattern, get_pattern
+from rlprune.policy import Choice, Pattern, Policy, searchable_patterns
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A density option of one layer: a pattern with ``keep`` of ``group`` kept."""
+    """A density option of one layer: a pattern (its name) with ``keep`` of ``group`` kept."""
 
-    pattern: Pattern
+    pattern: str
     keep: int
     group: int
+
+    @property
+    def spec(self) -> SparsityPattern:
+        """The pattern itself."""
+        return get_pattern(self.pattern)
+
+    @property
+    def pruned(self) -> int:
+        """Output channels the option removes (filter pruning), which its consumers lose."""
+        return self.spec.pruned_outputs(self.keep, self.group)
 
     @property
     def density(self) -> float:
@@ -51,56 +62,32 @@ class Shape:
 
         Tied layers share their filters, so filter and N:M options carry over as they are (when
         the layer's shape allows them); k-of-n and unstructured keep the same share of the
-        layer's own ``n``.
+        layer's own ``n`` (:meth:`~rlprune.patterns.SparsityPattern.fit`).
         """
-        if self.pattern in (Pattern.DENSE, Pattern.FILTER):
-            return self
-        if self.pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
-            fits = layer.reduction % self.group == 0
-            if self.pattern is Pattern.NM_TRANSPOSABLE:
-                fits = fits and layer.out_channels % self.group == 0
-            return self if fits or (pad and self.pattern is Pattern.NM) else None
-        n = layer.reduction if self.pattern is Pattern.KOFN_WEIGHT else layer.params
-        return Shape(self.pattern, min(n, max(1, round(self.density * n))), n)
+        if not self.spec.fits(layer, self.group, pad=pad):
+            return None
+        return Shape(self.pattern, *self.spec.fit(self.keep, self.group, layer))
 
 
 def layer_shapes(
     layer: LayerInfo,
-    pattern: Pattern,
+    pattern: str,
     levels: int,
     min_density: float,
     nm_options: Sequence[tuple[int, int]],
     pad: bool = False,
 ) -> tuple[list[Shape], str | None]:
-    """The density options of ``layer`` under ``pattern``, sparsest first, dense last.
+    """The density options of ``layer`` under ``pattern``, sparsest first, dense last
+    (:meth:`~rlprune.patterns.SparsityPattern.options`).
 
     With ``pad``, N:M takes any reduction length (its last group is padded with zeros, as the
     masks do); transposable N:M always needs whole MxM tiles.
     Returns the options and, when the layer cannot take the pattern, the reason it stays dense.
     """
-    dense = Shape(Pattern.DENSE, 1, 1)
-    if pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
-        padded = pad and pattern is Pattern.NM
-        usable = [(n, m) for n, m in nm_options if padded or layer.reduction % m == 0]
-        if pattern is Pattern.NM_TRANSPOSABLE:
-            usable = [(n, m) for n, m in usable if layer.out_channels % m == 0]
-        if not usable:
-            if pattern is Pattern.NM:
-                return [
-                    dense
-                ], f"reduction length {layer.reduction} is not a multiple of any M in {list(nm_options)}"
-            return [dense], (
-                f"reduction length {layer.reduction} and output channels {layer.out_channels} are not both "
-                f"multiples of any M in {list(nm_options)}"
-            )
-        shapes = sorted({Shape(pattern, n, m) for n, m in usable}, key=lambda s: s.density)
-        return [*shapes, dense], None
-    # k-of-n keeps k of the n = reduction weights of each row; unstructured, k of the whole
-    # layer; filter, k of the n = out_channels filters
-    n = {Pattern.KOFN_WEIGHT: layer.reduction, Pattern.FILTER: layer.out_channels}.get(pattern, layer.params)
-    keeps = np.unique(np.clip(np.round(np.linspace(min_density, 1.0, levels) * n), 1, n).astype(int))
-    shapes = [Shape(pattern, int(k), n) for k in keeps if k < n]
-    return [*shapes, dense], None
+    options, reason = get_pattern(pattern).options(
+        layer, levels=levels, min_density=min_density, nm_options=nm_options, pad=pad
+    )
+    return [*(Shape(pattern, keep, group) for keep, group in options), Shape(Pattern.DENSE, 1, 1)], reason
 
 
 @dataclass(frozen=True)
@@ -299,10 +286,11 @@ class SearchSpace:
             raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
         cheapest = self.cheapest()
         if cheapest > budget + 1e-12:
-            hint = "" if Pattern.FILTER in self.patterns else ", or search.pattern=filter (fewer channels)"
+            shrinks = any(get_pattern(p).shrinks_outputs for p in self.patterns)
+            hint = "" if shrinks else ", or search.pattern=filter (fewer channels)"
             raise BudgetError(
                 f"budget.latency={budget} is below the cheapest reachable latency {cheapest:.4f} of the "
-                f"dense model on this hardware with search.pattern={[p.value for p in self.patterns]}; "
+                f"dense model on this hardware with search.pattern={list(map(str, self.patterns))}; "
                 f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}{hint}"
             )
 
@@ -439,15 +427,15 @@ def build_space(
         ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
     """
     names = [pattern] if isinstance(pattern, str) else list(pattern)
-    valid = [p.value for p in SEARCHABLE_PATTERNS]
+    valid = searchable_patterns()
     if not names or any(name not in valid for name in names):
         raise ConfigError(f"unknown search.pattern {pattern!r}; valid: {valid}, or a list of them")
-    patterns = tuple(dict.fromkeys(Pattern(name) for name in names))
+    patterns = tuple(dict.fromkeys(get_pattern(name).name for name in names))
     for pat in patterns:
         if pat not in hardware.patterns:
             raise ConfigError(
-                f"hardware {hardware.name} cannot run pattern {pat.value}; "
-                f"it runs {[p.value for p in hardware.patterns]}"
+                f"hardware {hardware.name} cannot run pattern {pat}; "
+                f"it runs {list(map(str, hardware.patterns))}"
             )
     if not 0.0 < min_density <= 1.0:
         raise ConfigError(f"search.min_density must be in (0, 1], got {min_density}")
@@ -464,22 +452,23 @@ def build_space(
     for n, m in nm:
         if not 0 < n < m:
             raise ConfigError(f"search.nm_options: N:M must have 0 < N < M, got {n}:{m}")
-    if {Pattern.NM, Pattern.NM_TRANSPOSABLE} & set(patterns) and not nm:
+    if any(get_pattern(p).n_of_m for p in patterns) and not nm:
         raise ConfigError(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
-    if Pattern.FILTER in patterns and couplings is None:
+    shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
+    if shrinks and couplings is None:
         raise ValueError(
             "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
         )
     couplings = dict(couplings or {})
 
-    steps, followers, blocked, skipped = _steps(searched, couplings, Pattern.FILTER in patterns)
+    steps, followers, blocked, skipped = _steps(searched, couplings, shrinks)
 
     def options(i: int, without_filters: str | None) -> list[Shape]:
         members, found, reasons = steps[i], {Shape(Pattern.DENSE, 1, 1)}, []
         for pat in patterns:
-            if pat is Pattern.FILTER and (reason := without_filters or blocked[i]):
+            if get_pattern(pat).shrinks_outputs and (reason := without_filters or blocked[i]):
                 usable = []
             else:
                 shapes, reason = layer_shapes(members[0], pat, levels, min_density, nm, nm_pad)
@@ -488,13 +477,13 @@ def build_space(
                     reason = f"not every layer tied to '{members[0].name}' takes all of its options"
             found.update(usable)
             if reason:
-                reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")
+                reasons.append(reason if len(patterns) == 1 else f"{pat}: {reason}")
         for member in members:
             if reasons:
                 skipped[member.name] = "; ".join(reasons)
             else:
                 skipped.pop(member.name, None)
-        return sorted(found, key=lambda s: (s.density, s.pattern.value, s.keep))
+        return sorted(found, key=lambda s: (s.density, str(s.pattern), s.keep))
 
     shapes = [options(i, None) for i in range(len(steps))]
     while True:
@@ -667,7 +656,7 @@ class _Term:
         """Input channels removed, broadcast over :attr:`axes`."""
         total = np.zeros([1] * len(self.axes), dtype=int)
         for h, per_filter in self.inputs.items():
-            pruned = np.array([s.group - s.keep if s.pattern is Pattern.FILTER else 0 for s in shapes[h]])
+            pruned = np.array([s.pruned for s in shapes[h]])
             total = total + per_filter * pruned.reshape([-1 if a == 2 * h else 1 for a in self.axes])
         return total
 
@@ -738,7 +727,7 @@ def _terms(
     led = {name: i for i, names in enumerate(followers) for name in names}
     inputs: dict[str, dict[int, int]] = {}
     for i, members in enumerate(steps):
-        if not any(s.pattern is Pattern.FILTER for s in shapes[i]):
+        if not any(s.spec.shrinks_outputs for s in shapes[i]):
             continue
         for m in members:
             for consumer, per_filter in couplings[m.name].consumers:
@@ -776,7 +765,7 @@ def _widest(terms: list[_Term], shapes: list[list[Shape]], bits: int) -> tuple[i
     if worst <= MAX_TABLE or worst_step is None:
         return None
     live = [a for a, end in last_use.items() if a // 2 < worst_step <= end and a % 2 == 0]
-    live = [a for a in live if any(s.pattern is Pattern.FILTER for s in shapes[a // 2])]
+    live = [a for a in live if any(s.spec.shrinks_outputs for s in shapes[a // 2])]
     if not live:
         return None
     return max(live, key=lambda a: last_use[a] - a // 2) // 2, worst
