@@ -50,6 +50,7 @@ from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, n
 from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
 from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
+from rlprune.patterns import get_pattern
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
 from rlprune.resume import SearchCheckpoint
@@ -222,7 +223,8 @@ def make_space(
     """
     s = cfg.search
     patterns = search_patterns(cfg, hardware)
-    couplings = filter_couplings(model, example, layers) if Pattern.FILTER.value in patterns else None
+    shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
+    couplings = filter_couplings(model, example, layers) if shrinks else None
     space = build_space(
         layers,
         searched,
