@@ -40,7 +40,7 @@ from rlprune.compress import (
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
-from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
@@ -225,20 +225,10 @@ def make_space(
     patterns = search_patterns(cfg, hardware)
     shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
     couplings = filter_couplings(model, example, layers) if shrinks else None
-    space = build_space(
-        layers,
-        searched,
-        hardware,
-        patterns,
-        _plain(s.bits),
-        s.levels,
-        s.min_density,
-        _plain(s.nm_options),
-        couplings,
-        hardware.calibrate(model, example),
-        s.nm_pad,
+    settings = SpaceSettings(
+        patterns, _plain(s.bits), s.levels, s.min_density, _plain(s.nm_options), s.nm_pad
     )
-    return space
+    return build_space(layers, searched, hardware, settings, couplings, hardware.calibrate(model, example))
 
 
 def load_target(cfg: DictConfig) -> Target:
