@@ -49,7 +49,8 @@ class Choice:
     a_bits: int = FLOAT_BITS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pattern", get_pattern(self.pattern).name)
+        if not isinstance(self.pattern, Pattern):  # an alias or a plug-in: ask the registry
+            object.__setattr__(self, "pattern", get_pattern(self.pattern).name)
         if not self.group >= 1:
             raise ConfigError(f"group must be >= 1, got {self.group}")
         if not 0 < self.keep <= self.group:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import abc
 import enum
+import importlib
 import math
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
@@ -206,6 +208,15 @@ class SparsityPattern(abc.ABC):
 
 _PATTERNS: dict[str, SparsityPattern] = {}
 _ALIASES: dict[str, str] = {}
+_BUILTINS = "rlprune.patterns.builtin"
+
+
+def _load_builtins() -> None:
+    """Register the built-in patterns before the first look-up or plug-in: on demand, since they
+    need torch, which ``rlprune --help`` should not import. (While the module is being imported
+    it is in ``sys.modules`` already, so its own registrations do not come back here.)"""
+    if _BUILTINS not in sys.modules:
+        importlib.import_module(_BUILTINS)
 
 
 def register_pattern(cls: type[SparsityPattern]) -> type[SparsityPattern]:
@@ -219,6 +230,7 @@ def register_pattern(cls: type[SparsityPattern]) -> type[SparsityPattern]:
         getattr(cls, "name", None), str
     ):
         raise ConfigError(f"register_pattern needs a SparsityPattern subclass with a name, got {cls!r}")
+    _load_builtins()
     for spelling in (cls.name, *cls.aliases):
         taken = _PATTERNS.get(_ALIASES.get(spelling, ""))
         if taken is not None and type(taken) is not cls:
@@ -236,6 +248,7 @@ def get_pattern(name: str) -> SparsityPattern:
     Raises:
         ConfigError: for an unknown name, listing the valid ones.
     """
+    _load_builtins()
     canonical = _ALIASES.get(name) if isinstance(name, str) else None
     if canonical is None:
         raise ConfigError(f"unknown pattern {name!r}; valid: {pattern_names()}")
@@ -245,4 +258,5 @@ def get_pattern(name: str) -> SparsityPattern:
 def pattern_names(*, searchable: bool = False) -> list[str]:
     """Canonical names of the registered patterns, built-ins first; ``searchable``: only those
     ``search.pattern`` may name."""
+    _load_builtins()
     return [str(name) for name, p in _PATTERNS.items() if p.searchable or not searchable]
