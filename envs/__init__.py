@@ -4,9 +4,18 @@ import gymnasium as gym
 from rlprune.envs.evaluator import PolicyEvaluator
 from rlprune.envs.problem import Outcome, SearchProblem
 from rlprune.envs.prune_env import PruneEnv
-from rlprune.envs.space import SearchSpace, build_space
+from rlprune.envs.space import SearchSpace, SpaceSettings, build_space
 
-__all__ = ["ENV_ID", "Outcome", "PolicyEvaluator", "PruneEnv", "SearchProblem", "SearchSpace", "build_space"]
+__all__ = [
+    "ENV_ID",
+    "Outcome",
+    "PolicyEvaluator",
+    "PruneEnv",
+    "SearchProblem",
+    "SearchSpace",
+    "SpaceSettings",
+    "build_space",
+]
 
 ENV_ID = "rlprune/Prune-v0"
 if ENV_ID not in gym.registry:

@@ -8,33 +8,48 @@ Filter pruning couples layers (Torch-Pruning's dependency graph says how,
 :func:`rlprune.layers.filter_couplings`): a layer that drops filters shrinks the inputs of every
 layer that reads them, layers that meet in a residual add keep or drop their filters together
 (one step decides the whole group), and a depthwise conv follows the filters that feed it. So a
-layer's seconds depend on up to a few steps' decisions: each step owns a :class:`Factor`, a table
-over the decisions its layers depend on. The action wall needs, for every step, the fewest (and
-most) seconds the later steps can still take given the decisions so far; that is a min-plus
-dynamic programme over the factors, exact however the decisions interleave.
+layer's seconds depend on up to a few steps' decisions: each step owns a
+:class:`~rlprune.envs.dp.Factor`, a table over the decisions its layers depend on (built by
+:mod:`rlprune.envs.costs`), and the action wall is a dynamic programme over the factors
+(:mod:`rlprune.envs.dp`).
+
+What a pattern offers on a layer, and how it carries over to a tied layer or one that lost
+inputs, is the pattern's to say (:mod:`rlprune.patterns`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+from rlprune.envs import costs as layer_costs
+from rlprune.envs.dp import CostProgramme, Factor
 
 from rlprune.errors import BudgetError, ConfigError
-from rlprune.hardware import LatencyModel, with_fewer_inputs
-from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
-from rlprune.policy import SEARCHABLE_PATTERNS, Choice, Pattern, Policy
+from rlprune.hardware import LatencyModel
+from rlprune.layers import FilterCoupling, LayerInfo
+from rlprune.patterns import SparsityPattern, get_pattern
+from rlprune.policy import Choice, Pattern, Policy, searchable_patterns
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A density option of one layer: a pattern with ``keep`` of ``group`` kept."""
+    """A density option of one layer: a pattern (its name) with ``keep`` of ``group`` kept."""
 
-    pattern: Pattern
+    pattern: str
     keep: int
     group: int
+
+    @property
+    def spec(self) -> SparsityPattern:
+        """The pattern itself."""
+        return get_pattern(self.pattern)
+
+    @property
+    def pruned(self) -> int:
+        """Output channels the option removes (filter pruning), which its consumers lose."""
+        return self.spec.pruned_outputs(self.keep, self.group)
 
     @property
     def density(self) -> float:
@@ -51,92 +66,32 @@ class Shape:
 
         Tied layers share their filters, so filter and N:M options carry over as they are (when
         the layer's shape allows them); k-of-n and unstructured keep the same share of the
-        layer's own ``n``.
+        layer's own ``n`` (:meth:`~rlprune.patterns.SparsityPattern.fit`).
         """
-        if self.pattern in (Pattern.DENSE, Pattern.FILTER):
-            return self
-        if self.pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
-            fits = layer.reduction % self.group == 0
-            if self.pattern is Pattern.NM_TRANSPOSABLE:
-                fits = fits and layer.out_channels % self.group == 0
-            return self if fits or (pad and self.pattern is Pattern.NM) else None
-        n = layer.reduction if self.pattern is Pattern.KOFN_WEIGHT else layer.params
-        return Shape(self.pattern, min(n, max(1, round(self.density * n))), n)
+        if not self.spec.fits(layer, self.group, pad=pad):
+            return None
+        return Shape(self.pattern, *self.spec.fit(self.keep, self.group, layer))
 
 
 def layer_shapes(
     layer: LayerInfo,
-    pattern: Pattern,
+    pattern: str,
     levels: int,
     min_density: float,
     nm_options: Sequence[tuple[int, int]],
     pad: bool = False,
 ) -> tuple[list[Shape], str | None]:
-    """The density options of ``layer`` under ``pattern``, sparsest first, dense last.
+    """The density options of ``layer`` under ``pattern``, sparsest first, dense last
+    (:meth:`~rlprune.patterns.SparsityPattern.options`).
 
     With ``pad``, N:M takes any reduction length (its last group is padded with zeros, as the
     masks do); transposable N:M always needs whole MxM tiles.
     Returns the options and, when the layer cannot take the pattern, the reason it stays dense.
     """
-    dense = Shape(Pattern.DENSE, 1, 1)
-    if pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
-        padded = pad and pattern is Pattern.NM
-        usable = [(n, m) for n, m in nm_options if padded or layer.reduction % m == 0]
-        if pattern is Pattern.NM_TRANSPOSABLE:
-            usable = [(n, m) for n, m in usable if layer.out_channels % m == 0]
-        if not usable:
-            if pattern is Pattern.NM:
-                return [
-                    dense
-                ], f"reduction length {layer.reduction} is not a multiple of any M in {list(nm_options)}"
-            return [dense], (
-                f"reduction length {layer.reduction} and output channels {layer.out_channels} are not both "
-                f"multiples of any M in {list(nm_options)}"
-            )
-        shapes = sorted({Shape(pattern, n, m) for n, m in usable}, key=lambda s: s.density)
-        return [*shapes, dense], None
-    # k-of-n keeps k of the n = reduction weights of each row; unstructured, k of the whole
-    # layer; filter, k of the n = out_channels filters
-    n = {Pattern.KOFN_WEIGHT: layer.reduction, Pattern.FILTER: layer.out_channels}.get(pattern, layer.params)
-    keeps = np.unique(np.clip(np.round(np.linspace(min_density, 1.0, levels) * n), 1, n).astype(int))
-    shapes = [Shape(pattern, int(k), n) for k in keeps if k < n]
-    return [*shapes, dense], None
-
-
-@dataclass(frozen=True)
-class Factor:
-    """Seconds as a table over some steps' decisions.
-
-    ``axes`` names the dimensions of ``table`` in ascending order: ``2*step`` is that step's
-    option, ``2*step + 1`` its bit-width.
-    """
-
-    axes: tuple[int, ...]
-    table: np.ndarray
-
-    def over(self, axes: Sequence[int]) -> np.ndarray:
-        """The table as a view that broadcasts over ``axes`` (ascending, a superset of ours)."""
-        return self.table.reshape(
-            [self.table.shape[self.axes.index(a)] if a in self.axes else 1 for a in axes]
-        )
-
-    def __add__(self, other: Factor) -> Factor:
-        axes = tuple(sorted({*self.axes, *other.axes}))
-        return Factor(axes, self.over(axes) + other.over(axes))
-
-    def reduce(self, axes: set[int], pick: Callable[..., np.ndarray]) -> Factor:
-        """``pick`` (``np.min`` or ``np.max``) over ``axes``."""
-        dims = tuple(i for i, a in enumerate(self.axes) if a in axes)
-        kept = tuple(a for a in self.axes if a not in axes)
-        return Factor(kept, pick(self.table, axis=dims) if dims else self.table)
-
-    def at(self, known: Mapping[int, int]) -> Factor:
-        """The table once the ``known`` axes took the given indices."""
-        index = tuple(known.get(a, slice(None)) for a in self.axes)
-        return Factor(tuple(a for a in self.axes if a not in known), self.table[index])
-
-
-ZERO = Factor((), np.zeros(()))
+    options, reason = get_pattern(pattern).options(
+        layer, levels=levels, min_density=min_density, nm_options=nm_options, pad=pad
+    )
+    return [*(Shape(pattern, keep, group) for keep, group in options), Shape(Pattern.DENSE, 1, 1)], reason
 
 
 @dataclass
@@ -169,6 +124,7 @@ class SearchSpace:
             first mixes them.
         integer: per bit-width, whether it runs in integers (empty when ``mixed_seconds`` is 0).
         fixed_kinds: whether the layers no step decides run in integers (empty when there are none).
+        programme: the dynamic programme over ``costs`` that the wall and the budget checks use.
     """
 
     layers: list[LayerInfo]
@@ -178,7 +134,7 @@ class SearchSpace:
     fixed_latency: float
     dense_latency: float
     skipped: dict[str, str]
-    patterns: tuple[Pattern, ...]
+    patterns: tuple[str, ...]
     members: list[tuple[LayerInfo, ...]] = field(default_factory=list)
     followers: list[tuple[str, ...]] = field(default_factory=list)
     couplings: dict[str, FilterCoupling] = field(default_factory=dict)
@@ -187,58 +143,19 @@ class SearchSpace:
     mixed_seconds: float = 0.0
     integer: tuple[bool, ...] = ()
     fixed_kinds: frozenset[bool] = frozenset()
+    programme: CostProgramme = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.members = self.members or [(layer,) for layer in self.layers]
         self.followers = self.followers or [() for _ in self.layers]
-        # rests[pick][kind][i]: the fewest (np.min) or most (np.max) seconds steps i+1.. can
-        # take, over the decisions up to step i, at any bit-width (kind None) or only at those
-        # that run in integers (True) or float (False); exact, by dynamic programming from the back.
-        kinds = (None, True, False) if self.mixed_seconds > 0 else (None,)
-        self._rests = {pick: {kind: self._rest(pick, kind) for kind in kinds} for pick in (np.min, np.max)}
-
-    def _rest(self, pick: Callable[..., np.ndarray], kind: bool | None) -> list[Factor]:
-        costs = self.costs if kind is None else [self._only(cost, kind, pick) for cost in self.costs]
-        rest = [ZERO] * len(self)
-        for i in range(len(self) - 1, 0, -1):
-            rest[i - 1] = (costs[i] + rest[i]).reduce({2 * i, 2 * i + 1}, pick)
-        return rest
-
-    def _only(self, factor: Factor, kind: bool, pick: Callable[..., np.ndarray]) -> Factor:
-        """``factor`` with the other kind's bit-widths ruled out (``inf`` for a min, ``-inf`` for a max)."""
-        table = factor.table.astype(float, copy=True)
-        other = [b for b, runs in enumerate(self.integer) if runs != kind]
-        for dim, axis in enumerate(factor.axes):
-            if axis % 2 and table.shape[dim] == len(self.integer):  # a bit-width axis
-                index: list[Any] = [slice(None)] * table.ndim
-                index[dim] = other
-                table[tuple(index)] = np.inf if pick is np.min else -np.inf
-        return Factor(factor.axes, table)
-
-    def _seen(self, step: int, picks: Sequence[tuple[int, int]]) -> set[bool]:
-        """Whether the layers decided before ``step`` (and those no step decides) run in integers."""
-        return set(self.fixed_kinds) | {self.integer[b] for _, b in picks[:step]}
-
-    def _rest_grid(
-        self, step: int, picks: Sequence[tuple[int, int]], pick: Callable[..., np.ndarray]
-    ) -> np.ndarray:
-        """The fewest (``np.min``) or most (``np.max``) seconds the steps after ``step`` take,
-        as ``[options, bits]`` of ``step``, once the steps before it took ``picks``. Where the
-        layers decided so far run at one kind, the rest either stays at it or pays
-        ``mixed_seconds``."""
-        rests = self._rests[pick]
-        grid = self._grid(rests[None][step], step, picks)
-        if self.mixed_seconds <= 0 or step == len(self) - 1:
-            return grid
-        seen = self._seen(step, picks)
-        columns = []
-        for b, kind in enumerate(self.integer):
-            column = grid[:, b]
-            if seen <= {kind}:  # still one kind after this step
-                alone = self._grid(rests[kind][step], step, picks)[:, b]
-                column = pick(np.stack([alone, column + self.mixed_seconds]), axis=0)
-            columns.append(column)
-        return np.stack(columns, axis=1)
+        self.programme = CostProgramme(
+            self.costs,
+            tuple(len(options) for options in self.shapes),
+            len(self.bits),
+            self.mixed_seconds,
+            self.integer,
+            self.fixed_kinds,
+        )
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -251,35 +168,25 @@ class SearchSpace:
     @property
     def min_latency(self) -> np.ndarray:
         """Cheapest seconds of each step (over every earlier decision)."""
-        return np.array([c.table.min() for c in self.costs])
+        return self.programme.min_latency
 
     @property
     def max_latency(self) -> np.ndarray:
         """Dearest seconds of each step (over every earlier decision)."""
-        return np.array([c.table.max() for c in self.costs])
-
-    def _grid(self, factor: Factor, step: int, picks: Sequence[tuple[int, int]]) -> np.ndarray:
-        """``factor`` once the steps before ``step`` took ``picks``, as ``[options, bits]`` of ``step``."""
-        known = {2 * j + k: int(v) for j, pick in enumerate(picks[:step]) for k, v in enumerate(pick)}
-        own = factor.at(known).over((2 * step, 2 * step + 1))
-        return np.broadcast_to(own, (len(self.shapes[step]), len(self.bits)))
+        return self.programme.max_latency
 
     def table(self, step: int, picks: Sequence[tuple[int, int]] = ()) -> np.ndarray:
         """Seconds ``[options, bits]`` that ``step`` adds once the steps before it took ``picks``
         (``mixed_seconds`` where it is the first to run at the other kind)."""
-        own = self._grid(self.costs[step], step, picks)
-        if self.mixed_seconds > 0 and len(seen := self._seen(step, picks)) == 1:
-            (kind,) = seen
-            own = own + self.mixed_seconds * np.array([runs != kind for runs in self.integer])[None, :]
-        return own
+        return self.programme.table(step, picks)
 
     def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """Seconds each step adds under a policy given as index pairs."""
-        return np.array([self.table(i, picks)[tuple(picks[i])] for i in range(len(self))])
+        return self.programme.step_seconds(picks)
 
     def seconds(self, picks: Sequence[tuple[int, int]]) -> float:
         """Seconds of the searched layers (and of the layers they shrink) under a policy of index pairs."""
-        return float(self.step_seconds(picks).sum())
+        return self.programme.seconds(picks)
 
     def relative(self, seconds: float) -> float:
         """Seconds of searched layers plus the fixed part, as a share of the dense network."""
@@ -291,7 +198,7 @@ class SearchSpace:
 
     def cheapest(self) -> float:
         """The lowest relative latency any policy reaches."""
-        return self.relative(float((self.table(0) + self._rest_grid(0, (), np.min)).min()))
+        return self.relative(self.programme.cheapest())
 
     def check_budget(self, budget: float) -> None:
         """Raise when no policy of this space meets ``budget``."""
@@ -299,10 +206,11 @@ class SearchSpace:
             raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
         cheapest = self.cheapest()
         if cheapest > budget + 1e-12:
-            hint = "" if Pattern.FILTER in self.patterns else ", or search.pattern=filter (fewer channels)"
+            shrinks = any(get_pattern(p).shrinks_outputs for p in self.patterns)
+            hint = "" if shrinks else ", or search.pattern=filter (fewer channels)"
             raise BudgetError(
                 f"budget.latency={budget} is below the cheapest reachable latency {cheapest:.4f} of the "
-                f"dense model on this hardware with search.pattern={[p.value for p in self.patterns]}; "
+                f"dense model on this hardware with search.pattern={list(map(str, self.patterns))}; "
                 f"use budget.latency >= {np.ceil(cheapest * 1000) / 1000:.3f}{hint}"
             )
 
@@ -333,7 +241,8 @@ class SearchSpace:
         picks: Sequence[tuple[int, int]] = (),
         fill: bool = True,
     ) -> tuple[int, int]:
-        """The action wall: the option nearest to the wish that keeps the episode within budget.
+        """The action wall: the option nearest to the wish that keeps the episode within budget
+        (:meth:`~rlprune.envs.dp.CostProgramme.nearest`, which says how).
 
         Args:
             step: index of the step being decided.
@@ -344,18 +253,9 @@ class SearchSpace:
             want_pattern: index into ``patterns`` of the wished pattern, when several are searched;
                 an option of another pattern is one unit further from the wish (dense matches all).
             picks: the ``(option, bits)`` the earlier steps took (their filters may feed this one).
-            fill: also keep the budget used (below); ``False`` is AMC's wall, which only keeps
-                the episode feasible. With ``budget=inf`` this is plain rounding to the nearest option.
-
-        The option must leave the later steps room for their cheapest choices (so the
-        episode ends within budget) and should leave them no more than their dearest choices
-        can spend (so the budget is used). The second rule raises density only, at each
-        bit-width on its own: more bits are not always worth more (8-bit dense beats 32-bit
-        with a tenth of the weights kept), so it never forces a bit-width. Among allowed
-        options the nearest to the wish wins; at a bit-width whose options all fall below the
-        band, its dearest option within budget is allowed.
+            fill: also keep the budget used; ``False`` is AMC's wall, which only keeps the
+                episode feasible. With ``budget=inf`` this is plain rounding to the nearest option.
         """
-        table = self.table(step, picks)
         densities = np.array([s.density for s in self.shapes[step]])
         bit_pos = np.linspace(0.0, 1.0, len(self.bits)) if len(self.bits) > 1 else np.ones(1)
         distance = np.abs(densities - want_density)[:, None] + np.abs(bit_pos - want_bits)[None, :]
@@ -363,150 +263,139 @@ class SearchSpace:
             wanted = self.patterns[want_pattern]
             other = [s.pattern not in (wanted, Pattern.DENSE) for s in self.shapes[step]]
             distance = distance + np.array(other, dtype=float)[:, None]
-        if np.isinf(budget):
-            allowed = np.ones(table.shape, dtype=bool)
-        else:
-            slack = 1e-9 * abs(budget)  # relative: budgets are seconds, often microseconds
-            left = budget - spent
-            feasible = table <= left - self._rest_grid(step, picks, np.min) + slack
-            in_band = feasible & (table >= left - self._rest_grid(step, picks, np.max) - slack)
-            if not feasible.any():  # unreachable once the budget was checked; never step further out
-                allowed = table == table.min()
-            elif not fill:
-                allowed = feasible
-            else:  # per bit-width: in the band, or its dearest feasible option when all are below
-                dearest = np.where(feasible, table, -np.inf).max(axis=0, keepdims=True)
-                allowed = np.where(in_band.any(axis=0, keepdims=True), in_band, feasible & (table == dearest))
-        # nearest wish first; on a tie, the dearer option (it uses the budget)
-        score = np.where(allowed, distance, np.inf) - 1e-6 * table / max(table.max(), 1e-30)
-        shape, bits = np.unravel_index(int(np.argmin(score)), table.shape)
-        return int(shape), int(bits)
+        return self.programme.nearest(step, distance, spent, budget, picks, fill)
 
     def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
-        """HAQ's post-episode wall: lower choices from the last step back until within ``budget``.
-
-        Each pass walks from the last step to the first, lowering that step's bit-width one
-        step and then its density one option, and stops as soon as the policy fits. The rule
-        assumes lower is cheaper; where it is not (int8 slower than FP32 on a small CPU layer)
-        it still ends, at the lowest choice of every step, which :meth:`lowest_fits` checks.
-        """
-        picks = [tuple(p) for p in picks]
-        while self.seconds(picks) > budget:
-            lowered = False
-            for i in reversed(range(len(self))):
-                for axis in (1, 0):  # bits first, then density
-                    if picks[i][axis] > 0:
-                        pick = list(picks[i])
-                        pick[axis] -= 1
-                        picks[i], lowered = tuple(pick), True
-                        if self.seconds(picks) <= budget:
-                            return picks
-            if not lowered:
-                break
-        return picks
+        """HAQ's post-episode wall (:meth:`~rlprune.envs.dp.CostProgramme.lower_until_within`)."""
+        return self.programme.lower_until_within(picks, budget)
 
     def lowest_fits(self, budget: float) -> bool:
         """Whether the policy of every step's lowest bits and sparsest option meets ``budget`` (seconds)."""
-        return self.seconds([(0, 0)] * len(self)) <= budget * (1 + 1e-9)
+        return self.programme.lowest_fits(budget)
 
 
-MAX_TABLE = 1 << 22
-"""The most entries the dynamic programme's table may hold at any step (32 MiB of float64)."""
+@dataclass(frozen=True)
+class SpaceSettings:
+    """What the ``search`` config says about the search space.
+
+    Attributes:
+        patterns: the searched patterns (one name, or several: then each step picks its own);
+            stored as canonical names without repeats.
+        bits: bit-widths to choose from, ascending; ``None``: every bit-width the device runs.
+        levels: density levels between ``min_density`` and 1 of the patterns whose group is
+            counted on the layer (k-of-n, unstructured, filter).
+        min_density: the sparsest such level, in (0, 1].
+        nm_options: ``(N, M)`` options of the N:M patterns; ``None``: those the device accelerates.
+        nm_pad: N:M pads a reduction length that is not a multiple of M instead of skipping the layer.
+
+    Raises:
+        ConfigError: for an unknown pattern or a value out of range.
+    """
+
+    patterns: str | Sequence[str]
+    bits: Sequence[int] | None = None
+    levels: int = 20
+    min_density: float = 0.05
+    nm_options: Sequence[Sequence[int]] | None = None
+    nm_pad: bool = True
+
+    def __post_init__(self) -> None:
+        names = [self.patterns] if isinstance(self.patterns, str) else list(self.patterns)
+        valid = searchable_patterns()
+        if not names or any(name not in valid for name in names):
+            raise ConfigError(f"unknown search.pattern {self.patterns!r}; valid: {valid}, or a list of them")
+        if not 0.0 < self.min_density <= 1.0:
+            raise ConfigError(f"search.min_density must be in (0, 1], got {self.min_density}")
+        if self.levels < 2:
+            raise ConfigError(f"search.levels must be >= 2, got {self.levels}")
+        nm = None if self.nm_options is None else tuple((int(n), int(m)) for n, m in self.nm_options)
+        for n, m in nm or ():
+            if not 0 < n < m:
+                raise ConfigError(f"search.nm_options: N:M must have 0 < N < M, got {n}:{m}")
+        object.__setattr__(self, "patterns", tuple(dict.fromkeys(get_pattern(name).name for name in names)))
+        object.__setattr__(self, "bits", None if self.bits is None else tuple(sorted(self.bits)))
+        object.__setattr__(self, "nm_options", nm)
 
 
 def build_space(
     all_layers: Sequence[LayerInfo],
     searched: Sequence[LayerInfo],
     hardware: LatencyModel,
-    pattern: str | Sequence[str],
-    bits: Sequence[int] | None,
-    levels: int,
-    min_density: float,
-    nm_options: Sequence[Sequence[int]] | None,
+    settings: SpaceSettings,
     couplings: Mapping[str, FilterCoupling] | None = None,
     overhead: float = 0.0,
-    nm_pad: bool = False,
 ) -> SearchSpace:
     """Enumerate the options of every step and cost them on ``hardware``.
 
     ``couplings`` (from :func:`rlprune.layers.filter_couplings` over ``all_layers``) are needed
-    when ``pattern`` includes ``filter``: they say whose inputs a layer's filters feed, which
-    layers are tied and which depthwise convs follow. ``overhead`` is the network's seconds
-    outside its layers (:meth:`LatencyModel.calibrate`). ``nm_pad`` lets N:M pad a reduction
-    length that is not a multiple of M instead of skipping the layer.
+    when a searched pattern shrinks outputs (filter pruning): they say whose inputs a layer's
+    filters feed, which layers are tied and which depthwise convs follow. ``overhead`` is the
+    network's seconds outside its layers (:meth:`LatencyModel.calibrate`).
 
     Raises:
-        ConfigError: for an unknown pattern, bits the device cannot run, or bad ranges.
+        ConfigError: for a pattern or bits the device cannot run, or N:M without options.
     """
-    names = [pattern] if isinstance(pattern, str) else list(pattern)
-    valid = [p.value for p in SEARCHABLE_PATTERNS]
-    if not names or any(name not in valid for name in names):
-        raise ConfigError(f"unknown search.pattern {pattern!r}; valid: {valid}, or a list of them")
-    patterns = tuple(dict.fromkeys(Pattern(name) for name in names))
+    patterns, nm_pad = settings.patterns, settings.nm_pad
     for pat in patterns:
         if pat not in hardware.patterns:
             raise ConfigError(
-                f"hardware {hardware.name} cannot run pattern {pat.value}; "
-                f"it runs {[p.value for p in hardware.patterns]}"
+                f"hardware {hardware.name} cannot run pattern {pat}; "
+                f"it runs {list(map(str, hardware.patterns))}"
             )
-    if not 0.0 < min_density <= 1.0:
-        raise ConfigError(f"search.min_density must be in (0, 1], got {min_density}")
-    if levels < 2:
-        raise ConfigError(f"search.levels must be >= 2, got {levels}")
-    chosen_bits = tuple(sorted(bits)) if bits else tuple(hardware.bits)
+    chosen_bits = settings.bits or tuple(hardware.bits)
     unsupported = [b for b in chosen_bits if b not in hardware.bits]
     if unsupported:
         raise ConfigError(
             f"search.bits {unsupported} not supported by hardware {hardware.name}; "
             f"valid: {list(hardware.bits)}"
         )
-    nm = [tuple(o) for o in nm_options] if nm_options else list(hardware.nm_options)
-    for n, m in nm:
-        if not 0 < n < m:
-            raise ConfigError(f"search.nm_options: N:M must have 0 < N < M, got {n}:{m}")
-    if {Pattern.NM, Pattern.NM_TRANSPOSABLE} & set(patterns) and not nm:
+    nm = settings.nm_options or hardware.nm_options
+    if any(get_pattern(p).n_of_m for p in patterns) and not nm:
         raise ConfigError(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
-    if Pattern.FILTER in patterns and couplings is None:
+    shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
+    if shrinks and couplings is None:
         raise ValueError(
             "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
         )
     couplings = dict(couplings or {})
 
-    steps, followers, blocked, skipped = _steps(searched, couplings, Pattern.FILTER in patterns)
+    steps, followers, blocked, skipped = _steps(searched, couplings, shrinks)
 
     def options(i: int, without_filters: str | None) -> list[Shape]:
         members, found, reasons = steps[i], {Shape(Pattern.DENSE, 1, 1)}, []
         for pat in patterns:
-            if pat is Pattern.FILTER and (reason := without_filters or blocked[i]):
+            if get_pattern(pat).shrinks_outputs and (reason := without_filters or blocked[i]):
                 usable = []
             else:
-                shapes, reason = layer_shapes(members[0], pat, levels, min_density, nm, nm_pad)
+                shapes, reason = layer_shapes(
+                    members[0], pat, settings.levels, settings.min_density, nm, nm_pad
+                )
                 usable = [s for s in shapes if all(s.on(m, nm_pad) for m in members[1:])]
                 if len(usable) < len(shapes) and not reason:
                     reason = f"not every layer tied to '{members[0].name}' takes all of its options"
             found.update(usable)
             if reason:
-                reasons.append(reason if len(patterns) == 1 else f"{pat.value}: {reason}")
+                reasons.append(reason if len(patterns) == 1 else f"{pat}: {reason}")
         for member in members:
             if reasons:
                 skipped[member.name] = "; ".join(reasons)
             else:
                 skipped.pop(member.name, None)
-        return sorted(found, key=lambda s: (s.density, s.pattern.value, s.keep))
+        return sorted(found, key=lambda s: (s.density, str(s.pattern), s.keep))
 
     shapes = [options(i, None) for i in range(len(steps))]
     while True:
-        terms = _terms(all_layers, steps, shapes, followers, couplings)
-        wide = _widest(terms, shapes, len(chosen_bits))
+        terms = layer_costs.layer_terms(all_layers, steps, shapes, followers, couplings)
+        wide = layer_costs.widest(terms, shapes, len(chosen_bits))
         if wide is None:
             break
         step, entries = wide
         shapes[step] = options(
             step,
             f"its filters feed layers far down the network: deciding them with the others would need "
-            f"a table of {entries:,} entries (the limit is {MAX_TABLE:,})",
+            f"a table of {entries:,} entries (the limit is {layer_costs.MAX_TABLE:,})",
         )
 
     cells = {}  # every (layer, choice) a table entry costs
@@ -525,7 +414,7 @@ def build_space(
     for term in terms:
         costs[term.step] = costs[term.step] + term.factor(shapes, chosen_bits, seconds)
     owner = _owners(steps, followers)
-    for step, factor in _switch_factors(all_layers, owner, chosen_bits, hardware):
+    for step, factor in layer_costs.switch_factors(all_layers, owner, chosen_bits, hardware):
         costs[step] = costs[step] + factor
     dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
     integer = tuple(hardware.runs_integer(Choice(Pattern.DENSE, 1, 1, b, b)) for b in chosen_bits)
@@ -558,36 +447,6 @@ def _owners(steps: Sequence[Sequence[LayerInfo]], followers: Sequence[Sequence[s
         for i, (members, follow) in enumerate(zip(steps, followers, strict=True))
         for name in (*(m.name for m in members), *follow)
     }
-
-
-def _switch_factors(
-    layers: Sequence[LayerInfo], owner: Mapping[str, int], bits: Sequence[int], hardware: LatencyModel
-) -> list[tuple[int, Factor]]:
-    """The seconds of switching between float and int8, each as a table over the bits of the two
-    steps that decide a pair of neighbouring layers (:attr:`LayerInfo.neighbours`), and the
-    later step it belongs to.
-
-    A layer no step decides runs the reference choice; two layers of one step never switch.
-    """
-    if hardware.switch_seconds <= 0 or len(bits) < 2:
-        return []
-    choices = [Choice(Pattern.DENSE, 1, 1, b, b) for b in bits]
-    reference = hardware.dense_choice()
-    factors = []
-    for first, then in neighbour_pairs(layers):
-        a, b = owner.get(first), owner.get(then)
-        if a == b:
-            continue
-        if a is None or b is None:  # one side runs the reference choice
-            step = b if a is None else a
-            table = [hardware.switches(reference, c) for c in choices]
-            factors.append((step, Factor((2 * step + 1,), hardware.switch_seconds * np.array(table, float))))
-            continue
-        low, high = sorted((a, b))
-        table = [[hardware.switches(c, d) for d in choices] for c in choices]
-        axes = (2 * low + 1, 2 * high + 1)
-        factors.append((high, Factor(axes, hardware.switch_seconds * np.array(table, float))))
-    return factors
 
 
 def _steps(
@@ -637,146 +496,3 @@ def _steps(
         followers.append(tuple(led))
     kept = [i for i, members in enumerate(steps) if members[0].name not in skipped]
     return [steps[i] for i in kept], [followers[i] for i in kept], [blocked[i] for i in kept], skipped
-
-
-@dataclass(frozen=True)
-class _Term:
-    """One layer's seconds, as they depend on the steps' decisions.
-
-    Attributes:
-        layer: the layer.
-        own: the step that decides its pattern and bits (``None``: it runs the reference choice).
-        follows: whether it is a depthwise follower of ``own`` (dense at its bits).
-        inputs: ``{step: inputs}``: each step whose pruned filters remove ``inputs`` of its input
-            channels per filter.
-        step: the step at which every decision it depends on is known.
-    """
-
-    layer: LayerInfo
-    own: int | None
-    follows: bool
-    inputs: dict[int, int]
-    step: int
-
-    @property
-    def axes(self) -> tuple[int, ...]:
-        own = () if self.own is None else (2 * self.own, 2 * self.own + 1)
-        return tuple(sorted({*own, *(2 * h for h in self.inputs)}))
-
-    def removed(self, shapes: list[list[Shape]]) -> np.ndarray:
-        """Input channels removed, broadcast over :attr:`axes`."""
-        total = np.zeros([1] * len(self.axes), dtype=int)
-        for h, per_filter in self.inputs.items():
-            pruned = np.array([s.group - s.keep if s.pattern is Pattern.FILTER else 0 for s in shapes[h]])
-            total = total + per_filter * pruned.reshape([-1 if a == 2 * h else 1 for a in self.axes])
-        return total
-
-    def keys(self, shapes: list[list[Shape]], bits: tuple[int, ...]) -> list[tuple]:
-        """The distinct ``(layer, removed, option, bits)`` entries its table needs."""
-        removed = np.unique(self.removed(shapes))
-        if self.own is None:
-            return [(self.layer.name, int(r), None, None) for r in removed]
-        return [
-            (self.layer.name, int(r), s, b)
-            for r in removed
-            for s in range(len(shapes[self.own]))
-            for b in range(len(bits))
-        ]
-
-    def cell(
-        self, key: tuple, shapes: list[list[Shape]], bits: tuple[int, ...], hardware: LatencyModel
-    ) -> tuple[LayerInfo, Choice]:
-        """The layer and choice that a key of :meth:`keys` costs."""
-        _, removed, s, b = key
-        if self.own is None:
-            choice = hardware.dense_choice()
-        elif self.follows:
-            choice = Choice(Pattern.DENSE, 1, 1, bits[b], bits[b])
-        else:
-            # the step's options were kept only where every layer it decides takes them
-            choice = shapes[self.own][s].on(self.layer, pad=True).choice(bits[b])
-        return with_fewer_inputs(self.layer, choice, removed)
-
-    def factor(
-        self, shapes: list[list[Shape]], bits: tuple[int, ...], seconds: Mapping[tuple, float]
-    ) -> Factor:
-        """Its seconds over :attr:`axes`."""
-        removed = self.removed(shapes)
-        values = np.unique(removed)
-        where = np.searchsorted(values, removed)
-        name = self.layer.name
-        if self.own is None:
-            table = np.array([seconds[(name, int(r), None, None)] for r in values])[where]
-        else:
-            per = np.array(
-                [
-                    [
-                        [seconds[(name, int(r), s, b)] for b in range(len(bits))]
-                        for s in range(len(shapes[self.own]))
-                    ]
-                    for r in values
-                ]
-            )
-            grid = [
-                np.arange(n).reshape([-1 if a == axis else 1 for a in self.axes])
-                for axis, n in ((2 * self.own, len(shapes[self.own])), (2 * self.own + 1, len(bits)))
-            ]
-            table = per[where, grid[0], grid[1]]
-        sizes = [len(shapes[a // 2]) if a % 2 == 0 else len(bits) for a in self.axes]
-        return Factor(self.axes, np.broadcast_to(table, sizes).copy())
-
-
-def _terms(
-    all_layers: Sequence[LayerInfo],
-    steps: list[tuple[LayerInfo, ...]],
-    shapes: list[list[Shape]],
-    followers: list[tuple[str, ...]],
-    couplings: Mapping[str, FilterCoupling],
-) -> list[_Term]:
-    """The :class:`_Term` of every layer some decision touches."""
-    own = {m.name: i for i, members in enumerate(steps) for m in members}
-    led = {name: i for i, names in enumerate(followers) for name in names}
-    inputs: dict[str, dict[int, int]] = {}
-    for i, members in enumerate(steps):
-        if not any(s.pattern is Pattern.FILTER for s in shapes[i]):
-            continue
-        for m in members:
-            for consumer, per_filter in couplings[m.name].consumers:
-                inputs.setdefault(consumer, {}).setdefault(i, per_filter)
-        for name in followers[i]:
-            inputs.setdefault(name, {})[i] = 1
-    terms = []
-    for layer in all_layers:
-        step = own.get(layer.name, led.get(layer.name))
-        feeds = inputs.get(layer.name, {})
-        if step is None and not feeds:
-            continue
-        last = max([*feeds, *([] if step is None else [step])])
-        terms.append(_Term(layer, step, layer.name in led, feeds, last))
-    return terms
-
-
-def _widest(terms: list[_Term], shapes: list[list[Shape]], bits: int) -> tuple[int, int] | None:
-    """The step whose filters to drop when a table of the dynamic programme would exceed
-    :data:`MAX_TABLE` entries (and that table's size), or ``None`` when every table fits.
-
-    A step's decision stays in the table from its step until the last layer that depends on it
-    is costed; the step that stays longest in the widest table gives way.
-    """
-    last_use: dict[int, int] = {}
-    for term in terms:
-        for axis in term.axes:
-            last_use[axis] = max(last_use.get(axis, 0), term.step)
-    worst, worst_step = 0, None
-    for i in range(len(shapes)):
-        live = {a for a, end in last_use.items() if a // 2 <= i <= end} | {2 * i, 2 * i + 1}
-        entries = int(np.prod([len(shapes[a // 2]) if a % 2 == 0 else bits for a in live], dtype=float))
-        if entries > worst:
-            worst, worst_step = entries, i
-    if worst <= MAX_TABLE or worst_step is None:
-        return None
-    live = [a for a, end in last_use.items() if a // 2 < worst_step <= end and a % 2 == 0]
-    live = [a for a in live if any(s.pattern is Pattern.FILTER for s in shapes[a // 2])]
-    if not live:
-        return None
-    return max(live, key=lambda a: last_use[a] - a // 2) // 2, worst

@@ -40,7 +40,7 @@ from rlprune.compress import (
 from rlprune.config import validate
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
-from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, build_space
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
@@ -50,6 +50,7 @@ from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, n
 from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
 from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
+from rlprune.patterns import get_pattern
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
 from rlprune.resume import SearchCheckpoint
@@ -222,21 +223,12 @@ def make_space(
     """
     s = cfg.search
     patterns = search_patterns(cfg, hardware)
-    couplings = filter_couplings(model, example, layers) if Pattern.FILTER.value in patterns else None
-    space = build_space(
-        layers,
-        searched,
-        hardware,
-        patterns,
-        _plain(s.bits),
-        s.levels,
-        s.min_density,
-        _plain(s.nm_options),
-        couplings,
-        hardware.calibrate(model, example),
-        s.nm_pad,
+    shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
+    couplings = filter_couplings(model, example, layers) if shrinks else None
+    settings = SpaceSettings(
+        patterns, _plain(s.bits), s.levels, s.min_density, _plain(s.nm_options), s.nm_pad
     )
-    return space
+    return build_space(layers, searched, hardware, settings, couplings, hardware.calibrate(model, example))
 
 
 def load_target(cfg: DictConfig) -> Target:

@@ -19,9 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from rlprune.errors import ConfigError
-from rlprune.policy import SEARCHABLE_PATTERNS, SUPPORTED_BITS
+from rlprune.policy import SUPPORTED_BITS, searchable_patterns
 
-PATTERNS = tuple(p.value for p in SEARCHABLE_PATTERNS)
 METRICS = ("accuracy", "loss")
 # action walls of the env: rlprune's (keep feasible, use the budget), AMC's, HAQ's (envs/prune_env.py)
 WALLS = ("band", "feasible", "final")
@@ -175,10 +174,9 @@ def validate(cfg: DictConfig) -> None:
 
     pattern = _plain(cfg.search.pattern)
     names = [pattern] if isinstance(pattern, str) else pattern
-    if pattern != "auto" and (
-        not isinstance(names, list) or not names or any(n not in PATTERNS for n in names)
-    ):
-        raise _fail("search.pattern", pattern, f"auto, one of {list(PATTERNS)}, or a list of them")
+    valid = searchable_patterns()
+    if pattern != "auto" and (not isinstance(names, list) or not names or any(n not in valid for n in names)):
+        raise _fail("search.pattern", pattern, f"auto, one of {valid}, or a list of them")
     bits = _plain(cfg.search.bits)
     if bits is not None and (
         not isinstance(bits, list) or not bits or any(b not in SUPPORTED_BITS for b in bits)

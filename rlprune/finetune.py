@@ -1,9 +1,11 @@
 """Finetuning: apply a policy's masks and bit-widths to a copy of the dense model and train it back.
 
 The searched policy fixes each layer's density and bit-width. The finetune can keep its masks
-(``mask=policy``) or re-express the same densities in another mask family (N:M, transposable
-N:M, k-of-n, unstructured, or learned Gumbel top-k masks), and can train them with plain masked
-training, SR-STE with periodic mask refresh, and/or the scheduled grow-and-prune cycle (GaP).
+(``mask=policy``) or re-express the same densities in another mask family: any shape-keeping
+sparse pattern of the registry (N:M, transposable N:M, k-of-n, unstructured, or one registered
+with :func:`~rlprune.patterns.register_pattern`), or learned Gumbel top-k masks; and can train
+them with plain masked training, SR-STE with periodic mask refresh, and/or the scheduled
+grow-and-prune cycle (GaP).
 """
 
 from __future__ import annotations
@@ -39,11 +41,23 @@ from rlprune.masks import (
     log10_mask_diversity,
     sad,
 )
+from rlprune.patterns import SparsityPattern, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
 from rlprune.training import TrainSettings, train
 
-MASK_FAMILIES = ("policy", "nm", "transposable", "kofn", "unstructured", "learned")
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
+"""The pattern a learned mask of each granularity keeps (``finetune.granularity``)."""
+
+
+def mask_families() -> list[str]:
+    """What ``finetune.mask`` may name: ``policy``, ``learned``, or a shape-keeping sparse
+    pattern (by its name or an alias, such as ``transposable`` for ``nm_transposable``)."""
+    recastable = [name for name in pattern_names() if _recastable(get_pattern(name))]
+    return ["policy", *recastable, "learned"]
+
+
+def _recastable(pattern: SparsityPattern) -> bool:
+    return pattern.sparse and pattern.keeps_shape
 
 
 @dataclass(frozen=True)
@@ -52,9 +66,11 @@ class FinetuneSettings:
 
     Attributes:
         train: optimiser settings (epochs, lr, batch size, weight decay).
-        mask: ``policy`` keeps the searched masks; ``nm``, ``transposable``, ``kofn``,
-            ``unstructured`` and ``learned`` re-express each layer's density in that family.
-        nm: ``(keep N, group M)`` for ``nm`` and ``transposable``.
+        mask: ``policy`` keeps the searched masks; a pattern (:func:`mask_families`: ``nm``,
+            ``nm_transposable``, ``kofn_weight``, ``unstructured``, ...) or ``learned``
+            re-expresses each layer's density in that family. An alias is stored as the
+            pattern's canonical name.
+        nm: ``(keep N, group M)`` for the N:M patterns.
         granularity: ``weight``, ``kernel`` or ``filter``, for ``learned`` masks.
         criterion: ``magnitude``, ``taylor`` or ``random``: what the first masks keep (refreshes
             and GaP re-prune by the magnitude of the current dense weights, as SR-STE does).
@@ -77,8 +93,14 @@ class FinetuneSettings:
     gap_epochs_per_step: int = 1
 
     def __post_init__(self) -> None:
-        if self.mask not in MASK_FAMILIES:
-            raise ConfigError(f"finetune.mask={self.mask!r} is unknown; valid: {list(MASK_FAMILIES)}")
+        if self.mask not in ("policy", "learned"):
+            try:
+                pattern = get_pattern(self.mask)
+            except ConfigError:
+                pattern = None
+            if pattern is None or not _recastable(pattern):
+                raise ConfigError(f"finetune.mask={self.mask!r} is unknown; valid: {mask_families()}")
+            object.__setattr__(self, "mask", pattern.name)
         keep, group = self.nm
         if not 0 < keep < group:
             raise ConfigError(f"finetune.nm: N:M needs 0 < N < M, got keep={keep}, group={group}")
@@ -113,26 +135,13 @@ class FinetuneSettings:
 
 def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Choice | str:
     """``choice``'s density and bits in the finetune's mask family, or why the layer keeps its own."""
-    density, bits = choice.density, {"w_bits": choice.w_bits, "a_bits": choice.a_bits}
-    family = settings.mask
-    if family in ("nm", "transposable"):
-        n, m = settings.nm
-        if layer.reduction % m or (family == "transposable" and layer.out_channels % m):
-            return f"shape {layer.out_channels}x{layer.reduction} does not divide into {n}:{m} groups"
-        pattern = Pattern.NM if family == "nm" else Pattern.NM_TRANSPOSABLE
-        return Choice(pattern, n, m, **bits)
-    if family == "kofn":
-        n = layer.reduction
-        return Choice(Pattern.KOFN_WEIGHT, max(1, min(n, round(density * n))), n, **bits)
-    if family == "unstructured":
-        n = layer.params
-        return Choice(Pattern.UNSTRUCTURED, max(1, min(n, round(density * n))), n, **bits)
-    if settings.granularity == "kernel" and layer.kind == "linear":
-        return "kernel granularity needs a convolution"
-    pattern = LEARNED_PATTERNS[settings.granularity]
-    n = {"weight": layer.reduction, "kernel": layer.in_channels // layer.groups, "filter": layer.out_channels}
-    units = n[settings.granularity]
-    return Choice(pattern, max(1, min(units, round(density * units))), units, **bits)
+    family = LEARNED_PATTERNS[settings.granularity] if settings.mask == "learned" else settings.mask
+    pattern = get_pattern(family)
+    recast = pattern.recast(layer, choice.density, settings.nm)
+    if isinstance(recast, str):
+        return recast
+    keep, group = recast
+    return Choice(pattern.name, keep, group, w_bits=choice.w_bits, a_bits=choice.a_bits)
 
 
 def finetune_policy(
@@ -160,11 +169,11 @@ def finetune_policy(
     applied, kept = {}, {}
     for name, choice in policy:
         blocked = filters and (couplings[name].blocked if name in couplings else "no coupling known")
-        if blocked and choice.pattern is not Pattern.DENSE:
+        if blocked and choice.spec.sparse:
             kept[name] = f"filters: {blocked}"
             applied[name] = choice
             continue
-        recast = choice if choice.pattern is Pattern.DENSE else _recast(by_name[name], choice, settings)
+        recast = _recast(by_name[name], choice, settings) if choice.spec.sparse else choice
         if isinstance(recast, str):
             kept[name] = recast
             recast = choice
@@ -215,7 +224,7 @@ class _MaskTrainer:
         self.ties = tied_filters(policy, couplings)
         self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
         self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
-        names = [n for n, c in policy if c.pattern is not Pattern.DENSE]
+        names = [n for n, c in policy if c.spec.sparse]
         self.gap = (
             GapSchedule(names, min(settings.gap_partitions, len(names)), settings.gap_epochs_per_step)
             if settings.gap_partitions and names
@@ -269,7 +278,7 @@ class _MaskTrainer:
                     name not in done
                     and name not in self.grown
                     and self._fixed(name)
-                    and self.choices[name].pattern is not Pattern.DENSE
+                    and self.choices[name].spec.sparse
                 ):
                     done |= self.reprune(name)
 

@@ -63,6 +63,11 @@ class LayerInfo:
         return self.in_channels // self.groups * math.prod(self.kernel_size)
 
     @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the layer's weight: ``(c_out, c_in/g, *kernel)`` (Linear: ``(out, in)``)."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
     def depthwise(self) -> bool:
         """A conv whose every output channel reads one input channel of its own."""
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels

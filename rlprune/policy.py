@@ -11,12 +11,12 @@ Convention (docs/algorithms.md, "Conventions"): ``keep`` of ``group`` is *kept*,
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rlprune.errors import ConfigError
+from rlprune.patterns import Pattern, SparsityPattern, get_pattern, pattern_names
 
 FLOAT_BITS = 32
 """A bit-width of 32 means the tensor stays in floating point (no fake quantization)."""
@@ -24,26 +24,9 @@ FLOAT_BITS = 32
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8, 16, 32)
 
 
-class Pattern(enum.StrEnum):
-    """Sparsity patterns. Each keeps the weight's shape; only ``FILTER`` removes channels on export."""
-
-    DENSE = "dense"
-    UNSTRUCTURED = "unstructured"  # keep the largest `keep/group` share of the whole layer
-    KOFN_WEIGHT = "kofn_weight"  # every output neuron keeps k of its n input weights
-    KOFN_KERNEL = "kofn_kernel"  # every output map keeps k of its n = c_in kernels
-    FILTER = "filter"  # the layer keeps k of its n = c_out filters
-    NM = "nm"  # every run of M reduction elements keeps N
-    NM_TRANSPOSABLE = "nm_transposable"  # every MxM tile keeps N per row and per column
-
-
-SEARCHABLE_PATTERNS = (
-    Pattern.KOFN_WEIGHT,
-    Pattern.NM,
-    Pattern.NM_TRANSPOSABLE,
-    Pattern.UNSTRUCTURED,
-    Pattern.FILTER,
-)
-"""The patterns ``search.pattern`` may name; dense is always an option besides them."""
+def searchable_patterns() -> list[str]:
+    """The registered patterns ``search.pattern`` may name; dense is always an option besides them."""
+    return pattern_names(searchable=True)
 
 
 @dataclass(frozen=True)
@@ -51,27 +34,28 @@ class Choice:
     """The decision for one layer.
 
     Attributes:
-        pattern: the sparsity pattern.
+        pattern: the sparsity pattern's name (a :class:`Pattern` for the built-in ones); an
+            alias is stored as the canonical name.
         keep: units kept per group (k, or N for N:M). Equal to ``group`` for dense.
         group: units per group (n, or M for N:M).
         w_bits: weight bit-width; 32 is float.
         a_bits: bit-width of the layer's input activations; 32 is float.
     """
 
-    pattern: Pattern = Pattern.DENSE
+    pattern: str = Pattern.DENSE
     keep: int = 1
     group: int = 1
     w_bits: int = FLOAT_BITS
     a_bits: int = FLOAT_BITS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pattern", Pattern(self.pattern))
+        if not isinstance(self.pattern, Pattern):  # an alias or a plug-in: ask the registry
+            object.__setattr__(self, "pattern", get_pattern(self.pattern).name)
         if not self.group >= 1:
             raise ConfigError(f"group must be >= 1, got {self.group}")
         if not 0 < self.keep <= self.group:
             raise ConfigError(
-                f"keep must be in [1, group={self.group}] for pattern {self.pattern.value}, "
-                f"got keep={self.keep}"
+                f"keep must be in [1, group={self.group}] for pattern {self.pattern}, got keep={self.keep}"
             )
         for name in ("w_bits", "a_bits"):
             bits = getattr(self, name)
@@ -79,9 +63,14 @@ class Choice:
                 raise ConfigError(f"{name}={bits} is not supported; use one of {SUPPORTED_BITS}")
 
     @property
+    def spec(self) -> SparsityPattern:
+        """The pattern itself (:func:`~rlprune.patterns.get_pattern` of its name)."""
+        return get_pattern(self.pattern)
+
+    @property
     def density(self) -> float:
         """Share of weights kept, in (0, 1]."""
-        return 1.0 if self.pattern is Pattern.DENSE else self.keep / self.group
+        return self.keep / self.group if self.spec.sparse else 1.0
 
     @property
     def sparsity(self) -> float:
@@ -90,13 +79,13 @@ class Choice:
 
     def label(self) -> str:
         """Short human-readable form, e.g. ``nm 2:4 w8a8``."""
-        shape = "dense" if self.pattern is Pattern.DENSE else f"{self.pattern.value} {self.keep}:{self.group}"
+        shape = f"{self.pattern} {self.keep}:{self.group}" if self.spec.sparse else str(self.pattern)
         return f"{shape} w{self.w_bits}a{self.a_bits}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for YAML and JSON."""
         data = asdict(self)
-        data["pattern"] = self.pattern.value
+        data["pattern"] = str(self.pattern)
         return data
 
     @classmethod
@@ -105,13 +94,8 @@ class Choice:
         unknown = set(data) - {"pattern", "keep", "group", "w_bits", "a_bits"}
         if unknown:
             raise ConfigError(f"unknown keys in a layer choice: {sorted(unknown)}")
-        try:
-            pattern = Pattern(data.get("pattern", "dense"))
-        except ValueError:
-            valid = [p.value for p in Pattern]
-            raise ConfigError(f"unknown pattern {data.get('pattern')!r}; valid: {valid}") from None
         return cls(
-            pattern=pattern,
+            pattern=data.get("pattern", Pattern.DENSE),
             keep=int(data.get("keep", 1)),
             group=int(data.get("group", 1)),
             w_bits=int(data.get("w_bits", FLOAT_BITS)),

@@ -51,7 +51,7 @@ def layer_rows(
                 "layer": layer.name,
                 "step": steps.get(layer.name),
                 "kind": layer.kind,
-                "pattern": choice.pattern.value,
+                "pattern": str(choice.pattern),
                 "keep": choice.keep,
                 "group": choice.group,
                 "sparsity": round(choice.sparsity, 4),

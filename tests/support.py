@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
-from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, build_space
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 
 from rlprune.hardware import build_latency_model
@@ -43,7 +43,8 @@ def make_env(
     y = torch.randint(0, 10, (samples,))
     layers = discover_layers(model, x)
     device = build_latency_model(hardware_config(hardware))
-    space = build_space(layers, layers, device, pattern, None, 8, 0.05, None)
+    settings = SpaceSettings(pattern, levels=8, min_density=0.05, nm_pad=False)
+    space = build_space(layers, layers, device, settings)
     evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y)
     problem = SearchProblem(space, evaluator, budget, evaluations)
     return PruneEnv(problem, measure_sensitivity(space, evaluator), wall=wall)

@@ -5,7 +5,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rlprune.envs import ENV_ID, PruneEnv, build_space
+from rlprune.envs import ENV_ID, PruneEnv, SpaceSettings, build_space
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from rlprune.compress import policy_masks
@@ -93,14 +93,15 @@ def test_layers_that_cannot_take_nm_are_skipped_with_a_reason(env):
 def test_padded_nm_takes_any_reduction_length_and_the_masks_agree():
     layers = discover_layers(MNIST1DCNN(), torch.randn(1, 1, 40))
     device = build_latency_model(hardware_config("a100"))
-    padded = build_space(layers, layers, device, "nm", None, 8, 0.05, None, nm_pad=True)
+    padded = build_space(layers, layers, device, SpaceSettings("nm", levels=8, nm_pad=True))
     assert "conv1" not in padded.skipped
     choice = padded.shapes[0][0].choice(16)
     assert (choice.keep, choice.group) == (2, 4)
     # 2 of the first 4, 1 of the last 1
     mask = policy_masks(MNIST1DCNN(), Policy.of({"conv1": choice}), pad=True)["conv1"]
     assert mask.flatten(1).sum(1).eq(3).all()
-    transposable = build_space(layers, layers, device, "nm_transposable", None, 8, 0.05, None, nm_pad=True)
+    tiles = SpaceSettings("nm_transposable", levels=8, nm_pad=True)
+    transposable = build_space(layers, layers, device, tiles)
     assert "conv1" in transposable.skipped  # tiles cannot be padded
 
 
@@ -135,3 +136,17 @@ def test_the_score_memo_is_bounded_and_keeps_the_most_recent():
     assert evaluator.forward_passes == 3
     evaluator(policies[0])  # forgotten: the memo holds the two most recent only
     assert evaluator.forward_passes == 4
+
+
+def test_space_settings_name_the_key_and_keep_canonical_patterns():
+    chosen = SpaceSettings(["nm", "kofn_weight", "nm"], bits=[16, 8], nm_options=[[2, 4]])
+    assert chosen.patterns == ("nm", "kofn_weight") and chosen.bits == (8, 16)
+    assert chosen.nm_options == ((2, 4),)
+    for kwargs, message in [
+        ({"patterns": "zigzag"}, r"unknown search.pattern 'zigzag'"),
+        ({"patterns": "nm", "levels": 1}, r"search.levels must be >= 2"),
+        ({"patterns": "nm", "min_density": 0.0}, r"search.min_density must be in \(0, 1\]"),
+        ({"patterns": "nm", "nm_options": [[4, 4]]}, r"search.nm_options: N:M must have 0 < N < M"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            SpaceSettings(**kwargs)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from rlprune.agents.baselines import play
-from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, build_space
-from rlprune.envs import space as space_module
+from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SpaceSettings, build_space
+from rlprune.envs import costs as costs_module
 
 from rlprune.compress import bake, compress
 from rlprune.data import Splits
@@ -36,10 +36,15 @@ def mnist1d() -> tuple[torch.nn.Module, torch.Tensor, list]:
     return model, x, discover_layers(model, x)
 
 
+def filters(levels: int) -> SpaceSettings:
+    """Filter pruning at ``levels`` densities from 0.1 to 1."""
+    return SpaceSettings("filter", levels=levels, min_density=0.1)
+
+
 def filter_space(model, x, layers, hardware: str = "a100", levels: int = 6):
     device = build_latency_model(hardware_config(hardware))
     couplings = filter_couplings(model, x, layers)
-    return build_space(layers, layers, device, "filter", None, levels, 0.1, None, couplings), device
+    return build_space(layers, layers, device, filters(levels), couplings), device
 
 
 def test_couplings_follow_the_dependency_graph():
@@ -80,9 +85,9 @@ def test_precision_switches_cost_the_same_in_the_space_as_in_the_network():
     model, x, layers = mnist1d()
     device = build_latency_model(hardware_config("a100"))
     couplings = filter_couplings(model, x, layers)
-    plain = build_space(layers, layers[:-1], device, "filter", None, 4, 0.1, None, couplings)
+    plain = build_space(layers, layers[:-1], device, filters(4), couplings)
     device.switch_seconds = 1e-5
-    space = build_space(layers, layers[:-1], device, "filter", None, 4, 0.1, None, couplings)
+    space = build_space(layers, layers[:-1], device, filters(4), couplings)
     assert space.bits == (4, 8, 16)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -104,7 +109,8 @@ def test_a_network_that_mixes_float_and_int8_pays_once_in_the_space_as_in_the_ne
     device = build_latency_model(hardware_config("a100"))
     couplings = filter_couplings(model, x, layers)
     device.switch_seconds, device.mixed_seconds = 1e-6, 2e-5
-    space = build_space(layers, layers[:searched], device, "filter", [8, 16], 2, 0.3, None, couplings)
+    settings = SpaceSettings("filter", bits=[8, 16], levels=2, min_density=0.3, nm_pad=False)
+    space = build_space(layers, layers[:searched], device, settings, couplings)
     picks_all = list(itertools.product(*[itertools.product(range(len(s)), range(2)) for s in space.shapes]))
     fixed = [] if searched == 6 else [False]  # fc2 at the reference FP16
     for picks in picks_all[:: len(picks_all) // 40]:
@@ -379,7 +385,7 @@ def test_a_step_whose_filters_are_read_too_far_down_gives_them_up(monkeypatch):
     layers = discover_layers(model, images)
     full, device = filter_space(model, images, layers)
     widest = max(c.table.size for c in full.costs)
-    monkeypatch.setattr(space_module, "MAX_TABLE", widest // 8)
+    monkeypatch.setattr(costs_module, "MAX_TABLE", widest // 8)
     small, _ = filter_space(model, images, layers)
     given_up = {name: why for name, why in small.skipped.items() if "table of" in why}
     assert given_up and "features.0.conv" in given_up  # the block's first layer is read by all the others
@@ -447,7 +453,7 @@ def test_grouped_convs_keep_their_groups_equal():
                 exported(images), compress(model, policy)(images), atol=1e-5, rtol=1e-5
             )
     device = build_latency_model(hardware_config("a100"))
-    nm = build_space(layers, layers, device, "nm", None, 6, 0.1, None)
+    nm = build_space(layers, layers, device, SpaceSettings("nm", levels=6, min_density=0.1, nm_pad=False))
     assert "g" not in nm.skipped  # its reduction, 4 channels x 3 x 3, takes 2:4
     policy = nm.policy([(0, len(nm.bits) - 1)] * len(nm))
     assert policy.get("g").pattern is Pattern.NM

@@ -115,6 +115,13 @@ def test_learned_filter_masks_spare_the_class_outputs(setup):
     assert all(dict(recast)[layer.name].pattern is Pattern.FILTER for layer in layers[:-1])
 
 
+def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
+    assert settings(mask="transposable").mask == "nm_transposable"
+    assert settings(mask="kofn").mask == "kofn_weight"
+    with pytest.raises(ConfigError, match=r"finetune\.mask='filter' is unknown"):
+        settings(mask="filter")  # it does not keep the weight's shape
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

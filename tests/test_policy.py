@@ -46,3 +46,11 @@ def test_policy_from_dict_rejects_unknown_pattern_and_keys():
         Policy.from_dict({"fc": {"pattern": "zigzag", "keep": 1, "group": 2}})
     with pytest.raises(ConfigError, match="unknown keys"):
         Policy.from_dict({"fc": {"pattern": "dense", "colour": "red"}})
+
+
+def test_an_alias_is_stored_as_the_canonical_name():
+    choice = Choice("transposable", 2, 4)
+    assert choice.pattern is Pattern.NM_TRANSPOSABLE and choice == Choice(Pattern.NM_TRANSPOSABLE, 2, 4)
+    read = Policy.from_dict({"fc": {"pattern": "kofn", "keep": 3, "group": 10}})
+    assert read.to_dict()["fc"]["pattern"] == "kofn_weight"
+    assert choice.spec.n_of_m and not Choice().spec.sparse and Choice().label() == "dense w32a32"

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from rlprune.envs import build_space
+from rlprune.envs import SpaceSettings, build_space
 
 from rlprune import api
 from rlprune.compress import bake, compress
@@ -76,7 +76,7 @@ def test_exported_filter_policies_compute_what_the_masked_network_does(name):
     layers = discover_layers(model, images)
     device = build_latency_model(hardware_config("a100"))
     couplings = filter_couplings(model, images, layers)
-    space = build_space(layers, layers, device, "filter", None, 6, 0.1, None, couplings)
+    space = build_space(layers, layers, device, SpaceSettings("filter", levels=6, min_density=0.1), couplings)
     assert any(len(shapes) > 1 for shapes in space.shapes)  # something to search
     for seed in range(3):
         rng = np.random.default_rng(seed)

@@ -13,10 +13,11 @@ Conventions shared by every model:
 * ``a_bits`` is the precision of the layer's input activations. The layer's *output* is
   costed at the same precision (the epilogue writes what the next quantized layer reads), so a
   layer's latency depends on its own choice only, which the env's action wall relies on.
-* Filter pruning (``keep`` of ``group = out_channels`` filters) is costed as the smaller dense
-  layer ``layer.with_channels(layer.in_channels, keep)``. The consumers' fewer input channels
-  follow from the layers' :class:`~rlprune.layers.FilterCoupling` (:func:`with_fewer_inputs`,
-  :func:`network_latency`).
+* A pattern that shrinks the layer (filter pruning: ``keep`` of ``group = out_channels``
+  filters) is costed as its :meth:`~rlprune.patterns.SparsityPattern.dense_equivalent`, the
+  smaller dense layer ``layer.with_channels(layer.in_channels, keep)``. The consumers' fewer
+  input channels follow from the layers' :class:`~rlprune.layers.FilterCoupling`
+  (:func:`with_fewer_inputs`, :func:`network_latency`).
 * A network pays :attr:`LatencyModel.switch_seconds` for each pair of neighbouring layers
   (:attr:`~rlprune.layers.LayerInfo.neighbours`: consecutive ones, and the operands of a
   residual add) one of which runs float and the other int8 (a quantize or dequantize, and what
@@ -35,8 +36,8 @@ import torch
 from torch import nn
 
 from rlprune.errors import ConfigError
-from rlprune.hardware.storage import check_group, kofn_group_size
 from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
+from rlprune.patterns import get_pattern, pattern_names
 from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Choice, Pattern, Policy
 
 LAYER_KINDS = ("linear", "conv1d", "conv2d")
@@ -53,7 +54,8 @@ class LatencyModel(abc.ABC):
             32 (float) is always accepted as well and costed at ``reference_bits``.
         reference_bits: precision of the dense baseline on this device.
         nm_options: ``(keep N, group M)`` patterns the device accelerates; empty when none.
-        patterns: the patterns the device can run (always dense and filter).
+        patterns: the names of the patterns the device can run (always dense and filter), in
+            the registry's order.
         search_pattern: what ``search.pattern=auto`` searches here: the patterns that buy this
             device latency (a hardware config's ``search_pattern``; filter when it names none).
         switch_seconds: seconds a network adds each time a layer runs float and the next int8,
@@ -70,8 +72,8 @@ class LatencyModel(abc.ABC):
     bits: tuple[int, ...]
     reference_bits: int
     nm_options: tuple[tuple[int, int], ...]
-    patterns: tuple[Pattern, ...]
-    search_pattern: tuple[str, ...] = (Pattern.FILTER.value,)
+    patterns: tuple[str, ...]
+    search_pattern: tuple[str, ...] = (Pattern.FILTER,)
 
     def __init__(
         self,
@@ -81,7 +83,7 @@ class LatencyModel(abc.ABC):
         bits: Sequence[int],
         reference_bits: int,
         nm_options: Sequence[tuple[int, int]] = (),
-        patterns: Sequence[Pattern | str] = (Pattern.DENSE, Pattern.FILTER),
+        patterns: Sequence[str] = (Pattern.DENSE, Pattern.FILTER),
     ) -> None:
         where = f"hardware '{name}'"
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -91,13 +93,13 @@ class LatencyModel(abc.ABC):
             raise ConfigError(f"{where}: bits {list(bits)} must be a non-empty subset of {SUPPORTED_BITS}")
         if reference_bits not in SUPPORTED_BITS:
             raise ConfigError(f"{where}: reference_bits={reference_bits} must be one of {SUPPORTED_BITS}")
-        pats = {Pattern(p) for p in patterns} | {Pattern.DENSE, Pattern.FILTER}
+        pats = {get_pattern(p).name for p in patterns} | {Pattern.DENSE, Pattern.FILTER}
         self.name = name
         self.batch_size = batch_size
         self.bits = tuple(sorted(set(bits)))
         self.reference_bits = reference_bits
         self.nm_options = tuple((int(n), int(m)) for n, m in nm_options)
-        self.patterns = tuple(p for p in Pattern if p in pats)
+        self.patterns = tuple(get_pattern(p).name for p in pattern_names() if p in pats)
         self._cache: dict[tuple[LayerInfo, Choice], float] = {}
 
     def __repr__(self) -> str:
@@ -165,18 +167,20 @@ class LatencyModel(abc.ABC):
             )
         if choice.pattern not in self.patterns:
             raise ConfigError(
-                f"hardware '{self.name}' cannot run pattern '{choice.pattern.value}' "
-                f"(layer '{layer.name}'); it runs {[p.value for p in self.patterns]}"
+                f"hardware '{self.name}' cannot run pattern '{choice.pattern}' "
+                f"(layer '{layer.name}'); it runs {list(map(str, self.patterns))}"
             )
         for field in ("w_bits", "a_bits"):
             bits = getattr(choice, field)
             if bits != FLOAT_BITS and bits not in self.bits:
                 raise ConfigError(
                     f"hardware '{self.name}' does not run {field}={bits} (layer '{layer.name}', "
-                    f"pattern '{choice.pattern.value}'); it runs bits {list(self.bits)}, "
+                    f"pattern '{choice.pattern}'); it runs bits {list(self.bits)}, "
                     f"or 32 = float at the reference {self.reference_bits} bits"
                 )
-        check_group(layer, choice, self.name)
+        choice.spec.check_group(
+            choice.keep, choice.group, layer.weight_shape, name=layer.name, where=f"hardware '{self.name}': "
+        )
 
     def supports(self, layer: LayerInfo, choice: Choice) -> bool:
         """Whether :meth:`latency` accepts ``choice`` on ``layer``."""
@@ -190,22 +194,16 @@ class LatencyModel(abc.ABC):
 def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[LayerInfo, Choice]:
     """``layer`` after upstream filter pruning removed ``removed`` input channels, and ``choice`` on it.
 
-    A depthwise conv loses the same output channels (each output reads one input). N:M, filter
-    and dense choices carry over; k-of-n and unstructured groups count the layer's
-    weights, so they shrink with it at the same density (at least one unit kept).
+    A depthwise conv loses the same output channels (each output reads one input). The choice
+    keeps its density on the smaller layer (:meth:`~rlprune.patterns.SparsityPattern.fit`):
+    N:M, filter and dense choices carry over; k-of-n and unstructured groups count the layer's
+    weights, so they shrink with it (at least one unit kept).
     """
     if removed == 0:
         return layer, choice
     smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels - removed * layer.depthwise)
-    if choice.pattern in (Pattern.KOFN_WEIGHT, Pattern.KOFN_KERNEL, Pattern.UNSTRUCTURED):
-        n = (
-            smaller.params
-            if choice.pattern is Pattern.UNSTRUCTURED
-            else kofn_group_size(smaller, choice.pattern)
-        )
-        keep = min(n, max(1, round(choice.keep * n / choice.group)))
-        choice = replace(choice, keep=keep, group=n)
-    return smaller, choice
+    keep, group = choice.spec.fit(choice.keep, choice.group, smaller)
+    return smaller, replace(choice, keep=keep, group=group)
 
 
 def effective_cells(
@@ -221,10 +219,10 @@ def effective_cells(
     removed: dict[str, int] = {}
     done: set[str] = set()
     for layer, choice in zip(layers, choices, strict=True):
-        if choice.pattern is Pattern.FILTER and layer.name in couplings and layer.name not in done:
+        pruned = choice.spec.pruned_outputs(choice.keep, choice.group)
+        if pruned and layer.name in couplings and layer.name not in done:
             coupling = couplings[layer.name]
             done.update(coupling.tied)
-            pruned = choice.group - choice.keep
             for consumer, per_filter in [*coupling.consumers, *((f, 1) for f in coupling.followers)]:
                 removed[consumer] = removed.get(consumer, 0) + pruned * per_filter
     return [

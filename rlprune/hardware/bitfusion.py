@@ -28,8 +28,9 @@ interface once (ideal on-chip reuse), at its bit-width: weights at ``w_bits`` (p
 only for patterns the profile stores compressed), activations at ``a_bits`` (input and output).
 ``total = compute + max(0, memory − compute) + overhead``.
 
-Sparsity: BitFusion has no sparse datapath, so only filter pruning (fewer output channels)
-reduces compute; other patterns save bytes only if ``compressed_patterns`` lists them.
+Sparsity: BitFusion has no sparse datapath, so only a pattern that shrinks the layer (filter
+pruning: fewer output channels) reduces compute; other patterns save bytes only if
+``compressed_patterns`` lists them.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from typing import Any
 
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import ConfigReader, read_common
-from rlprune.hardware.storage import SPARSE_PATTERNS, weight_storage_bits
+from rlprune.hardware.storage import weight_storage_bits
 from rlprune.layers import LayerInfo
-from rlprune.policy import Choice, Pattern
+from rlprune.patterns import Pattern, get_pattern
+from rlprune.policy import Choice
 
 BITFUSION_NUMBERS = (
     "batch_size",
@@ -100,8 +102,8 @@ class BitFusionProfile:
     frequency_hz: float
     mem_bits_per_cycle: int
     overhead_s: float
-    patterns: tuple[Pattern, ...]
-    compressed_patterns: tuple[Pattern, ...]
+    patterns: tuple[str, ...]
+    compressed_patterns: tuple[str, ...]
     sources: tuple[tuple[str, str], ...]
 
 
@@ -110,9 +112,9 @@ def parse_bitfusion_profile(data: Mapping[str, Any], where: str) -> BitFusionPro
     reader = ConfigReader(data, where)
     reader.raw("model")
     name, batch_size, reference, bits = read_common(reader)
-    profile_patterns = reader.patterns("patterns", [Pattern.DENSE.value, Pattern.FILTER.value])
-    patterns = tuple(p for p in Pattern if p in {*profile_patterns, Pattern.DENSE, Pattern.FILTER})
-    sparse_here = tuple(p for p in SPARSE_PATTERNS if p in patterns)
+    always = (Pattern.DENSE, Pattern.FILTER)
+    patterns = reader.patterns("patterns", list(always), always=always)
+    sparse_here = tuple(p for p in patterns if get_pattern(p).compressed_storage)
     p_max = reader.integer("p_max", minimum=1)
     p_min = reader.integer("p_min", minimum=1)
     if p_min > p_max:
@@ -191,9 +193,7 @@ class BitFusionModel(LatencyModel):
         p = self.profile
         a_bits = self.effective_bits(choice.a_bits)
         w_bits = self.effective_bits(choice.w_bits)
-        if choice.pattern is Pattern.FILTER:
-            layer = layer.with_channels(layer.in_channels, choice.keep)
-            choice = Choice(Pattern.DENSE, 1, 1, choice.w_bits, choice.a_bits)
+        layer, choice = choice.spec.dense_equivalent(layer, choice)
         compute = self.compute_cycles(layer, a_bits, w_bits) / p.frequency_hz
         memory = (
             math.ceil(self.memory_bits(layer, choice, a_bits, w_bits) / p.mem_bits_per_cycle) / p.frequency_hz

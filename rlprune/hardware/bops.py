@@ -25,7 +25,8 @@ from typing import Any
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import ConfigReader, read_common
 from rlprune.layers import LayerInfo
-from rlprune.policy import FLOAT_BITS, Choice, Pattern
+from rlprune.patterns import Pattern, pattern_names
+from rlprune.policy import FLOAT_BITS, Choice
 
 BOPS_NUMBERS = ("batch_size", "bops_per_second", "float_bits", "input_bits", "overhead_s")
 
@@ -44,7 +45,7 @@ class BopsProfile:
     input_bits: int
     input_layers: tuple[str, ...]
     overhead_s: float
-    patterns: tuple[Pattern, ...]
+    patterns: tuple[str, ...]
     nm_options: tuple[tuple[int, int], ...]
     sources: tuple[tuple[str, str], ...]
 
@@ -54,8 +55,7 @@ def parse_bops_profile(data: Mapping[str, Any], where: str) -> BopsProfile:
     reader = ConfigReader(data, where)
     reader.raw("model")
     name, batch_size, reference, bits = read_common(reader)
-    patterns = reader.patterns("patterns", [p.value for p in Pattern])
-    patterns = tuple(p for p in Pattern if p in {*patterns, Pattern.DENSE, Pattern.FILTER})
+    patterns = reader.patterns("patterns", pattern_names(), always=(Pattern.DENSE, Pattern.FILTER))
     nm_raw = reader.raw("nm_options", [], "a list of [keep, group] pairs with 0 < keep < group")
     nm_options = []
     for pair in nm_raw if isinstance(nm_raw, list | tuple) else [nm_raw]:

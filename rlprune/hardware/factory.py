@@ -22,7 +22,7 @@ from rlprune.hardware.bops import BopsModel
 from rlprune.hardware.local_gpu import GpuTableModel
 from rlprune.hardware.measured import MeasuredModel
 from rlprune.hardware.roofline import RooflineModel
-from rlprune.policy import SEARCHABLE_PATTERNS, Pattern
+from rlprune.policy import Pattern, searchable_patterns
 
 Builder = Callable[[Mapping[str, Any], str], LatencyModel]
 
@@ -85,7 +85,7 @@ def build_latency_model(
             f"{where}: unknown latency model kind model={kind!r}; expected one of {list(kinds)}"
         )
     data = dict(data)
-    wanted = data.pop("search_pattern", Pattern.FILTER.value)
+    wanted = data.pop("search_pattern", str(Pattern.FILTER))
     model = _BUILDERS[kind](data, where)
     model.search_pattern = _search_pattern(wanted, model, where)
     return model
@@ -94,15 +94,12 @@ def build_latency_model(
 def _search_pattern(wanted: Any, model: LatencyModel, where: str) -> tuple[str, ...]:
     """The patterns ``search.pattern=auto`` searches on ``model``: those that buy it latency."""
     names = [wanted] if isinstance(wanted, str) else wanted
-    runs = [p.value for p in model.patterns]
-    if (
-        not isinstance(names, list)
-        or not names
-        or any(n not in SEARCHABLE_PATTERNS or n not in runs for n in names)
-    ):
+    runs = [str(p) for p in model.patterns]
+    searchable = searchable_patterns()
+    if not isinstance(names, list) or not names or any(n not in searchable or n not in runs for n in names):
         raise ConfigError(
             f"{where}: field 'search_pattern' must be one or a list of the patterns the device runs "
-            f"({[p for p in runs if p in SEARCHABLE_PATTERNS]}), got {wanted!r}"
+            f"({[p for p in runs if p in searchable]}), got {wanted!r}"
         )
     return tuple(names)
 

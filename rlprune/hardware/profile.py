@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlprune.errors import ConfigError
-from rlprune.hardware.storage import SPARSE_PATTERNS
-from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Pattern
+from rlprune.patterns import Pattern, get_pattern, pattern_names
+from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS
 
 SOURCE_KINDS = ("datasheet", "paper", "measured", "derived", "estimate")
 """Allowed first words of a source note: ``"datasheet: NVIDIA A100 datasheet (2021), p. 2"``."""
@@ -136,24 +136,30 @@ class ConfigReader:
         return tuple(sorted(value))
 
     def patterns(
-        self, key: str, default: Any = _MISSING, allowed: Iterable[Pattern] = tuple(Pattern)
-    ) -> tuple[Pattern, ...]:
-        """A list of pattern names from ``allowed``, returned in :class:`Pattern` order."""
-        allowed = tuple(allowed)
-        expected = f"a list of patterns from {[p.value for p in allowed]}"
+        self,
+        key: str,
+        default: Any = _MISSING,
+        allowed: Iterable[str] | None = None,
+        always: Iterable[str] = (),
+    ) -> tuple[str, ...]:
+        """A list of pattern names from ``allowed`` (every registered pattern by default),
+        returned as canonical names in the registry's order, with the ``always`` ones added."""
+        names = [get_pattern(name).name for name in pattern_names()]
+        allowed = tuple(names if allowed is None else (get_pattern(p).name for p in allowed))
+        expected = f"a list of patterns from {list(map(str, allowed))}"
         value = self.raw(key, default, expected)
         if not isinstance(value, list | tuple):
             raise self.error(key, expected, value)
-        found = set()
+        found = {get_pattern(p).name for p in always}
         for item in value:
             try:
-                pattern = Pattern(item)
-            except ValueError:
+                pattern = get_pattern(item).name
+            except ConfigError:
                 raise self.error(key, expected, value) from None
             if pattern not in allowed:
                 raise self.error(key, expected, value)
             found.add(pattern)
-        return tuple(p for p in Pattern if p in found)
+        return tuple(p for p in names if p in found)
 
     def mapping(self, key: str, default: Any = _MISSING) -> dict[str, Any]:
         """A mapping."""
@@ -262,7 +268,7 @@ class SparseKernel:
         source: where the numbers come from.
     """
 
-    patterns: tuple[Pattern, ...]
+    patterns: tuple[str, ...]
     bits: tuple[int, ...]
     efficiency: float
     max_speedup: float
@@ -308,10 +314,10 @@ class DeviceProfile:
     eta_compute: float
     eta_memory: float
     launch_s: float
-    patterns: tuple[Pattern, ...]
+    patterns: tuple[str, ...]
     nm_options: tuple[NMOption, ...]
     sparse_kernel: SparseKernel | None
-    compressed_patterns: tuple[Pattern, ...]
+    compressed_patterns: tuple[str, ...]
     sources: tuple[tuple[str, str], ...]
 
     @property
@@ -390,8 +396,7 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     eta_compute = reader.number("eta_compute", positive=True, maximum=1.0)
     eta_memory = reader.number("eta_memory", positive=True, maximum=1.0)
     launch = reader.number("launch_s", minimum=0.0)
-    patterns = reader.patterns("patterns")
-    patterns = tuple(p for p in Pattern if p in {*patterns, Pattern.DENSE, Pattern.FILTER})
+    patterns = reader.patterns("patterns", always=(Pattern.DENSE, Pattern.FILTER))
 
     nm_raw = reader.raw("nm_options", [], "a list of {keep, group, speedup, bits, source}")
     if not isinstance(nm_raw, list | tuple):
@@ -408,8 +413,9 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
         source = check_source(sub.raw("source", expected="a source note"), f"{sub.where}: source")
         sub.finish()
         nm_options.append(NMOption(keep, group, speedup, option_bits, source))
-    if nm_options and not {Pattern.NM, Pattern.NM_TRANSPOSABLE} & set(patterns):
-        raise ConfigError(f"{where}: nm_options are given but patterns lists neither nm nor nm_transposable")
+    if nm_options and not any(get_pattern(p).n_of_m for p in patterns):
+        n_of_m = [name for name in pattern_names() if get_pattern(name).n_of_m]
+        raise ConfigError(f"{where}: nm_options are given but patterns lists neither {' nor '.join(n_of_m)}")
     # one keep:group may have an option per precision (measured gains differ), never two for one
     covered = [(o.keep, o.group, b) for o in nm_options for b in o.bits]
     if len(set(covered)) != len(covered):
@@ -419,12 +425,13 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     kernel_raw = reader.raw("sparse_kernel", None)
     if kernel_raw is not None:
         sub = ConfigReader(kernel_raw, f"{where}: sparse_kernel")
+        # N:M runs on the N:M units (nm_options); a sparse kernel runs the other shape-keeping ones
         allowed = tuple(
-            p for p in (Pattern.UNSTRUCTURED, Pattern.KOFN_WEIGHT, Pattern.KOFN_KERNEL) if p in patterns
+            p for p in patterns if get_pattern(p).compressed_storage and not get_pattern(p).n_of_m
         )
         kernel_patterns = sub.patterns("patterns", allowed=allowed)
         if not kernel_patterns:
-            raise sub.error("patterns", f"a non-empty list from {[p.value for p in allowed]}", [])
+            raise sub.error("patterns", f"a non-empty list from {list(map(str, allowed))}", [])
         sparse_kernel = SparseKernel(
             patterns=kernel_patterns,
             bits=sub.bits("bits", allowed=precisions),
@@ -435,8 +442,8 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
         )
         sub.finish()
 
-    sparse_here = tuple(p for p in SPARSE_PATTERNS if p in patterns)
-    compressed = reader.patterns("compressed_patterns", [p.value for p in sparse_here], allowed=sparse_here)
+    sparse_here = tuple(p for p in patterns if get_pattern(p).compressed_storage)
+    compressed = reader.patterns("compressed_patterns", list(sparse_here), allowed=sparse_here)
     sources = reader.sources(ROOFLINE_NUMBERS)
     reader.finish()
     return DeviceProfile(

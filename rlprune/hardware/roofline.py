@@ -2,16 +2,18 @@
 
 ``t = max(FLOPs / (P · η_c · s), bytes / (BW · η_m)) + t_launch`` per layer and batch, with
 
-* ``FLOPs = 2 · MACs · batch_size`` (dense MACs of the layer; filter pruning shrinks the layer);
+* ``FLOPs = 2 · MACs · batch_size`` (dense MACs of the layer; a pattern that shrinks the layer,
+  filter pruning, is costed as its dense equivalent);
 * ``P`` the dense peak of the smallest compute precision that holds ``max(w_bits, a_bits)``
   (float = the reference precision). Bits below the smallest precision run at that
   precision: no compute gain, only fewer bytes;
 * ``s`` the pattern's compute speedup:
-  - N:M / transposable N:M: the speedup of an accelerated option that covers the choice
-    (``N':M'`` with ``M | M'`` and ``N' <= N`` is also ``N:M``, so 1:4 runs as 2:4) when the
-    compute precision is one the sparse units run; otherwise 1 (the mask runs dense);
-  - unstructured / k-of-n: ``clip(efficiency / density, 1, max_speedup)`` when the profile
-    declares a sparse kernel for the pattern and precision; otherwise 1;
+  - N:M patterns (:attr:`~rlprune.patterns.SparsityPattern.n_of_m`): the speedup of an
+    accelerated option that covers the choice (``N':M'`` with ``M | M'`` and ``N' <= N`` is
+    also ``N:M``, so 1:4 runs as 2:4) when the compute precision is one the sparse units run;
+    otherwise 1 (the mask runs dense);
+  - other sparse patterns (unstructured, k-of-n): ``clip(efficiency / density, 1, max_speedup)``
+    when the profile declares a sparse kernel for the pattern and precision; otherwise 1;
   - dense and filter: 1;
 * ``bytes`` = weights (see :mod:`rlprune.hardware.storage`; compressed when the profile lists
   the pattern in ``compressed_patterns``) + ``batch_size · (in_elements + out_elements) ·
@@ -30,7 +32,7 @@ from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import DeviceProfile, parse_device_profile
 from rlprune.hardware.storage import weight_storage_bits
 from rlprune.layers import LayerInfo
-from rlprune.policy import Choice, Pattern
+from rlprune.policy import Choice
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,7 @@ class RooflineModel(LatencyModel):
 
     def speedup(self, layer: LayerInfo, choice: Choice, compute_bits: int) -> float:
         """The compute speedup ``s`` the device gives ``choice`` at ``compute_bits``."""
-        pattern = choice.pattern
-        if pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE):
+        if choice.spec.n_of_m:
             gains = [
                 o.speedup
                 for o in self.profile.nm_options
@@ -97,7 +98,7 @@ class RooflineModel(LatencyModel):
             ]
             return max(gains, default=1.0)
         kernel = self.profile.sparse_kernel
-        if kernel is not None and pattern in kernel.patterns and compute_bits in kernel.bits:
+        if kernel is not None and choice.pattern in kernel.patterns and compute_bits in kernel.bits:
             if kernel.pointwise_only and math.prod(layer.kernel_size) > 1:
                 return 1.0
             return kernel.speedup(choice.density)
@@ -108,9 +109,7 @@ class RooflineModel(LatencyModel):
         p = self.profile
         w_bits = self.effective_bits(choice.w_bits)
         a_bits = self.effective_bits(choice.a_bits)
-        if choice.pattern is Pattern.FILTER:
-            layer = layer.with_channels(layer.in_channels, choice.keep)
-            choice = Choice(Pattern.DENSE, 1, 1, choice.w_bits, choice.a_bits)
+        layer, choice = choice.spec.dense_equivalent(layer, choice)
         compute_bits = p.compute_bits(max(w_bits, a_bits))
         speedup = self.speedup(layer, choice, compute_bits)
         flops = 2.0 * layer.macs * self.batch_size

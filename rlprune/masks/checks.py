@@ -21,14 +21,6 @@ def check_keep(keep: int, n: int, name: str, pattern: str) -> None:
         raise ConfigError(f"layer {name!r}: {pattern} needs k >= 1, got k={keep}")
 
 
-def check_group(group: int, n: int, name: str, pattern: str) -> None:
-    """Refuse a k-of-n choice whose group size is not the layer's ``n``."""
-    if group != n:
-        raise ConfigError(
-            f"layer {name!r}: {pattern} groups have n={n} units in this layer, got group={group}"
-        )
-
-
 def check_nm(keep: int, group: int, name: str, pattern: str = "N:M") -> None:
     """Refuse an N:M choice unless ``1 <= N < M`` (N = M would keep every weight: use dense)."""
     if keep >= group:

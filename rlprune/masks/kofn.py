@@ -17,10 +17,8 @@ import torch
 from rlprune.errors import ConfigError
 from rlprune.masks.checks import check_keep, check_weight_shape
 from rlprune.masks.select import to_numpy, topk_rows
-from rlprune.policy import Pattern
 
 GRANULARITIES = ("weight", "kernel", "filter")
-PATTERN_GRANULARITY = {Pattern.KOFN_WEIGHT: "weight", Pattern.KOFN_KERNEL: "kernel", Pattern.FILTER: "filter"}
 
 
 def kofn_group_size(shape: Sequence[int], granularity: str, *, name: str = "layer") -> int:

@@ -6,13 +6,15 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlprune.errors import ConfigError
-from rlprune.masks.checks import check_group, check_keep, check_nm, check_tiles, check_weight_shape
-from rlprune.masks.kofn import PATTERN_GRANULARITY, kofn_group_size, unstructured_kept
-from rlprune.policy import Choice, Pattern
+from rlprune.patterns.base import get_pattern
+
+if TYPE_CHECKING:
+    from rlprune.policy import Choice
 
 
 def sad(mask_a: torch.Tensor, mask_b: torch.Tensor) -> float:
@@ -64,35 +66,21 @@ def _splits(total: int, limits: Sequence[int]) -> Iterator[tuple[int, ...]]:
             yield (first, *rest)
 
 
+def log2_binomial_bits(n: int, k: int) -> int:
+    """``ceil(log2 C(n, k))``: the bits needed to say which ``k`` of ``n`` units are kept."""
+    if not 0 < k < n:
+        return 0
+    return math.ceil(math.log2(math.comb(n, k)))
+
+
 def log10_mask_diversity(choice: Choice, weight_shape: Sequence[int], *, name: str = "layer") -> float:
-    """``log10`` of the number of masks of a weight of ``weight_shape`` that satisfy ``choice``.
+    """``log10`` of the number of masks of a weight of ``weight_shape`` that satisfy ``choice``:
+    its pattern's :meth:`~rlprune.patterns.SparsityPattern.log10_diversity`.
 
     dense 0; unstructured ``log10 C(numel, kept)``; k-of-n ``groups * log10 C(n, k)``; N:M
     ``groups * log10 C(M, N)`` (a trailing partial run of ``r`` elements, as padded by
     ``nm_mask(pad=True)``, counts ``C(r, min(N, r))``); transposable N:M ``tiles * log10 MD_tile``
     with ``MD_tile`` = :func:`transposable_tile_count` (the exact masks, N per row and column).
     """
-    check_weight_shape(weight_shape)
-    shape = tuple(weight_shape)
-    numel = math.prod(shape)
-    pattern, keep, group = choice.pattern, choice.keep, choice.group
-    if pattern is Pattern.DENSE:
-        return 0.0
-    if pattern is Pattern.UNSTRUCTURED:
-        return log10_comb(numel, unstructured_kept(numel, keep / group))
-    if pattern in PATTERN_GRANULARITY:
-        granularity = PATTERN_GRANULARITY[pattern]
-        n = kofn_group_size(shape, granularity, name=name)
-        check_group(group, n, name, f"{granularity} k-of-n")
-        check_keep(keep, n, name, f"{granularity} k-of-n")
-        groups = 1 if pattern is Pattern.FILTER else shape[0]
-        return groups * log10_comb(n, keep)
-    rows, length = shape[0], numel // shape[0]
-    if pattern is Pattern.NM:
-        check_nm(keep, group, name)
-        short = length % group
-        return rows * ((length // group) * log10_comb(group, keep) + log10_comb(short, min(keep, short)))
-    check_nm(keep, group, name, "transposable N:M")
-    check_tiles(rows, length, keep, group, name)
-    tiles = (rows // group) * (length // group)
-    return tiles * math.log10(transposable_tile_count(keep, group))
+    pattern = get_pattern(choice.pattern)
+    return pattern.log10_diversity(choice.keep, choice.group, tuple(weight_shape), name=name)

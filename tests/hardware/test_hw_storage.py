@@ -70,9 +70,11 @@ def test_never_more_than_dense_and_uncompressed_is_dense():
     assert bits(FC, Pattern.KOFN_WEIGHT, 2, 8, compressed=False) == 32 * 8
 
 
-def test_group_must_fit_the_layer():
-    from rlprune.hardware.storage import check_group
+def check_group(layer, choice):
+    choice.spec.check_group(choice.keep, choice.group, layer.weight_shape, name=layer.name)
 
+
+def test_group_must_fit_the_layer():
     with pytest.raises(ConfigError, match=r"group = out_channels = 4"):
         check_group(FC, Choice(Pattern.FILTER, 2, 8))
     with pytest.raises(ConfigError, match=r"kofn_kernel.*group = n = c_in/g = 4"):

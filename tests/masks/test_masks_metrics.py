@@ -94,7 +94,7 @@ def test_diversity_orders_the_patterns() -> None:
 
 
 def test_diversity_errors_name_the_layer() -> None:
-    with pytest.raises(ConfigError, match=r"'fc'.*n=72.*group=64"):
+    with pytest.raises(ConfigError, match=r"'fc'.*group = n = c_in/g\*prod\(kernel\) = 72, got 3:64"):
         log10_mask_diversity(Choice(Pattern.KOFN_WEIGHT, 3, 64), (16, 8, 3, 3), name="fc")
     with pytest.raises(ConfigError, match=r"'fc'.*multiples of M=8"):
         log10_mask_diversity(Choice(Pattern.NM_TRANSPOSABLE, 4, 8), (12, 16), name="fc")
@@ -127,7 +127,7 @@ def test_compute_mask_dispatches_on_the_pattern(shape: tuple[int, ...]) -> None:
 
 def test_compute_mask_errors_name_the_layer() -> None:
     weight = torch.randn(8, 10)
-    with pytest.raises(ConfigError, match=r"'fc3'.*n=10.*group=12"):
+    with pytest.raises(ConfigError, match=r"'fc3'.*group = n = c_in/g\*prod\(kernel\) = 10, got 4:12"):
         compute_mask(weight, Choice(Pattern.KOFN_WEIGHT, 4, 12), name="fc3")
     with pytest.raises(ConfigError, match=r"'fc3'.*kernel granularity"):
         compute_mask(weight, Choice(Pattern.KOFN_KERNEL, 4, 10), name="fc3")
