@@ -23,13 +23,12 @@ from rlprune.export import export_filter_pruned, fold_batch_norms
 from rlprune.masks import nm_mask
 from rlprune.policy import Choice, Pattern, Policy
 
-SPARSE_PATTERNS = (Pattern.NM, Pattern.NM_TRANSPOSABLE)
 TWO_FOUR = (2, 4)
 
 
 def runs_two_four(choice: Choice) -> bool:
-    """Whether ``choice`` is 2:4 (plain or transposable), the N:M that sparse tensor cores run."""
-    return choice.pattern in SPARSE_PATTERNS and (choice.keep, choice.group) == TWO_FOUR
+    """Whether ``choice`` is 2:4 (an N:M pattern, plain or transposable), what sparse tensor cores run."""
+    return choice.spec.n_of_m and (choice.keep, choice.group) == TWO_FOUR
 
 
 def runs_int8(choice: Choice) -> bool:
@@ -152,7 +151,7 @@ def _fallback(module: nn.Module, choice: Choice, kernel: str) -> str | None:
     """Why a sparse or int8 ``choice`` runs dense on ``module``, or ``None`` when it does not."""
     kind = type(module).__name__
     reasons = []
-    if choice.pattern in SPARSE_PATTERNS and not kernel.endswith("sparse"):
+    if choice.spec.n_of_m and not kernel.endswith("sparse"):
         if not isinstance(module, nn.Linear):
             reasons.append(f"PyTorch has no 2:4 GPU kernel for {kind}")
         elif (choice.keep, choice.group) != TWO_FOUR:

@@ -74,10 +74,7 @@ def layer_kernel(layer: LayerInfo, choice: Choice, runs_integer: bool) -> str:
     (:func:`rlprune.cuda.deploy.kernel_of` for a layer described by its shape)."""
     if layer.kind != "linear":
         return "dense"
-    two_four = choice.pattern in (Pattern.NM, Pattern.NM_TRANSPOSABLE) and (choice.keep, choice.group) == (
-        2,
-        4,
-    )
+    two_four = choice.spec.n_of_m and (choice.keep, choice.group) == (2, 4)
     return linear_kernel(layer.in_channels, layer.out_channels, two_four, runs_integer)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlprune.errors import ConfigError
+from rlprune.hardware.base import LAYER_KINDS
 from rlprune.patterns import Pattern, get_pattern, pattern_names
 from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS
 
@@ -234,6 +235,8 @@ class NMOption:
             datasheet says ``M/N``; a measured figure is lower).
         bits: compute precisions (keys of the peak table) where the sparse units run.
         source: where the speedup comes from.
+        layers: the layer kinds the modelled runtime has an N:M kernel for (PyTorch's 2:4 path,
+            cuSPARSELt, runs Linear layers only); other kinds gain nothing.
     """
 
     keep: int
@@ -241,6 +244,7 @@ class NMOption:
     speedup: float
     bits: tuple[int, ...]
     source: str
+    layers: tuple[str, ...] = LAYER_KINDS
 
     def covers(self, keep: int, group: int) -> bool:
         """Whether a ``keep:group`` mask is also a valid mask of this option.
@@ -287,6 +291,7 @@ class DeviceProfile:
     Attributes:
         name: device name.
         description: one line about the device.
+        runtime: the software the profile models (its kernels decide what a pattern gains).
         batch_size: samples per batch the latency is for.
         reference_bits: precision of the dense baseline.
         bits: bit-widths offered to the search (32 = float, allowed only as the reference).
@@ -306,6 +311,7 @@ class DeviceProfile:
 
     name: str
     description: str
+    runtime: str
     batch_size: int
     reference_bits: int
     bits: tuple[int, ...]
@@ -364,6 +370,9 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     reader.raw("model")
     name, batch_size, reference, bits = read_common(reader)
     description = reader.string("description", name)
+    runtime = reader.raw("runtime", "", "a line naming the software modelled")
+    if not isinstance(runtime, str):
+        raise reader.error("runtime", "a line naming the software modelled", runtime)
 
     peaks_raw = reader.mapping("peak_tops")
     if not peaks_raw:
@@ -411,8 +420,11 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
         speedup = sub.number("speedup", minimum=1.0, maximum=group / keep)
         option_bits = sub.bits("bits", allowed=precisions)
         source = check_source(sub.raw("source", expected="a source note"), f"{sub.where}: source")
+        kinds = sub.raw("layers", list(LAYER_KINDS))
+        if not isinstance(kinds, list | tuple) or not kinds or any(k not in LAYER_KINDS for k in kinds):
+            raise sub.error("layers", f"a non-empty list of layer kinds from {list(LAYER_KINDS)}", kinds)
         sub.finish()
-        nm_options.append(NMOption(keep, group, speedup, option_bits, source))
+        nm_options.append(NMOption(keep, group, speedup, option_bits, source, tuple(kinds)))
     if nm_options and not any(get_pattern(p).n_of_m for p in patterns):
         n_of_m = [name for name in pattern_names() if get_pattern(name).n_of_m]
         raise ConfigError(f"{where}: nm_options are given but patterns lists neither {' nor '.join(n_of_m)}")
@@ -449,6 +461,7 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     return DeviceProfile(
         name=name,
         description=description,
+        runtime=runtime,
         batch_size=batch_size,
         reference_bits=reference,
         bits=bits,

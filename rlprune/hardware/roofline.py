@@ -94,7 +94,7 @@ class RooflineModel(LatencyModel):
             gains = [
                 o.speedup
                 for o in self.profile.nm_options
-                if compute_bits in o.bits and o.covers(choice.keep, choice.group)
+                if compute_bits in o.bits and layer.kind in o.layers and o.covers(choice.keep, choice.group)
             ]
             return max(gains, default=1.0)
         kernel = self.profile.sparse_kernel

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rlprune.errors import ConfigError
-from rlprune.hardware import RooflineModel, build_latency_model, network_latency
+from rlprune.hardware import RooflineModel, build_latency_model, load_latency_model, network_latency
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern, Policy
 
@@ -329,3 +329,15 @@ def test_dense_choice_is_reference_bits():
             model.reference_bits,
         )
         assert math.isfinite(model.latency(CONV1D, ref)) and model.latency(CONV1D, ref) > 0
+
+
+def test_gpu_profiles_give_nm_only_to_the_layers_their_runtime_runs_sparse():
+    linear = LayerInfo("fc", "linear", 1024, 1024, (), (), 1, (64, 1024), (64, 1024))
+    conv = LayerInfo("conv", "conv2d", 256, 256, (3, 3), (1, 1), 1, (256, 32, 32), (256, 32, 32))
+    two_four = Choice(Pattern.NM, 2, 4, 16, 16)
+    pytorch = load_latency_model("h200")
+    assert "Linear layers only" in pytorch.profile.runtime
+    assert pytorch.speedup(linear, two_four, 16) == pytest.approx(1.5)
+    assert pytorch.speedup(conv, two_four, 16) == 1.0  # PyTorch has no 2:4 convolution
+    tensorrt = load_latency_model("jetson_orin")
+    assert tensorrt.speedup(conv, two_four, 16) == pytest.approx(2.0)
