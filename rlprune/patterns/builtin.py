@@ -1,4 +1,4 @@
-"""The built-in sparsity patterns, one class each (ALGORITHMS.md, "Masks" and "Size").
+"""The built-in sparsity patterns, one class each.
 
 Conventions: ``keep`` of ``group`` is kept; k-of-n groups are counted on the weight (a row's
 ``c_in/g * prod(kernel)`` weights, a filter's ``c_in/g`` kernels, or the layer's ``c_out``
