@@ -55,7 +55,7 @@ from rlprune.io import (
     write_text_atomic,
     write_yaml_atomic,
 )
-from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, print_report, size_ratio
@@ -600,7 +600,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     check_fresh_run_dir(run_dir, cfg.resume)
     validate(cfg)
-    sweep = [float(b) for b in cfg.budget.sweep] if cfg.budget.sweep else None
+    sweep = list(dict.fromkeys(float(b) for b in cfg.budget.sweep)) if cfg.budget.sweep else None
     if sweep and cfg.resume:
         raise ConfigError("resume=true continues one budget's search; budget.sweep runs cannot be resumed")
     for budget in sweep or []:
@@ -683,7 +683,7 @@ class Finetuned:
     """The best policy finetuned, with the couplings it was applied with and its test scores."""
 
     result: FinetuneResult
-    couplings: Mapping[str, Any] | None
+    couplings: Mapping[str, FilterCoupling] | None
     before: Score
     after: Score
 
