@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,18 +38,24 @@ from rlprune.compress import (
     recalibrate_batch_norms,
     without_input_quantizers,
 )
-from rlprune.config import validate
+from rlprune.config import AUTO, validate
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
-from rlprune.errors import ConfigError, DataError, ModelError
+from rlprune.errors import ConfigError, DataError, ModelError, TrackingError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
-from rlprune.finetune import FinetuneSettings, finetune
+from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, network_latency
-from rlprune.io import check_fresh_run_dir, write_atomic, write_json_atomic, write_yaml_atomic
-from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.io import (
+    check_fresh_run_dir,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+    write_yaml_atomic,
+)
+from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
 from rlprune.policy import Pattern, Policy
@@ -81,6 +88,41 @@ class SearchResult:
     evaluations: int
     forward_passes: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run's latency budget, resolved on its search space.
+
+    Attributes:
+        latency: the share of the dense model's latency the compressed network may take.
+        auto: whether it was derived (``budget.latency=auto``) rather than typed.
+        floor: the cheapest latency any policy of the search space reaches.
+    """
+
+    latency: float
+    auto: bool
+    floor: float
+
+
+def resolve_budget(latency: float | str, auto_share: float, space: SearchSpace) -> Budget:
+    """The budget ``latency`` (``budget.latency``) on ``space``: the number given, or with ``auto``
+    ``floor + auto_share * (1 - floor)``, rounded up to 3 decimals.
+
+    ``floor`` is the cheapest latency the search space reaches and 1 is the dense model, so
+    ``auto`` is reachable on every model and hardware and leaves the search the same share of
+    its room everywhere.
+
+    Raises:
+        BudgetError: when a number given is below the floor (the message names the lowest
+            reachable budget).
+    """
+    floor = space.cheapest()
+    if latency == AUTO:
+        derived = floor + auto_share * (1.0 - floor)
+        return Budget(min(1.0, math.ceil(derived * 1000 - 1e-9) / 1000), True, floor)
+    space.check_budget(float(latency))
+    return Budget(float(latency), False, floor)
 
 
 def _plain(node: Any) -> Any:
@@ -285,10 +327,11 @@ def search(
     it improves, so an interrupted search keeps it. Each of ``listeners`` is called with every
     evaluated policy's outcome and whether it improved the best. ``space`` is the search space
     when the caller built it already (:func:`make_space`; it depends on the model's structure,
-    not its weights).
+    not its weights). The budget is ``budget.latency`` resolved on the space (:func:`resolve_budget`).
     """
     space, evaluator = _scorer(cfg, target, hardware, space)
-    problem = SearchProblem(space, evaluator, cfg.budget.latency, cfg.search.evaluations, cfg.reward.metric)
+    budget = resolve_budget(cfg.budget.latency, cfg.budget.auto_share, space)
+    problem = SearchProblem(space, evaluator, budget.latency, cfg.search.evaluations, cfg.reward.metric)
     problem.listeners.extend(listeners)
     if tracker is not None:
         problem.listeners.append(tracker.log_outcome)
@@ -541,11 +584,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     With ``budget.sweep`` (a list of budgets), one budget-conditioned agent searches them all
     (:func:`search_budgets`) and each budget gets its own folder ``budget_<b>`` with its
     report, policy and model; the report returned is the first budget's.
+
+    Raises:
+        TrackingError: after every output is written, when W&B tracking failed (it carries
+            the report); the run itself finished.
     """
     run_dir = Path(run_dir)
     check_fresh_run_dir(run_dir, cfg.resume)
     validate(cfg)
-    sweep = [float(b) for b in cfg.budget.sweep] if cfg.budget.sweep else None
+    sweep = list(dict.fromkeys(float(b) for b in cfg.budget.sweep)) if cfg.budget.sweep else None
     if sweep and cfg.resume:
         raise ConfigError("resume=true continues one budget's search; budget.sweep runs cannot be resumed")
     for budget in sweep or []:
@@ -556,27 +603,37 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
-    for budget in sweep or [float(cfg.budget.latency)]:
-        space.check_budget(budget)  # fail fast, before the dense model is trained
+    # fail fast, before the dense model is trained
+    budgets = [resolve_budget(b, cfg.budget.auto_share, space) for b in sweep or [cfg.budget.latency]]
+    trackers: list[tuple[Path, Tracker]] = []
     if sweep:
         target = train_target(cfg, model, splits, layers, searched)
         results = search_budgets(cfg, target, hardware, sweep, space=space, run_dir=run_dir)
         reports = []
-        for budget, result in results.items():
-            folder = run_dir / f"budget_{budget}"
-            with _tracker(cfg, hardware, folder, budget) as tracker:
+        for budget in budgets:
+            folder = run_dir / f"budget_{budget.latency}"
+            with _tracker(cfg, hardware, folder, budget.latency) as tracker:
+                result = results[budget.latency]
                 reports.append(_finish(cfg, target, result, hardware, settings, budget, folder, tracker))
-        return reports[0]
-    budget = float(cfg.budget.latency)
-    with _tracker(cfg, hardware, run_dir, budget) as tracker:
-        target = train_target(cfg, model, splits, layers, searched)
-        result = search(cfg, target, hardware, tracker, run_dir, space=space)
-        return _finish(cfg, target, result, hardware, settings, budget, run_dir, tracker)
+            trackers.append((folder, tracker))
+        report = reports[0]
+    else:
+        (budget,) = budgets
+        with _tracker(cfg, hardware, run_dir, budget.latency) as tracker:
+            target = train_target(cfg, model, splits, layers, searched)
+            result = search(cfg, target, hardware, tracker, run_dir, space=space)
+            report = _finish(cfg, target, result, hardware, settings, budget, run_dir, tracker)
+        trackers.append((run_dir, tracker))
+    _check_tracking(trackers, report)
+    return report
 
 
 @contextmanager
 def _tracker(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: float) -> Iterator[Tracker]:
-    """The W&B run of one budget's run, closed with the run's outcome."""
+    """The W&B run of one budget's run, closed with the run's outcome.
+
+    A tracking failure leaves its tracebacks in ``<run_dir>/tracking_error.log``.
+    """
     model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
     tracker = Tracker(
         cfg.wandb.mode,
@@ -593,6 +650,34 @@ def _tracker(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: flo
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
+    if tracker.failures:
+        write_text_atomic(run_dir / TRACKING_LOG, "\n".join(tracker.tracebacks))
+
+
+TRACKING_LOG = "tracking_error.log"
+"""The file, in the run folder, that holds the tracebacks of a failed W&B tracking."""
+
+
+def _check_tracking(trackers: Sequence[tuple[Path, Tracker]], report: dict[str, Any]) -> None:
+    """Raise :class:`TrackingError` when any W&B run of the finished run failed to log."""
+    failed = [(folder, tracker) for folder, tracker in trackers if tracker.failure]
+    if failed:
+        folder, tracker = failed[0]
+        raise TrackingError(
+            f"the run finished and wrote its outputs in {folder}, but W&B tracking failed: "
+            f"{tracker.failure} (details: {folder / TRACKING_LOG})",
+            report,
+        )
+
+
+@dataclass
+class Finetuned:
+    """The best policy finetuned, with the couplings it was applied with and its test scores."""
+
+    result: FinetuneResult
+    couplings: Mapping[str, FilterCoupling] | None
+    before: Score
+    after: Score
 
 
 def _finish(
@@ -601,16 +686,27 @@ def _finish(
     result: SearchResult,
     hardware: LatencyModel,
     settings: FinetuneSettings,
-    budget: float,
+    budget: Budget,
     run_dir: Path,
     tracker: Tracker,
 ) -> dict[str, Any]:
-    """Finetune the best policy of ``result``, then write and log its report, policy and model."""
-    splits, layers, searched = target.splits, target.layers, target.searched
-    policy = result.best.policy
+    """Finetune the best policy of ``result``, then write, print and log its report, policy and model."""
+    tuned = _finetune_best(cfg, target, result, settings)
+    report = _report(cfg, target, result, hardware, settings, budget, tuned)
+    outputs = _write(report, target, result, tuned, hardware, run_dir)
+    print_report(report)
+    _log(tracker, report, tuned.result.policy, outputs)
+    return report
+
+
+def _finetune_best(
+    cfg: DictConfig, target: Target, result: SearchResult, settings: FinetuneSettings
+) -> Finetuned:
+    """The search's best policy applied (test score before), then finetuned (test score after)."""
+    splits, policy = target.splits, result.best.policy
     couplings = result.space.couplings
     if not couplings and settings.mask == "learned" and settings.granularity == "filter":
-        couplings = filter_couplings(target.model, splits.train_x[:1], layers)
+        couplings = filter_couplings(target.model, splits.train_x[:1], target.layers)
     masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
     if (recalibration := _recalibration_inputs(cfg, splits)) is not None:
         recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
@@ -618,7 +714,7 @@ def _finish(
     tuned = finetune(
         target.model,
         policy,
-        searched,
+        target.searched,
         splits,
         settings,
         cfg.seed,
@@ -626,23 +722,38 @@ def _finish(
         couplings,
         augmentation(cfg),
     )
-    after = test_score(tuned.model, splits)
+    return Finetuned(tuned, couplings, before, test_score(tuned.model, splits))
+
+
+def _report(
+    cfg: DictConfig,
+    target: Target,
+    result: SearchResult,
+    hardware: LatencyModel,
+    settings: FinetuneSettings,
+    budget: Budget,
+    tuned: Finetuned,
+) -> dict[str, Any]:
+    """The report of a finished run as plain data: budget, latency, size, accuracies, layers."""
+    layers, policy, couplings = target.layers, tuned.result.policy, tuned.couplings
     overhead = result.space.overhead
     rows = layer_rows(
         layers,
-        tuned.policy,
+        policy,
         hardware,
-        {**result.space.skipped, **tuned.kept},
-        tuned.metrics,
+        {**result.space.skipped, **tuned.result.kept},
+        tuned.result.metrics,
         couplings,
         result.space.step_of,
     )
-    latency = (network_latency(hardware, layers, tuned.policy, couplings) + overhead) / (
+    latency = (network_latency(hardware, layers, policy, couplings) + overhead) / (
         network_latency(hardware, layers, Policy()) + overhead
     )
-    report = {
+    return {
         "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
-        "budget": budget,
+        "budget": budget.latency,
+        "budget_auto": budget.auto,
+        "cheapest_latency": budget.floor,
         "latency": latency,
         "size_ratio": size_ratio(layers, rows),
         "hardware": hardware.name,
@@ -650,8 +761,8 @@ def _finish(
             "dense_test": target.dense_test.accuracy,
             "dense_reward": target.dense_reward.accuracy,
             "search_best_reward": result.best.accuracy,
-            "pruned_test_before_finetune": before.accuracy,
-            "pruned_test_after_finetune": after.accuracy,
+            "pruned_test_before_finetune": tuned.before.accuracy,
+            "pruned_test_after_finetune": tuned.after.accuracy,
         },
         "search": {
             "agent": cfg.agent.name,
@@ -665,27 +776,46 @@ def _finish(
         "skipped": result.space.skipped,
         "layers": rows,
     }
-    baked = bake(tuned.model)
+
+
+def _write(
+    report: dict[str, Any],
+    target: Target,
+    result: SearchResult,
+    tuned: Finetuned,
+    hardware: LatencyModel,
+    run_dir: Path,
+) -> list[Path]:
+    """Write the run's outputs (the exports add their results to ``report``); returns their paths."""
+    policy, splits = tuned.result.policy, target.splits
+    baked = bake(tuned.result.model)
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
-    if any(choice.pattern is Pattern.FILTER for _, choice in tuned.policy):
-        report["export"] = _export_filters(baked, tuned.policy, splits.train_x[:1], run_dir)
+    if any(choice.pattern is Pattern.FILTER for _, choice in policy):
+        report["export"] = _export_filters(baked, policy, splits.train_x[:1], run_dir)
         if report["export"]["model_pruned"]:
             outputs.append(run_dir / "model_pruned.pt")
     if isinstance(hardware, MeasuredModel):
         report["deployed"] = _deploy_here(
-            target.model, baked, tuned.policy, layers, splits, hardware, run_dir
+            target.model, baked, policy, target.layers, splits, hardware, run_dir
         )
         if report["deployed"]["model"]:
             outputs.append(run_dir / "model_deployed.pt")
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
     write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
-    print_report(report)
-    tracker.log_table("layers", list(rows[0]), [list(r.values()) for r in rows])
-    names = [name for name, _ in tuned.policy]
-    tracker.log_bars("policy/sparsity", names, [1 - c.density for _, c in tuned.policy], "sparsity per layer")
-    tracker.log_bars("policy/bits", names, [c.w_bits for _, c in tuned.policy], "weight bits per layer")
-    tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
-    tracker.log_artifact("compressed", "model", outputs)
-    return report
+    return outputs
+
+
+def _log(tracker: Tracker, report: dict[str, Any], policy: Policy, outputs: Sequence[Path]) -> None:
+    """Log the finished run to W&B: layer table, per-layer bars, summary, outputs as an artifact.
+
+    Isolated from the steps before it: a failure is recorded in ``tracker.failures``, never raised.
+    """
+    with tracker.guard("final log"):
+        tracker.log_table("layers", report["layers"])
+        names = [name for name, _ in policy]
+        tracker.log_bars("policy/sparsity", names, [1 - c.density for _, c in policy], "sparsity per layer")
+        tracker.log_bars("policy/bits", names, [c.w_bits for _, c in policy], "weight bits per layer")
+        tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
+        tracker.log_artifact("compressed", "model", outputs)

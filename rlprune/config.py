@@ -27,11 +27,20 @@ WALLS = ("band", "feasible", "final")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+AUTO = "auto"
+"""``budget.latency=auto``: the budget derived from the reachable range (``api.resolve_budget``)."""
+
+
 @dataclass
 class BudgetConfig:
-    """``budget.*``: the latency budget relative to the dense model, in (0, 1]."""
+    """``budget.*``: the latency budget relative to the dense model.
 
-    latency: float = 0.25
+    ``latency`` is a share of the dense latency in (0, 1], or ``auto``: ``auto_share`` of the
+    way from the cheapest latency the search space reaches (on this model and hardware) to dense.
+    """
+
+    latency: Any = AUTO  # "auto" or a float in (0, 1]
+    auto_share: float = 0.1
     sweep: Any = None  # null or a list of budgets for one budget-conditioned search
 
 
@@ -140,10 +149,20 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the ranges of a composed config; raise :class:`ConfigError` on the first bad key."""
+    latency = cfg.budget.latency
     checks: list[tuple[str, bool, str]] = [
-        ("budget.latency", 0.0 < cfg.budget.latency <= 1.0, "a share of the dense latency in (0, 1]"),
+        (
+            "budget.latency",
+            latency == AUTO or (_is_number(latency) and 0.0 < latency <= 1.0),
+            f"a share of the dense latency in (0, 1], or {AUTO} (derived from the reachable range)",
+        ),
+        ("budget.auto_share", 0.0 < cfg.budget.auto_share <= 1.0, "a share of the reachable range in (0, 1]"),
         ("search.evaluations", cfg.search.evaluations >= 1, "an integer >= 1"),
         ("search.checkpoint_every", cfg.search.checkpoint_every >= 1, "an integer >= 1"),
         ("search.levels", cfg.search.levels >= 2, "an integer >= 2"),
@@ -157,9 +176,7 @@ def validate(cfg: DictConfig) -> None:
     ]
     sweep = _plain(cfg.budget.sweep)
     if sweep is not None and (
-        not isinstance(sweep, list)
-        or not sweep
-        or not all(isinstance(b, int | float) and 0.0 < b <= 1.0 for b in sweep)
+        not isinstance(sweep, list) or not sweep or not all(_is_number(b) and 0.0 < b <= 1.0 for b in sweep)
     ):
         raise _fail("budget.sweep", sweep, "null or a list of budgets in (0, 1]")
     wall = cfg.agent.get("wall", "band")

@@ -19,3 +19,16 @@ class ModelError(RlpruneError):
 
 class DataError(RlpruneError):
     """A dataset is missing, empty or in the wrong format."""
+
+
+class TrackingError(RlpruneError):
+    """The run finished and wrote its outputs, but W&B tracking failed.
+
+    Args:
+        message: one line naming the run folder and what failed.
+        report: the finished run's report.
+    """
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report

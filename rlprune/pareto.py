@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,11 +167,15 @@ def _log(args: argparse.Namespace, rows: list[dict]) -> None:
         group=args.folder.name,
         tags=["pareto"],
     )
-    try:
-        tracker.log_table("pareto", list(rows[0]), [list(r.values()) for r in rows])
-        tracker.log_image("pareto_plot", args.folder / "pareto.png")
-    finally:
-        tracker.finish()
+    tracker.log_table("pareto", rows)
+    tracker.log_image("pareto_plot", args.folder / "pareto.png")
+    tracker.finish()
+    if tracker.failure:
+        print(
+            f"error: W&B logging failed ({tracker.failure}); pareto.json and pareto.png are written",
+            file=sys.stderr,
+        )
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

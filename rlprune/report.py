@@ -31,6 +31,9 @@ def layer_rows(
 ) -> list[dict[str, Any]]:
     """One row per prunable layer: its choice, latency share, size, and mask metrics.
 
+    Every row has the same keys, in the same order; a metric that does not apply to a layer
+    (a dense layer has no mask, only SR-STE refreshes give SAD) is ``None``.
+
     Layers outside the search keep the device's dense reference choice; ``skipped`` says why a
     layer could not take the pattern; ``metrics`` adds per-layer mask metrics (log10 mask
     diversity, SAD, learned-mask confidence and diversity). With ``couplings``, latency and size
@@ -61,7 +64,9 @@ def layer_rows(
                 "size_bits": weight_storage_bits(smaller, cost_choice, choice.w_bits, compressed=True),
                 "searched": layer.name in dict(policy.choices),
                 "skipped": skipped.get(layer.name),
-                **metrics.get(layer.name, {}),
+                # every row has every metric column (None where the finetune gave the layer none):
+                # one shape for report.json and for the W&B table
+                **{metric: metrics.get(layer.name, {}).get(metric) for metric in METRIC_HEADERS},
             }
         )
     return rows

@@ -39,7 +39,16 @@ CASES = [
         ["budget.latency=1.5"],
         "error: budget.latency=1.5 is not allowed: a share of the dense latency in (0, 1]",
     ),
-    (["budget.latency=0"], "error: budget.latency=0.0 is not allowed"),
+    (["budget.latency=0"], "error: budget.latency=0 is not allowed"),
+    (
+        ["budget.latency=fast"],
+        "error: budget.latency='fast' is not allowed: a share of the dense latency in (0, 1], or auto",
+    ),
+    (
+        ["budget.auto_share=0"],
+        "error: budget.auto_share=0.0 is not allowed: a share of the reachable range in (0, 1]",
+    ),
+    (["budget.auto_share=many"], "Value 'many' of type 'str' could not be converted to Float"),
     (["search.evaluations=0"], "error: search.evaluations=0 is not allowed: an integer >= 1"),
     (["search.pattern=zigzag"], "error: search.pattern='zigzag' is not allowed"),
     (["search.bits=[7]"], "error: search.bits=[7] is not allowed"),

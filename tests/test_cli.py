@@ -84,10 +84,35 @@ def test_same_seed_gives_a_byte_identical_policy_and_another_seed_differs(tmp_pa
     ],
 )
 def test_finetune_mask_families_from_the_cli_report_their_metrics(tmp_path, overrides, metric):
+    # the default logger (W&B offline): its layer table takes rows with and without mask metrics
     overrides = [*overrides, "finetune.srste.refresh_steps=5"] if metric == "sad" else overrides
-    result = rlprune(tmp_path, "agent=random", "wandb.mode=disabled", *QUICK, *overrides)
+    result = rlprune(tmp_path, "agent=random", *QUICK, *overrides)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["finetune"]["mask"] == overrides[0].split("=")[1]
     assert any(row.get(metric) is not None for row in report["layers"])
     assert all("log10_mask_diversity" in row for row in report["layers"] if row["searched"])
+    assert len({tuple(row) for row in report["layers"]}) == 1
+    assert report["budget_auto"] and report["cheapest_latency"] < report["budget"] <= 1
+    (table,) = (tmp_path / "wandb").glob("offline-run-*/files/media/table/layers_*.table.json")
+    assert json.loads(table.read_text())["columns"] == list(report["layers"][0])
+
+
+def test_a_run_whose_tracking_fails_keeps_its_outputs_says_so_in_one_line_and_exits_3(tmp_path):
+    unusable = tmp_path / "not_a_folder"
+    unusable.write_text("")  # W&B stages the layer table and the artifact there: they fail
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlprune", f"hydra.run.dir={run}", "agent=random", *QUICK],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_DATA_DIR": str(unusable)},
+        timeout=600,
+    )
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: the run finished and wrote its outputs in {run}, but W&B tracking failed")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert all((run / name).stat().st_size > 0 for name in ("report.json", "policy.yaml", "model.pt"))
+    assert "WANDB_DATA_DIR" in (run / "tracking_error.log").read_text()
+    assert not (run / "error.log").exists()  # the run did not fail: a sweep's Pareto report keeps it

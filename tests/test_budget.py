@@ -1,0 +1,86 @@
+"""The default budget (``budget.latency=auto``): derived from the reachable range, so every shipped
+model reaches it on every shipped hardware; a budget the user types is kept, or refused clearly."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+from omegaconf import OmegaConf
+from rlprune.envs import SearchSpace
+
+from rlprune.api import describe, make_space, resolve_budget
+from rlprune.errors import BudgetError
+from rlprune.hardware import build_latency_model
+from tests.support import CONF, compose_config
+
+EMBEDDED = ("mnist1d", "digits")
+# the two CNNs are built for their dataset's input; the zoo's networks take either
+PAIRS = [("mnist1d_cnn", "mnist1d"), ("digits_cnn", "digits")] + [
+    (model, data) for model in ("resnet20", "vgg", "densenet", "mobilenetv2", "vit") for data in EMBEDDED
+]
+# local_cpu measures its table on this machine (minutes per network): only the default target, slow
+HARDWARE = sorted(path.stem for path in (CONF / "hardware").glob("*.yaml") if path.stem != "local_cpu")
+
+
+def _slow(model: str, data: str, hardware: str) -> bool:
+    # BitFusion's latency model calibrates on the network layer by layer (seconds per network)
+    return hardware == "bitfusion" and (model, data) != ("mnist1d_cnn", "mnist1d")
+
+
+CASES = [
+    pytest.param(model, data, hardware, marks=[pytest.mark.slow] if _slow(model, data, hardware) else [])
+    for model, data in PAIRS
+    for hardware in HARDWARE
+] + [pytest.param("mnist1d_cnn", "mnist1d", "local_cpu", marks=[pytest.mark.slow])]
+
+
+@functools.cache
+def _described(model: str, data: str) -> tuple:
+    return describe(compose_config(f"model={model}", f"data={data}"))
+
+
+def _space(model: str, data: str, hardware: str, *overrides: str) -> tuple[SearchSpace, object]:
+    """The search space and config of ``python -m rlprune model=M data=D hardware=H`` (untrained weights:
+    the latency does not depend on them)."""
+    cfg = compose_config(f"model={model}", f"data={data}", f"hardware={hardware}", *overrides)
+    net, splits, layers, searched = _described(model, data)
+    device = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+    return make_space(cfg, net, splits.train_x[:1], layers, searched, device), cfg
+
+
+def test_the_shipped_default_is_auto() -> None:
+    cfg = compose_config()
+    assert cfg.budget.latency == "auto" and 0 < cfg.budget.auto_share <= 1
+
+
+@pytest.mark.parametrize(("model", "data", "hardware"), CASES)
+def test_every_shipped_model_reaches_the_default_budget_on_every_shipped_hardware(
+    model: str, data: str, hardware: str
+) -> None:
+    space, cfg = _space(model, data, hardware)
+    budget = resolve_budget(cfg.budget.latency, cfg.budget.auto_share, space)
+    assert budget.auto and budget.floor == space.cheapest()
+    # the share of the room between the floor and dense, rounded up to 3 decimals
+    assert budget.floor + cfg.budget.auto_share * (1 - budget.floor) <= budget.latency <= 1.0
+    assert budget.latency - budget.floor >= cfg.budget.auto_share * (1 - budget.floor) - 1e-12
+    space.check_budget(budget.latency)  # reachable: the env's own check passes
+
+
+def test_auto_is_the_share_of_the_way_from_the_floor_to_dense_rounded_up() -> None:
+    space, _ = _space("mnist1d_cnn", "mnist1d", "a100")
+    floor = space.cheapest()
+    for share in (0.05, 0.1, 0.5, 1.0):
+        budget = resolve_budget("auto", share, space)
+        assert budget.latency == min(1.0, math.ceil((floor + share * (1 - floor)) * 1000) / 1000)
+    assert resolve_budget("auto", 1.0, space).latency == 1.0
+
+
+def test_a_typed_budget_is_kept_and_an_unreachable_one_refused_naming_the_floor() -> None:
+    space, _ = _space("mnist1d_cnn", "mnist1d", "arm_cpu")
+    floor = space.cheapest()
+    typed = resolve_budget(0.5, 0.1, space)
+    assert (typed.latency, typed.auto, typed.floor) == (0.5, False, floor)
+    with pytest.raises(BudgetError, match=f"below the cheapest reachable latency {floor:.4f}"):
+        resolve_budget(floor / 2, 0.1, space)

@@ -1,0 +1,81 @@
+"""W&B tracking: layer rows of one shape, and a logging failure recorded, never raised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprune.hardware import build_latency_model
+from rlprune.layers import discover_layers
+from rlprune.models import MNIST1DCNN
+from rlprune.policy import Choice, Pattern, Policy
+from rlprune.report import METRIC_HEADERS, layer_rows
+from rlprune.tracking import Tracker
+from tests.support import hardware_config
+
+
+def _rows(metrics: dict[str, dict[str, float]]) -> list[dict]:
+    """The report rows of the MNIST-1D CNN, two layers masked and the others dense, with ``metrics``."""
+    model = MNIST1DCNN().eval()
+    layers = discover_layers(model, torch.randn(1, 1, 40))
+    masked = Choice(Pattern.NM, 2, 4, 8, 8)
+    policy = Policy(tuple((layer.name, masked) for layer in layers[1:3]))
+    return layer_rows(layers, policy, build_latency_model(hardware_config("arm_cpu")), {}, metrics)
+
+
+def test_layer_rows_have_the_same_keys_when_only_some_layers_have_mask_metrics() -> None:
+    # SR-STE gives SAD to refreshed layers only, Gumbel top-k confidence and diversity to learned ones
+    rows = _rows(
+        {"conv2": {"log10_mask_diversity": 3.0, "sad": 0.1}, "conv3": {"confidence": 0.5, "diversity": 0.9}}
+    )
+    assert len({tuple(row) for row in rows}) == 1
+    assert set(METRIC_HEADERS) <= set(rows[0])
+    by_name = {row["layer"]: row for row in rows}
+    assert by_name["conv2"]["sad"] == 0.1 and by_name["conv2"]["confidence"] is None
+    assert by_name["conv3"]["diversity"] == 0.9 and by_name["conv3"]["log10_mask_diversity"] is None
+    assert all(by_name["conv1"][metric] is None for metric in METRIC_HEADERS)
+
+
+def _table(run_dir: Path, key: str) -> dict:
+    (path,) = (run_dir / "wandb").glob(f"offline-run-*/files/media/table/{key}_*.table.json")
+    return json.loads(path.read_text())
+
+
+def test_a_table_of_records_with_different_keys_is_logged_with_every_column(tmp_path: Path) -> None:
+    tracker = Tracker("offline", "rlprune-test", tmp_path, {})
+    tracker.log_table(
+        "layers", [{"layer": "a", "sad": 0.5}, {"layer": "b"}, {"layer": "c", "confidence": 1.0}]
+    )
+    tracker.finish()
+    assert tracker.failures == []
+    table = _table(tmp_path, "layers")
+    assert table["columns"] == ["layer", "sad", "confidence"]
+    assert table["data"] == [["a", 0.5, None], ["b", None, None], ["c", None, 1.0]]
+
+
+def test_a_logging_failure_is_recorded_in_one_line_and_the_rest_is_still_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unusable = tmp_path / "not_a_folder"
+    unusable.write_text("")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(unusable))  # W&B stages tables and artifacts there
+    tracker = Tracker("offline", "rlprune-test", tmp_path / "run", {})
+    tracker.log_table("layers", [{"layer": "a"}])
+    tracker.log_summary({"accuracy": {"test": 0.9}})
+    tracker.finish()
+    assert len(tracker.failures) == 1 and tracker.failures[0].startswith("layers: ")
+    assert "\n" not in tracker.failure and "WANDB_DATA_DIR" in tracker.failure
+    assert "Traceback" in tracker.tracebacks[0]
+    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"accuracy/test" in record.read_bytes()  # the summary after the failed table
+
+
+def test_a_disabled_tracker_logs_nothing_and_fails_nothing(tmp_path: Path) -> None:
+    tracker = Tracker("disabled", "rlprune-test", tmp_path, {})
+    tracker.log_table("layers", [{"layer": "a"}])
+    tracker.finish()
+    assert not tracker.enabled and tracker.failure is None
+    assert not (tmp_path / "wandb").exists()
