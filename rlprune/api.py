@@ -39,8 +39,10 @@ from rlprune.compress import (
     without_input_quantizers,
 )
 from rlprune.config import AUTO, validate
+from rlprune.cuda.measure import deploy_and_measure
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
+from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
@@ -48,6 +50,7 @@ from rlprune.errors import ConfigError, DataError, ModelError, TrackingError
 from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
 from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, network_latency
+from rlprune.hardware.local_gpu import GpuTableModel
 from rlprune.io import (
     check_fresh_run_dir,
     write_atomic,
@@ -196,7 +199,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
     except Exception as exc:  # any unreadable entry: rebuild it
         print(f"dense cache {path} is unreadable ({type(exc).__name__}); retraining")
     torch.manual_seed(cfg.dense.seed)
-    model = build_model(cfg.model)  # a failed load may have half-filled the old one
+    model = build_model(cfg.model).to(splits.train_x.device)  # a failed load may have half-filled the old one
     settings = TrainSettings(
         epochs=cfg.dense.epochs,
         lr=cfg.dense.lr,
@@ -600,11 +603,31 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.agent.name not in SEARCHERS:
         raise ConfigError(f"agent.name={cfg.agent.name!r} is not allowed: one of {SEARCHERS}")
     settings = FinetuneSettings.from_config(_plain(cfg.finetune))
+    device = resolve_device(cfg.device)
     hardware = build_latency_model(_plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     # fail fast, before the dense model is trained
     budgets = [resolve_budget(b, cfg.budget.auto_share, space) for b in sweep or [cfg.budget.latency]]
+    model, splits = model.to(device), splits.to(device)  # moved once: what follows stays there
+    with out_of_memory_explained(device):
+        return _run(cfg, run_dir, settings, hardware, model, splits, layers, searched, space, budgets, sweep)
+
+
+def _run(
+    cfg: DictConfig,
+    run_dir: Path,
+    settings: FinetuneSettings,
+    hardware: LatencyModel,
+    model: nn.Module,
+    splits: Splits,
+    layers: list[LayerInfo],
+    searched: list[LayerInfo],
+    space: SearchSpace,
+    budgets: list[Budget],
+    sweep: list[float] | None,
+) -> dict[str, Any]:
+    """:func:`run` once the config is checked and the space built: train, search, finish."""
     trackers: list[tuple[Path, Tracker]] = []
     if sweep:
         target = train_target(cfg, model, splits, layers, searched)
@@ -757,6 +780,7 @@ def _report(
         "latency": latency,
         "size_ratio": size_ratio(layers, rows),
         "hardware": hardware.name,
+        "device": str(target.splits.train_x.device),
         "accuracy": {
             "dense_test": target.dense_test.accuracy,
             "dense_reward": target.dense_reward.accuracy,
@@ -787,8 +811,8 @@ def _write(
     run_dir: Path,
 ) -> list[Path]:
     """Write the run's outputs (the exports add their results to ``report``); returns their paths."""
-    policy, splits = tuned.result.policy, target.splits
-    baked = bake(tuned.result.model)
+    policy, splits = tuned.result.policy, target.splits.to("cpu")
+    baked = bake(tuned.result.model).cpu()  # the exports and model.pt are CPU networks
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
     if any(choice.pattern is Pattern.FILTER for _, choice in policy):
@@ -796,11 +820,16 @@ def _write(
         if report["export"]["model_pruned"]:
             outputs.append(run_dir / "model_pruned.pt")
     if isinstance(hardware, MeasuredModel):
-        report["deployed"] = _deploy_here(
-            target.model, baked, policy, target.layers, splits, hardware, run_dir
-        )
+        dense = copy.deepcopy(target.model).cpu()
+        report["deployed"] = _deploy_here(dense, baked, policy, target.layers, splits, hardware, run_dir)
         if report["deployed"]["model"]:
             outputs.append(run_dir / "model_deployed.pt")
+    if isinstance(hardware, GpuTableModel):
+        test = (splits.test_x, splits.test_y)
+        report["deployed"] = deploy_and_measure(
+            target.model, baked, policy, test, splits.train_x, hardware.batch_size, run_dir
+        )
+        outputs.append(run_dir / "model_deployed_gpu.pt")
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
     write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))

@@ -102,9 +102,10 @@ def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCou
         layer = model.get_submodule(name)
         if parametrize.is_parametrized(layer, "weight"):
             continue
+        device = layer.weight.device  # the new masks and ranges live beside the weights
         mask = torch.ones_like(layer.weight, dtype=torch.bool)
         parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
-        layer.kept_filters = KeptFilters(layer.weight.shape[0])
+        layer.kept_filters = KeptFilters(layer.weight.shape[0]).to(device)
         coupling = couplings.get(name, FilterCoupling()) if couplings else FilterCoupling()
         for module, tensor, offset in [
             (layer, "bias", 0),
@@ -114,7 +115,7 @@ def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCou
             if getattr(module, tensor, None) is not None:
                 silence = SilencePruned(layer.kept_filters, offset)
                 parametrize.register_parametrization(module, tensor, silence)
-        layer.input_quantizer = ActivationQuantizer()
+        layer.input_quantizer = ActivationQuantizer().to(device)
         layer.register_forward_pre_hook(_quantize_input)
 
 
@@ -132,7 +133,8 @@ def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
     parametrization.bits = choice.w_bits
     layer.input_quantizer.bits = choice.a_bits
     pruning = choice.pattern is Pattern.FILTER
-    layer.kept_filters.kept = mask.flatten(1).any(1) if pruning else torch.ones(len(mask), dtype=torch.bool)
+    kept = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
+    layer.kept_filters.kept = mask.flatten(1).any(1) if pruning else kept
 
 
 def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:

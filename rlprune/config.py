@@ -107,6 +107,7 @@ class RlpruneConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
+    device: str = "auto"
     resume: bool = False
     cache_dir: str = MISSING
     progress_bar: bool = True

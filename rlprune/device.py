@@ -10,10 +10,12 @@ the model and the data then stays there.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-from rlprune.errors import ConfigError
+from rlprune.errors import ConfigError, RlpruneError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 
@@ -43,3 +45,20 @@ def resolve_device(name: str) -> torch.device:
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )
     return device
+
+
+@contextmanager
+def out_of_memory_explained(device: torch.device) -> Iterator[None]:
+    """Turn the GPU running out of memory into one line that says what to do.
+
+    The search writes its best policy as it improves and checkpoints itself, so what it found
+    stays in the run folder.
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        raise RlpruneError(
+            f"{device} ran out of memory ({first[:120]}); the best policy so far is in the run folder "
+            "(policy.yaml; resume=true continues the search): free the GPU, or run with device=cpu"
+        ) from exc

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 QUICK = ["search.evaluations=40", "finetune.epochs=1", "dense.epochs=3", "progress_bar=false"]
@@ -27,6 +28,7 @@ def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["budget"] == 0.4 and report["latency"] <= 0.4 + 1e-9
+    assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # device=auto
     assert 0 < report["size_ratio"] < 1
     for key in (
         "dense_test",

@@ -85,7 +85,7 @@ class GumbelTopKMask(nn.Module):
         if weight is not None:
             l1 = unit_scores(weight.detach().abs().float().cpu(), granularity)
             share = l1 / l1.sum(-1, keepdim=True).clamp_min(torch.finfo(l1.dtype).tiny)
-            logits = share.clamp_min(torch.finfo(l1.dtype).tiny).log()
+            logits = share.clamp_min(torch.finfo(l1.dtype).tiny).log().to(weight.device)
         self.logits = nn.Parameter(logits)
 
     def anneal(self, progress: float) -> None:

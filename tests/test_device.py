@@ -1,0 +1,60 @@
+"""device=auto|cpu|cuda|cuda:N: resolved once, refused with one line where the machine lacks it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlprune.data import make_splits
+from rlprune.device import out_of_memory_explained, resolve_device
+from rlprune.errors import ConfigError, RlpruneError
+from tests.test_cli import QUICK, rlprune
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+def test_auto_is_the_gpu_where_there_is_one():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "tpu", ""])
+def test_a_name_that_is_no_device_is_refused(name):
+    with pytest.raises(ConfigError, match="is not a device; use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_names_the_fix(name):
+    with pytest.raises(ConfigError, match=r"torch sees none on this machine.*use device=auto or device=cpu"):
+        resolve_device(name)
+
+
+def test_splits_move_whole():
+    import numpy as np
+
+    x, y = np.random.default_rng(0).normal(size=(50, 1, 8)).astype("float32"), np.arange(50) % 5
+    splits = make_splits(x, y, x[:10], y[:10], reward_fraction=0.2, seed=0)
+    moved = splits.to("cpu")
+    assert moved.num_classes == splits.num_classes and torch.equal(moved.test_x, splits.test_x)
+
+
+def test_running_out_of_gpu_memory_says_what_to_do():
+    expected = r"ran out of memory.*policy\.yaml.*device=cpu"
+    with pytest.raises(RlpruneError, match=expected), out_of_memory_explained(torch.device("cuda:0")):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@no_cuda
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("device=cuda", "error: device=cuda asks for a CUDA GPU, and torch sees none"),
+        ("hardware=local_gpu", "torch sees none here; pick a profile instead (hardware=h200"),
+    ],
+)
+def test_the_cli_refuses_a_gpu_it_does_not_have_in_one_line(tmp_path, override, message):
+    result = rlprune(tmp_path, override, *QUICK)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
