@@ -70,6 +70,8 @@ def documented_commands(documents: list[Path] = DOCUMENTS) -> list[Command]:
         snippets = [line for block in FENCE.findall(text) for line in _logical_lines(block)]
         snippets += [" ".join(span.split()) for span in INLINE.findall(FENCE.sub("", text))]
         for snippet in snippets:
+            if " ".join(PROGRAM) not in snippet:  # prose in code spans need not parse as shell
+                continue
             tokens = shlex.split(snippet, comments=True)
             if tokens[:3] == PROGRAM:
                 args = tuple(tokens[3:])
