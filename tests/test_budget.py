@@ -7,6 +7,7 @@ import functools
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from rlprune.envs import SearchSpace
 
@@ -20,8 +21,10 @@ EMBEDDED = ("mnist1d", "digits")
 PAIRS = [("mnist1d_cnn", "mnist1d"), ("digits_cnn", "digits")] + [
     (model, data) for model in ("resnet20", "vgg", "densenet", "mobilenetv2", "vit") for data in EMBEDDED
 ]
-# local_cpu measures its table on this machine (minutes per network): only the default target, slow
-HARDWARE = sorted(path.stem for path in (CONF / "hardware").glob("*.yaml") if path.stem != "local_cpu")
+# local_cpu measures its table on this machine (minutes per network): only the default target, slow;
+# local_gpu measures the CUDA GPU at hand: where there is one (tests/test_local_gpu.py covers it elsewhere)
+MEASURED = {"local_cpu"} | (set() if torch.cuda.is_available() else {"local_gpu"})
+HARDWARE = sorted(path.stem for path in (CONF / "hardware").glob("*.yaml") if path.stem not in MEASURED)
 
 
 def _slow(model: str, data: str, hardware: str) -> bool:
