@@ -118,3 +118,16 @@ def test_a_run_whose_tracking_fails_keeps_its_outputs_says_so_in_one_line_and_ex
     assert all((run / name).stat().st_size > 0 for name in ("report.json", "policy.yaml", "model.pt"))
     assert "WANDB_DATA_DIR" in (run / "tracking_error.log").read_text()
     assert not (run / "error.log").exists()  # the run did not fail: a sweep's Pareto report keeps it
+
+
+def test_help_explains_rlprune_its_commands_config_groups_and_docs():
+    result = subprocess.run(
+        [sys.executable, "-m", "rlprune", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "powered by Hydra" not in text
+    assert text.startswith("rlprune: an RL agent picks")
+    assert "python -m rlprune -m" in text and "python -m rlprune --cfg job" in text
+    assert "hardware: a100, arm_cpu," in text and "agent: a2c, amc," in text  # $APP_CONFIG_GROUPS
+    assert "README.md" in text and "docs/" in text
