@@ -33,9 +33,13 @@ class ForwardRecords(KVWriter):
 
 
 def forward_records(agent: BaseAlgorithm, log: Callable[[dict[str, Any], int], None] | None) -> None:
-    """Send ``agent``'s training records to ``log`` (a tracker), when given."""
-    if log is not None:
-        agent.set_logger(Logger(folder=None, output_formats=[ForwardRecords(log)]))
+    """Send ``agent``'s training records to ``log`` (a tracker), when given, and nowhere else.
+
+    Set in every case: without a logger of its own, SB3 makes one that creates an empty
+    ``SB3-<date>`` folder in the system temp folder on every ``learn``.
+    """
+    outputs = [ForwardRecords(log)] if log is not None else []
+    agent.set_logger(Logger(folder=None, output_formats=outputs))
 
 
 class StopWhenExhausted(BaseCallback):

@@ -1,4 +1,9 @@
-"""The search environment ``rlprune/Prune-v0`` and the pieces it is built from."""
+"""The search environment ``rlprune/Prune-v0`` and the pieces it is built from.
+
+``gym.make("rlprune/Prune-v0")`` builds the default problem of ``python -m rlprune``
+(``overrides=[...]`` changes it) or wraps ``problem=`` and ``sensitivity=``: see
+:mod:`rlprune.envs.default`.
+"""
 
 import gymnasium as gym
 from rlprune.envs.evaluator import PolicyEvaluator
@@ -19,4 +24,4 @@ __all__ = [
 
 ENV_ID = "rlprune/Prune-v0"
 if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="rlprune.envs.prune_env:PruneEnv")
+    gym.register(id=ENV_ID, entry_point="rlprune.envs.default:make_env")

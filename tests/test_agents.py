@@ -47,3 +47,17 @@ def test_unknown_agent_names_the_valid_ones():
     with pytest.raises(ConfigError, match="unknown agent 'alphazero'; valid:"):
         make_searcher({"name": "alphazero"})
     assert {"ppo", "sac", "td3", "ddpg", "a2c", "uniform", "random", "greedy", "tpe"} <= set(SEARCHERS)
+
+
+@pytest.mark.parametrize("name", ["ppo", "amc"])
+def test_agents_leave_no_log_folder_in_the_system_temp_folder(name, tmp_path, monkeypatch):
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger would go
+    env = make_env(budget=0.4, evaluations=4, samples=16)
+    agent_cfg = OmegaConf.to_container(compose_config(f"agent={name}").agent, resolve=True)
+    make_searcher(agent_cfg).search(env, seed=0)  # no tracker: the path that made SB3-<date> folders
+    assert env.problem.used == 4
+    assert list(tmp_path.glob("SB3-*")) == []

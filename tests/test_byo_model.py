@@ -61,6 +61,7 @@ SEARCH = [
 ]
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 @pytest.mark.parametrize("form", ["state_dict", "module", "safetensors"])
 def test_a_saved_unseen_network_is_searched_as_it_is(tmp_path, form):
 

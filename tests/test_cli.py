@@ -23,6 +23,7 @@ def rlprune(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
     result = rlprune(tmp_path, "agent=ppo", "budget.latency=0.4", *QUICK)
     assert result.returncode == 0, result.stderr
@@ -65,6 +66,7 @@ def test_valid_agent_names_are_listed_for_an_unknown_agent(tmp_path):
         assert name in result.stderr
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_same_seed_gives_a_byte_identical_policy_and_another_seed_differs(tmp_path):
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -75,6 +77,7 @@ def test_same_seed_gives_a_byte_identical_policy_and_another_seed_differs(tmp_pa
     assert runs["a"] != runs["c"]
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 @pytest.mark.parametrize(
     ("overrides", "metric"),
     [
@@ -100,6 +103,7 @@ def test_finetune_mask_families_from_the_cli_report_their_metrics(tmp_path, over
     assert json.loads(table.read_text())["columns"] == list(report["layers"][0])
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_a_run_whose_tracking_fails_keeps_its_outputs_says_so_in_one_line_and_exits_3(tmp_path):
     unusable = tmp_path / "not_a_folder"
     unusable.write_text("")  # W&B stages the layer table and the artifact there: they fail
@@ -118,3 +122,16 @@ def test_a_run_whose_tracking_fails_keeps_its_outputs_says_so_in_one_line_and_ex
     assert all((run / name).stat().st_size > 0 for name in ("report.json", "policy.yaml", "model.pt"))
     assert "WANDB_DATA_DIR" in (run / "tracking_error.log").read_text()
     assert not (run / "error.log").exists()  # the run did not fail: a sweep's Pareto report keeps it
+
+
+def test_help_explains_rlprune_its_commands_config_groups_and_docs():
+    result = subprocess.run(
+        [sys.executable, "-m", "rlprune", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "powered by Hydra" not in text
+    assert text.startswith("rlprune: an RL agent picks")
+    assert "python -m rlprune -m" in text and "python -m rlprune --cfg job" in text
+    assert "hardware: a100, arm_cpu," in text and "agent: a2c, amc," in text  # $APP_CONFIG_GROUPS
+    assert "README.md" in text and "docs/" in text

@@ -1,3 +1,5 @@
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -6,15 +8,17 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rlprune.envs import ENV_ID, PruneEnv, SpaceSettings, build_space
+from rlprune.envs.default import default_config
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from rlprune.api import dense_cache_path, describe, make_space, resolve_budget
 from rlprune.compress import policy_masks
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import build_latency_model
 from rlprune.layers import discover_layers
 from rlprune.models import MNIST1DCNN
 from rlprune.policy import Policy
-from tests.support import hardware_config, make_env
+from tests.support import compose_config, hardware_config, make_env
 
 
 def play(env: PruneEnv, actions: np.ndarray) -> dict:
@@ -36,6 +40,42 @@ def test_env_is_registered():
     env = make_env()
     made = gym.make(ENV_ID, problem=env.problem, sensitivity=np.zeros((len(env.space), 3)))
     assert made.unwrapped.space is env.space
+
+
+@pytest.mark.slow  # trains the default dense model for 3 epochs when the session has not yet
+def test_registered_id_alone_makes_the_default_problem_that_passes_both_checkers_warning_free():
+    quick = ["dense.epochs=3"]  # the only change to the defaults: a short dense training
+    made = gym.make(ENV_ID, overrides=quick)
+    env = made.unwrapped
+    cfg = compose_config(*quick)
+    assert cfg.model._target_.endswith("MNIST1DCNN") and cfg.hardware.name == "arm_cpu"
+    assert dense_cache_path(cfg).is_file()  # the cached dense model of the app's config
+    model, splits, layers, searched = describe(cfg)
+    arm = make_space(cfg, model, splits.train_x[:1], layers, searched, build_latency_model(cfg.hardware))
+    assert env.space.patterns == arm.patterns == ("kofn_weight",)  # the Arm core's own pattern
+    assert env.space.dense_latency == pytest.approx(arm.dense_latency)
+    assert [lay.name for lay in env.space.layers] == [lay.name for lay in arm.layers]
+    assert env.budget == resolve_budget("auto", cfg.budget.auto_share, arm).latency < 1.0
+    assert env.wall == "band" and env.problem.evaluations == cfg.search.evaluations
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env, skip_render_check=True)  # Gymnasium asks for the unwrapped env
+        sb3_check_env(made, warn=True)
+    observation, _ = made.reset(seed=0)
+    assert made.observation_space.contains(observation)
+
+
+def test_registered_id_takes_a_problem_with_its_sensitivity_or_neither():
+    env = make_env(samples=16)
+    with pytest.raises(TypeError, match="sensitivity"):
+        gym.make(ENV_ID, problem=env.problem)
+    with pytest.raises(TypeError, match="overrides"):
+        gym.make(ENV_ID, problem=env.problem, sensitivity=np.zeros((len(env.space), 3)), overrides=["seed=1"])
+
+
+def test_default_env_refuses_an_override_hydra_cannot_apply_naming_it():
+    with pytest.raises(ConfigError, match="hardware=nowhere"):
+        default_config(["hardware=nowhere"])
 
 
 CHEAPEST = make_env(budget=1.0, samples=16).space.cheapest()

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # builds a wheel, installs it in a fresh venv and runs it
 def test_wheel_install_finds_packaged_configs(tmp_path):
     subprocess.run(
         [

@@ -36,6 +36,7 @@ def _interrupt_after_checkpoint(run_dir: Path, *overrides: str) -> str:
     return stderr
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_a_killed_search_resumes_from_its_checkpoint(tmp_path):
     run = ["search.evaluations=300", "search.checkpoint_every=20"]
     stderr = _interrupt_after_checkpoint(tmp_path, *run)

@@ -11,6 +11,7 @@ import pytest
 from rlprune.pareto import Point, pareto_front
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(tmp_path):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "rlprune", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -38,6 +39,7 @@ def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(
     assert "pareto" in report.stdout
 
 
+@pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_the_same_sweep_runs_on_submitit(tmp_path):
     # submitit_local runs each job as its own process, as submitit_slurm would on a cluster
     sweep = tmp_path / "sweep"
