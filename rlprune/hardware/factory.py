@@ -13,8 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from rlprune.config import plain
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.bitfusion import BitFusionModel
@@ -45,17 +46,6 @@ def latency_model_kinds() -> tuple[str, ...]:
     return tuple(sorted(_BUILDERS))
 
 
-def to_plain(cfg: Any) -> Any:
-    """An OmegaConf container (resolved) or a mapping as plain dicts and lists."""
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return {key: to_plain(value) for key, value in cfg.items()}
-    if isinstance(cfg, list | tuple):
-        return [to_plain(value) for value in cfg]
-    return cfg
-
-
 def build_latency_model(
     cfg: Mapping[str, Any], *, origin: str | os.PathLike[str] | None = None
 ) -> LatencyModel:
@@ -69,7 +59,7 @@ def build_latency_model(
         ConfigError: unknown ``model`` kind, or a missing, unknown or ill-typed field; the
             message names the config and the field and says what is expected.
     """
-    data = to_plain(cfg)
+    data = plain(cfg)
     name = data.get("name") if isinstance(data, Mapping) else None
     where = f"hardware config '{name}'" if isinstance(name, str) else "hardware config"
     if origin is not None:
