@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
+from rlprune.agents import ALGORITHMS, SB3Search, check_agent, make_searcher
 from rlprune.compress import compress, recalibrate_batch_norms
 from rlprune.config import AUTO, plain, validate
 from rlprune.data import Splits, load_splits
@@ -476,8 +476,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError("resume=true continues one budget's search; budget.sweep runs cannot be resumed")
     for budget in sweep or []:
         check_fresh_run_dir(run_dir / f"budget_{budget}")
-    if cfg.agent.name not in SEARCHERS:
-        raise ConfigError(f"agent.name={cfg.agent.name!r} is not allowed: one of {SEARCHERS}")
+    check_agent(plain(cfg.agent))
     settings = FinetuneSettings.from_config(plain(cfg.finetune))
     device = resolve_device(cfg.device)
     hardware = build_latency_model(plain(cfg.hardware))

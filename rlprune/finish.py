@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from rlprune.agents import searcher_name
 from rlprune.compress import bake, calibrate_activations, without_input_quantizers
 from rlprune.config import plain
 from rlprune.cuda.measure import deploy_and_measure
@@ -159,14 +160,15 @@ def tracking(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: flo
     A tracking failure leaves its tracebacks in ``<run_dir>/tracking_error.log``.
     """
     model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
+    agent = searcher_name(cfg.agent)
     tracker = Tracker(
         cfg.wandb.mode,
         cfg.wandb.project,
         run_dir,
         plain(cfg),
-        name=f"{model_name}-{cfg.data.name}-{hardware.name}-{cfg.agent.name}-b{budget}-s{cfg.seed}",
+        name=f"{model_name}-{cfg.data.name}-{hardware.name}-{agent}-b{budget}-s{cfg.seed}",
         group=cfg.wandb.group,
-        tags=[cfg.agent.name, hardware.name, cfg.data.name],
+        tags=[agent, hardware.name, cfg.data.name],
     )
     try:
         yield tracker
@@ -241,7 +243,7 @@ def build_report(
             "pruned_test_after_finetune": tuned.after.accuracy,
         },
         "search": {
-            "agent": cfg.agent.name,
+            "agent": searcher_name(cfg.agent),
             "evaluations": result.evaluations,
             "forward_passes": result.forward_passes,
             "best_episode": result.best.episode,
