@@ -3,6 +3,10 @@
 A searcher has one method, ``search(env, seed)``, which plays the env (or scores policies
 through ``env.problem``) until the problem's evaluations are spent. The best policy is kept
 by the problem, never by the searcher.
+
+An ``agent`` node names a searcher of this package (``name: ppo``), or any searcher by its
+import path (``_target_: my_pkg.MySearch``: a class or factory called with the node's other
+keys, as Hydra instantiates a ``model``); the short names are aliases of the classes here.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from hydra.utils import get_object
 from rlprune.agents.anchors import AnchorSearch
 from rlprune.agents.baselines import GreedySearch, RandomSearch, TPESearch, UniformSearch
 from rlprune.agents.sb3 import ALGORITHMS, SB3Search
@@ -26,12 +31,16 @@ __all__ = [
     "Searcher",
     "TPESearch",
     "UniformSearch",
+    "check_agent",
     "make_searcher",
+    "searcher_name",
 ]
 
 BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedySearch, "tpe": TPESearch}
 ANCHORS = ("amc", "haq")  # the published RL searchers, reproduced on SB3's DDPG
 SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS])
+AGENT_SETTINGS = ("_target_", "name", "wall")
+"""Keys of the ``agent`` node that rlprune reads; a ``_target_``'s other keys are its arguments."""
 
 
 class Searcher(Protocol):
@@ -39,6 +48,26 @@ class Searcher(Protocol):
 
     def search(self, env: PruneEnv, seed: int) -> None:
         """Search until ``env.problem.exhausted``."""
+
+
+def check_agent(cfg: Mapping[str, Any]) -> None:
+    """Fail fast on an ``agent`` node that names no searcher, before any training.
+
+    Raises:
+        ConfigError: for an unknown ``name`` or a ``_target_`` that cannot be imported.
+    """
+    if cfg.get("_target_"):
+        _locate(cfg["_target_"])
+    elif cfg.get("name") not in SEARCHERS:
+        raise ConfigError(
+            f"agent.name={cfg.get('name')!r} is not allowed: one of {SEARCHERS}, "
+            "or set agent._target_ to your searcher's import path (e.g. my_pkg.MySearch)"
+        )
+
+
+def searcher_name(cfg: Mapping[str, Any]) -> str:
+    """The agent's name in reports and W&B: ``name``, else the class name of ``_target_``."""
+    return str(cfg.get("name") or str(cfg["_target_"]).rsplit(".", 1)[-1])
 
 
 def make_searcher(
@@ -49,8 +78,11 @@ def make_searcher(
     """The searcher an ``agent`` config node names; an RL agent sends its training records to ``log``.
 
     Raises:
-        ConfigError: for an unknown agent name.
+        ConfigError: for an unknown agent name, or a ``_target_`` that cannot be imported,
+            rejects its arguments or builds no searcher.
     """
+    if cfg.get("_target_"):
+        return _build_target(cfg)
     name = cfg["name"]
     if name in BASELINES:
         return BASELINES[name]()
@@ -66,3 +98,35 @@ def make_searcher(
             log=log,
         )
     raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")
+
+
+def _locate(target: str) -> Callable[..., Any]:
+    """The class or factory at import path ``target`` (``agent._target_``)."""
+    try:
+        found = get_object(target)
+    except Exception as exc:  # Hydra wraps the import error; say which key holds the path
+        raise ConfigError(
+            f"agent._target_={target!r} cannot be imported ({exc}); name a searcher class or factory "
+            "importable from here (e.g. my_pkg.MySearch)"
+        ) from exc
+    if not callable(found):
+        raise ConfigError(f"agent._target_={target!r} is not a class or factory")
+    return found
+
+
+def _build_target(cfg: Mapping[str, Any]) -> Searcher:
+    """The searcher of ``_target_``, called with the node's keys other than rlprune's own."""
+    target = cfg["_target_"]
+    arguments = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
+    try:
+        searcher = _locate(target)(**arguments)
+    except TypeError as exc:
+        raise ConfigError(
+            f"agent._target_={target!r} rejects its arguments {sorted(arguments)}: {exc}"
+        ) from exc
+    if not callable(getattr(searcher, "search", None)):
+        raise ConfigError(
+            f"agent._target_={target!r} built a {type(searcher).__name__}, "
+            "which has no search(env, seed) method"
+        )
+    return searcher

@@ -10,16 +10,14 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +25,37 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from rlprune.agents import ALGORITHMS, SEARCHERS, SB3Search, make_searcher
-from rlprune.compress import (
-    bake,
-    calibrate_activations,
-    compress,
-    recalibrate_batch_norms,
-    without_input_quantizers,
-)
-from rlprune.config import AUTO, validate
-from rlprune.cuda.measure import deploy_and_measure
+from rlprune.agents import ALGORITHMS, SB3Search, check_agent, make_searcher
+from rlprune.compress import compress, recalibrate_batch_norms
+from rlprune.config import AUTO, plain, validate
 from rlprune.data import Splits, load_splits
 from rlprune.data.augment import Augment
 from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
-from rlprune.errors import ConfigError, DataError, ModelError, TrackingError
-from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
-from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
-from rlprune.hardware import LatencyModel, MeasuredModel, build_latency_model, network_latency
-from rlprune.hardware.local_gpu import GpuTableModel
-from rlprune.io import (
-    check_fresh_run_dir,
-    write_atomic,
-    write_json_atomic,
-    write_text_atomic,
-    write_yaml_atomic,
+from rlprune.errors import ConfigError, DataError, ModelError
+from rlprune.finetune import FinetuneSettings, finetune
+from rlprune.finish import (
+    Finetuned,
+    build_report,
+    check_tracking,
+    log_outputs,
+    test_score,
+    tracking,
+    write_outputs,
+    write_policy,
 )
-from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.finish import read_policy as read_policy  # re-exported: part of this API
+from rlprune.hardware import LatencyModel, build_latency_model
+from rlprune.io import check_fresh_run_dir, write_atomic
+from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
-from rlprune.policy import Pattern, Policy
-from rlprune.report import layer_rows, print_report, size_ratio
+from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker
 from rlprune.training import Score, TrainSettings, evaluate, train
@@ -128,13 +121,6 @@ def resolve_budget(latency: float | str, auto_share: float, space: SearchSpace) 
     return Budget(float(latency), False, floor)
 
 
-def _plain(node: Any) -> Any:
-    """A config node as plain Python data (resolved)."""
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch."""
     random.seed(seed)
@@ -173,7 +159,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
 
 def dense_cache_path(cfg: DictConfig) -> Path:
     """Where the dense baseline of this model (checkpoint content included), data and training is cached."""
-    key = {"model": _plain(cfg.model), "data": _plain(cfg.data), "dense": _plain(cfg.dense)}
+    key = {"model": plain(cfg.model), "data": plain(cfg.data), "dense": plain(cfg.dense)}
     if cfg.model.get("checkpoint"):
         key["checkpoint_sha256"] = hashlib.sha256(
             Path(cfg.model.checkpoint).expanduser().read_bytes()
@@ -214,7 +200,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
 
 def augmentation(cfg: DictConfig) -> Augment | None:
     """The training-time augmentation of ``data.augment``, or ``None`` when it changes nothing."""
-    augment = Augment.from_config(_plain(cfg.data.get("augment")))
+    augment = Augment.from_config(plain(cfg.data.get("augment")))
     return augment if augment.active else None
 
 
@@ -247,7 +233,7 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
 
 def search_patterns(cfg: DictConfig, hardware: LatencyModel) -> list[str]:
     """The patterns of ``search.pattern``; ``auto`` is the hardware's own (``search_pattern``)."""
-    pattern = _plain(cfg.search.pattern)
+    pattern = plain(cfg.search.pattern)
     if pattern == "auto":
         return list(hardware.search_pattern)
     return [pattern] if isinstance(pattern, str) else list(pattern)
@@ -270,9 +256,7 @@ def make_space(
     patterns = search_patterns(cfg, hardware)
     shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
     couplings = filter_couplings(model, example, layers) if shrinks else None
-    settings = SpaceSettings(
-        patterns, _plain(s.bits), s.levels, s.min_density, _plain(s.nm_options), s.nm_pad
-    )
+    settings = SpaceSettings(patterns, plain(s.bits), s.levels, s.min_density, plain(s.nm_options), s.nm_pad)
     return build_space(layers, searched, hardware, settings, couplings, hardware.calibrate(model, example))
 
 
@@ -346,7 +330,7 @@ def search(
         )
     env = _env(cfg, problem, evaluator)
     log = tracker.log_agent if tracker is not None else None
-    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar, log=log)
+    searcher = make_searcher(plain(cfg.agent), progress_bar=cfg.progress_bar, log=log)
     if run_dir is not None:
         _checkpoint(cfg, problem, searcher, run_dir)
     seed_everything(cfg.seed)
@@ -439,7 +423,7 @@ def search_budgets(
             question per budget.
     """
     budgets = list(dict.fromkeys(float(b) for b in budgets))
-    searcher = make_searcher(_plain(cfg.agent), progress_bar=cfg.progress_bar)
+    searcher = make_searcher(plain(cfg.agent), progress_bar=cfg.progress_bar)
     if not isinstance(searcher, SB3Search):
         raise ConfigError(f"a budget-conditioned search needs an RL agent, one of {sorted(ALGORITHMS)}")
     if cfg.search.evaluations <= len(budgets):
@@ -473,114 +457,6 @@ def search_budgets(
     }
 
 
-def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run_dir: Path) -> dict[str, Any]:
-    """Remove the policy's pruned filters for real and save the smaller network whole.
-
-    A policy the export cannot serve (a finetune that recast the classifier's outputs as
-    filters) keeps the run's other outputs; the report says why there is no smaller network.
-    """
-    try:
-        smaller = export_filter_pruned(baked, policy, example)
-    except (ConfigError, ModelError) as exc:
-        print(f"no model_pruned.pt: {exc}")
-        return {"model_pruned": None, "skipped": str(exc)}
-    write_atomic(run_dir / "model_pruned.pt", lambda f: torch.save(smaller, f))
-    return {
-        "model_pruned": "model_pruned.pt",
-        "params": sum(p.numel() for p in smaller.parameters()),
-        "dense_params": sum(p.numel() for p in baked.parameters()),
-    }
-
-
-def _deploy_here(
-    dense: nn.Module,
-    baked: nn.Module,
-    policy: Policy,
-    layers: list[LayerInfo],
-    splits: Splits,
-    hardware: MeasuredModel,
-    run_dir: Path,
-) -> dict[str, Any]:
-    """Deploy the policy as the measured table costs it, save it, and measure it on this CPU.
-
-    The network with the policy's filters removed and its batch norms folded, int8 (torch.ao,
-    ranges from training batches) in the layers the policy runs at 8 bits, traced and frozen:
-    ``model_deployed.pt``, for ``torch.jit.load`` without rlprune. Reported: its test accuracy
-    (int8 rounds as torch.ao does, not as the finetune's simulation did), and its latency over
-    the dense network's, both deployed and timed side by side on this CPU as the table is. A
-    network that cannot be exported or traced keeps the run's other outputs; the report says why.
-    """
-    try:
-        example = splits.train_x[:1]
-        plain = without_input_quantizers(copy.deepcopy(baked))
-        filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
-        network = fold_batch_norms(
-            export_filter_pruned(plain, filters, example) if filters.choices else plain
-        )
-        dense_choice = hardware.dense_choice()
-        integer = {
-            layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers
-        }
-        int8 = [name for name, runs in integer.items() if runs]
-        if int8:
-            floats = [name for name, runs in integer.items() if not runs]
-            calibration = list(splits.train_x[:512].split(64))
-            network = export_int8(network, example, calibration, float_layers=floats)
-        deployed = hardware.deploy(network, example)
-        write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
-        x = splits.test_x[: hardware.batch_size]
-        dense_s, deployed_s = hardware.time_networks(
-            [hardware.deploy(fold_batch_norms(dense), example), deployed],
-            x,
-            [32, 8 if int8 else 32],
-            repeats=5,  # int8 and float are timed apart: their ratio varied 1-5% (cv) from timing to timing
-        )
-        result = {
-            "model": "model_deployed.pt",
-            "int8_layers": int8,
-            "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
-            "measured_latency": deployed_s / dense_s,
-            "dense_seconds": dense_s,
-            "deployed_seconds": deployed_s,
-        }
-    except (ConfigError, ModelError) as exc:
-        print(f"no model_deployed.pt: {exc}")
-        return {"model": None, "skipped": str(exc)}
-    return result
-
-
-def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:
-    """Write a policy and how it scored to ``path`` (YAML, atomically)."""
-    write_yaml_atomic(
-        path,
-        {
-            "hardware": hardware,
-            "budget": outcome.budget,
-            "latency": round(outcome.latency, 6),
-            "reward_accuracy": round(outcome.accuracy, 6),
-            "episode": outcome.episode,
-            "layers": outcome.policy.to_dict(),
-        },
-    )
-
-
-def read_policy(path: str | Path) -> Policy:
-    """The policy stored in a ``policy.yaml``."""
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict) or "layers" not in data:
-        raise ConfigError(f"{path} is not a policy file: it has no 'layers' mapping")
-    return Policy.from_dict(data["layers"])
-
-
-def test_score(model: nn.Module, splits: Splits) -> Score:
-    """Test accuracy of a compressed model, its activation ranges calibrated on the reward split."""
-    calibrate_activations(model, splits.reward_x)
-    return evaluate(model, splits.test_x, splits.test_y)
-
-
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """The whole chain: target, search, finetune, report, export. Returns the report.
 
@@ -600,11 +476,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError("resume=true continues one budget's search; budget.sweep runs cannot be resumed")
     for budget in sweep or []:
         check_fresh_run_dir(run_dir / f"budget_{budget}")
-    if cfg.agent.name not in SEARCHERS:
-        raise ConfigError(f"agent.name={cfg.agent.name!r} is not allowed: one of {SEARCHERS}")
-    settings = FinetuneSettings.from_config(_plain(cfg.finetune))
+    check_agent(plain(cfg.agent))
+    settings = FinetuneSettings.from_config(plain(cfg.finetune))
     device = resolve_device(cfg.device)
-    hardware = build_latency_model(_plain(cfg.hardware))
+    hardware = build_latency_model(plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     # fail fast, before the dense model is trained
@@ -635,72 +510,20 @@ def _run(
         reports = []
         for budget in budgets:
             folder = run_dir / f"budget_{budget.latency}"
-            with _tracker(cfg, hardware, folder, budget.latency) as tracker:
+            with tracking(cfg, hardware, folder, budget.latency) as tracker:
                 result = results[budget.latency]
                 reports.append(_finish(cfg, target, result, hardware, settings, budget, folder, tracker))
             trackers.append((folder, tracker))
         report = reports[0]
     else:
         (budget,) = budgets
-        with _tracker(cfg, hardware, run_dir, budget.latency) as tracker:
+        with tracking(cfg, hardware, run_dir, budget.latency) as tracker:
             target = train_target(cfg, model, splits, layers, searched)
             result = search(cfg, target, hardware, tracker, run_dir, space=space)
             report = _finish(cfg, target, result, hardware, settings, budget, run_dir, tracker)
         trackers.append((run_dir, tracker))
-    _check_tracking(trackers, report)
+    check_tracking(trackers, report)
     return report
-
-
-@contextmanager
-def _tracker(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: float) -> Iterator[Tracker]:
-    """The W&B run of one budget's run, closed with the run's outcome.
-
-    A tracking failure leaves its tracebacks in ``<run_dir>/tracking_error.log``.
-    """
-    model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
-    tracker = Tracker(
-        cfg.wandb.mode,
-        cfg.wandb.project,
-        run_dir,
-        _plain(cfg),
-        name=f"{model_name}-{cfg.data.name}-{hardware.name}-{cfg.agent.name}-b{budget}-s{cfg.seed}",
-        group=cfg.wandb.group,
-        tags=[cfg.agent.name, hardware.name, cfg.data.name],
-    )
-    try:
-        yield tracker
-    except BaseException:
-        tracker.finish(exit_code=1)
-        raise
-    tracker.finish()
-    if tracker.failures:
-        write_text_atomic(run_dir / TRACKING_LOG, "\n".join(tracker.tracebacks))
-
-
-TRACKING_LOG = "tracking_error.log"
-"""The file, in the run folder, that holds the tracebacks of a failed W&B tracking."""
-
-
-def _check_tracking(trackers: Sequence[tuple[Path, Tracker]], report: dict[str, Any]) -> None:
-    """Raise :class:`TrackingError` when any W&B run of the finished run failed to log."""
-    failed = [(folder, tracker) for folder, tracker in trackers if tracker.failure]
-    if failed:
-        folder, tracker = failed[0]
-        raise TrackingError(
-            f"the run finished and wrote its outputs in {folder}, but W&B tracking failed: "
-            f"{tracker.failure} (details: {folder / TRACKING_LOG})",
-            report,
-        )
-
-
-@dataclass
-class Finetuned:
-    """The best policy finetuned, with the couplings it was applied with and its test scores."""
-
-    result: FinetuneResult
-    couplings: Mapping[str, FilterCoupling] | None
-    before: Score
-    after: Score
 
 
 def _finish(
@@ -715,10 +538,10 @@ def _finish(
 ) -> dict[str, Any]:
     """Finetune the best policy of ``result``, then write, print and log its report, policy and model."""
     tuned = _finetune_best(cfg, target, result, settings)
-    report = _report(cfg, target, result, hardware, settings, budget, tuned)
-    outputs = _write(report, target, result, tuned, hardware, run_dir)
+    report = build_report(cfg, target, result, hardware, settings, budget, tuned)
+    outputs = write_outputs(report, target, result, tuned, hardware, run_dir)
     print_report(report)
-    _log(tracker, report, tuned.result.policy, outputs)
+    log_outputs(tracker, report, tuned.result.policy, outputs)
     return report
 
 
@@ -746,105 +569,3 @@ def _finetune_best(
         augmentation(cfg),
     )
     return Finetuned(tuned, couplings, before, test_score(tuned.model, splits))
-
-
-def _report(
-    cfg: DictConfig,
-    target: Target,
-    result: SearchResult,
-    hardware: LatencyModel,
-    settings: FinetuneSettings,
-    budget: Budget,
-    tuned: Finetuned,
-) -> dict[str, Any]:
-    """The report of a finished run as plain data: budget, latency, size, accuracies, layers."""
-    layers, policy, couplings = target.layers, tuned.result.policy, tuned.couplings
-    overhead = result.space.overhead
-    rows = layer_rows(
-        layers,
-        policy,
-        hardware,
-        {**result.space.skipped, **tuned.result.kept},
-        tuned.result.metrics,
-        couplings,
-        result.space.step_of,
-    )
-    latency = (network_latency(hardware, layers, policy, couplings) + overhead) / (
-        network_latency(hardware, layers, Policy()) + overhead
-    )
-    return {
-        "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
-        "budget": budget.latency,
-        "budget_auto": budget.auto,
-        "cheapest_latency": budget.floor,
-        "latency": latency,
-        "size_ratio": size_ratio(layers, rows),
-        "hardware": hardware.name,
-        "device": str(target.splits.train_x.device),
-        "accuracy": {
-            "dense_test": target.dense_test.accuracy,
-            "dense_reward": target.dense_reward.accuracy,
-            "search_best_reward": result.best.accuracy,
-            "pruned_test_before_finetune": tuned.before.accuracy,
-            "pruned_test_after_finetune": tuned.after.accuracy,
-        },
-        "search": {
-            "agent": cfg.agent.name,
-            "evaluations": result.evaluations,
-            "forward_passes": result.forward_passes,
-            "best_episode": result.best.episode,
-            "latency": result.best.latency,
-            "seconds": result.seconds,
-        },
-        "finetune": asdict(settings),
-        "skipped": result.space.skipped,
-        "layers": rows,
-    }
-
-
-def _write(
-    report: dict[str, Any],
-    target: Target,
-    result: SearchResult,
-    tuned: Finetuned,
-    hardware: LatencyModel,
-    run_dir: Path,
-) -> list[Path]:
-    """Write the run's outputs (the exports add their results to ``report``); returns their paths."""
-    policy, splits = tuned.result.policy, target.splits.to("cpu")
-    baked = bake(tuned.result.model).cpu()  # the exports and model.pt are CPU networks
-    run_dir.mkdir(parents=True, exist_ok=True)
-    outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
-    if any(choice.pattern is Pattern.FILTER for _, choice in policy):
-        report["export"] = _export_filters(baked, policy, splits.train_x[:1], run_dir)
-        if report["export"]["model_pruned"]:
-            outputs.append(run_dir / "model_pruned.pt")
-    if isinstance(hardware, MeasuredModel):
-        dense = copy.deepcopy(target.model).cpu()
-        report["deployed"] = _deploy_here(dense, baked, policy, target.layers, splits, hardware, run_dir)
-        if report["deployed"]["model"]:
-            outputs.append(run_dir / "model_deployed.pt")
-    if isinstance(hardware, GpuTableModel):
-        test = (splits.test_x, splits.test_y)
-        report["deployed"] = deploy_and_measure(
-            target.model, baked, policy, test, splits.train_x, hardware.batch_size, run_dir
-        )
-        outputs.append(run_dir / "model_deployed_gpu.pt")
-    write_json_atomic(run_dir / "report.json", report)
-    write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-    write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
-    return outputs
-
-
-def _log(tracker: Tracker, report: dict[str, Any], policy: Policy, outputs: Sequence[Path]) -> None:
-    """Log the finished run to W&B: layer table, per-layer bars, summary, outputs as an artifact.
-
-    Isolated from the steps before it: a failure is recorded in ``tracker.failures``, never raised.
-    """
-    with tracker.guard("final log"):
-        tracker.log_table("layers", report["layers"])
-        names = [name for name, _ in policy]
-        tracker.log_bars("policy/sparsity", names, [1 - c.density for _, c in policy], "sparsity per layer")
-        tracker.log_bars("policy/bits", names, [c.w_bits for _, c in policy], "weight bits per layer")
-        tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
-        tracker.log_artifact("compressed", "model", outputs)

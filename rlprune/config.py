@@ -11,6 +11,7 @@ allowed. The groups whose keys depend on the choice (``model``, ``data``, ``agen
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,15 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+def plain(value: Any) -> Any:
+    """A config node (OmegaConf, resolved) or a mapping or sequence of them as plain dicts and lists."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -175,7 +183,7 @@ def validate(cfg: DictConfig) -> None:
         ("dense.batch_size", cfg.dense.batch_size >= 1, "an integer >= 1"),
         ("reward.bn_recalibration", cfg.reward.bn_recalibration >= 0, "an integer >= 0 (batches)"),
     ]
-    sweep = _plain(cfg.budget.sweep)
+    sweep = plain(cfg.budget.sweep)
     if sweep is not None and (
         not isinstance(sweep, list) or not sweep or not all(_is_number(b) and 0.0 < b <= 1.0 for b in sweep)
     ):
@@ -190,17 +198,17 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise _fail(key, OmegaConf.select(cfg, key), allowed)
 
-    pattern = _plain(cfg.search.pattern)
+    pattern = plain(cfg.search.pattern)
     names = [pattern] if isinstance(pattern, str) else pattern
     valid = searchable_patterns()
     if pattern != "auto" and (not isinstance(names, list) or not names or any(n not in valid for n in names)):
         raise _fail("search.pattern", pattern, f"auto, one of {valid}, or a list of them")
-    bits = _plain(cfg.search.bits)
+    bits = plain(cfg.search.bits)
     if bits is not None and (
         not isinstance(bits, list) or not bits or any(b not in SUPPORTED_BITS for b in bits)
     ):
         raise _fail("search.bits", bits, f"null or a list of bit-widths from {list(SUPPORTED_BITS)}")
-    options = _plain(cfg.search.nm_options)
+    options = plain(cfg.search.nm_options)
     if options is not None:
         valid = isinstance(options, list) and all(
             isinstance(o, list) and len(o) == 2 and all(isinstance(v, int) for v in o) and 0 < o[0] < o[1]

@@ -220,21 +220,21 @@ def test_latency_bench_quick_writes_json(tmp_path):
 def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatch):
     # the deployed network is an extra output: a model torch.ao cannot quantize must not cost
     # the run its report, policy and model
-    from rlprune import api
+    from rlprune import finish
     from rlprune.data import Splits
     from rlprune.hardware import MeasuredModel
 
     def cannot(*args, **kwargs):
         raise ModelError("MNIST1DCNN cannot be quantized to int8 with torch.ao FX (x86): a test")
 
-    monkeypatch.setattr(api, "export_int8", cannot)
+    monkeypatch.setattr(finish, "export_int8", cannot)
     torch.manual_seed(0)
     model, x, y = MNIST1DCNN().eval(), torch.randn(8, 1, 40), torch.randint(0, 10, (8,))
     splits = Splits(x, y, x, y, x, y, 10)
     policy = Policy.of({"conv2": Choice(Pattern.DENSE, 1, 1, 8, 8)})
     hardware = MeasuredModel(cache_dir=tmp_path, rounds=1, block_time=1e-4, retries=0, progress=False)
     layers = discover_layers(model, x[:1])
-    result = api._deploy_here(model, copy.deepcopy(model), policy, layers, splits, hardware, tmp_path)
+    result = finish._deploy_here(model, copy.deepcopy(model), policy, layers, splits, hardware, tmp_path)
     assert result == {
         "model": None,
         "skipped": "MNIST1DCNN cannot be quantized to int8 with torch.ao FX (x86): a test",
@@ -242,7 +242,9 @@ def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatc
     assert not (tmp_path / "model_deployed.pt").exists()
     # the same policy in float deploys, and is timed against the dense network
     float_policy = Policy.of({"conv2": Choice(Pattern.FILTER, 32, 64, 32, 32)})
-    result = api._deploy_here(model, copy.deepcopy(model), float_policy, layers, splits, hardware, tmp_path)
+    result = finish._deploy_here(
+        model, copy.deepcopy(model), float_policy, layers, splits, hardware, tmp_path
+    )
     assert result["model"] == "model_deployed.pt" and result["int8_layers"] == []
     assert torch.jit.load(tmp_path / "model_deployed.pt")(x).shape == (8, 10)
     assert result["measured_latency"] > 0

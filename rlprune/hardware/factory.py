@@ -1,8 +1,11 @@
 """Build a latency model from its Hydra config node, or from a ``conf/hardware`` file.
 
-``build_latency_model(cfg.hardware)`` looks at ``model`` (the kind) and hands the node to that
-kind's builder. New kinds (the measured lookup table) register with
-:func:`register_latency_model`.
+``build_latency_model(cfg.hardware)`` hands the node to its builder: the one of its ``model``
+kind (``roofline``, ``measured``, ...: short names of the classes here, more registered with
+:func:`register_latency_model`), or the one of ``_target_``, the import path of a latency model
+of the user's own package (as ``model._target_`` names a network): a :class:`LatencyModel`
+subclass built by its ``from_config(cfg, where)``, or a class or factory called with the node's
+other fields that returns a :class:`LatencyModel`.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 
+from rlprune.config import plain
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.bitfusion import BitFusionModel
@@ -45,17 +50,6 @@ def latency_model_kinds() -> tuple[str, ...]:
     return tuple(sorted(_BUILDERS))
 
 
-def to_plain(cfg: Any) -> Any:
-    """An OmegaConf container (resolved) or a mapping as plain dicts and lists."""
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return {key: to_plain(value) for key, value in cfg.items()}
-    if isinstance(cfg, list | tuple):
-        return [to_plain(value) for value in cfg]
-    return cfg
-
-
 def build_latency_model(
     cfg: Mapping[str, Any], *, origin: str | os.PathLike[str] | None = None
 ) -> LatencyModel:
@@ -69,26 +63,72 @@ def build_latency_model(
         ConfigError: unknown ``model`` kind, or a missing, unknown or ill-typed field; the
             message names the config and the field and says what is expected.
     """
-    data = to_plain(cfg)
+    data = plain(cfg)
     name = data.get("name") if isinstance(data, Mapping) else None
     where = f"hardware config '{name}'" if isinstance(name, str) else "hardware config"
     if origin is not None:
         where += f" ({origin})"
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping of fields, got {type(data).__name__}")
+    builder, target = _builder(data, where), data.get("_target_")
+    data = {key: value for key, value in data.items() if key != "_target_"}
+    wanted = data.pop("search_pattern", str(Pattern.FILTER))
+    model = builder(data, where)
+    if not isinstance(model, LatencyModel):
+        raise ConfigError(
+            f"{where}: _target_={target!r} built a {type(model).__name__}, "
+            "not a rlprune.hardware.LatencyModel"
+        )
+    model.search_pattern = _search_pattern(wanted, model, where)
+    return model
+
+
+def _builder(data: Mapping[str, Any], where: str) -> Builder:
+    """The builder of a hardware node: its ``_target_``'s, or its ``model`` kind's."""
     kinds = latency_model_kinds()
+    if data.get("_target_") is not None:
+        if "model" in data:
+            raise ConfigError(
+                f"{where}: set one of 'model' (a kind: {list(kinds)}) or '_target_' (an import path), "
+                "not both"
+            )
+        return _target_builder(data["_target_"], where)
     if "model" not in data:
-        raise ConfigError(f"{where}: missing field 'model'; expected one of {list(kinds)}")
+        raise ConfigError(
+            f"{where}: missing field 'model'; expected one of {list(kinds)}, "
+            "or '_target_' naming your latency model (e.g. my_pkg.MyLatencyModel)"
+        )
     kind = data["model"]
     if kind not in _BUILDERS:
         raise ConfigError(
             f"{where}: unknown latency model kind model={kind!r}; expected one of {list(kinds)}"
         )
-    data = dict(data)
-    wanted = data.pop("search_pattern", str(Pattern.FILTER))
-    model = _BUILDERS[kind](data, where)
-    model.search_pattern = _search_pattern(wanted, model, where)
-    return model
+    return _BUILDERS[kind]
+
+
+def _target_builder(target: Any, where: str) -> Builder:
+    """The builder of ``_target_``: a LatencyModel's ``from_config``, else the callable itself."""
+    try:
+        found = get_object(str(target))
+    except Exception as exc:  # Hydra wraps the import error; say which field holds the path
+        raise ConfigError(
+            f"{where}: _target_={target!r} cannot be imported ({exc}); name a LatencyModel subclass "
+            "or factory importable from here (e.g. my_pkg.MyLatencyModel)"
+        ) from exc
+    if isinstance(found, type) and issubclass(found, LatencyModel) and hasattr(found, "from_config"):
+        return found.from_config
+    if not callable(found):
+        raise ConfigError(f"{where}: _target_={target!r} is not a class or factory")
+
+    def build(cfg: Mapping[str, Any], where: str) -> LatencyModel:
+        try:
+            return found(**cfg)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{where}: _target_={target!r} rejects its fields {sorted(cfg)}: {exc}"
+            ) from exc
+
+    return build
 
 
 def _search_pattern(wanted: Any, model: LatencyModel, where: str) -> tuple[str, ...]:

@@ -1,0 +1,304 @@
+"""The finishing steps of a run: its report, its outputs (policy, models, exports) and its W&B log.
+
+:func:`rlprune.api.run` finetunes the search's best policy, then hands it here: :func:`build_report`
+turns it into plain data, :func:`write_outputs` writes the run folder, :func:`log_outputs` logs it
+to the run's tracker (:func:`tracking`), and :func:`check_tracking` says, once every output is
+written, whether tracking failed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from rlprune.agents import searcher_name
+from rlprune.compress import bake, calibrate_activations, without_input_quantizers
+from rlprune.config import plain
+from rlprune.cuda.measure import deploy_and_measure
+from rlprune.data import Splits
+from rlprune.envs.problem import Outcome
+from rlprune.errors import ConfigError, ModelError, TrackingError
+from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
+from rlprune.finetune import FinetuneResult, FinetuneSettings
+from rlprune.hardware import LatencyModel, MeasuredModel, network_latency
+from rlprune.hardware.local_gpu import GpuTableModel
+from rlprune.io import write_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
+from rlprune.layers import FilterCoupling, LayerInfo
+from rlprune.policy import Pattern, Policy
+from rlprune.report import layer_rows, size_ratio
+from rlprune.tracking import Tracker
+from rlprune.training import Score, evaluate
+
+if TYPE_CHECKING:  # the stages' results, read here; rlprune.api imports this module
+    from rlprune.api import Budget, SearchResult, Target
+
+
+def _export_filters(baked: nn.Module, policy: Policy, example: torch.Tensor, run_dir: Path) -> dict[str, Any]:
+    """Remove the policy's pruned filters for real and save the smaller network whole.
+
+    A policy the export cannot serve (a finetune that recast the classifier's outputs as
+    filters) keeps the run's other outputs; the report says why there is no smaller network.
+    """
+    try:
+        smaller = export_filter_pruned(baked, policy, example)
+    except (ConfigError, ModelError) as exc:
+        print(f"no model_pruned.pt: {exc}")
+        return {"model_pruned": None, "skipped": str(exc)}
+    write_atomic(run_dir / "model_pruned.pt", lambda f: torch.save(smaller, f))
+    return {
+        "model_pruned": "model_pruned.pt",
+        "params": sum(p.numel() for p in smaller.parameters()),
+        "dense_params": sum(p.numel() for p in baked.parameters()),
+    }
+
+
+def _deploy_here(
+    dense: nn.Module,
+    baked: nn.Module,
+    policy: Policy,
+    layers: list[LayerInfo],
+    splits: Splits,
+    hardware: MeasuredModel,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Deploy the policy as the measured table costs it, save it, and measure it on this CPU.
+
+    The network with the policy's filters removed and its batch norms folded, int8 (torch.ao,
+    ranges from training batches) in the layers the policy runs at 8 bits, traced and frozen:
+    ``model_deployed.pt``, for ``torch.jit.load`` without rlprune. Reported: its test accuracy
+    (int8 rounds as torch.ao does, not as the finetune's simulation did), and its latency over
+    the dense network's, both deployed and timed side by side on this CPU as the table is. A
+    network that cannot be exported or traced keeps the run's other outputs; the report says why.
+    """
+    try:
+        example = splits.train_x[:1]
+        plain = without_input_quantizers(copy.deepcopy(baked))
+        filters = Policy(tuple((name, c) for name, c in policy if c.pattern is Pattern.FILTER))
+        network = fold_batch_norms(
+            export_filter_pruned(plain, filters, example) if filters.choices else plain
+        )
+        dense_choice = hardware.dense_choice()
+        integer = {
+            layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers
+        }
+        int8 = [name for name, runs in integer.items() if runs]
+        if int8:
+            floats = [name for name, runs in integer.items() if not runs]
+            calibration = list(splits.train_x[:512].split(64))
+            network = export_int8(network, example, calibration, float_layers=floats)
+        deployed = hardware.deploy(network, example)
+        write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
+        x = splits.test_x[: hardware.batch_size]
+        dense_s, deployed_s = hardware.time_networks(
+            [hardware.deploy(fold_batch_norms(dense), example), deployed],
+            x,
+            [32, 8 if int8 else 32],
+            repeats=5,  # int8 and float are timed apart: their ratio varied 1-5% (cv) from timing to timing
+        )
+        result = {
+            "model": "model_deployed.pt",
+            "int8_layers": int8,
+            "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
+            "measured_latency": deployed_s / dense_s,
+            "dense_seconds": dense_s,
+            "deployed_seconds": deployed_s,
+        }
+    except (ConfigError, ModelError) as exc:
+        print(f"no model_deployed.pt: {exc}")
+        return {"model": None, "skipped": str(exc)}
+    return result
+
+
+def write_policy(path: Path, outcome: Outcome, hardware: str) -> None:
+    """Write a policy and how it scored to ``path`` (YAML, atomically)."""
+    write_yaml_atomic(
+        path,
+        {
+            "hardware": hardware,
+            "budget": outcome.budget,
+            "latency": round(outcome.latency, 6),
+            "reward_accuracy": round(outcome.accuracy, 6),
+            "episode": outcome.episode,
+            "layers": outcome.policy.to_dict(),
+        },
+    )
+
+
+def read_policy(path: str | Path) -> Policy:
+    """The policy stored in a ``policy.yaml``."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict) or "layers" not in data:
+        raise ConfigError(f"{path} is not a policy file: it has no 'layers' mapping")
+    return Policy.from_dict(data["layers"])
+
+
+def test_score(model: nn.Module, splits: Splits) -> Score:
+    """Test accuracy of a compressed model, its activation ranges calibrated on the reward split."""
+    calibrate_activations(model, splits.reward_x)
+    return evaluate(model, splits.test_x, splits.test_y)
+
+
+TRACKING_LOG = "tracking_error.log"
+"""The file, in the run folder, that holds the tracebacks of a failed W&B tracking."""
+
+
+@contextmanager
+def tracking(cfg: DictConfig, hardware: LatencyModel, run_dir: Path, budget: float) -> Iterator[Tracker]:
+    """The W&B run of one budget's run, closed with the run's outcome.
+
+    A tracking failure leaves its tracebacks in ``<run_dir>/tracking_error.log``.
+    """
+    model_name = str(cfg.model.get("_target_") or "model").rsplit(".", 1)[-1]
+    agent = searcher_name(cfg.agent)
+    tracker = Tracker(
+        cfg.wandb.mode,
+        cfg.wandb.project,
+        run_dir,
+        plain(cfg),
+        name=f"{model_name}-{cfg.data.name}-{hardware.name}-{agent}-b{budget}-s{cfg.seed}",
+        group=cfg.wandb.group,
+        tags=[agent, hardware.name, cfg.data.name],
+    )
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    if tracker.failures:
+        write_text_atomic(run_dir / TRACKING_LOG, "\n".join(tracker.tracebacks))
+
+
+def check_tracking(trackers: Sequence[tuple[Path, Tracker]], report: dict[str, Any]) -> None:
+    """Raise :class:`TrackingError` when any W&B run of the finished run failed to log."""
+    failed = [(folder, tracker) for folder, tracker in trackers if tracker.failure]
+    if failed:
+        folder, tracker = failed[0]
+        raise TrackingError(
+            f"the run finished and wrote its outputs in {folder}, but W&B tracking failed: "
+            f"{tracker.failure} (details: {folder / TRACKING_LOG})",
+            report,
+        )
+
+
+@dataclass
+class Finetuned:
+    """The best policy finetuned, with the couplings it was applied with and its test scores."""
+
+    result: FinetuneResult
+    couplings: Mapping[str, FilterCoupling] | None
+    before: Score
+    after: Score
+
+
+def build_report(
+    cfg: DictConfig,
+    target: Target,
+    result: SearchResult,
+    hardware: LatencyModel,
+    settings: FinetuneSettings,
+    budget: Budget,
+    tuned: Finetuned,
+) -> dict[str, Any]:
+    """The report of a finished run as plain data: budget, latency, size, accuracies, layers."""
+    layers, policy, couplings = target.layers, tuned.result.policy, tuned.couplings
+    overhead = result.space.overhead
+    rows = layer_rows(
+        layers,
+        policy,
+        hardware,
+        {**result.space.skipped, **tuned.result.kept},
+        tuned.result.metrics,
+        couplings,
+        result.space.step_of,
+    )
+    latency = (network_latency(hardware, layers, policy, couplings) + overhead) / (
+        network_latency(hardware, layers, Policy()) + overhead
+    )
+    return {
+        "run": {"model": str(cfg.model.get("_target_")), "data": cfg.data.name, "seed": cfg.seed},
+        "budget": budget.latency,
+        "budget_auto": budget.auto,
+        "cheapest_latency": budget.floor,
+        "latency": latency,
+        "size_ratio": size_ratio(layers, rows),
+        "hardware": hardware.name,
+        "device": str(target.splits.train_x.device),
+        "accuracy": {
+            "dense_test": target.dense_test.accuracy,
+            "dense_reward": target.dense_reward.accuracy,
+            "search_best_reward": result.best.accuracy,
+            "pruned_test_before_finetune": tuned.before.accuracy,
+            "pruned_test_after_finetune": tuned.after.accuracy,
+        },
+        "search": {
+            "agent": searcher_name(cfg.agent),
+            "evaluations": result.evaluations,
+            "forward_passes": result.forward_passes,
+            "best_episode": result.best.episode,
+            "latency": result.best.latency,
+            "seconds": result.seconds,
+        },
+        "finetune": asdict(settings),
+        "skipped": result.space.skipped,
+        "layers": rows,
+    }
+
+
+def write_outputs(
+    report: dict[str, Any],
+    target: Target,
+    result: SearchResult,
+    tuned: Finetuned,
+    hardware: LatencyModel,
+    run_dir: Path,
+) -> list[Path]:
+    """Write the run's outputs (the exports add their results to ``report``); returns their paths."""
+    policy, splits = tuned.result.policy, target.splits.to("cpu")
+    baked = bake(tuned.result.model).cpu()  # the exports and model.pt are CPU networks
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [run_dir / "policy.yaml", run_dir / "report.json", run_dir / "model.pt"]
+    if any(choice.pattern is Pattern.FILTER for _, choice in policy):
+        report["export"] = _export_filters(baked, policy, splits.train_x[:1], run_dir)
+        if report["export"]["model_pruned"]:
+            outputs.append(run_dir / "model_pruned.pt")
+    if isinstance(hardware, MeasuredModel):
+        dense = copy.deepcopy(target.model).cpu()
+        report["deployed"] = _deploy_here(dense, baked, policy, target.layers, splits, hardware, run_dir)
+        if report["deployed"]["model"]:
+            outputs.append(run_dir / "model_deployed.pt")
+    if isinstance(hardware, GpuTableModel):
+        test = (splits.test_x, splits.test_y)
+        report["deployed"] = deploy_and_measure(
+            target.model, baked, policy, test, splits.train_x, hardware.batch_size, run_dir
+        )
+        outputs.append(run_dir / "model_deployed_gpu.pt")
+    write_json_atomic(run_dir / "report.json", report)
+    write_policy(run_dir / "policy.yaml", result.best, hardware.name)
+    write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
+    return outputs
+
+
+def log_outputs(tracker: Tracker, report: dict[str, Any], policy: Policy, outputs: Sequence[Path]) -> None:
+    """Log the finished run to W&B: layer table, per-layer bars, summary, outputs as an artifact.
+
+    Isolated from the steps before it: a failure is recorded in ``tracker.failures``, never raised.
+    """
+    with tracker.guard("final log"):
+        tracker.log_table("layers", report["layers"])
+        names = [name for name, _ in policy]
+        tracker.log_bars("policy/sparsity", names, [1 - c.density for _, c in policy], "sparsity per layer")
+        tracker.log_bars("policy/bits", names, [c.w_bits for _, c in policy], "weight bits per layer")
+        tracker.log_summary({k: v for k, v in report.items() if k != "layers"})
+        tracker.log_artifact("compressed", "model", outputs)
