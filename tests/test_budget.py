@@ -4,6 +4,7 @@ model reaches it on every shipped hardware; a budget the user types is kept, or 
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from rlprune.api import describe, make_space, resolve_budget
 from rlprune.errors import BudgetError
 from rlprune.hardware import build_latency_model
 from tests.support import CONF, compose_config
+from tests.test_cli import QUICK, rlprune
 
 EMBEDDED = ("mnist1d", "digits")
 # the two CNNs are built for their dataset's input; the zoo's networks take either
@@ -87,3 +89,21 @@ def test_a_typed_budget_is_kept_and_an_unreachable_one_refused_naming_the_floor(
     assert (typed.latency, typed.auto, typed.floor) == (0.5, False, floor)
     with pytest.raises(BudgetError, match=f"below the cheapest reachable latency {floor:.4f}"):
         resolve_budget(floor / 2, 0.1, space)
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "hardware"),
+    [
+        ("mnist1d_cnn", "mnist1d", "a100"),  # the old default (0.25) was below these floors
+        ("mnist1d_cnn", "mnist1d", "h200"),
+        ("digits_cnn", "digits", "jetson_orin"),
+    ],
+)
+def test_the_main_command_runs_within_the_default_budget(
+    tmp_path, model: str, data: str, hardware: str
+) -> None:
+    result = rlprune(tmp_path, f"model={model}", f"data={data}", f"hardware={hardware}", *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget_auto"] and report["cheapest_latency"] < report["budget"] < 1
+    assert report["latency"] <= report["budget"] + 1e-9

@@ -95,21 +95,16 @@ def _env(folder: Path) -> dict[str, str]:
     return env
 
 
-def _start(args: list[str], folder: Path, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rlprune", *args],
-        cwd=folder,
-        env=_env(folder),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,
-    )
-
-
 def _kill_midway(args: list[str], folder: Path) -> None:
     """Run ``args`` (the search as written, training quick) until its first checkpoint, then SIGTERM it."""
-    process = _start([*args, *TRAINING], folder)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlprune", *args, *TRAINING],
+        cwd=folder,
+        env=_env(folder),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 600
     while process.poll() is None and time.monotonic() < deadline:
         if any(folder.rglob("checkpoint/search.json")):
@@ -159,13 +154,19 @@ def test_documented_command_runs_as_written(command: Command, tmp_path: Path) ->
     args = [_two_values_at_most(arg) for arg in command.args] if command.multirun else list(command.args)
     if "resume=true" in args:
         _kill_midway([arg for arg in args if arg != "resume=true"], tmp_path)
-    process = _start([*args, *QUICK], tmp_path)
-    stdout, stderr = process.communicate(timeout=1800)
-    assert process.returncode == 0, (
-        f"{command.text} ({command.source}) exited {process.returncode}:\n{stderr[-3000:]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlprune", *args, *QUICK],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, (
+        f"{command.text} ({command.source}) exited {result.returncode}:\n{result.stderr[-3000:]}"
     )
     reports = [json.loads(path.read_text()) for path in tmp_path.rglob("report.json")]
-    assert len(reports) == _expected_reports(command, args), stdout[-2000:]
+    assert len(reports) == _expected_reports(command, args), result.stdout[-2000:]
     for report in reports:
         assert report["latency"] <= report["budget"] + 1e-9, (
             f"{command.text}: {report['latency']} > {report['budget']}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlprune import pareto
 from rlprune.hardware import build_latency_model
 from rlprune.layers import discover_layers
 from rlprune.models import MNIST1DCNN
@@ -79,3 +80,43 @@ def test_a_disabled_tracker_logs_nothing_and_fails_nothing(tmp_path: Path) -> No
     tracker.finish()
     assert not tracker.enabled and tracker.failure is None
     assert not (tmp_path / "wandb").exists()
+
+
+def _sweep_folder(folder: Path) -> Path:
+    """A folder with two finished runs' reports, as ``rlprune.pareto`` reads them."""
+    for run, (budget, latency, accuracy) in enumerate([(0.5, 0.49, 0.93), (0.7, 0.68, 0.95)]):
+        report = {
+            "hardware": "arm_cpu",
+            "budget": budget,
+            "latency": latency,
+            "search": {"agent": "ppo"},
+            "accuracy": {
+                "pruned_test_after_finetune": accuracy,
+                "search_best_reward": accuracy,
+                "dense_test": 0.96,
+            },
+        }
+        (folder / str(run)).mkdir(parents=True)
+        (folder / str(run) / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_the_pareto_table_is_logged_offline(tmp_path: Path) -> None:
+    folder = _sweep_folder(tmp_path / "sweep")
+    pareto.main([str(folder), "--wandb", "offline"])
+    table = _table(folder, "pareto")
+    assert table["columns"][:3] == ["run", "hardware", "agent"] and len(table["data"]) == 3  # two runs, dense
+
+
+def test_a_pareto_report_whose_tracking_fails_exits_3_with_its_files_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unusable = tmp_path / "not_a_folder"
+    unusable.write_text("")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(unusable))
+    folder = _sweep_folder(tmp_path / "sweep")
+    with pytest.raises(SystemExit) as stop:
+        pareto.main([str(folder), "--wandb", "offline"])
+    assert stop.value.code == 3
+    assert "error: W&B logging failed (pareto: PermissionError" in capsys.readouterr().err
+    assert (folder / "pareto.json").exists() and (folder / "pareto.png").exists()
