@@ -30,6 +30,10 @@ class Tracker:
         run_dir: folder the offline run is written into (``<run_dir>/wandb``).
         config: the resolved configuration, logged as the run's config.
         name: run name; group and tags organise sweeps.
+
+    Attributes:
+        failures: one line per logging call that raised (the run went on without it).
+        tracebacks: the traceback of each failure, in the same order.
     """
 
     def __init__(
