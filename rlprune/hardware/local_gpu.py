@@ -325,8 +325,9 @@ def fit_network(
     """``constant`` and a scale per kernel with ``seconds ~ constant + sum_k scale_k * features_k``.
 
     Non-negative least squares over the networks, in relative terms (each network's error
-    over its own time), so a small network weighs as much as a large one. Kernels that no
-    network uses keep scale 1.
+    over its own time), so a small network weighs as much as a large one. A kernel that no
+    network uses, or that the fit leaves at 0 (its ops too small to see in any network), keeps
+    scale 1: the table's own time.
     """
     used = [k for k in KERNELS if any(f.get(k, 0.0) > 0 for f in features)]
     times = np.asarray(seconds, dtype=float)
