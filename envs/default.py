@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from rlprune.envs.evaluator import PolicyEvaluator
+from omegaconf import DictConfig
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
 
-from rlprune.api import describe, make_space, resolve_budget, train_target
-from rlprune.config import validate
+from rlprune.api import describe, make_space, resolve_budget, scorer, train_target
+from rlprune.config import plain, validate
 from rlprune.device import resolve_device
 from rlprune.errors import ConfigError
 from rlprune.hardware import build_latency_model
@@ -52,23 +51,13 @@ def default_problem(cfg: DictConfig) -> tuple[SearchProblem, np.ndarray]:
     The space and budget are checked before the dense model is trained (or read from the cache).
     """
     validate(cfg)
-    hardware = build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+    hardware = build_latency_model(plain(cfg.hardware))
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     budget = resolve_budget(cfg.budget.latency, cfg.budget.auto_share, space)
     device = resolve_device(cfg.device)
     target = train_target(cfg, model.to(device), splits.to(device), layers, searched)
-    batches = cfg.reward.bn_recalibration
-    evaluator = PolicyEvaluator(
-        target.model,
-        [layer.name for layer in target.searched],
-        target.splits.reward_x,
-        target.splits.reward_y,
-        cfg.search.nm_pad,
-        couplings=space.couplings,
-        recalibration=target.splits.train_x[: batches * cfg.dense.batch_size] if batches else None,
-        recalibration_batch=cfg.dense.batch_size,
-    )
+    space, evaluator = scorer(cfg, target, hardware, space)
     problem = SearchProblem(space, evaluator, budget.latency, cfg.search.evaluations, cfg.reward.metric)
     return problem, measure_sensitivity(space, evaluator)
 

@@ -316,7 +316,7 @@ def search(
     when the caller built it already (:func:`make_space`; it depends on the model's structure,
     not its weights). The budget is ``budget.latency`` resolved on the space (:func:`resolve_budget`).
     """
-    space, evaluator = _scorer(cfg, target, hardware, space)
+    space, evaluator = scorer(cfg, target, hardware, space)
     budget = resolve_budget(cfg.budget.latency, cfg.budget.auto_share, space)
     problem = SearchProblem(space, evaluator, budget.latency, cfg.search.evaluations, cfg.reward.metric)
     problem.listeners.extend(listeners)
@@ -377,7 +377,7 @@ def _checkpoint(cfg: DictConfig, problem: SearchProblem, searcher: Any, run_dir:
     )
 
 
-def _scorer(
+def scorer(
     cfg: DictConfig, target: Target, hardware: LatencyModel, space: SearchSpace | None
 ) -> tuple[SearchSpace, PolicyEvaluator]:
     """The search space (built unless given) and the reward-split evaluator of a search."""
@@ -431,7 +431,7 @@ def search_budgets(
             f"search.evaluations={cfg.search.evaluations} must exceed the {len(budgets)} budgets "
             "(one evaluation each is kept to ask the trained agent)"
         )
-    space, evaluator = _scorer(cfg, target, hardware, space)
+    space, evaluator = scorer(cfg, target, hardware, space)
     training = cfg.search.evaluations - len(budgets)
     problem = SearchProblem(space, evaluator, budgets[0], training, cfg.reward.metric)
     if run_dir is not None:

@@ -40,6 +40,7 @@ from scipy.optimize import nnls
 from torch import nn
 
 from rlprune.config import default_cache_dir
+from rlprune.cuda.deploy import runs_two_four
 from rlprune.cuda.kernels import linear_kernel
 from rlprune.cuda.ops import KERNELS, OpSpec
 from rlprune.errors import ConfigError
@@ -74,8 +75,7 @@ def layer_kernel(layer: LayerInfo, choice: Choice, runs_integer: bool) -> str:
     (:func:`rlprune.cuda.deploy.kernel_of` for a layer described by its shape)."""
     if layer.kind != "linear":
         return "dense"
-    two_four = choice.spec.n_of_m and (choice.keep, choice.group) == (2, 4)
-    return linear_kernel(layer.in_channels, layer.out_channels, two_four, runs_integer)
+    return linear_kernel(layer.in_channels, layer.out_channels, runs_two_four(choice), runs_integer)
 
 
 class GpuTableModel(LatencyModel):
