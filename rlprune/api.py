@@ -282,7 +282,7 @@ def train_target(
             f"the dense model has NaN or inf weights in {broken[:3]}; check dense.lr and the model"
         )
     dense_reward = evaluate(model, splits.reward_x, splits.reward_y)
-    majority = torch.bincount(splits.reward_y).max().item() / len(splits.reward_y)
+    majority = torch.bincount(splits.reward_y.flatten()).max().item() / splits.reward_y.numel()
     if dense_reward.accuracy <= majority + 0.01:
         raise ModelError(
             f"the dense model's reward-split accuracy {dense_reward.accuracy:.3f} is no better than always "

@@ -43,7 +43,7 @@ from rlprune.masks import (
 )
 from rlprune.patterns import SparsityPattern, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
-from rlprune.training import TrainSettings, train
+from rlprune.training import TrainSettings, flat, train
 
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
 """The pattern a learned mask of each granularity keeps (``finetune.granularity``)."""
@@ -187,7 +187,7 @@ def taylor_scores(
     """First-order Taylor importance ``|w · ∂L/∂w|`` per layer, the gradient summed over a few batches."""
     model.zero_grad(set_to_none=True)
     for start in range(0, min(len(x), 512), 128):
-        F.cross_entropy(model(x[start : start + 128]), y[start : start + 128]).backward()
+        F.cross_entropy(*flat(model(x[start : start + 128]), y[start : start + 128])).backward()
     scores = {}
     for name in names:
         weight = dense_weight(model.get_submodule(name))

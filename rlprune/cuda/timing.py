@@ -23,6 +23,7 @@ from torch import nn
 
 from rlprune.cuda.deploy import CudaDeployment, deploy_cuda
 from rlprune.cuda.ops import OpSpec, build_op
+from rlprune.data import as_inputs
 from rlprune.policy import Pattern, Policy
 
 Call = Callable[[], object]
@@ -181,12 +182,13 @@ def deploy_policy(
     from rlprune.layers import discover_layers, filter_couplings
 
     cpu_model = copy.deepcopy(model).float().cpu().eval()
-    sample = example[:2].float().cpu()
+    sample = as_inputs(example[:2], torch.float32, "cpu")
     couplings = None
     if any(c.pattern is Pattern.FILTER for _, c in policy):
         couplings = filter_couplings(cpu_model, sample, discover_layers(cpu_model, sample))
     baked = bake(compress(cpu_model, policy, couplings=couplings))
-    return deploy_cuda(baked, policy, sample, [example.float().cpu()], device=device, dtype=dtype)
+    calibration = [as_inputs(example, torch.float32, "cpu")]
+    return deploy_cuda(baked, policy, sample, calibration, device=device, dtype=dtype)
 
 
 def _driver_version() -> str | None:
