@@ -218,8 +218,11 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
         image_size=int(data.get("image_size", 32)),
         channels=int(data.get("in_channels", 3)),
         dataset=data.get("dataset"),
+        path=data.get("path"),
+        tokenizer=data.get("tokenizer"),
+        size=int(data.get("size") or 64),
     )
-    if splits.num_classes > data.num_classes:
+    if data.num_classes is not None and splits.num_classes > data.num_classes:
         raise DataError(
             f"the data holds {splits.num_classes} classes but data.num_classes={data.num_classes}; "
             f"set data.num_classes={splits.num_classes}"

@@ -15,7 +15,6 @@ from rlprune.data.text import SEQUENCE, TOKEN, VOCABULARY, generate_tokens, load
 from rlprune.hardware import build_latency_model
 from rlprune.layers import discover_layers
 from rlprune.models import TinyLM
-from rlprune.policy import Policy
 from rlprune.training import TrainSettings, evaluate, kl_divergence, train
 from tests.support import hardware_config
 
@@ -76,7 +75,8 @@ def test_text_splits_are_tokens_with_a_label_per_position():
     assert splits.train_x.dtype == torch.int64 and splits.per_token
     assert splits.input_shape == (SEQUENCE,) and splits.train_y.shape == (3200, SEQUENCE)
     assert splits.num_classes == len(VOCABULARY)
-    images = make_splits(np.zeros((10, 1, 4)), np.zeros(10, dtype=int), np.zeros((2, 1, 4)), np.zeros(2), 0.2, 0)
+    x, y = np.zeros((10, 1, 4)), np.zeros(10, dtype=int)
+    images = make_splits(x, y, x, y, 0.2, 0)
     assert images.train_x.dtype == torch.float32 and not images.per_token
 
 

@@ -23,6 +23,7 @@ from rlprune.data.folders import (
     load_image_folder_arrays,
 )
 from rlprune.data.text import load_text_arrays
+from rlprune.data.text_file import load_text_file_arrays
 from rlprune.data.vision import load_torchvision_arrays
 from rlprune.errors import ConfigError, DataError
 
@@ -95,7 +96,7 @@ FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
     "fashion_mnist": load_idx_arrays,
     "image_folder": load_image_folder_arrays,
 }
-DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision"])
+DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision", "text_file"])
 
 
 def make_splits(
@@ -146,6 +147,9 @@ def load_splits(
     image_size: int = 32,
     channels: int = 3,
     dataset: str | None = None,
+    path: str | None = None,
+    tokenizer: str | None = None,
+    size: int = 64,
 ) -> Splits:
     """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
 
@@ -153,6 +157,8 @@ def load_splits(
         normalize: standardize every input channel with the training data's mean and std.
         image_size, channels: how ``image_folder`` and ``torchvision`` images are resized and read.
         dataset: the ``torchvision.datasets`` class a ``torchvision`` dataset reads.
+        path, tokenizer, size: the file ``text_file`` reads, the folder of the tokenizer it reads
+            it with, and the tokens per sequence.
 
     Raises:
         ConfigError: for an unknown dataset name.
@@ -162,6 +168,8 @@ def load_splits(
         x, y, x_test, y_test = EMBEDDED[name](cache_dir)
     elif name == "image_folder":
         x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
+    elif name == "text_file":
+        x, y, x_test, y_test = load_text_file_arrays(path, tokenizer, size)
     elif name == "torchvision":
         x, y, x_test, y_test = load_torchvision_arrays(str(dataset), root, image_size, channels)
     elif name in FROM_FOLDER:
