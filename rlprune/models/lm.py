@@ -34,7 +34,7 @@ class TinyLM(nn.Module):
         dim: int = 64,
         depth: int = 2,
         heads: int = 4,
-        mlp_ratio: int = 4,
+        mlp_ratio: int = 2,
     ) -> None:
         super().__init__()
         if dim % heads:
