@@ -69,8 +69,8 @@ def kl_divergence(model: nn.Module, reference: nn.Module, x: torch.Tensor, batch
         net.eval()
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        log_p = flat(reference(batch), batch)[0].log_softmax(-1)
-        log_q = flat(model(batch), batch)[0].log_softmax(-1)
+        log_p = reference(batch).flatten(0, -2).log_softmax(-1)  # one row per sample or token
+        log_q = model(batch).flatten(0, -2).log_softmax(-1)
         total += F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
         count += len(log_p)
     for net, was_training in states.items():
