@@ -112,6 +112,16 @@ def test_tiny_lm_layers_are_costed_per_token():
     assert terms.flops == 2 * roofline.batch_size * SEQUENCE * qkv.params
 
 
+def test_measured_table_times_a_linear_on_every_token():
+    from rlprune.hardware.measured.ops import build_op, op_spec
+
+    model = TinyLM(num_classes=75, length=SEQUENCE, dim=32, depth=1, heads=4)
+    qkv = discover_layers(model, torch.randint(75, (1, SEQUENCE)))[0]
+    spec = op_spec(qkv, 32, 96, bits=32, batch=1, epilogue="none", memory_format="contiguous")
+    assert spec["spatial"] == [SEQUENCE]
+    assert build_op(spec, None).example.shape == (1, SEQUENCE, 32)  # timed on (batch, T, d) inputs
+
+
 def test_causal_attention_ignores_later_tokens():
     torch.manual_seed(0)
     model = TinyLM(num_classes=20, length=16, dim=16, depth=1, heads=2).eval()
