@@ -39,7 +39,7 @@ __all__ = [
 BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedySearch, "tpe": TPESearch}
 ANCHORS = ("amc", "haq")  # the published RL searchers, reproduced on SB3's DDPG
 SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS])
-AGENT_SETTINGS = ("_target_", "name", "wall")
+AGENT_SETTINGS = ("_target_", "name", "wall", "n_envs")
 """Keys of the ``agent`` node that rlprune reads; a ``_target_``'s other keys are its arguments."""
 
 
@@ -54,7 +54,8 @@ def check_agent(cfg: Mapping[str, Any]) -> None:
     """Fail fast on an ``agent`` node that names no searcher, before any training.
 
     Raises:
-        ConfigError: for an unknown ``name`` or a ``_target_`` that cannot be imported.
+        ConfigError: for an unknown ``name``, a ``_target_`` that cannot be imported, or
+            ``n_envs`` other than 1 for a searcher that does not play parallel envs.
     """
     if cfg.get("_target_"):
         _locate(cfg["_target_"])
@@ -62,6 +63,25 @@ def check_agent(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"agent.name={cfg.get('name')!r} is not allowed: one of {SEARCHERS}, "
             "or set agent._target_ to your searcher's import path (e.g. my_pkg.MySearch)"
+        )
+    check_n_envs(cfg)
+
+
+def check_n_envs(cfg: Mapping[str, Any]) -> None:
+    """Refuse an ``agent.n_envs`` that is not a count, or above 1 for a searcher of one env.
+
+    Raises:
+        ConfigError: naming ``agent.n_envs`` and what is allowed.
+    """
+    n_envs = cfg.get("n_envs", 1)
+    if not isinstance(n_envs, int) or isinstance(n_envs, bool) or n_envs < 1:
+        raise ConfigError(
+            f"agent.n_envs={n_envs!r} is not allowed: an integer >= 1 (envs played in parallel)"
+        )
+    if n_envs > 1 and cfg.get("name") not in ALGORITHMS:
+        raise ConfigError(
+            f"agent.n_envs={n_envs} needs a stable-baselines3 agent ({', '.join(sorted(ALGORITHMS))}); "
+            f"{searcher_name(cfg)} plays one env: set agent.n_envs=1"
         )
 
 
@@ -81,13 +101,14 @@ def make_searcher(
         ConfigError: for an unknown agent name, or a ``_target_`` that cannot be imported,
             rejects its arguments or builds no searcher.
     """
+    check_n_envs(cfg)
     if cfg.get("_target_"):
         return _build_target(cfg)
     name = cfg["name"]
     if name in BASELINES:
         return BASELINES[name]()
     if name in ANCHORS:
-        settings = {k: v for k, v in cfg.items() if k not in ("name", "wall")}
+        settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
         return AnchorSearch(**settings, progress_bar=progress_bar, log=log)
     if name in ALGORITHMS:
         return SB3Search(
@@ -95,6 +116,7 @@ def make_searcher(
             hyperparameters=dict(cfg.get("hyperparameters") or {}),
             action_noise=cfg.get("action_noise"),
             progress_bar=progress_bar,
+            n_envs=cfg.get("n_envs", 1),
             log=log,
         )
     raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rlprune.envs.parallel import RecordOutcomes, parallel_envs
 from rlprune.envs.problem import Outcome
 from rlprune.envs.prune_env import PruneEnv
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
@@ -17,6 +18,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.noise import NormalActionNoise
 
 ALGORITHMS = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG}
+ON_POLICY = ("ppo", "a2c")  # their n_steps is per env; rlprune's is per update, over all envs
 
 
 class ForwardRecords(KVWriter):
@@ -45,9 +47,9 @@ def forward_records(agent: BaseAlgorithm, log: Callable[[dict[str, Any], int], N
 class StopWhenExhausted(BaseCallback):
     """Ends training as soon as the search problem has spent its evaluations."""
 
-    def __init__(self, env: PruneEnv) -> None:
+    def __init__(self, env: PruneEnv | RecordOutcomes) -> None:
         super().__init__()
-        self.problem = env.problem
+        self.problem = env.problem  # the one problem, also behind parallel envs
 
     def _on_step(self) -> bool:
         return not self.problem.exhausted
@@ -66,12 +68,16 @@ class SB3Search:
         hyperparameters: keyword arguments of the algorithm's constructor.
         action_noise: standard deviation of Gaussian exploration noise (TD3, DDPG).
         progress_bar: show SB3's progress bar.
+        n_envs: envs played in parallel, one worker process each (:mod:`rlprune.envs.parallel`).
+            PPO's and A2C's ``n_steps`` stays the number of transitions per update, split
+            between the envs, so an update learns from as many episodes as with one env.
     """
 
     algorithm: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     action_noise: float | None = None
     progress_bar: bool = False
+    n_envs: int = 1
     resume_from: Path | None = None  # a saved agent to go on training (rlprune.resume)
     log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
     agent: Any = field(default=None, init=False, repr=False)  # the trained algorithm, after search
@@ -82,13 +88,25 @@ class SB3Search:
         if self.action_noise is not None:
             size = env.action_size  # 3 entries when several patterns are searched
             kwargs["action_noise"] = NormalActionNoise(np.zeros(size), np.full(size, self.action_noise))
+        if self.n_envs > 1 and self.algorithm in ON_POLICY and "n_steps" in kwargs:
+            kwargs["n_steps"] = -(-kwargs["n_steps"] // self.n_envs)
+        played = parallel_envs(env, self.n_envs) if self.n_envs > 1 else env
+        # parallel episodes end together, n_envs at a time: room for the last round; the callback stops
+        rounds = -(-(env.problem.evaluations - env.problem.used) // self.n_envs)
+        try:
+            self._learn(played, seed, kwargs, steps=rounds * self.n_envs * len(env.space))
+        finally:
+            if played is not env:
+                played.close()
+
+    def _learn(self, env: PruneEnv | RecordOutcomes, seed: int, kwargs: dict[str, Any], steps: int) -> None:
+        """Build (or reload) the agent on ``env``, the PruneEnv or its parallel twins, and train it."""
         algorithm = ALGORITHMS[self.algorithm]
         if self.resume_from is not None:
             self.agent = algorithm.load(self.resume_from, env=env, device="cpu")
         else:
             self.agent = algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
         forward_records(self.agent, self.log)
-        steps = (env.problem.evaluations - env.problem.used) * len(env.space)
         self.agent.learn(
             total_timesteps=steps,
             callback=StopWhenExhausted(env),

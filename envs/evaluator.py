@@ -24,6 +24,9 @@ class PolicyEvaluator:
     in. Masks are cached per layer and option (with the layers tied to it), and the scores of
     identical policies are memoized, so a search that revisits a policy pays nothing.
 
+    It pickles as its arguments (the attached copy cannot be pickled), so a parallel env's
+    worker process rebuilds its own (:mod:`rlprune.envs.parallel`).
+
     Args:
         model: the trained dense network (left unchanged).
         names: the searched layers.
@@ -48,6 +51,7 @@ class PolicyEvaluator:
         recalibration: torch.Tensor | None = None,
         recalibration_batch: int = 100,
     ) -> None:
+        self._arguments = (model, names, x, y, pad, memo_size, couplings, recalibration, recalibration_batch)
         self.model = copy.deepcopy(model).eval()
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
@@ -56,6 +60,18 @@ class PolicyEvaluator:
         self._masks: dict[tuple, torch.Tensor] = {}
         self._memo: OrderedDict[Policy, Score] = OrderedDict()
         self.forward_passes = 0
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return type(self), self._arguments
+
+    def to(self, device: torch.device | str) -> PolicyEvaluator:
+        """This evaluator with its network and data on ``device`` (cached masks are dropped)."""
+        self.model.to(device)
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        if self.recalibration is not None:
+            self.recalibration = self.recalibration.to(device)
+        self._masks.clear()
+        return self
 
     def __call__(self, policy: Policy) -> Score:
         """The reward-split score of ``policy`` (memoized).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rlprune.envs.evaluator import PolicyEvaluator
 from rlprune.envs.space import SearchSpace
@@ -89,8 +89,7 @@ class SearchProblem:
         ``budget`` is the one the policy was searched under, when not :attr:`budget` (an env
         that samples budgets per episode); the best policy is kept per budget.
         """
-        if self.exhausted:
-            raise RlpruneError(f"the search already used its {self.evaluations} evaluations")
+        self._check_left()
         policy = self.space.policy(picks)
         result = self.evaluator(policy)
         outcome = Outcome(
@@ -101,6 +100,17 @@ class SearchProblem:
             latency=self.space.policy_latency(picks),
             budget=self.budget if budget is None else budget,
         )
+        return self.record(outcome)
+
+    def record(self, outcome: Outcome) -> Outcome:
+        """Count ``outcome``, keep it when it is the best within its budget, tell the listeners.
+
+        :meth:`score` ends here; a parallel env's worker scores policies in its own process
+        and the lead process records them (:mod:`rlprune.envs.parallel`). Returns the outcome
+        numbered as this search's next evaluation.
+        """
+        self._check_left()
+        outcome = replace(outcome, episode=self.used + 1)
         self.used += 1
         best = self.best_by_budget.get(outcome.budget)
         improved = outcome.latency <= outcome.budget + 1e-9 and (
@@ -111,6 +121,10 @@ class SearchProblem:
         for listener in self.listeners:
             listener(outcome, improved)
         return outcome
+
+    def _check_left(self) -> None:
+        if self.exhausted:
+            raise RlpruneError(f"the search already used its {self.evaluations} evaluations")
 
     @property
     def seconds(self) -> float:

@@ -72,6 +72,7 @@ class PruneEnv(gym.Env):
                     "or use agent.wall=band"
                 )
         self.budget = self.budgets[0]
+        self.sensitivity = sensitivity
         self.features = static_features(self.space, sensitivity)
         self.baseline_momentum = baseline_momentum
         self.baseline: float | None = None

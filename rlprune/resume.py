@@ -25,7 +25,14 @@ from rlprune.io import write_atomic, write_json_atomic
 from rlprune.policy import Policy
 
 # keys a resumed run may change: they do not change what a policy scores
-FREE_KEYS = ("resume", "progress_bar", "wandb", "search.evaluations", "search.checkpoint_every")
+FREE_KEYS = (
+    "resume",
+    "progress_bar",
+    "wandb",
+    "search.evaluations",
+    "search.checkpoint_every",
+    "agent.n_envs",
+)
 
 
 def fingerprint(cfg: DictConfig) -> str:

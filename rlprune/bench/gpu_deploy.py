@@ -137,8 +137,8 @@ def run_model(
     name: str, batches: list[int], count: int, profile: str, rounds: int, save: Callable[[dict], None]
 ) -> dict[str, Any]:
     """Tables, deployed networks and fidelity rows of one model at every batch size (``save``d after each)."""
-    from rlprune.compress import bake, compress
-    from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, deploy_policy
+    from rlprune.cuda.deploy import deploy_cuda
+    from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, baked_policy
     from rlprune.hardware import network_latency
     from rlprune.hardware.factory import build_latency_model, load_hardware_config
     from rlprune.hardware.local_gpu import GpuTableModel
@@ -157,8 +157,8 @@ def run_model(
     deployed, checks = [], []
     check_x = torch.randn(8, *shape)
     for policy in policies:  # deployed once, timed at every batch size
-        deployment = deploy_policy(model, policy, example, "cuda", torch.float16)
-        reference = bake(compress(model, policy, couplings=couplings)).eval()
+        reference = baked_policy(model, policy, example, couplings)  # deployed, and checked against
+        deployment = deploy_cuda(reference, policy, example, [example], "cuda", torch.float16)
         checks.append(relative_error(deployment, reference, check_x))
         deployed.append(deployment)
     deploy_s = time.perf_counter() - started

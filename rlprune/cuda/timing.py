@@ -12,11 +12,10 @@ distinct buffers: one graph runs them in turn, and the time is per copy.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from torch import nn
 from rlprune.cuda.deploy import CudaDeployment, deploy_cuda
 from rlprune.cuda.ops import OpSpec, build_op
 from rlprune.data import as_inputs
+from rlprune.layers import FilterCoupling
 from rlprune.policy import Pattern, Policy
 
 Call = Callable[[], object]
@@ -178,17 +178,30 @@ def deploy_policy(
     model: nn.Module, policy: Policy, example: torch.Tensor, device: torch.device | str, dtype: torch.dtype
 ) -> CudaDeployment:
     """The dense ``model`` with ``policy``'s masks (by magnitude) baked in, deployed on the GPU."""
+    sample = as_inputs(example[:2], torch.float32, "cpu")
+    baked = baked_policy(model, policy, sample)
+    return deploy_cuda(baked, policy, sample, [as_inputs(example, torch.float32, "cpu")], device, dtype)
+
+
+def baked_policy(
+    model: nn.Module,
+    policy: Policy,
+    example: torch.Tensor,
+    couplings: Mapping[str, FilterCoupling] | None = None,
+) -> nn.Module:
+    """A float CPU copy of the dense ``model`` with ``policy``'s masks (by magnitude) baked in.
+
+    ``couplings`` are the model's filter couplings, traced here when a filter choice needs them
+    and none are given (tracing a large network costs seconds: pass them for many policies).
+    """
     from rlprune.compress import bake, compress
     from rlprune.layers import discover_layers, filter_couplings
 
-    cpu_model = copy.deepcopy(model).float().cpu().eval()
-    sample = as_inputs(example[:2], torch.float32, "cpu")
-    couplings = None
-    if any(c.pattern is Pattern.FILTER for _, c in policy):
-        couplings = filter_couplings(cpu_model, sample, discover_layers(cpu_model, sample))
-    baked = bake(compress(cpu_model, policy, couplings=couplings))
-    calibration = [as_inputs(example, torch.float32, "cpu")]
-    return deploy_cuda(baked, policy, sample, calibration, device=device, dtype=dtype)
+    if couplings is None and any(c.pattern is Pattern.FILTER for _, c in policy):
+        sample = example.to(next(model.parameters()).device)
+        couplings = filter_couplings(model, sample, discover_layers(model, sample))
+    # compress copies the model: the masks are computed where it lives, the copy then moves
+    return bake(compress(model, policy, couplings=couplings)).float().cpu().eval()
 
 
 def _driver_version() -> str | None:
