@@ -205,3 +205,38 @@ def test_printed_report_shows_perplexity_and_kl_for_language_data_only():
     print_report(_report(), console)
     text = console.export_text()
     assert "perplexity" not in text and "KL" not in text and "\naccuracy: dense test" in text
+
+
+@pytest.mark.slow  # end to end in a subprocess: trains tiny_lm briefly, searches, finetunes
+def test_quick_run_reports_perplexity_and_kl(tmp_path):
+    import json
+
+    from tests.test_cli import rlprune
+
+    result = rlprune(
+        tmp_path,
+        "model=tiny_lm",
+        "data=text",
+        "dense.epochs=1",
+        "search.evaluations=20",
+        "finetune.epochs=1",
+        "progress_bar=false",
+        "wandb.mode=disabled",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    lm = report["language_model"]
+    perplexity = lm["perplexity"]
+    assert set(perplexity) == {
+        "dense_test",
+        "dense_reward",
+        "search_best_reward",
+        "pruned_test_before_finetune",
+        "pruned_test_after_finetune",
+        "pruned_reward_after_finetune",
+    }
+    assert 1 < perplexity["dense_test"] < 52  # better than the unigram model (52.4)
+    assert all(math.isfinite(value) and value >= 1 for value in perplexity.values())
+    assert lm["kl_to_dense_test"] > 0
+    assert [row["layer"] for row in report["layers"]][-1] == "head"
+    assert "perplexity: dense test" in result.stdout and "token accuracy" in result.stdout
