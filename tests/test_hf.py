@@ -129,6 +129,8 @@ def test_text_file_reads_blocks_through_the_tokenizer(saved, text):
         load_splits("text_file", "/unused", 0.2, 0, path=str(text), tokenizer=str(folder), size=100_000)
     with pytest.raises(ConfigError, match=r"data\.path is not set"):
         load_splits("text_file", "/unused", 0.2, 0, tokenizer=str(folder))
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_splits("text_file", "/unused", 0.2, 0, path=str(text), tokenizer=str(folder / "absent"))
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -136,6 +138,8 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelError, match="no causal LM"):
         CausalLM(str(tmp_path))
+    with pytest.raises(ModelError, match="no such folder"):
+        CausalLM(str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=r"model\.path is not set"):
         CausalLM(None)
 

@@ -31,8 +31,11 @@ def load_text_file_arrays(
         from transformers import AutoTokenizer
     except ImportError as exc:
         raise ConfigError("data=text_file needs transformers: pip install 'rlprune[hf]'") from exc
+    folder = Path(tokenizer).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"data.tokenizer={tokenizer}: no such folder (it holds the model's tokenizer)")
     try:
-        tok = AutoTokenizer.from_pretrained(Path(tokenizer).expanduser(), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data.tokenizer={tokenizer}: no tokenizer can be loaded from it: {exc}") from exc
     ids = np.asarray(tok(file.read_text(), verbose=False)["input_ids"], dtype=np.int64)

@@ -65,6 +65,8 @@ class CausalLM(nn.Module):
                 "model=hf needs transformers: pip install 'rlprune[hf]' (or pip install transformers)"
             ) from exc
         folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"model.path={path}: no such folder (save_pretrained's output is a folder)")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
         except (OSError, ValueError) as exc:
