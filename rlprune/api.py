@@ -218,8 +218,11 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
         image_size=int(data.get("image_size", 32)),
         channels=int(data.get("in_channels", 3)),
         dataset=data.get("dataset"),
+        path=data.get("path"),
+        tokenizer=data.get("tokenizer"),
+        size=int(data.get("size") or 64),
     )
-    if splits.num_classes > data.num_classes:
+    if data.num_classes is not None and splits.num_classes > data.num_classes:
         raise DataError(
             f"the data holds {splits.num_classes} classes but data.num_classes={data.num_classes}; "
             f"set data.num_classes={splits.num_classes}"
@@ -282,7 +285,7 @@ def train_target(
             f"the dense model has NaN or inf weights in {broken[:3]}; check dense.lr and the model"
         )
     dense_reward = evaluate(model, splits.reward_x, splits.reward_y)
-    majority = torch.bincount(splits.reward_y).max().item() / len(splits.reward_y)
+    majority = torch.bincount(splits.reward_y.flatten()).max().item() / splits.reward_y.numel()
     if dense_reward.accuracy <= majority + 0.01:
         raise ModelError(
             f"the dense model's reward-split accuracy {dense_reward.accuracy:.3f} is no better than always "

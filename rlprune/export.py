@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from rlprune.data import random_inputs
 from rlprune.errors import ConfigError, ModelError
 from rlprune.layers import PRUNABLE_TYPES, LayerInfo, discover_layers, precision_sources
 from rlprune.masks import tied_filter_masks
@@ -241,9 +242,7 @@ def export_int8(
                 custom = _float_after_floats(traced, float_layers, qconfigs)
                 prepared = prepare_fx(traced, qconfigs, (example[:1],), prepare_custom_config=custom)
                 gen = torch.Generator().manual_seed(0)
-                batches = calibration or [
-                    torch.randn((16, *example.shape[1:]), generator=gen) for _ in range(4)
-                ]
+                batches = calibration or [random_inputs(example, 16, gen) for _ in range(4)]
                 with torch.no_grad():
                     for batch in batches:
                         prepared(batch)

@@ -38,12 +38,13 @@ from rlprune.masks import (
     GapSchedule,
     GumbelTopKMask,
     importance,
+    input_norms,
     log10_mask_diversity,
     sad,
 )
 from rlprune.patterns import SparsityPattern, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
-from rlprune.training import TrainSettings, train
+from rlprune.training import TrainSettings, flat, train
 
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
 """The pattern a learned mask of each granularity keeps (``finetune.granularity``)."""
@@ -72,8 +73,9 @@ class FinetuneSettings:
             pattern's canonical name.
         nm: ``(keep N, group M)`` for the N:M patterns.
         granularity: ``weight``, ``kernel`` or ``filter``, for ``learned`` masks.
-        criterion: ``magnitude``, ``taylor`` or ``random``: what the first masks keep (refreshes
-            and GaP re-prune by the magnitude of the current dense weights, as SR-STE does).
+        criterion: ``magnitude``, ``taylor``, ``random`` or ``wanda`` (``|w|`` times the norm of
+            its input, :func:`wanda_scores`): what the first masks keep (refreshes and GaP re-prune
+            by the magnitude of the current dense weights, as SR-STE does).
         srste_decay: ``None`` for plain masked training; a number trains with SR-STE.
         refresh_steps: recompute fixed masks from the dense weights every so many steps (0: never).
         entropy_weight: weight of the learned masks' entropy regulariser.
@@ -181,13 +183,22 @@ def finetune_policy(
     return Policy.of(applied), kept
 
 
+def wanda_scores(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Wanda's ``|w_ij| · ||x_j||_2`` per layer, the input norms measured on the first 512 inputs ``x``."""
+    norms = input_norms(model, names, list(x[:512].split(128)))
+    return {
+        name: importance(dense_weight(model.get_submodule(name)), "wanda", input_norms=norms[name])
+        for name in names
+    }
+
+
 def taylor_scores(
     model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """First-order Taylor importance ``|w · ∂L/∂w|`` per layer, the gradient summed over a few batches."""
     model.zero_grad(set_to_none=True)
     for start in range(0, min(len(x), 512), 128):
-        F.cross_entropy(model(x[start : start + 128]), y[start : start + 128]).backward()
+        F.cross_entropy(*flat(model(x[start : start + 128]), y[start : start + 128])).backward()
     scores = {}
     for name in names:
         weight = dense_weight(model.get_submodule(name))
@@ -314,6 +325,8 @@ def finetune(
         probe = compress(dense, Policy.of({name: Choice() for name in names}))
         if settings.criterion == "taylor":
             scores = taylor_scores(probe, names, splits.train_x, splits.train_y)
+        elif settings.criterion == "wanda":
+            scores = wanda_scores(dense, names, splits.train_x)
         else:
             scores = {
                 n: importance(dense.get_submodule(n).weight, "random", generator=generator) for n in names

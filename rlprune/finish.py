@@ -9,6 +9,7 @@ written, whether tracking failed.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, size_ratio
 from rlprune.tracking import Tracker
-from rlprune.training import Score, evaluate
+from rlprune.training import Score, evaluate, kl_divergence
 
 if TYPE_CHECKING:  # the stages' results, read here; rlprune.api imports this module
     from rlprune.api import Budget, SearchResult, Target
@@ -202,6 +203,24 @@ class Finetuned:
     after: Score
 
 
+def language_metrics(target: Target, result: SearchResult, tuned: Finetuned) -> dict[str, Any]:
+    """Perplexities (exp of the token-level mean loss) of the dense and the final network on the
+    reward and test splits, and the final network's KL divergence to the dense one on the test split."""
+    splits, final = target.splits, tuned.result.model
+    after_reward = evaluate(final, splits.reward_x, splits.reward_y)
+    return {
+        "perplexity": {
+            "dense_test": math.exp(target.dense_test.loss),
+            "dense_reward": math.exp(target.dense_reward.loss),
+            "search_best_reward": math.exp(result.best.loss),
+            "pruned_test_before_finetune": math.exp(tuned.before.loss),
+            "pruned_test_after_finetune": math.exp(tuned.after.loss),
+            "pruned_reward_after_finetune": math.exp(after_reward.loss),
+        },
+        "kl_to_dense_test": kl_divergence(final, target.model, splits.test_x),
+    }
+
+
 def build_report(
     cfg: DictConfig,
     target: Target,
@@ -211,7 +230,9 @@ def build_report(
     budget: Budget,
     tuned: Finetuned,
 ) -> dict[str, Any]:
-    """The report of a finished run as plain data: budget, latency, size, accuracies, layers."""
+    """The report of a finished run as plain data: budget, latency, size, accuracies, layers; for a
+    language model (labels per token) also perplexities and the KL divergence to the dense network
+    (:func:`language_metrics`), the accuracies then being token accuracies."""
     layers, policy, couplings = target.layers, tuned.result.policy, tuned.couplings
     overhead = result.space.overhead
     rows = layer_rows(
@@ -252,6 +273,7 @@ def build_report(
         },
         "finetune": asdict(settings),
         "skipped": result.space.skipped,
+        **({"language_model": language_metrics(target, result, tuned)} if target.splits.per_token else {}),
         "layers": rows,
     }
 

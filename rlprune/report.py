@@ -104,16 +104,28 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         )
     console.print(table)
     acc = report["accuracy"]
+    accuracy = "token accuracy" if "language_model" in report else "accuracy"
     console.print(
         f"latency {report['latency']:.3f} of dense (budget {report['budget']})   "
         f"size {report['size_ratio']:.3f} of fp32\n"
-        f"accuracy: dense test {acc['dense_test']:.4f} | "
+        f"{accuracy}: dense test {acc['dense_test']:.4f} | "
         f"search best (reward split) {acc['search_best_reward']:.4f} | "
         f"test before finetune {acc['pruned_test_before_finetune']:.4f} | "
         f"after finetune {acc['pruned_test_after_finetune']:.4f}\n"
         f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s",
         soft_wrap=True,
     )
+    if lm := report.get("language_model"):
+        ppl = lm["perplexity"]
+        console.print(
+            f"perplexity: dense test {ppl['dense_test']:.3f} | "
+            f"search best (reward split) {ppl['search_best_reward']:.3f} | "
+            f"test before finetune {ppl['pruned_test_before_finetune']:.3f} | "
+            f"after finetune {ppl['pruned_test_after_finetune']:.3f} "
+            f"(reward split {ppl['pruned_reward_after_finetune']:.3f}, dense {ppl['dense_reward']:.3f})\n"
+            f"KL(dense ‖ final) on the test split: {lm['kl_to_dense_test']:.4f} nats per token",
+            soft_wrap=True,
+        )
     if (deployed := report.get("deployed")) and deployed["model"]:
         console.print(
             f"deployed on this CPU ({deployed['model']}, {len(deployed['int8_layers'])} int8 layers): "

@@ -25,25 +25,57 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Score:
-    """Accuracy in [0, 1] and mean cross-entropy loss on one split."""
+    """Accuracy in [0, 1] and mean cross-entropy loss on one split (per token for a language model)."""
 
     accuracy: float
     loss: float
 
 
+def flat(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, C)`` and labels ``(B,)`` as they are; a language model's ``(B, T, V)`` logits
+    and ``(B, T)`` next tokens as ``(B·T, V)`` and ``(B·T,)``: one prediction per token."""
+    if logits.dim() == 3:
+        return logits.flatten(0, 1), target.flatten()
+    return logits, target
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> Score:
-    """Accuracy and mean loss of ``model`` on ``(x, y)``, in eval mode."""
+    """Accuracy and mean loss of ``model`` on ``(x, y)``, in eval mode.
+
+    For a language model (labels ``(N, T)``), token accuracy and the token-level mean loss.
+    """
     was_training = model.training
     model.eval()
     correct, loss = 0, 0.0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
+        logits, target = flat(model(x[start : start + batch_size]), y[start : start + batch_size])
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
     model.train(was_training)
-    return Score(accuracy=correct / len(x), loss=loss / len(x))
+    return Score(accuracy=correct / y.numel(), loss=loss / y.numel())
+
+
+@torch.no_grad()
+def kl_divergence(model: nn.Module, reference: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean ``KL(reference ‖ model)`` of the output distributions on ``x``, in nats, in eval mode.
+
+    Averaged over samples, or over tokens for a language model: how far ``model``'s next-token
+    distribution strays from ``reference``'s (the dense network's), where ``reference`` puts its mass.
+    """
+    states = {net: net.training for net in (model, reference)}
+    total, count = 0.0, 0
+    for net in states:
+        net.eval()
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        log_p = reference(batch).flatten(0, -2).log_softmax(-1)  # one row per sample or token
+        log_q = model(batch).flatten(0, -2).log_softmax(-1)
+        total += F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
+        count += len(log_p)
+    for net, was_training in states.items():
+        net.train(was_training)
+    return total / count
 
 
 def train(
@@ -86,7 +118,7 @@ def train(
         for start in range(0, len(x), settings.batch_size):
             batch = order[start : start + settings.batch_size]
             inputs = x[batch] if augment is None else augment(x[batch], generator)
-            loss = F.cross_entropy(model(inputs), y[batch])
+            loss = F.cross_entropy(*flat(model(inputs), y[batch]))
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if not torch.isfinite(loss):

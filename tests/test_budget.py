@@ -20,9 +20,11 @@ from tests.test_cli import QUICK, rlprune
 
 EMBEDDED = ("mnist1d", "digits")
 # the two CNNs are built for their dataset's input; the zoo's networks take either
-PAIRS = [("mnist1d_cnn", "mnist1d"), ("digits_cnn", "digits")] + [
-    (model, data) for model in ("resnet20", "vgg", "densenet", "mobilenetv2", "vit") for data in EMBEDDED
-]
+PAIRS = (
+    [("mnist1d_cnn", "mnist1d"), ("digits_cnn", "digits")]
+    + [(model, data) for model in ("resnet20", "vgg", "densenet", "mobilenetv2", "vit") for data in EMBEDDED]
+    + [("tiny_lm", "text")]
+)
 # local_cpu measures its table on this machine (minutes per network): only the default target, slow;
 # local_gpu measures the CUDA GPU at hand: where there is one (tests/test_local_gpu.py covers it elsewhere)
 MEASURED = {"local_cpu"} | (set() if torch.cuda.is_available() else {"local_gpu"})

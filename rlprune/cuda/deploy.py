@@ -19,6 +19,7 @@ from torch import nn
 
 from rlprune.compress import without_input_quantizers
 from rlprune.cuda.kernels import Int8Linear, SemiSparseLinear, is_two_four, linear_kernel
+from rlprune.data import as_inputs
 from rlprune.export import export_filter_pruned, fold_batch_norms
 from rlprune.masks import nm_mask
 from rlprune.policy import Choice, Pattern, Policy
@@ -68,7 +69,7 @@ class CudaDeployment:
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the network takes it: on its device, in its dtype, images channels-last (NHWC)."""
-        x = x.to(device=self.device, dtype=self.dtype)
+        x = as_inputs(x, self.dtype, self.device)
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     @torch.no_grad()

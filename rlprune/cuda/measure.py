@@ -17,8 +17,10 @@ from torch import nn
 
 from rlprune.cuda.deploy import deploy_cuda
 from rlprune.cuda.timing import CudaGraphTimer
+from rlprune.data import as_inputs
 from rlprune.io import write_atomic
 from rlprune.policy import Policy
+from rlprune.training import flat
 
 
 def deploy_and_measure(
@@ -44,8 +46,8 @@ def deploy_and_measure(
         dtype: the float dtype of the deployment.
     """
     x, y = test
-    example = x[:2].float().cpu()
-    batches = list(calibration[:512].float().cpu().split(64))
+    example = as_inputs(x[:2], torch.float32, "cpu")
+    batches = list(as_inputs(calibration[:512], torch.float32, "cpu").split(64))
     deployed = deploy_cuda(baked, policy, example, batches, device="cuda", dtype=dtype)
     reference = deploy_cuda(dense, Policy(), example, device="cuda", dtype=dtype)
     write_atomic(run_dir / "model_deployed_gpu.pt", lambda f: torch.save(deployed.network, f))
@@ -54,16 +56,16 @@ def deploy_and_measure(
     calls = [functools.partial(d.network, d.inputs(timed)) for d in (reference, deployed, reference)]
     seconds = [timer.seconds([call]) for call in calls]
     dense_s = (seconds[0] + seconds[2]) / 2  # dense timed before and after: a drift shows in the spread
-    correct = sum(
-        int((deployed(inputs).argmax(1) == labels.cpu()).sum())
-        for inputs, labels in zip(x.split(1024), y.split(1024), strict=True)
-    )
+    correct = 0
+    for inputs, labels in zip(x.split(1024), y.split(1024), strict=True):
+        logits, target = flat(deployed(inputs), labels.cpu())
+        correct += int((logits.argmax(1) == target).sum())
     return {
         "model": "model_deployed_gpu.pt",
         "device": torch.cuda.get_device_name(),
         "kernels": deployed.kernels,
         "dense_fallbacks": deployed.dense_fallbacks,
-        "test_accuracy": correct / len(x),
+        "test_accuracy": correct / y.numel(),
         "measured_latency": seconds[1] / dense_s,
         "dense_seconds": dense_s,
         "deployed_seconds": seconds[1],

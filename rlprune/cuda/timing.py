@@ -22,6 +22,7 @@ from torch import nn
 
 from rlprune.cuda.deploy import CudaDeployment, deploy_cuda
 from rlprune.cuda.ops import OpSpec, build_op
+from rlprune.data import as_inputs
 from rlprune.layers import FilterCoupling
 from rlprune.policy import Pattern, Policy
 
@@ -177,9 +178,9 @@ def deploy_policy(
     model: nn.Module, policy: Policy, example: torch.Tensor, device: torch.device | str, dtype: torch.dtype
 ) -> CudaDeployment:
     """The dense ``model`` with ``policy``'s masks (by magnitude) baked in, deployed on the GPU."""
-    sample = example[:2].float().cpu()
+    sample = as_inputs(example[:2], torch.float32, "cpu")
     baked = baked_policy(model, policy, sample)
-    return deploy_cuda(baked, policy, sample, [example.float().cpu()], device, dtype)
+    return deploy_cuda(baked, policy, sample, [as_inputs(example, torch.float32, "cpu")], device, dtype)
 
 
 def baked_policy(

@@ -1,7 +1,7 @@
 """Datasets as in-memory tensors, split into train, reward and test.
 
-Embedded datasets need nothing on disk (MNIST-1D is generated, digits ships with
-scikit-learn); the others are read from ``data.root`` (:mod:`rlprune.data.folders`), never
+Embedded datasets need nothing on disk (MNIST-1D and the ``text`` corpus are generated, digits
+ships with scikit-learn); the others are read from ``data.root`` (:mod:`rlprune.data.folders`), never
 downloaded. The *reward split* is a fixed, seeded share of the training data. The search
 scores policies on it; the test split is touched only by the final report, so the reported
 accuracy is not the one the search optimised.
@@ -22,15 +22,22 @@ from rlprune.data.folders import (
     load_idx_arrays,
     load_image_folder_arrays,
 )
+from rlprune.data.text import load_text_arrays
+from rlprune.data.text_file import load_text_file_arrays
 from rlprune.data.vision import load_torchvision_arrays
 from rlprune.errors import ConfigError, DataError
 
-__all__ = ["DATASETS", "Splits", "load_splits", "make_splits"]
+__all__ = ["DATASETS", "Splits", "as_inputs", "load_splits", "make_splits", "random_inputs"]
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Train, reward and test tensors. Inputs are float32 channels-first, labels int64."""
+    """Train, reward and test tensors.
+
+    Inputs are float32 channels-first, or int64 token ids ``(N, T)`` for language data; labels
+    are int64: one class per sample, or for language data the next token at every position
+    ``(N, T)``, and then ``num_classes`` is the vocabulary size.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -50,9 +57,38 @@ class Splits:
         """Shape of one input sample, channels first."""
         return tuple(self.train_x.shape[1:])
 
+    @property
+    def per_token(self) -> bool:
+        """Whether every sample has a label per position (language modelling), not one label."""
+        return self.train_y.dim() > 1
+
+
+def random_inputs(example: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch of ``batch`` made-up inputs shaped like ``example``'s samples, for tracing and timing.
+
+    Float inputs are standard normal; token ids are drawn from those ``example`` holds, so every
+    one is a valid index of the model's embedding.
+    """
+    shape = (batch, *example.shape[1:])
+    if example.is_floating_point():
+        return torch.randn(shape, generator=generator)
+    tokens = example.flatten().cpu()
+    return tokens[torch.randint(len(tokens), shape, generator=generator)]
+
+
+def as_inputs(
+    x: torch.Tensor, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``x`` on ``device`` with float inputs in ``dtype``; token ids stay int64 (they index an embedding)."""
+    return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
+
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-EMBEDDED: dict[str, Callable[[str], Arrays]] = {"mnist1d": load_mnist1d_arrays, "digits": load_digits_arrays}
+EMBEDDED: dict[str, Callable[[str], Arrays]] = {
+    "mnist1d": load_mnist1d_arrays,
+    "digits": load_digits_arrays,
+    "text": load_text_arrays,
+}
 FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
     "cifar10": load_cifar10_arrays,
     "cifar100": load_cifar100_arrays,
@@ -60,7 +96,7 @@ FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
     "fashion_mnist": load_idx_arrays,
     "image_folder": load_image_folder_arrays,
 }
-DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision"])
+DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision", "text_file"])
 
 
 def make_splits(
@@ -81,8 +117,10 @@ def make_splits(
     reward, train = order[:n_reward], order[n_reward:]
     labels = np.concatenate([y, y_test])
 
+    dtype = torch.int64 if y.ndim > 1 else torch.float32  # a label per position: the inputs are tokens
+
     def tx(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
     def ty(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.int64)
@@ -109,6 +147,9 @@ def load_splits(
     image_size: int = 32,
     channels: int = 3,
     dataset: str | None = None,
+    path: str | None = None,
+    tokenizer: str | None = None,
+    size: int = 64,
 ) -> Splits:
     """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
 
@@ -116,6 +157,8 @@ def load_splits(
         normalize: standardize every input channel with the training data's mean and std.
         image_size, channels: how ``image_folder`` and ``torchvision`` images are resized and read.
         dataset: the ``torchvision.datasets`` class a ``torchvision`` dataset reads.
+        path, tokenizer, size: the file ``text_file`` reads, the folder of the tokenizer it reads
+            it with, and the tokens per sequence.
 
     Raises:
         ConfigError: for an unknown dataset name.
@@ -125,6 +168,8 @@ def load_splits(
         x, y, x_test, y_test = EMBEDDED[name](cache_dir)
     elif name == "image_folder":
         x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
+    elif name == "text_file":
+        x, y, x_test, y_test = load_text_file_arrays(path, tokenizer, size)
     elif name == "torchvision":
         x, y, x_test, y_test = load_torchvision_arrays(str(dataset), root, image_size, channels)
     elif name in FROM_FOLDER:

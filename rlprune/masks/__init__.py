@@ -7,7 +7,7 @@ reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
 """
 
 from rlprune.masks.compute import compute_mask
-from rlprune.masks.criteria import CRITERIA, importance
+from rlprune.masks.criteria import CRITERIA, importance, input_norms
 from rlprune.masks.gap import GapSchedule
 from rlprune.masks.kofn import GRANULARITIES, kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
 from rlprune.masks.learned import GumbelTopKMask
@@ -25,6 +25,7 @@ __all__ = [
     "GumbelTopKMask",
     "compute_mask",
     "importance",
+    "input_norms",
     "kofn_group_size",
     "kofn_mask",
     "log10_mask_diversity",

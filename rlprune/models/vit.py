@@ -14,18 +14,19 @@ class Attention(nn.Module):
     Args:
         dim: token width.
         heads: attention heads; ``dim`` must be a multiple of it.
+        causal: each token attends only to itself and the tokens before it (a language model).
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=self.causal)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -36,12 +37,13 @@ class Block(nn.Module):
         dim: token width.
         heads: attention heads.
         mlp_ratio: hidden width of the MLP per token channel.
+        causal: causal self-attention (:class:`Attention`).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, causal)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)

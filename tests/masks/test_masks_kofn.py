@@ -133,7 +133,7 @@ def test_importance_criteria() -> None:
     assert torch.equal(r1, r2) and r1.shape == w.shape
     with pytest.raises(ConfigError, match="needs the weight's gradient"):
         importance(w, "taylor")
-    with pytest.raises(ConfigError, match=r"valid: \['magnitude', 'taylor', 'random'\]"):
+    with pytest.raises(ConfigError, match=r"valid: \['magnitude', 'taylor', 'random', 'wanda'\]"):
         importance(w, "hessian")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rlprune.config import default_cache_dir
+from rlprune.data import random_inputs
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.measured.cache import TableCache
 from rlprune.hardware.measured.calibration import (
@@ -231,7 +232,7 @@ class MeasuredModel(LatencyModel):
         from rlprune.export import fold_batch_norms
         from rlprune.layers import discover_layers
 
-        x = torch.randn((self.batch_size, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
+        x = random_inputs(example, self.batch_size, torch.Generator().manual_seed(0))
         net = self.in_memory_format(fold_batch_norms(network).float())  # stubs return what layers would
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}|{self.memory_format}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
