@@ -25,10 +25,12 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Score:
-    """Accuracy in [0, 1] and mean cross-entropy loss on one split."""
+    """Accuracy in [0, 1] and mean cross-entropy loss on one split; with a reference network's
+    outputs, also the mean KL divergence from them (``None`` without one)."""
 
     accuracy: float
     loss: float
+    kl: float | None = None
 
 
 @torch.no_grad()
