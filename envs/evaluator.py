@@ -38,7 +38,7 @@ class PolicyEvaluator:
         couplings: the layers' filter couplings (the batch norms a pruned filter silences).
         recalibration: training inputs that re-estimate the batch norms' statistics under
             each policy before it is scored (``None``: keep the dense network's statistics);
-            a score on a share of the reward split uses the same share of them (one batch at least).
+            a score on a share of the reward split uses that share of their batches (one at least).
         recalibration_batch: the batch size of that pass.
         reference: also measure KL(dense ‖ policy) of the output distributions, against the
             dense network's outputs computed once here.
@@ -95,8 +95,9 @@ class PolicyEvaluator:
             self._masks.update({keys[name]: mask for name, mask in fresh.items()})
         for name, choice in policy:
             set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
-        if self.recalibration is not None:  # a share of the split: the same share of this pass
-            share = max(self.recalibration_batch, round(len(self.recalibration) * n / self.samples))
+        if self.recalibration is not None:  # a share of the split: that share of its batches
+            batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
+            share = max(1, round(batches * n / self.samples)) * self.recalibration_batch
             recalibrate_batch_norms(self.model, self.recalibration[:share], self.recalibration_batch)
         if self.reference is None:
             score = evaluate(self.model, self.x[:n], self.y[:n])

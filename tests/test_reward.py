@@ -90,3 +90,28 @@ def test_full_fidelity_scores_keep_evaluations_an_integer():
     for _ in range(3):
         env.problem.score(sparse_picks(env))
     assert env.problem.used == 3 and isinstance(env.problem.used, int)
+
+
+def test_a_partial_score_recalibrates_batch_norms_on_whole_batches(monkeypatch):
+    import rlprune.envs.evaluator as evaluator_module
+    from rlprune.envs import PolicyEvaluator
+
+    passes = []
+    real = evaluator_module.recalibrate_batch_norms
+    monkeypatch.setattr(
+        evaluator_module, "recalibrate_batch_norms", lambda m, x, b: (passes.append(len(x)), real(m, x, b))
+    )
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 8), torch.nn.BatchNorm1d(8))
+    names = ["1"]
+    evaluator = PolicyEvaluator(
+        model,
+        names,
+        torch.randn(64, 1, 40),
+        torch.randint(0, 8, (64,)),
+        recalibration=torch.randn(400, 1, 40),
+    )
+    float32 = Choice(Pattern.DENSE, 1, 1, 32, 32)
+    policy = Policy(((names[0], float32),))
+    for samples in (64, 19, 30, 8):  # shares 1, 0.30, 0.47, 0.125 of the split
+        evaluator(policy, samples)
+    assert passes == [400, 100, 200, 100]  # each a whole number of batches of 100

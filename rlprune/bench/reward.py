@@ -3,10 +3,12 @@
 On one target, ``--policies`` random policies within budget (random actions through the action
 wall) are scored on the reward split with every metric at once: accuracy, loss and
 KL(dense ‖ policy). For each metric it reports how many policies share their value with another
-(ties a search cannot rank), and the Spearman rank correlation of the metric with test accuracy
-before finetune (all policies) and after a short finetune of ``--finetune`` of them (a seeded
-sample). Each ``--reward-fractions`` value is one row: a larger reward split resolves finer
-differences but leaves less data to train on.
+(ties a search cannot rank) and its Spearman rank correlation with test accuracy before
+finetune, over all policies and over the close ones: the best quarter by test accuracy (``--top``),
+where a search spends its end game. ``--finetune`` of those close ones (a seeded sample) are
+finetuned for ``--finetune-epochs``, and the correlation with test accuracy after finetune is
+reported too. Each ``--reward-fractions`` value is one row: a larger reward split resolves finer
+differences but leaves less data to train on (the dense model is retrained for each).
 
     python -m rlprune.bench reward --policies 200 --finetune 20 --reward-fractions 0.2 0.4
 """
@@ -40,7 +42,9 @@ def tied(values: list[float]) -> int:
     return int(counts[counts > 1].sum())
 
 
-def measure(overrides: list[str], policies: int, finetunes: int, epochs: int, seed: int) -> dict[str, Any]:
+def measure(
+    overrides: list[str], policies: int, finetunes: int, epochs: int, top: float, seed: int
+) -> dict[str, Any]:
     """The separation of every metric on the target of ``overrides`` (one reward fraction)."""
     cfg = compose_config([*QUIET, "reward.metric=kl", f"search.evaluations={policies}", *overrides])
     target, hardware = load(cfg)
@@ -62,7 +66,8 @@ def measure(overrides: list[str], policies: int, finetunes: int, epochs: int, se
         if cfg.reward.bn_recalibration:
             recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
         before.append(test_score(masked, target.splits).accuracy)
-    sample = sorted(rng.choice(len(outcomes), size=min(finetunes, len(outcomes)), replace=False).tolist())
+    close = np.argsort(before, kind="stable")[::-1][: max(2, round(top * len(outcomes)))]
+    sample = sorted(rng.choice(close, size=min(finetunes, len(close)), replace=False).tolist())
     settings = FinetuneSettings.from_config(
         {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs}
     )
@@ -85,10 +90,18 @@ def measure(overrides: list[str], policies: int, finetunes: int, epochs: int, se
         values = [value(o) for o in outcomes]
         rows[name] = {
             "tied": tied(values),
+            "tied_close": tied([values[i] for i in close]),
             "distinct": len(set(values)),
             "spearman_test_before": float(spearmanr(values, before).statistic),
-            "spearman_test_after": float(spearmanr([values[i] for i in sample], after).statistic),
+            "spearman_close_test_before": float(
+                spearmanr([values[i] for i in close], [before[i] for i in close]).statistic
+            ),
+            "spearman_close_test_after": float(spearmanr([values[i] for i in sample], after).statistic),
         }
+    policies_scored = [
+        {"accuracy": o.accuracy, "loss": o.loss, "kl": o.kl, "latency": o.latency, "test_before": b}
+        for o, b in zip(outcomes, before, strict=True)
+    ]
     return {
         "overrides": overrides,
         "reward_samples": len(target.splits.reward_y),
@@ -96,8 +109,10 @@ def measure(overrides: list[str], policies: int, finetunes: int, epochs: int, se
         "dense_reward_accuracy": target.dense_reward.accuracy,
         "dense_test_accuracy": target.dense_test.accuracy,
         "policies": len(outcomes),
-        "finetuned": len(sample),
+        "close": len(close),
+        "finetuned": {"indices": sample, "test_after": after},
         "metrics": rows,
+        "scored": policies_scored,
     }
 
 
@@ -105,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the table and write JSON. Returns the results."""
     parser = argparse.ArgumentParser(prog="python -m rlprune.bench reward", description=__doc__)
     parser.add_argument("--policies", type=int, default=200)
-    parser.add_argument("--finetune", type=int, default=20, help="policies finetuned (a seeded sample)")
+    parser.add_argument("--finetune", type=int, default=20, help="close policies finetuned (a seeded sample)")
+    parser.add_argument("--top", type=float, default=0.25, help="the close policies: this best share")
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--reward-fractions", type=float, nargs="+", default=[0.2])
     parser.add_argument("--seed", type=int, default=0)
@@ -115,16 +131,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"benchmark": "reward", "machine": machine(), "rows": []}
     for fraction in args.reward_fractions:
         overrides = [*args.overrides, f"data.reward_fraction={fraction}"]
-        row = measure(overrides, args.policies, args.finetune, args.finetune_epochs, args.seed)
+        row = measure(overrides, args.policies, args.finetune, args.finetune_epochs, args.top, args.seed)
         results["rows"].append(row)
         write_json_atomic(args.out, results)
-    print(f"reward metrics: {args.policies} random policies within budget, {args.finetune} finetuned")
-    print(f"{'fraction':>8} {'samples':>7}  {'metric':<8} {'tied':>5} {'distinct':>8}  ρ test  ρ finetuned")
+    print(
+        f"reward metrics: {args.policies} random policies within budget; close: the best {args.top:.0%} "
+        f"by test accuracy, {args.finetune} of them finetuned; ρ: Spearman with test accuracy"
+    )
+    print(
+        f"{'fraction':>8} {'samples':>7}  {'metric':<8} {'tied':>5} {'tied close':>10}  "
+        f"{'ρ all':>6}  {'ρ close':>7}  {'ρ close finetuned':>17}"
+    )
     for fraction, row in zip(args.reward_fractions, results["rows"], strict=True):
         for name, m in row["metrics"].items():
             print(
-                f"{fraction:>8} {row['reward_samples']:>7}  {name:<8} {m['tied']:>5} {m['distinct']:>8}  "
-                f"{m['spearman_test_before']:>6.3f}  {m['spearman_test_after']:>11.3f}"
+                f"{fraction:>8} {row['reward_samples']:>7}  {name:<8} {m['tied']:>5} {m['tied_close']:>10}  "
+                f"{m['spearman_test_before']:>6.3f}  {m['spearman_close_test_before']:>7.3f}  "
+                f"{m['spearman_close_test_after']:>17.3f}"
             )
     print(f"\nwritten to {args.out}")
     return results
