@@ -1,6 +1,7 @@
 """EvoPress-style evolution (Sieberling et al., ICML 2025): level switches and staged selection.
 
-A (1+λ) evolution over the steps' options. An offspring moves compression levels between
+A (1+λ) evolution over the steps' options, started from the best of the uniform policies and
+a first generation of random wishes through the wall. An offspring moves compression levels between
 steps: one step goes up a level (a denser option, or more bits), then other steps go down a
 level, one at a time and each time saving seconds, until the policy fits the budget again, so
 every offspring is within budget, on every device and pattern space. The λ offspring are scored
@@ -71,23 +72,29 @@ class EvolutionSearch:
                 raise ConfigError(f"{key}={shown} is not allowed: {allowed}")
 
     def search(self, env: PruneEnv, seed: int) -> None:
-        """Evolve from the best uniform policy until ``env.problem`` is exhausted."""
+        """Evolve from the best start until ``env.problem`` is exhausted.
+
+        The starts are the uniform policies (a full score each) and a first generation of
+        random wishes through the wall, selected in stages like every later one.
+        """
         problem, space = env.problem, env.space
         rng = np.random.default_rng(seed)
         limit = space.absolute_budget(problem.budget)
-        starts = uniform_policies(space, problem.budget) or [wall_projection(space, limit, rng)]
+        samples = [max(1, round(f * problem.samples)) for f in self.fidelities]
         parent, best = None, -np.inf
-        for picks in starts:
+        for picks in uniform_policies(space, problem.budget):
             if problem.left >= 1 - 1e-9:
                 value = problem.value(problem.score(picks))
                 if value > best:
                     parent, best = picks, value
-        if parent is None:  # fewer evaluations than uniform starting points: nothing more fits
-            return
-        samples = [max(1, round(f * problem.samples)) for f in self.fidelities]
+        first = True
         while not problem.exhausted:
             lam = self._affordable(problem, samples)
-            children = self._offspring(space, parent, limit, rng, max(lam, 1))
+            if first or parent is None:
+                children = [wall_projection(space, limit, rng) for _ in range(max(lam, 1))]
+            else:
+                children = self._offspring(space, parent, limit, rng, max(lam, 1))
+            first = False
             if lam == 0:  # less than one staged generation left: spend it on what fits
                 _spend_rest(problem, children[0])
                 return
@@ -110,8 +117,9 @@ class EvolutionSearch:
         """Staged selection: score on each fidelity, keep the best; the winner's full-fidelity value."""
         pool = children
         for n, keep in zip(samples, self.survivors, strict=True):
-            values = [problem.value(problem.score(c, samples=n)) for c in pool]
-            order = sorted(range(len(pool)), key=lambda k: -values[k])  # stable: earlier first on ties
+            # on a few samples accuracy ties often: the loss breaks ties (then the earlier child)
+            scores = [problem.score(c, samples=n) for c in pool]
+            order = sorted(range(len(pool)), key=lambda k: (-problem.value(scores[k]), scores[k].loss))
             pool = [pool[k] for k in order[:keep]]
         scored = [(problem.value(problem.score(c)), k) for k, c in enumerate(pool)]
         value, k = max(scored, key=lambda vk: (vk[0], -vk[1]))
