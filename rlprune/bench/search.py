@@ -55,14 +55,11 @@ for model in ("resnet20", "mobilenetv2"):
         "hardware=arm_cpu",
         "search.pattern=filter",
     ]
-# the ViT on MNIST-1D on the Arm model: 10 steps of 20 k-of-n levels at 4, 8 or 32 bits, floor
-# 0.405; the GPU profiles give it two N:M options per layer, BitFusion filters on 2 of its 10 layers
-TARGETS["mnist1d-vit-arm_cpu"] = [
-    "model=vit",
-    "data=mnist1d",
-    "hardware=arm_cpu",
-    "search.pattern=kofn_weight",
-]
+# the ViT on MNIST-1D on the BOPs proxy: 10 steps of 20 k-of-n levels at 8 bit-widths (2 to 32),
+# floor 0.0002. On the Arm model (floor 0.405) PPO's policy at 0.45 beats the dense reward
+# accuracy, on the GPU profiles it has two N:M options per layer, on BitFusion filters on 2 of
+# its 10 layers: too little to allocate there
+TARGETS["mnist1d-vit-bops"] = ["model=vit", "data=mnist1d", "hardware=bops", "search.pattern=kofn_weight"]
 SEARCHERS = ["ppo", "amc", "haq", "uniform", "random", "greedy", "tpe", "evolution"]
 FLOOR = "floor"
 """A budget of the cheapest latency the target's space reaches, rounded up to the next 0.001."""
@@ -71,7 +68,7 @@ SUITES = {
     "hard": [
         ("digits-mobilenetv2-arm_cpu", 0.45),
         ("digits-resnet20-arm_cpu", 0.18),
-        ("mnist1d-vit-arm_cpu", 0.45),
+        ("mnist1d-vit-bops", 0.01),
         ("mnist1d-arm_cpu", FLOOR),
     ],
 }
