@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from hydra.utils import get_object
 from rlprune.agents.anchors import AnchorSearch
 from rlprune.agents.baselines import GreedySearch, RandomSearch, TPESearch, UniformSearch
+from rlprune.agents.evolution import EvolutionSearch
 from rlprune.agents.sb3 import ALGORITHMS, SB3Search
 from rlprune.envs.prune_env import PruneEnv
 
@@ -25,6 +26,7 @@ from rlprune.errors import ConfigError
 __all__ = [
     "SEARCHERS",
     "AnchorSearch",
+    "EvolutionSearch",
     "GreedySearch",
     "RandomSearch",
     "SB3Search",
@@ -38,7 +40,8 @@ __all__ = [
 
 BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedySearch, "tpe": TPESearch}
 ANCHORS = ("amc", "haq")  # the published RL searchers, reproduced on SB3's DDPG
-SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS])
+EVOLUTION = "evolution"  # EvoPress-style level-switch evolution, settings from its config node
+SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS, EVOLUTION])
 AGENT_SETTINGS = ("_target_", "name", "wall", "n_envs")
 """Keys of the ``agent`` node that rlprune reads; a ``_target_``'s other keys are its arguments."""
 
@@ -110,6 +113,14 @@ def make_searcher(
     if name in ANCHORS:
         settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
         return AnchorSearch(**settings, progress_bar=progress_bar, log=log)
+    if name == EVOLUTION:
+        settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
+        try:
+            return EvolutionSearch(**settings)
+        except TypeError as exc:
+            raise ConfigError(
+                f"agent=evolution takes offspring, fidelities, survivors and switches: {exc}"
+            ) from exc
     if name in ALGORITHMS:
         return SB3Search(
             algorithm=name,

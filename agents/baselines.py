@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rlprune.envs.prune_env import PruneEnv
+from rlprune.envs.space import SearchSpace
 
 
 def play(env: PruneEnv, rng: np.random.Generator) -> None:
@@ -37,20 +38,27 @@ class UniformSearch:
     """
 
     def search(self, env: PruneEnv, seed: int) -> None:
-        """Evaluate the uniform policy of each bit-width, densest first."""
-        space, problem = env.space, env.problem
-        budget = space.absolute_budget(problem.budget)
-        candidates = sorted({s.density for shapes in space.shapes for s in shapes}, reverse=True)
-        for bits in reversed(range(len(space.bits))):
-            for density in candidates:
-                picks = [
-                    (int(np.argmin([abs(s.density - density) for s in shapes])), bits)
-                    for shapes in space.shapes
-                ]
-                if space.seconds(picks) <= budget + 1e-12:
-                    if not problem.exhausted:
-                        problem.score(picks)
-                    break
+        """Evaluate the uniform policy of each bit-width, highest bits first."""
+        for picks in uniform_policies(env.space, env.problem.budget):
+            if not env.problem.exhausted:
+                env.problem.score(picks)
+
+
+def uniform_policies(space: SearchSpace, budget: float) -> list[list[tuple[int, int]]]:
+    """Per bit-width (highest first) that has one, the densest uniform policy within ``budget``
+    (relative): every step takes the option nearest to one common density."""
+    seconds = space.absolute_budget(budget)
+    candidates = sorted({s.density for shapes in space.shapes for s in shapes}, reverse=True)
+    policies = []
+    for bits in reversed(range(len(space.bits))):
+        for density in candidates:
+            picks = [
+                (int(np.argmin([abs(s.density - density) for s in shapes])), bits) for shapes in space.shapes
+            ]
+            if space.seconds(picks) <= seconds + 1e-12:
+                policies.append(picks)
+                break
+    return policies
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ class SB3Search:
             kwargs["n_steps"] = -(-kwargs["n_steps"] // self.n_envs)
         played = parallel_envs(env, self.n_envs) if self.n_envs > 1 else env
         # parallel episodes end together, n_envs at a time: room for the last round; the callback stops
-        rounds = -(-(env.problem.evaluations - env.problem.used) // self.n_envs)
+        rounds = math.ceil((env.problem.evaluations - env.problem.used) / self.n_envs)
         try:
             self._learn(played, seed, kwargs, steps=rounds * self.n_envs * len(env.space))
         finally:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rlprune.compress import attach, policy_masks, recalibrate_batch_norms, set_choice, tied_filters
 from rlprune.errors import RlpruneError
@@ -24,6 +25,10 @@ class PolicyEvaluator:
     in. Masks are cached per layer and option (with the layers tied to it), and the scores of
     identical policies are memoized, so a search that revisits a policy pays nothing.
 
+    A policy can be scored on the first ``samples`` of the reward split only (multi-fidelity
+    search); the split is drawn in a seeded random order (:func:`rlprune.data.make_splits`), so
+    its first samples are a fixed random subset of it.
+
     It pickles as its arguments (the attached copy cannot be pickled), so a parallel env's
     worker process rebuilds its own (:mod:`rlprune.envs.parallel`).
 
@@ -35,8 +40,11 @@ class PolicyEvaluator:
         memo_size: scores of this many most recently evaluated policies are remembered.
         couplings: the layers' filter couplings (the batch norms a pruned filter silences).
         recalibration: training inputs that re-estimate the batch norms' statistics under
-            each policy before it is scored (``None``: keep the dense network's statistics).
+            each policy before it is scored (``None``: keep the dense network's statistics);
+            a score on a share of the reward split uses that share of their batches (one at least).
         recalibration_batch: the batch size of that pass.
+        reference: also measure KL(dense ‖ policy) of the output distributions, against the
+            dense network's outputs computed once here.
     """
 
     def __init__(
@@ -50,15 +58,28 @@ class PolicyEvaluator:
         couplings: Mapping[str, FilterCoupling] | None = None,
         recalibration: torch.Tensor | None = None,
         recalibration_batch: int = 100,
+        reference: bool = False,
     ) -> None:
-        self._arguments = (model, names, x, y, pad, memo_size, couplings, recalibration, recalibration_batch)
+        self._arguments = (
+            model,
+            names,
+            x,
+            y,
+            pad,
+            memo_size,
+            couplings,
+            recalibration,
+            recalibration_batch,
+            reference,
+        )
         self.model = copy.deepcopy(model).eval()
+        self.reference = _log_probs(self.model, x) if reference else None  # before masks go in
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
         self.couplings = couplings
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
-        self._memo: OrderedDict[Policy, Score] = OrderedDict()
+        self._memo: OrderedDict[tuple[Policy, int], Score] = OrderedDict()
         self.forward_passes = 0
 
     def __reduce__(self) -> tuple[type, tuple]:
@@ -70,18 +91,29 @@ class PolicyEvaluator:
         self.x, self.y = self.x.to(device), self.y.to(device)
         if self.recalibration is not None:
             self.recalibration = self.recalibration.to(device)
+        if self.reference is not None:
+            self.reference = self.reference.to(device)
         self._masks.clear()
         return self
 
-    def __call__(self, policy: Policy) -> Score:
-        """The reward-split score of ``policy`` (memoized).
+    @property
+    def samples(self) -> int:
+        """Samples in the reward split: the highest fidelity."""
+        return len(self.x)
+
+    def __call__(self, policy: Policy, samples: int | None = None) -> Score:
+        """The score of ``policy`` on the first ``samples`` of the reward split (all by default; memoized).
 
         Raises:
-            RlpruneError: when the network's outputs are not finite under this policy.
+            RlpruneError: for ``samples`` outside ``[1, len(reward split)]``, or when the
+                network's outputs are not finite under this policy.
         """
-        if policy in self._memo:
-            self._memo.move_to_end(policy)
-            return self._memo[policy]
+        n = self.samples if samples is None else int(samples)
+        if not 1 <= n <= self.samples:
+            raise RlpruneError(f"a policy is scored on 1 to {self.samples} reward samples, not {samples}")
+        if (policy, n) in self._memo:
+            self._memo.move_to_end((policy, n))
+            return self._memo[(policy, n)]
         ties = tied_filters(policy, self.couplings)
         keys = {name: (name, c.pattern, c.keep, c.group, ties.get(name)) for name, c in policy}
         missing = {n for name, key in keys.items() if key not in self._masks for n in ties.get(name, (name,))}
@@ -92,15 +124,53 @@ class PolicyEvaluator:
             self._masks.update({keys[name]: mask for name, mask in fresh.items()})
         for name, choice in policy:
             set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
-        if self.recalibration is not None:
-            recalibrate_batch_norms(self.model, self.recalibration, self.recalibration_batch)
-        score = evaluate(self.model, self.x, self.y)
+        if self.recalibration is not None:  # a share of the split: that share of its batches
+            batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
+            share = max(1, round(batches * n / self.samples)) * self.recalibration_batch
+            recalibrate_batch_norms(self.model, self.recalibration[:share], self.recalibration_batch)
+        if self.reference is None:
+            score = evaluate(self.model, self.x[:n], self.y[:n])
+        else:
+            score = evaluate_against(self.model, self.x[:n], self.y[:n], self.reference[:n])
         self.forward_passes += 1
         if not math.isfinite(score.loss):
             raise RlpruneError(
                 f"the network's loss is {score.loss} under policy {policy.to_dict()}; check the model"
             )
-        self._memo[policy] = score
+        self._memo[(policy, n)] = score
         if len(self._memo) > self.memo_size:  # least recently used first: a long search stays flat
             self._memo.popitem(last=False)
         return score
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``model``'s log-probabilities over its classes (last dimension) for every input of ``x``."""
+    return torch.cat([F.log_softmax(model(x[i : i + batch_size]), -1) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_against(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor, batch_size: int = 1024
+) -> Score:
+    """Accuracy, loss and mean KL(reference ‖ model) of ``model`` on ``(x, y)``, in eval mode.
+
+    ``reference`` holds the reference network's log-probabilities for ``x``. Unlike accuracy,
+    which moves in steps of one sample, the KL divergence tells apart policies whose answers
+    are the same but whose confidence is not. Outputs with more than two dimensions (one
+    prediction per token) count every prediction, as their targets do.
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss, kl, count = 0, 0.0, 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        logits = logits.reshape(-1, logits.shape[-1])
+        target = y[start : start + batch_size].reshape(-1)
+        dense = reference[start : start + batch_size].reshape(logits.shape)
+        loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+        kl += F.kl_div(F.log_softmax(logits, -1), dense, reduction="sum", log_target=True).item()
+        count += len(target)
+    model.train(was_training)
+    return Score(accuracy=correct / count, loss=loss / count, kl=kl / count)

@@ -373,11 +373,14 @@ def _checkpoint(cfg: DictConfig, problem: SearchProblem, searcher: Any, run_dir:
         if agentic:
             searcher.resume_from = agent
     every = cfg.search.checkpoint_every
-    problem.listeners.append(
-        lambda outcome, improved: (
-            problem.used % every == 0 and checkpoint.save(problem, searcher.agent if agentic else None)
-        )
-    )
+    due = [(problem.used // every + 1) * every]  # the next multiple of `every` (scores may be fractions)
+
+    def save(outcome: Outcome, improved: bool) -> None:
+        if problem.used >= due[0] - 1e-9:
+            checkpoint.save(problem, searcher.agent if agentic else None)
+            due[0] = (problem.used // every + 1) * every
+
+    problem.listeners.append(save)
 
 
 def scorer(
@@ -396,6 +399,7 @@ def scorer(
         couplings=space.couplings,
         recalibration=_recalibration_inputs(cfg, target.splits),
         recalibration_batch=cfg.dense.batch_size,
+        reference=cfg.reward.metric == "kl",
     )
     return space, evaluator
 

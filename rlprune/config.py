@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from rlprune.errors import ConfigError
 from rlprune.policy import SUPPORTED_BITS, searchable_patterns
 
-METRICS = ("accuracy", "loss")
+METRICS = ("accuracy", "loss", "kl")  # what the search maximises (envs/problem.py)
 # action walls of the env: rlprune's (keep feasible, use the budget), AMC's, HAQ's (envs/prune_env.py)
 WALLS = ("band", "feasible", "final")
 WANDB_MODES = ("offline", "online", "disabled")

@@ -76,6 +76,7 @@ class SearchCheckpoint:
         state = {
             "fingerprint": self.fingerprint,
             "used": problem.used,
+            "scored": problem.scored,
             "agent": agent is not None,
             "best": [
                 {**asdict(outcome), "policy": outcome.policy.to_dict()}
@@ -105,7 +106,8 @@ class SearchCheckpoint:
                 f"the checkpoint in {self.folder} was made with another config (only "
                 f"{', '.join(FREE_KEYS)} may change on resume); rerun with the interrupted run's overrides"
             )
-        problem.used = min(int(state["used"]), problem.evaluations)
+        problem.used = min(state["used"], problem.evaluations)
+        problem.scored = int(state.get("scored", problem.used))
         for saved in state["best"]:
             outcome = Outcome(**{**saved, "policy": Policy.from_dict(saved["policy"])})
             problem.best_by_budget[outcome.budget] = outcome

@@ -108,6 +108,8 @@ class Tracker:
                     "search/loss": outcome.loss,
                     "search/latency": outcome.latency,
                     "search/improved": int(improved),
+                    "search/fidelity": outcome.fidelity,
+                    **({} if outcome.kl is None else {"search/kl": outcome.kl}),
                 }
             )
 

@@ -25,10 +25,13 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Score:
-    """Accuracy in [0, 1] and mean cross-entropy loss on one split (per token for a language model)."""
+    """Accuracy in [0, 1] and mean cross-entropy loss on one split (per token for a language
+    model); with a reference network's outputs, also the mean KL divergence from them (``None``
+    without one)."""
 
     accuracy: float
     loss: float
+    kl: float | None = None
 
 
 def flat(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

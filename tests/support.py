@@ -35,6 +35,7 @@ def make_env(
     hardware: str = "a100",
     samples: int = 64,
     wall: str = "band",
+    metric: str = "accuracy",
 ) -> PruneEnv:
     """An env over an untrained MNIST-1D CNN scored on random data: fast, for mechanics only."""
     torch.manual_seed(0)
@@ -45,8 +46,8 @@ def make_env(
     device = build_latency_model(hardware_config(hardware))
     settings = SpaceSettings(pattern, levels=8, min_density=0.05, nm_pad=False)
     space = build_space(layers, layers, device, settings)
-    evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y)
-    problem = SearchProblem(space, evaluator, budget, evaluations)
+    evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y, reference=metric == "kl")
+    problem = SearchProblem(space, evaluator, budget, evaluations, metric)
     return PruneEnv(problem, measure_sensitivity(space, evaluator), wall=wall)
 
 

@@ -58,7 +58,7 @@ CASES = [
     ),
     (["search.levels=1"], "error: search.levels=1 is not allowed: an integer >= 2"),
     (["search.min_density=0"], "error: search.min_density=0.0 is not allowed"),
-    (["reward.metric=f1"], "error: reward.metric='f1' is not allowed: one of ['accuracy', 'loss']"),
+    (["reward.metric=f1"], "error: reward.metric='f1' is not allowed: one of ['accuracy', 'loss', 'kl']"),
     (["wandb.mode=loud"], "error: wandb.mode='loud' is not allowed"),
     (["dense.epochs=-1"], "error: dense.epochs=-1 is not allowed"),
     (

@@ -47,3 +47,40 @@ def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path
         assert all(r["evaluations"] <= 6 and r["evaluations_per_second"] > 0 for r in cell["runs"])
     random_cell = scored[1]  # its own search space: 8-bit only
     assert all(r["evaluations"] == 6 and r["bits"] == [8] for r in random_cell["runs"])
+
+
+def test_the_hard_suite_searches_its_own_budgets_and_gives_95_percent_intervals(tmp_path):
+    import math
+
+    import pytest
+
+    from rlprune.bench.search import SUITES, interval95, main
+
+    assert interval95([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert interval95([0.5]) == 0.0
+    assert {t for t, _ in SUITES["hard"]} >= {"digits-mobilenetv2-arm_cpu", "digits-resnet20-arm_cpu"}
+    out = tmp_path / "hard.json"
+    common = ["--agents", "evolution", "--seeds", "0", "1", "--evaluations", "6", "--finetune-epochs", "1"]
+    main(
+        [
+            "--suite",
+            "hard",
+            "--targets",
+            "mnist1d-arm_cpu",
+            *common,
+            "--out",
+            str(out),
+            "--overrides",
+            "dense.epochs=3",
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert data["suite"] == "hard" and data["spread"] == "ci95"
+    (target,) = data["targets"]  # the default target, at its floor
+    (cell,) = target["cells"]
+    assert cell["budget"] == math.ceil(target["cheapest"] * 1000 - 1e-9) / 1000
+    assert cell["budget"] - target["cheapest"] < 0.001
+    assert cell["latency_max"] <= cell["budget"] + 1e-9
+    assert all(r["evaluations"] == 6 for r in cell["runs"])
+    accuracies = [r["accuracy"] for r in cell["runs"]]
+    assert cell["accuracy_ci95"] == pytest.approx(interval95(accuracies))

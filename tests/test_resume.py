@@ -88,3 +88,25 @@ def test_the_fingerprint_ignores_what_a_resume_may_change_only(free):
     base = fingerprint(compose_config())
     assert fingerprint(compose_config(free)) == base
     assert fingerprint(compose_config("budget.latency=0.5")) != base
+
+
+def test_scores_on_part_of_the_split_checkpoint_where_they_cross_a_multiple(tmp_path):
+    from rlprune.agents import EvolutionSearch
+
+    from rlprune.api import _checkpoint
+    from rlprune.resume import SearchCheckpoint
+    from tests.support import make_env
+
+    cfg = compose_config("search.checkpoint_every=2")
+    problem = make_env(samples=64, evaluations=10).problem
+    _checkpoint(cfg, problem, EvolutionSearch(), tmp_path)
+    state = tmp_path / "checkpoint" / "search.json"
+    picks = [(0, 0)] * len(problem.space)
+    used = []
+    for _ in range(11):  # 0.375 of an evaluation each
+        problem.score(picks, samples=24)
+        used.append(json.loads(state.read_text())["used"] if state.exists() else None)
+    assert used == [None] * 5 + [2.25] * 5 + [4.125]
+    fresh = make_env(samples=64, evaluations=10).problem
+    SearchCheckpoint(tmp_path / "checkpoint", cfg).restore(fresh)
+    assert fresh.used == 4.125 and fresh.scored == 11

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 BENCHMARKS = {
     "search": "rlprune.bench.search",
+    "reward": "rlprune.bench.reward",
     "sweep": "rlprune.bench.sweep",
     "masks": "rlprune.bench.masks",
     "latency": "rlprune.bench.latency",
