@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from rlprune.data.embedded import load_digits_arrays, load_mnist1d_arrays
+from rlprune.data.embedded import Arrays, load_digits_arrays, load_mnist1d_arrays
 from rlprune.data.folders import (
     load_cifar10_arrays,
     load_cifar100_arrays,
@@ -83,7 +83,6 @@ def as_inputs(
     return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
 
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 EMBEDDED: dict[str, Callable[[str], Arrays]] = {
     "mnist1d": load_mnist1d_arrays,
     "digits": load_digits_arrays,

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from rlprune.io import write_atomic
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def cached_arrays(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> Arrays:
+    """``(x, y, x_test, y_test)`` read from the ``.npz`` at ``path``; when it is missing or corrupt,
+    ``make`` generates them (a dict with those four keys) and they are cached there atomically."""
+    try:
+        with np.load(path) as f:
+            return f["x"], f["y"], f["x_test"], f["y_test"]
+    except (OSError, KeyError, ValueError):  # missing or corrupt cache: regenerate
+        pass
+    arrays = make()
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+    return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
 
 
 def load_mnist1d_arrays(cache_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -15,23 +31,19 @@ def load_mnist1d_arrays(cache_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     Generated with the package's default arguments (4000 train / 1000 test, seed 42), which
     is the published dataset. Generation takes a few seconds, so the arrays are cached.
     """
-    path = Path(cache_dir) / "mnist1d.npz"
-    try:
-        with np.load(path) as f:
-            return f["x"], f["y"], f["x_test"], f["y_test"]
-    except (OSError, KeyError, ValueError):  # missing or corrupt cache: regenerate
-        pass
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    data = make_dataset(get_dataset_args())
-    arrays = {
-        "x": data["x"][:, None, :].astype(np.float32),
-        "y": data["y"].astype(np.int64),
-        "x_test": data["x_test"][:, None, :].astype(np.float32),
-        "y_test": data["y_test"].astype(np.int64),
-    }
-    write_atomic(path, lambda f: np.savez(f, **arrays))
-    return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
+    def make() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset  # only when the cache misses
+
+        data = make_dataset(get_dataset_args())
+        return {
+            "x": data["x"][:, None, :].astype(np.float32),
+            "y": data["y"].astype(np.int64),
+            "x_test": data["x_test"][:, None, :].astype(np.float32),
+            "y_test": data["y_test"].astype(np.int64),
+        }
+
+    return cached_arrays(Path(cache_dir) / "mnist1d.npz", make)
 
 
 def load_digits_arrays(cache_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

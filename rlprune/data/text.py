@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlprune.io import write_atomic
+from rlprune.data.embedded import cached_arrays
 
 SEQUENCE = 64
 """Tokens per input sequence (and per target sequence)."""
@@ -119,13 +119,9 @@ def load_text_arrays(cache_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ``x`` holds token ids shaped ``(N, SEQUENCE)`` and ``y`` the next token at every position,
     both int64. Train and test come from different seeds (0 and 1). Cached like MNIST-1D.
     """
-    path = Path(cache_dir) / "text.npz"
-    try:
-        with np.load(path) as f:
-            return f["x"], f["y"], f["x_test"], f["y_test"]
-    except (OSError, KeyError, ValueError):  # missing or corrupt cache: regenerate
-        pass
-    train, test = generate_tokens(4000, seed=0), generate_tokens(1000, seed=1)
-    arrays = {"x": train[:, :-1], "y": train[:, 1:], "x_test": test[:, :-1], "y_test": test[:, 1:]}
-    write_atomic(path, lambda f: np.savez(f, **arrays))
-    return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
+
+    def make() -> dict[str, np.ndarray]:
+        train, test = generate_tokens(4000, seed=0), generate_tokens(1000, seed=1)
+        return {"x": train[:, :-1], "y": train[:, 1:], "x_test": test[:, :-1], "y_test": test[:, 1:]}
+
+    return cached_arrays(Path(cache_dir) / "text.npz", make)
