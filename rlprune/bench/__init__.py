@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from rlprune.api import Target
     from rlprune.hardware import LatencyModel
+    from rlprune.layers import FilterCoupling
+    from rlprune.policy import Policy
 
 BENCHMARKS = {
     "search": "rlprune.bench.search",
@@ -46,6 +48,33 @@ def load(cfg: DictConfig) -> tuple[Target, LatencyModel]:
     from rlprune.hardware import build_latency_model
 
     return load_target(cfg), build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
+
+
+def finetuned_test_accuracy(
+    cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
+) -> float:
+    """Test accuracy of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
+    short finetune every benchmark gives the policies it compares."""
+    from omegaconf import OmegaConf
+
+    from rlprune.api import augmentation, test_score
+    from rlprune.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings.from_config(
+        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs}
+    )
+    tuned = finetune(
+        target.model,
+        policy,
+        target.searched,
+        target.splits,
+        settings,
+        cfg.seed,
+        cfg.search.nm_pad,
+        couplings,
+        augmentation(cfg),
+    )
+    return test_score(tuned.model, target.splits).accuracy
 
 
 def machine() -> str:

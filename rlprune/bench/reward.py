@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from rlprune.agents.baselines import play
-from rlprune.api import augmentation, make_space, resolve_budget, scorer, test_score
-from rlprune.bench import QUIET, compose_config, load, machine
+from rlprune.api import make_space, resolve_budget, scorer, test_score
+from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load, machine
 from rlprune.compress import compress, recalibrate_batch_norms
 from rlprune.envs import PruneEnv, SearchProblem
 from rlprune.envs.features import measure_sensitivity
-from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.io import write_json_atomic
 
 METRICS = {"accuracy": lambda o: o.accuracy, "loss": lambda o: -o.loss, "kl": lambda o: -o.kl}
@@ -68,23 +66,9 @@ def measure(
         before.append(test_score(masked, target.splits).accuracy)
     close = np.argsort(before, kind="stable")[::-1][: max(2, round(top * len(outcomes)))]
     sample = sorted(rng.choice(close, size=min(finetunes, len(close)), replace=False).tolist())
-    settings = FinetuneSettings.from_config(
-        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs}
-    )
-    after = []
-    for i in sample:
-        tuned = finetune(
-            target.model,
-            outcomes[i].policy,
-            target.searched,
-            target.splits,
-            settings,
-            cfg.seed,
-            cfg.search.nm_pad,
-            space.couplings,
-            augmentation(cfg),
-        )
-        after.append(test_score(tuned.model, target.splits).accuracy)
+    after = [
+        finetuned_test_accuracy(cfg, target, outcomes[i].policy, space.couplings, epochs) for i in sample
+    ]
     rows = {}
     for name, value in METRICS.items():
         values = [value(o) for o in outcomes]

@@ -28,11 +28,10 @@ import numpy as np
 from omegaconf import OmegaConf
 from scipy.stats import t as t_dist
 
-from rlprune.api import augmentation, make_space, search, test_score
-from rlprune.bench import QUIET, compose_config, load, machine
+from rlprune.api import make_space, search
+from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load, machine
 from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
-from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.io import write_atomic, write_json_atomic
 
 # name -> Hydra overrides. The GPU profile accelerates N:M only; the CPU table is timed here at
@@ -93,24 +92,11 @@ def resolve(budget: float | str, cheapest: float) -> float:
 def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: int) -> dict[str, Any]:
     """One search and its short finetune; the numbers of one seed."""
     result = search(cfg, target, hardware, space=space)
-    settings = FinetuneSettings.from_config(
-        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": finetune_epochs}
-    )
-    tuned = finetune(
-        target.model,
-        result.best.policy,
-        target.searched,
-        target.splits,
-        settings,
-        cfg.seed,
-        cfg.search.nm_pad,
-        space.couplings,
-        augmentation(cfg),
-    )
+    after = finetuned_test_accuracy(cfg, target, result.best.policy, space.couplings, finetune_epochs)
     return {
         "seed": int(cfg.seed),
         "accuracy": result.best.accuracy,
-        "test_after_finetune": test_score(tuned.model, target.splits).accuracy,
+        "test_after_finetune": after,
         "latency": result.best.latency,
         "bits": sorted({choice.w_bits for _, choice in result.best.policy}),
         "density": float(np.mean([choice.density for _, choice in result.best.policy])),
