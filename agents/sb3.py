@@ -90,7 +90,7 @@ class SB3Search:
             size = env.action_size  # 3 entries when several patterns are searched
             kwargs["action_noise"] = NormalActionNoise(np.zeros(size), np.full(size, self.action_noise))
         if self.n_envs > 1 and self.algorithm in ON_POLICY and "n_steps" in kwargs:
-            kwargs["n_steps"] = -(-kwargs["n_steps"] // self.n_envs)
+            kwargs["n_steps"] = math.ceil(kwargs["n_steps"] / self.n_envs)
         played = parallel_envs(env, self.n_envs) if self.n_envs > 1 else env
         # parallel episodes end together, n_envs at a time: room for the last round; the callback stops
         rounds = math.ceil((env.problem.evaluations - env.problem.used) / self.n_envs)
