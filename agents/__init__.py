@@ -18,7 +18,7 @@ from hydra.utils import get_object
 from rlprune.agents.anchors import AnchorSearch
 from rlprune.agents.baselines import GreedySearch, RandomSearch, TPESearch, UniformSearch
 from rlprune.agents.evolution import EvolutionSearch
-from rlprune.agents.sb3 import ALGORITHMS, SB3Search
+from rlprune.agents.sb3 import ALGORITHMS, ON_POLICY, SB3Search
 from rlprune.envs.prune_env import PruneEnv
 
 from rlprune.errors import ConfigError
@@ -122,12 +122,20 @@ def make_searcher(
                 f"agent=evolution takes offspring, fidelities, survivors and switches: {exc}"
             ) from exc
     if name in ALGORITHMS:
+        warm_start = bool(cfg.get("warm_start", False))
+        if warm_start and name not in ON_POLICY:
+            raise ConfigError(
+                f"agent.warm_start=true starts a Gaussian policy's mean action (ppo, a2c); "
+                f"{name}'s actor squashes its action: set agent.warm_start=false"
+            )
         return SB3Search(
             algorithm=name,
             hyperparameters=dict(cfg.get("hyperparameters") or {}),
             action_noise=cfg.get("action_noise"),
             progress_bar=progress_bar,
             n_envs=cfg.get("n_envs", 1),
+            warm_start=warm_start,
+            refine=float(cfg.get("refine", 0.0)),
             log=log,
         )
     raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")

@@ -79,15 +79,29 @@ class EvolutionSearch:
         """
         problem, space = env.problem, env.space
         rng = np.random.default_rng(seed)
-        limit = space.absolute_budget(problem.budget)
-        samples = [max(1, round(f * problem.samples)) for f in self.fidelities]
         parent, best = None, -np.inf
         for picks in uniform_policies(space, problem.budget):
             if problem.left >= 1 - 1e-9:
                 value = problem.value(problem.score(picks))
                 if value > best:
                     parent, best = picks, value
-        first = True
+        self.evolve(env, parent, best, rng, random_first=True)
+
+    def evolve(
+        self,
+        env: PruneEnv,
+        parent: Picks | None,
+        best: float,
+        rng: np.random.Generator,
+        random_first: bool = False,
+    ) -> None:
+        """Generations of offspring of ``parent`` (whose full-fidelity value is ``best``) until
+        ``env.problem`` is exhausted; with ``random_first`` (or no parent) the first generation
+        is random wishes through the wall instead."""
+        problem, space = env.problem, env.space
+        limit = space.absolute_budget(problem.budget)
+        samples = [max(1, round(f * problem.samples)) for f in self.fidelities]
+        first = random_first
         while not problem.exhausted:
             lam = self._affordable(problem, samples)
             if first or parent is None:

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from rlprune.agents.baselines import uniform_policies
+from rlprune.agents.evolution import EvolutionSearch
 from rlprune.envs.parallel import RecordOutcomes, parallel_envs
 from rlprune.envs.problem import Outcome
 from rlprune.envs.prune_env import PruneEnv
@@ -46,14 +49,16 @@ def forward_records(agent: BaseAlgorithm, log: Callable[[dict[str, Any], int], N
 
 
 class StopWhenExhausted(BaseCallback):
-    """Ends training as soon as the search problem has spent its evaluations."""
+    """Ends training as soon as the search problem has spent its evaluations, or ``until`` of them."""
 
-    def __init__(self, env: PruneEnv | RecordOutcomes) -> None:
+    def __init__(self, env: PruneEnv | RecordOutcomes, until: float | None = None) -> None:
         super().__init__()
         self.problem = env.problem  # the one problem, also behind parallel envs
+        self.until = until
 
     def _on_step(self) -> bool:
-        return not self.problem.exhausted
+        spent = self.until is not None and self.problem.used >= self.until - 1e-9
+        return not (self.problem.exhausted or spent)
 
     def _on_training_end(self) -> None:
         # the last update's record is only dumped with the next rollout, which a stop cuts short
@@ -72,6 +77,13 @@ class SB3Search:
         n_envs: envs played in parallel, one worker process each (:mod:`rlprune.envs.parallel`).
             PPO's and A2C's ``n_steps`` stays the number of transitions per update, split
             between the envs, so an update learns from as many episodes as with one env.
+        warm_start: first score the uniform policies (one evaluation per bit-width,
+            :func:`~rlprune.agents.baselines.uniform_policies`) and start the policy's mean
+            action at the best of them, so exploration begins around a policy known to be good
+            instead of the middle of the action box (PPO and A2C).
+        refine: the share of the evaluations kept for the end, where an EvoPress-style
+            evolution (:meth:`~rlprune.agents.evolution.EvolutionSearch.evolve`) refines the
+            best policy the agent found by level switches: the agent proposes, evolution refines.
     """
 
     algorithm: str
@@ -79,6 +91,8 @@ class SB3Search:
     action_noise: float | None = None
     progress_bar: bool = False
     n_envs: int = 1
+    warm_start: bool = False
+    refine: float = 0.0
     resume_from: Path | None = None  # a saved agent to go on training (rlprune.resume)
     log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
     agent: Any = field(default=None, init=False, repr=False)  # the trained algorithm, after search
@@ -91,26 +105,58 @@ class SB3Search:
             kwargs["action_noise"] = NormalActionNoise(np.zeros(size), np.full(size, self.action_noise))
         if self.n_envs > 1 and self.algorithm in ON_POLICY and "n_steps" in kwargs:
             kwargs["n_steps"] = math.ceil(kwargs["n_steps"] / self.n_envs)
+        start = self._warm_start(env) if self.warm_start and self.resume_from is None else None
+        problem = env.problem
+        until = problem.evaluations - round(self.refine * problem.evaluations)
         played = parallel_envs(env, self.n_envs) if self.n_envs > 1 else env
         # parallel episodes end together, n_envs at a time: room for the last round; the callback stops
-        rounds = math.ceil((env.problem.evaluations - env.problem.used) / self.n_envs)
+        rounds = math.ceil(max(until - problem.used, 0) / self.n_envs)
         try:
-            self._learn(played, seed, kwargs, steps=rounds * self.n_envs * len(env.space))
+            self._learn(played, seed, kwargs, rounds * self.n_envs * len(env.space), until, start)
         finally:
             if played is not env:
                 played.close()
+        if self.refine and not problem.exhausted:
+            best = problem.best
+            parent = None if best is None else env.space.picks_of(best.policy)
+            value = -np.inf if best is None else problem.value(best)
+            EvolutionSearch().evolve(env, parent, value, np.random.default_rng(seed))
 
-    def _learn(self, env: PruneEnv | RecordOutcomes, seed: int, kwargs: dict[str, Any], steps: int) -> None:
-        """Build (or reload) the agent on ``env``, the PruneEnv or its parallel twins, and train it."""
+    def _warm_start(self, env: PruneEnv) -> np.ndarray | None:
+        """Score the uniform policies; the action that wishes for the best of them (``None``
+        when none fits or the evaluations run out)."""
+        problem, best = env.problem, None
+        for picks in uniform_policies(env.space, problem.budget):
+            if problem.left < 1 - 1e-9:
+                break
+            outcome = problem.score(picks)
+            if best is None or problem.value(outcome) > best[0]:
+                best = (problem.value(outcome), picks)
+        return None if best is None else env.action_of(best[1])
+
+    def _learn(
+        self,
+        env: PruneEnv | RecordOutcomes,
+        seed: int,
+        kwargs: dict[str, Any],
+        steps: int,
+        until: float,
+        start: np.ndarray | None = None,
+    ) -> None:
+        """Build (or reload) the agent on ``env``, the PruneEnv or its parallel twins, and train it
+        until ``until`` evaluations are spent; a new agent's mean action starts at ``start``."""
         algorithm = ALGORITHMS[self.algorithm]
         if self.resume_from is not None:
             self.agent = algorithm.load(self.resume_from, env=env, device="cpu")
         else:
             self.agent = algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+        if start is not None:  # the action head starts with weights near 0 (gain 0.01): its bias is the mean
+            with torch.no_grad():
+                self.agent.policy.action_net.bias.copy_(torch.as_tensor(start))
         forward_records(self.agent, self.log)
         self.agent.learn(
             total_timesteps=steps,
-            callback=StopWhenExhausted(env),
+            callback=StopWhenExhausted(env, until),
             progress_bar=self.progress_bar,
             reset_num_timesteps=self.resume_from is None,
         )

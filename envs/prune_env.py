@@ -146,6 +146,23 @@ class PruneEnv(gym.Env):
         outcome = self.problem.score(self.picks, budget=self.budget)
         return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
 
+    def action_of(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The action that wishes for ``picks``, one per step, averaged over the steps: the inverse
+        of :meth:`step`'s mapping from an action to the wished density, bit-width and pattern."""
+        actions = []
+        for shapes, (shape, bits) in zip(self.space.shapes, picks, strict=True):
+            sparsest = min(s.density for s in shapes)
+            density = (shapes[shape].density - sparsest) / max(1.0 - sparsest, 1e-12)
+            position = bits / max(len(self.space.bits) - 1, 1)
+            action = [2.0 * density - 1.0, 2.0 * position - 1.0]
+            if self.action_size == 3:
+                pattern = shapes[shape].pattern
+                patterns = self.space.patterns
+                index = patterns.index(pattern) if pattern in patterns else (len(patterns) - 1) / 2
+                action.append(2.0 * index / (len(patterns) - 1) - 1.0)
+            actions.append(action)
+        return np.mean(actions, axis=0).astype(np.float32)
+
     def _reward(self, outcome: Outcome) -> float:
         value = self.problem.value(outcome)
         if self.baseline_momentum is None:

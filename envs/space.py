@@ -226,6 +226,19 @@ class SearchSpace:
             choices += [(name, follow) for name in self.followers[i]]
         return Policy(tuple(choices))
 
+    def picks_of(self, policy: Policy) -> list[tuple[int, int]]:
+        """The ``(option, bits)`` index pairs of a policy of this space: :meth:`policy` undone."""
+        choices = dict(policy)
+        picks = []
+        for step, members in enumerate(self.members):
+            layer = members[0]
+            choice = choices[layer.name]
+            bits = self.bits.index(choice.w_bits)
+            options = [shape.on(layer, self.nm_pad) for shape in self.shapes[step]]
+            option = next(s for s, o in enumerate(options) if o and o.choice(choice.w_bits) == choice)
+            picks.append((option, bits))
+        return picks
+
     def policy_latency(self, picks: Sequence[tuple[int, int]]) -> float:
         """Relative latency of a policy given as index pairs."""
         return self.relative(self.seconds(picks))

@@ -61,3 +61,69 @@ def test_agents_leave_no_log_folder_in_the_system_temp_folder(name, tmp_path, mo
     make_searcher(agent_cfg).search(env, seed=0)  # no tracker: the path that made SB3-<date> folders
     assert env.problem.used == 4
     assert list(tmp_path.glob("SB3-*")) == []
+
+
+def test_a_warm_started_agent_scores_the_uniform_policies_first_and_starts_at_the_best():
+    import numpy as np
+    import torch
+    from rlprune.agents.baselines import uniform_policies
+
+    env = make_env(budget=0.4, evaluations=12, pattern="kofn_weight", samples=16)
+    outcomes = record(env)
+    uniform = uniform_policies(env.space, 0.4)
+    # fewer transitions than n_steps: the search ends before PPO's first update, so the agent
+    # still holds the mean action it started from
+    assert (12 - len(uniform)) * len(env.space) < 512
+    searcher = make_searcher({"name": "ppo", "warm_start": True, "hyperparameters": {"n_steps": 512}})
+    searcher.search(env, seed=0)
+    assert env.problem.used == 12
+    assert [o.policy for o in outcomes[: len(uniform)]] == [env.space.policy(p) for p in uniform]
+    best = uniform[max(range(len(uniform)), key=lambda k: outcomes[k].accuracy)]
+    obs = torch.as_tensor(env.reset()[0])[None]
+    start = searcher.agent.policy.get_distribution(obs).distribution.mean[0].detach().numpy()
+    np.testing.assert_allclose(start, env.action_of(best), atol=0.05)
+    # played without noise (on a fresh env: this one is spent), that action gives the best
+    # uniform policy's bits to every layer
+    fresh = make_env(budget=0.4, evaluations=1, pattern="kofn_weight", samples=16)
+    fresh.reset()
+    done = False
+    while not done:
+        _, _, done, _, info = fresh.step(env.action_of(best))
+    assert {choice.w_bits for _, choice in info["outcome"].policy} == {env.space.bits[best[0][1]]}
+
+
+def test_warm_start_is_refused_for_squashed_actors():
+    with pytest.raises(ConfigError, match=r"agent\.warm_start=true .*set agent\.warm_start=false"):
+        make_searcher({"name": "sac", "warm_start": True})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hardware"), [("kofn_weight", "arm_cpu"), (["nm", "kofn_weight"], "a100")]
+)
+def test_picks_of_undoes_policy(pattern, hardware):
+    import numpy as np
+
+    env = make_env(budget=0.4, evaluations=1, pattern=pattern, hardware=hardware, samples=16)
+    space = env.space
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        assert space.picks_of(space.policy(picks)) == picks
+
+
+def test_a_refining_agent_hands_its_best_policy_to_evolution_for_the_last_evaluations():
+    env = make_env(budget=0.4, evaluations=30, pattern="kofn_weight", samples=16)
+    outcomes = record(env)
+    searcher = make_searcher(
+        {"name": "ppo", "refine": 0.5, "hyperparameters": {"n_steps": 32, "batch_size": 32}}
+    )
+    searcher.search(env, seed=0)
+    assert env.problem.used == 30
+    # the agent plays whole episodes (full scores) until 15 evaluations are spent; the rest is
+    # evolution's staged selection, which scores offspring on shares of the reward split first
+    agent_phase = outcomes[:15]
+    assert all(o.fidelity == 1 for o in agent_phase)
+    assert any(o.fidelity < 1 for o in outcomes[15:])
+    assert all(o.latency <= 0.4 + 1e-9 for o in outcomes)
+    best_of_agent = max(env.problem.value(o) for o in agent_phase)
+    assert env.problem.value(env.problem.best) >= best_of_agent

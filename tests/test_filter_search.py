@@ -458,3 +458,13 @@ def test_grouped_convs_keep_their_groups_equal():
     policy = nm.policy([(0, len(nm.bits) - 1)] * len(nm))
     assert policy.get("g").pattern is Pattern.NM
     assert torch.isfinite(compress(model, policy)(images)).all()
+
+
+@pytest.mark.parametrize("network", [mnist1d, mobilenet])
+def test_picks_of_undoes_policy_with_tied_layers_and_followers(network):
+    model, x, layers = network()
+    space, _ = filter_space(model, x, layers)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        assert space.picks_of(space.policy(picks)) == picks
