@@ -5,8 +5,10 @@ For each target (model, data, hardware model), budget, searcher and seed, the se
 ``--evaluations`` policy evaluations on the same trained dense model and search space. The
 table gives mean ± std over seeds of: the best policy's reward-split accuracy (before
 finetune), its test accuracy after the same short finetune, the latency it reached (≤ budget),
-the search's wall time and its evaluations per second. Per target and budget, ``*`` marks the
-best mean before finetune. A budget below what a target's space can reach is listed as such.
+the search's wall time and its evaluations per second, and where the search ranks policies by
+KL (``reward.metric=kl``, the ``text-a100`` target) the best policy's KL to the dense model.
+Per target and budget, ``*`` marks the best mean before finetune (the lowest KL where KL
+ranks). A budget below what a target's space can reach is listed as such.
 
     python -m rlprune.bench search --targets mnist1d-arm_cpu --budgets 0.5 0.25 --seeds 0 1
     python -m rlprune.bench search --agents ppo ppo:agent.wall=feasible   # one lever at a time
@@ -59,6 +61,15 @@ for model in ("resnet20", "mobilenetv2"):
 # accuracy, on the GPU profiles it has two N:M options per layer, on BitFusion filters on 2 of
 # its 10 layers: too little to allocate there
 TARGETS["mnist1d-vit-bops"] = ["model=vit", "data=mnist1d", "hardware=bops", "search.pattern=kofn_weight"]
+# the embedded language model on the A100 roofline: 2:4-or-dense and bits per Linear layer, the
+# search ranking policies by their KL divergence to the dense model (docs/language_models.md)
+TARGETS["text-a100"] = [
+    "model=tiny_lm",
+    "data=text",
+    "hardware=a100",
+    "search.pattern=nm",
+    "reward.metric=kl",
+]
 SEARCHERS = ["ppo", "amc", "haq", "uniform", "random", "greedy", "tpe", "evolution"]
 FLOOR = "floor"
 """A budget of the cheapest latency the target's space reaches, rounded up to the next 0.001."""
@@ -96,6 +107,8 @@ def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: 
     return {
         "seed": int(cfg.seed),
         "accuracy": result.best.accuracy,
+        "loss": result.best.loss,
+        "kl": result.best.kl,  # None unless reward.metric=kl
         "test_after_finetune": after,
         "latency": result.best.latency,
         "bits": sorted({choice.w_bits for _, choice in result.best.policy}),
@@ -158,9 +171,10 @@ def bench_target(
                 cells.append({"budget": budget, "agent": agent, "failed": failed})
                 continue
             cell = {"budget": budget, "agent": agent, "runs": runs}
-            for key in ("accuracy", "test_after_finetune", "seconds", "evaluations_per_second"):
-                cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std([r[key] for r in runs])
-                cell[f"{key}_ci95"] = interval95([r[key] for r in runs])
+            for key in ("accuracy", "loss", "kl", "test_after_finetune", "seconds", "evaluations_per_second"):
+                if runs[0][key] is not None:
+                    cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std([r[key] for r in runs])
+                    cell[f"{key}_ci95"] = interval95([r[key] for r in runs])
             cell["latency_max"] = max(r["latency"] for r in runs)
             cells.append(cell)
             progress({**found, "cheapest": cheapest, "cells": cells})
@@ -188,19 +202,25 @@ def print_table(results: dict[str, Any]) -> None:
         for budget in dict.fromkeys(c["budget"] for c in t["cells"]):
             group = [c for c in t["cells"] if c["budget"] == budget]
             scored = [c for c in group if "runs" in c]
-            top = max((c["accuracy_mean"] for c in scored), default=None)
+            top = max((_ranked(c) for c in scored), default=None)
             for c in group:
                 if "infeasible" in c or "failed" in c:
                     print(f"{budget:>6}  {c.get('agent', '-'):<{w}} {c.get('infeasible') or c['failed']}")
                     continue
-                mark = "*" if c["accuracy_mean"] == top else " "
+                mark = "*" if _ranked(c) == top else " "
+                kl = f"  KL {c['kl_mean']:.5f} ± {c[f'kl_{spread}']:.5f}" if "kl_mean" in c else ""
                 print(
                     f"{budget:>6}  {c['agent']:<{w}} "
                     f"{c['accuracy_mean']:.4f} ± {c[f'accuracy_{spread}']:.4f}{mark}  "
                     f"{c['test_after_finetune_mean']:.4f} ± {c[f'test_after_finetune_{spread}']:.4f}   "
                     f"{c['latency_max']:>7.3f}  {c['seconds_mean']:>8.1f}  "
-                    f"{c['evaluations_per_second_mean']:>7.1f}"
+                    f"{c['evaluations_per_second_mean']:>7.1f}{kl}"
                 )
+
+
+def _ranked(cell: dict[str, Any]) -> float:
+    """What ``*`` ranks a cell by: minus its mean KL where the search minimised KL, else its mean accuracy."""
+    return -cell["kl_mean"] if "kl_mean" in cell else cell["accuracy_mean"]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
