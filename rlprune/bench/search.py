@@ -207,7 +207,7 @@ def print_table(results: dict[str, Any]) -> None:
                 if "infeasible" in c or "failed" in c:
                     print(f"{budget:>6}  {c.get('agent', '-'):<{w}} {c.get('infeasible') or c['failed']}")
                     continue
-                mark = "*" if _ranked(c) == top else " "
+                mark = "*" if _ranked(c) >= top - 1e-9 else " "  # ties: KLs a rounding error apart
                 kl = f"  KL {c['kl_mean']:.5f} ± {c[f'kl_{spread}']:.5f}" if "kl_mean" in c else ""
                 print(
                     f"{budget:>6}  {c['agent']:<{w}} "
