@@ -122,7 +122,14 @@ def make_searcher(
                 f"agent=evolution takes offspring, fidelities, survivors and switches: {exc}"
             ) from exc
     if name in ALGORITHMS:
-        warm_start = bool(cfg.get("warm_start", False))
+        warm_start, refine = cfg.get("warm_start", False), cfg.get("refine", 0.0)
+        if not isinstance(warm_start, bool):
+            raise ConfigError(f"agent.warm_start={warm_start!r} is not allowed: true or false")
+        if isinstance(refine, bool) or not isinstance(refine, int | float) or not 0 <= refine < 1:
+            raise ConfigError(
+                f"agent.refine={refine!r} is not allowed: a share of the evaluations in [0, 1) "
+                "(0: the agent spends them all)"
+            )
         if warm_start and name not in ON_POLICY:
             raise ConfigError(
                 f"agent.warm_start=true starts a Gaussian policy's mean action (ppo, a2c); "
@@ -135,7 +142,7 @@ def make_searcher(
             progress_bar=progress_bar,
             n_envs=cfg.get("n_envs", 1),
             warm_start=warm_start,
-            refine=float(cfg.get("refine", 0.0)),
+            refine=float(refine),
             log=log,
         )
     raise ConfigError(f"unknown agent {name!r}; valid: {SEARCHERS}")

@@ -127,3 +127,11 @@ def test_a_refining_agent_hands_its_best_policy_to_evolution_for_the_last_evalua
     assert all(o.latency <= 0.4 + 1e-9 for o in outcomes)
     best_of_agent = max(env.problem.value(o) for o in agent_phase)
     assert env.problem.value(env.problem.best) >= best_of_agent
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("refine", 1.0), ("refine", -0.1), ("refine", "half"), ("warm_start", "yes")]
+)
+def test_bad_warm_start_and_refine_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"agent\.{key}=.* is not allowed"):
+        make_searcher({"name": "ppo", key: value})
