@@ -433,6 +433,8 @@ def search_budgets(
     searcher = make_searcher(plain(cfg.agent), progress_bar=cfg.progress_bar)
     if not isinstance(searcher, SB3Search):
         raise ConfigError(f"a budget-conditioned search needs an RL agent, one of {sorted(ALGORITHMS)}")
+    # one agent learns every budget: no single budget's uniform policy to start from or best to refine
+    searcher.warm_start, searcher.refine = False, 0.0
     if cfg.search.evaluations <= len(budgets):
         raise ConfigError(
             f"search.evaluations={cfg.search.evaluations} must exceed the {len(budgets)} budgets "
