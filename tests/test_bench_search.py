@@ -84,3 +84,33 @@ def test_the_hard_suite_searches_its_own_budgets_and_gives_95_percent_intervals(
     assert all(r["evaluations"] == 6 for r in cell["runs"])
     accuracies = [r["accuracy"] for r in cell["runs"]]
     assert cell["accuracy_ci95"] == pytest.approx(interval95(accuracies))
+
+
+def test_a_kl_search_records_the_best_kl_and_marks_the_lowest(tmp_path, capsys):
+    from rlprune.bench.search import main
+
+    out = tmp_path / "kl.json"
+    common = ["--seeds", "0", "--evaluations", "4", "--finetune-epochs", "1", "--out", str(out)]
+    agents = ["--agents", "uniform", "random"]
+    main(
+        [
+            "--targets",
+            "mnist1d-arm_cpu",
+            "--budgets",
+            "0.5",
+            *agents,
+            *common,
+            "--overrides",
+            "dense.epochs=3",
+            "reward.metric=kl",
+        ]
+    )
+    (target,) = json.loads(out.read_text())["targets"]
+    cells = [c for c in target["cells"] if "runs" in c]
+    for cell in cells:
+        (run,) = cell["runs"]
+        assert run["kl"] is not None and run["kl"] >= 0 and cell["kl_mean"] == run["kl"]
+        assert run["loss"] > 0
+    lowest = min(cells, key=lambda c: c["kl_mean"])["agent"]
+    starred = [line for line in capsys.readouterr().out.splitlines() if "*" in line and "KL" in line]
+    assert starred and all(lowest in line for line in starred)
