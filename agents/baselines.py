@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
 from rlprune.envs.space import SearchSpace
 
@@ -39,9 +40,20 @@ class UniformSearch:
 
     def search(self, env: PruneEnv, seed: int) -> None:
         """Evaluate the uniform policy of each bit-width, highest bits first."""
-        for picks in uniform_policies(env.space, env.problem.budget):
-            if not env.problem.exhausted:
-                env.problem.score(picks)
+        best_uniform(env.problem)
+
+
+def best_uniform(problem: SearchProblem) -> tuple[list[tuple[int, int]] | None, float]:
+    """Score each of :func:`uniform_policies` while full evaluations are left; the best of them
+    and its value (``None`` and ``-inf`` when none was scored)."""
+    best, value = None, -np.inf
+    for picks in uniform_policies(problem.space, problem.budget):
+        if problem.left < 1 - 1e-9:
+            break
+        scored = problem.value(problem.score(picks))
+        if scored > value:
+            best, value = picks, scored
+    return best, value
 
 
 def uniform_policies(space: SearchSpace, budget: float) -> list[list[tuple[int, int]]]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from rlprune.agents.baselines import uniform_policies
+from rlprune.agents.baselines import best_uniform
 from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
 from rlprune.envs.space import SearchSpace
@@ -77,15 +77,8 @@ class EvolutionSearch:
         The starts are the uniform policies (a full score each) and a first generation of
         random wishes through the wall, selected in stages like every later one.
         """
-        problem, space = env.problem, env.space
-        rng = np.random.default_rng(seed)
-        parent, best = None, -np.inf
-        for picks in uniform_policies(space, problem.budget):
-            if problem.left >= 1 - 1e-9:
-                value = problem.value(problem.score(picks))
-                if value > best:
-                    parent, best = picks, value
-        self.evolve(env, parent, best, rng, random_first=True)
+        parent, best = best_uniform(env.problem)
+        self.evolve(env, parent, best, np.random.default_rng(seed), random_first=True)
 
     def evolve(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rlprune.agents.baselines import uniform_policies
+from rlprune.agents.baselines import best_uniform
 from rlprune.agents.evolution import EvolutionSearch
 from rlprune.envs.parallel import RecordOutcomes, parallel_envs
 from rlprune.envs.problem import Outcome
@@ -125,14 +125,8 @@ class SB3Search:
     def _warm_start(self, env: PruneEnv) -> np.ndarray | None:
         """Score the uniform policies; the action that wishes for the best of them (``None``
         when none fits or the evaluations run out)."""
-        problem, best = env.problem, None
-        for picks in uniform_policies(env.space, problem.budget):
-            if problem.left < 1 - 1e-9:
-                break
-            outcome = problem.score(picks)
-            if best is None or problem.value(outcome) > best[0]:
-                best = (problem.value(outcome), picks)
-        return None if best is None else env.action_of(best[1])
+        best, _ = best_uniform(env.problem)
+        return None if best is None else env.action_of(best)
 
     def _learn(
         self,
