@@ -80,7 +80,8 @@ class SB3Search:
         warm_start: first score the uniform policies (one evaluation per bit-width,
             :func:`~rlprune.agents.baselines.uniform_policies`) and start the policy's mean
             action at the best of them, so exploration begins around a policy known to be good
-            instead of the middle of the action box (PPO and A2C).
+            instead of the middle of the action box, unless the middle's own episode (one more
+            evaluation) scores at least as well (PPO and A2C).
         refine: the share of the evaluations kept for the end, where an EvoPress-style
             evolution (:meth:`~rlprune.agents.evolution.EvolutionSearch.evolve`) refines the
             best policy the agent found by level switches: the agent proposes, evolution refines.
@@ -123,10 +124,16 @@ class SB3Search:
             EvolutionSearch().evolve(env, parent, value, np.random.default_rng(seed))
 
     def _warm_start(self, env: PruneEnv) -> np.ndarray | None:
-        """Score the uniform policies; the action that wishes for the best of them (``None``
-        when none fits or the evaluations run out)."""
-        best, _ = best_uniform(env.problem)
-        return None if best is None else env.action_of(best)
+        """Score the uniform policies and the episode of the action box's centre, where a new
+        agent's mean action starts; the action that wishes for the best uniform policy, or
+        ``None`` (stay at the centre) when the centre scores at least as well or none fits."""
+        best, value = best_uniform(env.problem)
+        if best is None:
+            return None
+        # near the floor the only uniform policy that fits may be poor; the centre, walled, is not
+        if env.problem.left >= 1 - 1e-9 and env.problem.value(env.play(np.zeros(env.action_size))) >= value:
+            return None
+        return env.action_of(best)
 
     def _learn(
         self,

@@ -146,6 +146,14 @@ class PruneEnv(gym.Env):
         outcome = self.problem.score(self.picks, budget=self.budget)
         return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
 
+    def play(self, action: np.ndarray) -> Outcome:
+        """One episode that takes ``action`` at every step (one evaluation); its outcome."""
+        self.reset()
+        done = False
+        while not done:
+            _, _, done, _, info = self.step(action)
+        return info["outcome"]
+
     def action_of(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """The action that wishes for ``picks``, one per step, averaged over the steps: the inverse
         of :meth:`step`'s mapping from an action to the wished density, bit-width and pattern."""

@@ -65,33 +65,36 @@ def test_agents_leave_no_log_folder_in_the_system_temp_folder(name, tmp_path, mo
     assert list(tmp_path.glob("SB3-*")) == []
 
 
-def test_a_warm_started_agent_scores_the_uniform_policies_first_and_starts_at_the_best():
+@pytest.mark.parametrize(("metric", "starts_at"), [("loss", "uniform"), ("accuracy", "centre")])
+def test_a_warm_start_begins_at_the_better_of_the_best_uniform_policy_and_the_centre(metric, starts_at):
     import numpy as np
     import torch
     from rlprune.agents.baselines import uniform_policies
 
-    env = make_env(budget=0.4, evaluations=12, pattern="kofn_weight", samples=16)
+    env = make_env(budget=0.4, evaluations=12, pattern="kofn_weight", samples=16, metric=metric)
     outcomes = record(env)
     uniform = uniform_policies(env.space, 0.4)
     # fewer transitions than n_steps: the search ends before PPO's first update, so the agent
     # still holds the mean action it started from
-    assert (12 - len(uniform)) * len(env.space) < 512
+    assert (12 - len(uniform) - 1) * len(env.space) < 512
     searcher = make_searcher({"name": "ppo", "warm_start": True, "hyperparameters": {"n_steps": 512}})
     searcher.search(env, seed=0)
     assert env.problem.used == 12
     assert [o.policy for o in outcomes[: len(uniform)]] == [env.space.policy(p) for p in uniform]
-    best = uniform[max(range(len(uniform)), key=lambda k: outcomes[k].accuracy)]
+    # then the episode of the action box's centre, where an untrained agent's mean action sits
+    fresh = make_env(budget=0.4, evaluations=2, pattern="kofn_weight", samples=16, metric=metric)
+    assert outcomes[len(uniform)].policy == fresh.play(np.zeros(env.action_size)).policy
+    values = [env.problem.value(o) for o in outcomes[: len(uniform) + 1]]
+    best = uniform[int(np.argmax(values[:-1]))]
+    # an untrained network scores every policy alike on accuracy: a tie keeps the centre
+    assert ("centre" if values[-1] >= max(values[:-1]) else "uniform") == starts_at
     obs = torch.as_tensor(env.reset()[0])[None]
     start = searcher.agent.policy.get_distribution(obs).distribution.mean[0].detach().numpy()
-    np.testing.assert_allclose(start, env.action_of(best), atol=0.05)
-    # played without noise (on a fresh env: this one is spent), that action gives the best
-    # uniform policy's bits to every layer
-    fresh = make_env(budget=0.4, evaluations=1, pattern="kofn_weight", samples=16)
-    fresh.reset()
-    done = False
-    while not done:
-        _, _, done, _, info = fresh.step(env.action_of(best))
-    assert {choice.w_bits for _, choice in info["outcome"].policy} == {env.space.bits[best[0][1]]}
+    expected = np.zeros(env.action_size) if starts_at == "centre" else env.action_of(best)
+    np.testing.assert_allclose(start, expected, atol=0.05)
+    if starts_at == "uniform":  # played without noise, that action gives the best uniform policy's bits
+        outcome = fresh.play(env.action_of(best))
+        assert {choice.w_bits for _, choice in outcome.policy} == {env.space.bits[best[0][1]]}
 
 
 def test_warm_start_is_refused_for_squashed_actors():
