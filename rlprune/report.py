@@ -60,7 +60,8 @@ def layer_rows(
                 "sparsity": round(choice.sparsity, 4),
                 "w_bits": choice.w_bits,
                 "a_bits": choice.a_bits,
-                "latency_share": round(t / total, 4),
+                # a measured table can price every chosen layer at 0 (int8 ops on a busy machine)
+                "latency_share": round(t / total, 4) if total > 0 else 0.0,
                 "size_bits": weight_storage_bits(smaller, cost_choice, choice.w_bits, compressed=True),
                 "searched": layer.name in dict(policy.choices),
                 "skipped": skipped.get(layer.name),

@@ -477,3 +477,24 @@ def test_networks_take_turns_by_precision_and_each_keeps_its_median(tmp_path):
     )
     assert [precision(g) for g in timer.timed[0]] == [8, 32] * 3
     assert [g.labels for g in timer.timed[0][:2]] == [("0", "2"), ("1",)]
+
+
+def test_a_calibration_that_prices_the_chosen_layers_at_zero_still_gives_report_rows(tmp_path):
+    from rlprune.layers import discover_layers
+    from rlprune.models import MNIST1DCNN
+    from rlprune.policy import Policy
+    from rlprune.report import layer_rows
+
+    torch.manual_seed(0)
+    net, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
+    layers = discover_layers(net, x)
+    # as read on a busy machine: the float network slow, so its overhead exceeds the whole int8
+    # network, whose ops are then priced at nothing; narrowing a stub saves nothing (no glue)
+    networks = {"full": 3e-4, "again": 3e-4, "stubbed:int8": 3e-4, "deployed:float": 2e-2}
+    networks |= {"deployed:half": 1e-2, "deployed:int8": 1e-4, "deployed:half:int8": 1e-4}
+    model, _ = faked(tmp_path, timer=FakeTimer(networks, other=3e-4))
+    model.calibrate(net, x)
+    policy = Policy(tuple((layer.name, dense(8)) for layer in layers))
+    assert sum(model.latency(layer, dense(8)) for layer in layers) == 0.0
+    rows = layer_rows(layers, policy, model, {})
+    assert [row["latency_share"] for row in rows] == [0.0] * len(layers)
