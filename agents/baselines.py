@@ -48,7 +48,7 @@ def best_uniform(problem: SearchProblem) -> tuple[list[tuple[int, int]] | None, 
     and its value (``None`` and ``-inf`` when none was scored)."""
     best, value = None, -np.inf
     for picks in uniform_policies(problem.space, problem.budget):
-        if problem.left < 1 - 1e-9:
+        if not problem.affords():
             break
         scored = problem.value(problem.score(picks))
         if scored > value:

@@ -154,7 +154,7 @@ class EvolutionSearch:
 def _spend_rest(problem: SearchProblem, child: Picks) -> None:
     """Full scores of ``child`` while they fit, then the last fraction of an evaluation on that
     share of the split, so the search spends exactly its evaluations."""
-    while problem.left >= 1 - 1e-9:
+    while problem.affords():
         problem.score(child)
     rest = round(problem.left * problem.samples)
     if rest >= 1 and not problem.exhausted:

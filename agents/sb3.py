@@ -131,7 +131,7 @@ class SB3Search:
         if best is None:
             return None
         # near the floor the only uniform policy that fits may be poor; the centre, walled, is not
-        if env.problem.left >= 1 - 1e-9 and env.problem.value(env.play(np.zeros(env.action_size))) >= value:
+        if env.problem.affords() and env.problem.value(env.play(np.zeros(env.action_size))) >= value:
             return None
         return env.action_of(best)
 

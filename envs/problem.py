@@ -173,8 +173,12 @@ class SearchProblem:
             listener(outcome, improved)
         return outcome
 
+    def affords(self, price: float = 1.0) -> bool:
+        """Whether a score costing ``price`` evaluations (1: a full one) can still be bought."""
+        return not self.exhausted and price <= self.left + 1e-9
+
     def _check_left(self, price: float) -> None:
-        if self.exhausted or price > self.left + 1e-9:
+        if not self.affords(price):
             raise RlpruneError(
                 f"the search has {self.left:g} of its {self.evaluations} evaluations left, "
                 f"and a score costs {price:g}"
