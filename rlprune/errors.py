@@ -21,6 +21,10 @@ class DataError(RlpruneError):
     """A dataset is missing, empty or in the wrong format."""
 
 
+class MeasurementError(RlpruneError):
+    """Timings taken on this machine contradict each other (it was busy while they were taken)."""
+
+
 class TrackingError(RlpruneError):
     """The run finished and wrote its outputs, but W&B tracking failed.
 

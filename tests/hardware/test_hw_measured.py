@@ -479,21 +479,86 @@ def test_networks_take_turns_by_precision_and_each_keeps_its_median(tmp_path):
     assert [g.labels for g in timer.timed[0][:2]] == [("0", "2"), ("1",)]
 
 
-def test_a_calibration_that_prices_the_chosen_layers_at_zero_still_gives_report_rows(tmp_path):
+class BusyFor(FakeTimer):
+    """A fake timer on a machine busy for the float network's first ``readings``."""
+
+    def __init__(self, networks: Mapping[str, float], readings: int, **kwargs) -> None:
+        super().__init__(networks, **kwargs)
+        self.busy = readings
+        self.float_timings = 0
+
+    def seconds(self, label: str) -> float:
+        if label == "deployed:float":
+            self.float_timings += 1
+            if self.float_timings <= self.busy:
+                return 10 * self.networks[label]
+        return super().seconds(label)
+
+
+# read quietly, the int8 network beats the float one; read busy (ten times slower), the float
+# network's overhead exceeds the whole int8 network, which would price its ops at nothing.
+# Narrowing a stub saves nothing (no glue).
+QUIET_NETWORKS = {"full": 3e-4, "again": 3e-4, "stubbed:int8": 3e-4, "deployed:float": 2e-3}
+QUIET_NETWORKS |= {"deployed:half": 1e-3, "deployed:int8": 1.2e-3, "deployed:half:int8": 7e-4}
+
+
+def mnist1d_net() -> tuple[torch.nn.Module, torch.Tensor, list[LayerInfo]]:
     from rlprune.layers import discover_layers
     from rlprune.models import MNIST1DCNN
-    from rlprune.policy import Policy
-    from rlprune.report import layer_rows
 
     torch.manual_seed(0)
     net, x = MNIST1DCNN().eval(), torch.randn(1, 1, 40)
-    layers = discover_layers(net, x)
-    # as read on a busy machine: the float network slow, so its overhead exceeds the whole int8
-    # network, whose ops are then priced at nothing; narrowing a stub saves nothing (no glue)
-    networks = {"full": 3e-4, "again": 3e-4, "stubbed:int8": 3e-4, "deployed:float": 2e-2}
-    networks |= {"deployed:half": 1e-2, "deployed:int8": 1e-4, "deployed:half:int8": 1e-4}
-    model, _ = faked(tmp_path, timer=FakeTimer(networks, other=3e-4))
+    return net, x, discover_layers(net, x)
+
+
+def readings_per_calibration(cache_dir: Path) -> int:
+    """How often one calibration reads the float network (it takes several turns)."""
+    net, x, _ = mnist1d_net()
+    model, timer = faked(cache_dir, timer=BusyFor(QUIET_NETWORKS, readings=0, other=3e-4))
     model.calibrate(net, x)
+    return timer.float_timings
+
+
+def test_networks_timed_while_the_cpu_was_busy_are_timed_again(tmp_path):
+    per_calibration = readings_per_calibration(tmp_path / "quiet")
+    net, x, layers = mnist1d_net()
+    timer = BusyFor(QUIET_NETWORKS, readings=per_calibration, other=3e-4)
+    model, _ = faked(tmp_path, timer=timer)
+    model.calibrate(net, x)
+    assert timer.float_timings == 2 * per_calibration
+    assert all(model.latency(layer, dense(8)) > 0 for layer in layers)
+    cached = [v for k, v in model.table.items() if k.endswith(":deployed:float")]
+    assert cached == [QUIET_NETWORKS["deployed:float"]]
+
+
+def test_networks_busy_twice_are_refused_with_the_fix_and_not_kept(tmp_path):
+    from rlprune.errors import MeasurementError
+
+    per_calibration = readings_per_calibration(tmp_path / "quiet")
+    net, x, _ = mnist1d_net()
+    timer = BusyFor(QUIET_NETWORKS, readings=2 * per_calibration, other=3e-4)
+    model, _ = faked(tmp_path, timer=timer)
+    with pytest.raises(MeasurementError, match=r"busy .* search float only \(search.bits=\[32\]\)"):
+        model.calibrate(net, x)
+    assert timer.float_timings == 2 * per_calibration
+    assert not [k for k in model.table if k.startswith("network:")]
+    again, _ = faked(tmp_path, timer=FakeTimer(QUIET_NETWORKS, other=3e-4))  # idle now, same cache
+    again.calibrate(net, x)
+    assert [v for k, v in again.table.items() if k.endswith(":deployed:float")] == [2e-3]
+
+
+def test_a_model_that_prices_the_chosen_layers_at_zero_still_gives_report_rows(tmp_path):
+    import dataclasses
+
+    from rlprune.policy import Policy
+    from rlprune.report import layer_rows
+
+    net, x, layers = mnist1d_net()
+    model, _ = faked(tmp_path, timer=FakeTimer(QUIET_NETWORKS, other=3e-4))
+    model.calibrate(net, x)
+    # every op and its glue free
+    free = {"float_scale": 0.0, "float_saving": 0.0, "int8_scale": 0.0, "int8_saving": 0.0, "glue": {}}
+    model.calibration = dataclasses.replace(model.calibration, **free)
     policy = Policy(tuple((layer.name, dense(8)) for layer in layers))
     assert sum(model.latency(layer, dense(8)) for layer in layers) == 0.0
     rows = layer_rows(layers, policy, model, {})

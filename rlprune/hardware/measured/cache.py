@@ -81,10 +81,13 @@ class TableCache:
         """The entries of the file; empty where :meth:`read` finds none."""
         return self.read() or {}
 
-    def save(self, entries: Mapping[str, float]) -> dict[str, float]:
+    def save(self, entries: Mapping[str, float], forget: str = "") -> dict[str, float]:
         """Write ``entries`` over those on disk (another process may have added some meanwhile),
-        atomically; return the merged entries, which are what the file now holds."""
+        atomically, less those whose key starts with ``forget`` when given; return the merged
+        entries, which are what the file now holds."""
         merged = {**(self.read(warn=False) or {}), **entries}
+        if forget:
+            merged = {key: seconds for key, seconds in merged.items() if not key.startswith(forget)}
         write_json_atomic(
             self.path,
             {

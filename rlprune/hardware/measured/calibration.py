@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 HALF_KEYS = {32: "deployed:half", 8: "deployed:half:int8"}
 
 
+class ImplausibleTimings(ValueError):
+    """Network timings that no calibration fits: taken while the machine was busy."""
+
+
 @dataclass(frozen=True)
 class FitLayer:
     """A prunable layer of the calibrated network as the fit sees it.
@@ -112,6 +116,10 @@ def fit(
     the int8 ops are fitted as the float ones, to the int8 network and its half-width copy
     less that glue and the overhead (quantize and dequantize are in the share); then the
     mixed networks set what switching between float and int8 costs (:func:`mixing_seconds`).
+
+    Raises:
+        ImplausibleTimings: when the int8 network measured no more than what the float
+            network says lies beyond its ops, which would price every int8 op at nothing.
     """
     int8 = all(8 in layer.ops for layer in layers)
     stub_total = sum(seconds for seconds, _ in glue.values())
@@ -133,6 +141,11 @@ def fit(
             extra = networks["stubbed:int8"] - networks["stubbed:float"]
             cal = dataclasses.replace(cal, int8_glue_scale=min(1.0, max(0.0, 1.0 + extra / stub_total)))
         rest = networks["deployed:int8"] - cal.overhead - _glue(cal, layers, True)
+        if rest <= 0:  # the float network read slow: its overhead leaves the int8 ops nothing
+            raise ImplausibleTimings(
+                f"the int8 network measured {networks['deployed:int8'] * 1e6:.0f} µs, no more than "
+                f"the float network's overhead and glue ({(networks['deployed:int8'] - rest) * 1e6:.0f} µs)"
+            )
         scale, saving = _fit_ops(cal, layers, half, 8, rest, networks.get(HALF_KEYS[8]))
         cal = dataclasses.replace(cal, int8_scale=scale, int8_saving=saving)
     switch, mixed = mixing_seconds(cal, layers, networks, pairs)
