@@ -25,6 +25,7 @@ BENCHMARKS = {
     "latency": "rlprune.bench.latency",
     "soak": "rlprune.bench.soak",
     "gpu": "rlprune.bench.gpu",
+    "optimum": "rlprune.bench.optimum",
 }
 
 
