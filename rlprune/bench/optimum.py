@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--every", action="store_true", help="score every policy within budget")
     parser.add_argument("--limit", type=int, default=50_000_000, help="most policies the space may have")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/optimum.json"))
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/optimum_<target>.json")
     args = parser.parse_args(argv)
+    args.out = args.out or Path(f"benchmarks/results/optimum_{args.target}.json")
 
     cfg = compose_config([*QUIET, *TARGETS[args.target], *args.overrides])
     target, hardware = load(cfg)

@@ -230,6 +230,11 @@ class MeasuredModel(LatencyModel):
         sets how each op runs inside the network (:attr:`calibration`) so that the dense
         network is predicted as measured. Cached in the table under the network's structure;
         until called, layers cost their op alone.
+
+        Raises:
+            MeasurementError: when the networks' timings contradict each other twice (the CPU
+                was busy): the int8 network no slower than the float one's overhead. Such
+                timings are never cached.
         """
         from rlprune.export import fold_batch_norms
         from rlprune.layers import discover_layers
@@ -252,12 +257,12 @@ class MeasuredModel(LatencyModel):
                 break
             except ImplausibleTimings as exc:
                 self._table = self.table_cache.save(self._table, forget=prefix)  # never kept
-                log.info("%s: %s; timing the networks again", self.name, exc)
                 if attempt == 2:
                     raise MeasurementError(
                         f"{self.name}: {exc}, twice: this CPU was busy while the networks were "
                         "timed. Run again when it is idle, or search float only (search.bits=[32])"
                     ) from exc
+                log.info("%s: %s; timing the networks again", self.name, exc)
         self.switch_seconds = self.calibration.switch_seconds
         self.mixed_seconds = self.calibration.mixed_seconds
         self._cache.clear()
