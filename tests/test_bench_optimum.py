@@ -10,7 +10,7 @@ import pytest
 
 
 def test_within_budget_lists_the_policies_that_fit_and_those_that_cannot_go_up_a_level():
-    from rlprune.bench.optimum import picks_of, within_budget
+    from rlprune.bench.optimum import grid_picks, within_budget
 
     rng = np.random.default_rng(0)
     tables = [np.sort(rng.uniform(0.1, 1.0, (2, 3)).ravel()).reshape(2, 3) for _ in range(3)]
@@ -21,7 +21,7 @@ def test_within_budget_lists_the_policies_that_fit_and_those_that_cannot_go_up_a
         return sum(t[p] for t, p in zip(tables, picks, strict=True))
 
     for flat in itertools.product(*(range(t.size) for t in tables)):
-        picks = picks_of(tables, np.array(flat))
+        picks = grid_picks(tables, np.array(flat))
         ups = [
             [*picks[:i], up, *picks[i + 1 :]]
             for i, (s, b) in enumerate(picks)
@@ -72,16 +72,8 @@ def test_no_search_beats_the_best_of_every_policy_within_budget(tmp_path):
     assert row["scored"] == row["within"] > row["maximal"] >= 1
     assert row["latency"] <= 0.6 + 1e-9
 
+    base = [*QUIET, *TARGETS["mnist1d-a100"], *overrides, "budget.latency=0.6", "search.evaluations=60"]
+    target, hardware = load(compose_config(base))
     for agent in ("random", "evolution"):
-        cfg = compose_config(
-            [
-                *QUIET,
-                *TARGETS["mnist1d-a100"],
-                *overrides,
-                f"agent={agent}",
-                "budget.latency=0.6",
-                "search.evaluations=60",
-            ]
-        )
-        found = search(cfg, *load(cfg)).best
+        found = search(compose_config([*base, f"agent={agent}"]), target, hardware).best
         assert found.accuracy <= row["accuracy"] + 1e-12

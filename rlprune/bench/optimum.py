@@ -81,7 +81,7 @@ def _at(ndim: int, axis: int, index: int) -> tuple[Any, ...]:
     return tuple(index if j == axis else slice(None) for j in range(ndim))
 
 
-def picks_of(tables: list[np.ndarray], flat: np.ndarray) -> Picks:
+def grid_picks(tables: list[np.ndarray], flat: np.ndarray) -> Picks:
     """The ``(option, bits)`` pairs of one grid index."""
     return [divmod(int(k), t.shape[1]) for k, t in zip(flat, tables, strict=True)]
 
@@ -90,7 +90,7 @@ def best_of(problem: SearchProblem, candidates: np.ndarray, tables: list[np.ndar
     """Score every candidate (grid indices, one row each); the best and what it took."""
     started = time.perf_counter()
     for row in candidates:
-        problem.score(picks_of(tables, row))
+        problem.score(grid_picks(tables, row))
     best = problem.best
     assert best is not None  # every candidate is within budget
     return {
