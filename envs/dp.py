@@ -156,8 +156,17 @@ class CostProgramme:
         return own
 
     def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
-        """Seconds each step adds under a policy given as index pairs."""
-        return np.array([self.table(i, picks)[tuple(picks[i])] for i in range(len(self))])
+        """Seconds each step adds under a policy given as index pairs (what :meth:`table` gives
+        each step, read from the factors directly: searchers call this for every trial policy)."""
+        decided = [int(v) for pick in picks for v in pick]  # axis a: decided[a]
+        out = np.array([float(c.table[tuple(decided[a] for a in c.axes)]) for c in self.costs])
+        if self.mixed_seconds > 0:
+            seen = set(self.fixed_kinds)
+            for step, (_, b) in enumerate(picks):
+                if len(seen) == 1 and self.integer[b] not in seen:  # the first to mix
+                    out[step] += self.mixed_seconds
+                seen.add(self.integer[b])
+        return out
 
     def seconds(self, picks: Sequence[tuple[int, int]]) -> float:
         """Seconds of all steps under a policy of index pairs."""

@@ -473,3 +473,21 @@ def test_picks_of_undoes_policy_with_tied_layers_and_followers(network):
     for _ in range(20):
         picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
         assert space.picks_of(space.policy(picks)) == picks
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet", "mixed"])
+def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
+    # step_seconds reads each factor at the policy directly; it must give what the wall sees,
+    # each step's table once the steps before it are decided (mixed: the first to mix pays)
+    model, x, layers = {"resnet": resnet, "mobilenet": mobilenet, "mixed": mnist1d}[network]()
+    device = build_latency_model(hardware_config("a100"))
+    if network == "mixed":
+        device.switch_seconds, device.mixed_seconds = 1e-6, 2e-5
+    couplings = filter_couplings(model, x, layers)
+    settings = SpaceSettings("filter", bits=[8, 16], levels=4, min_density=0.3, nm_pad=False)
+    space = build_space(layers, layers, device, settings, couplings)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        expected = [space.table(i, picks)[picks[i]] for i in range(len(space))]
+        assert space.step_seconds(picks) == pytest.approx(expected, rel=1e-12, abs=0)
