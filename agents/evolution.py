@@ -19,11 +19,9 @@ import numpy as np
 from rlprune.agents.baselines import best_uniform
 from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
-from rlprune.envs.space import SearchSpace
+from rlprune.envs.space import Picks, SearchSpace
 
 from rlprune.errors import ConfigError
-
-Picks = list[tuple[int, int]]
 
 
 @dataclass

@@ -32,6 +32,9 @@ from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.patterns import SparsityPattern, get_pattern
 from rlprune.policy import Choice, Pattern, Policy, searchable_patterns
 
+Picks = list[tuple[int, int]]
+"""A policy as the searchers handle it: per step, the index of its option and of its bit-width."""
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -226,7 +229,7 @@ class SearchSpace:
             choices += [(name, follow) for name in self.followers[i]]
         return Policy(tuple(choices))
 
-    def picks_of(self, policy: Policy) -> list[tuple[int, int]]:
+    def picks_of(self, policy: Policy) -> Picks:
         """The ``(option, bits)`` index pairs of a policy of this space: :meth:`policy` undone."""
         choices = dict(policy)
         picks = []
@@ -278,7 +281,7 @@ class SearchSpace:
             distance = distance + np.array(other, dtype=float)[:, None]
         return self.programme.nearest(step, distance, spent, budget, picks, fill)
 
-    def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
+    def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> Picks:
         """HAQ's post-episode wall (:meth:`~rlprune.envs.dp.CostProgramme.lower_until_within`)."""
         return self.programme.lower_until_within(picks, budget)
 

@@ -27,10 +27,9 @@ from rlprune.api import scorer
 from rlprune.bench import QUIET, compose_config, load, machine
 from rlprune.bench.search import TARGETS
 from rlprune.envs import SearchProblem, SearchSpace
+from rlprune.envs.space import Picks
 from rlprune.errors import ConfigError
 from rlprune.io import write_json_atomic
-
-Picks = list[tuple[int, int]]
 
 
 def step_tables(space: SearchSpace) -> list[np.ndarray]:
