@@ -69,9 +69,9 @@ def within_budget(tables: list[np.ndarray], limit: float, cap: int) -> tuple[np.
         options, bits = table.shape
         for index in range(table.size):
             shape, b = divmod(index, bits)
+            here = _at(len(tables), i, index)
             for up_shape, up_b in ((shape + 1, b), (shape, b + 1)):
                 if up_shape < options and up_b < bits:
-                    here = _at(len(tables), i, index)
                     maximal[here] &= ~fits[_at(len(tables), i, up_shape * bits + up_b)]
     return fits, maximal
 
