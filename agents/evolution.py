@@ -173,18 +173,19 @@ def mutate(
         child[raised] = move
         now = space.seconds(child)
         while now > limit + 1e-12:
-            downs = []
-            for j in range(len(space)):
-                if j == raised:
-                    continue
-                for lower in _moves(space, j, child[j], -1):
-                    trial = [*child[:j], lower, *child[j + 1 :]]
-                    seconds = space.seconds(trial)
-                    if seconds < now:
-                        downs.append((trial, seconds))
+            lowers = [
+                (j, lower)
+                for j in range(len(space))
+                if j != raised
+                for lower in _moves(space, j, child[j], -1)
+            ]
+            saving = space.seconds_changed(child, lowers) < now
+            downs = [move for move, saves in zip(lowers, saving, strict=True) if saves]
             if not downs:
                 return None
-            child, now = downs[int(rng.integers(len(downs)))]
+            lowered, move = downs[int(rng.integers(len(downs)))]
+            child[lowered] = move
+            now = space.seconds(child)
     return child
 
 

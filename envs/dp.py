@@ -76,8 +76,14 @@ class CostProgramme:
     integer: tuple[bool, ...] = ()
     fixed_kinds: frozenset[bool] = frozenset()
     _rests: dict = field(init=False, repr=False)
+    _readers: list[list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # per step, the factors whose tables read its option or bit-width
+        self._readers = [
+            [f for f, c in enumerate(self.costs) if {2 * step, 2 * step + 1} & set(c.axes)]
+            for step in range(len(self.costs))
+        ]
         # rests[pick][kind][i]: the fewest (np.min) or most (np.max) seconds steps i+1.. can
         # take, over the decisions up to step i, at any bit-width (kind None) or only at those
         # that run in integers (True) or float (False); exact, by dynamic programming from the back.
@@ -171,6 +177,40 @@ class CostProgramme:
     def seconds(self, picks: Sequence[tuple[int, int]]) -> float:
         """Seconds of all steps under a policy of index pairs."""
         return float(self.step_seconds(picks).sum())
+
+    def seconds_changed(
+        self, picks: Sequence[tuple[int, int]], changes: Sequence[tuple[int, tuple[int, int]]]
+    ) -> np.ndarray:
+        """:meth:`seconds` of each policy that differs from ``picks`` at one step, given as
+        ``(step, pick)``: only the factors that read that step are read again (an evolution
+        costs every neighbour of a policy)."""
+        decided = [int(v) for pick in picks for v in pick]
+        values = [float(c.table[tuple(decided[a] for a in c.axes)]) for c in self.costs]
+        integers = sum(self.integer[b] for _, b in picks) if self.mixed_seconds > 0 else 0
+        total = self.seconds(picks)  # summed as seconds() sums: a change that saves nothing compares equal
+        out = np.empty(len(changes))
+        for k, (step, pick) in enumerate(changes):
+            trial = decided.copy()
+            trial[2 * step : 2 * step + 2] = pick
+            change = sum(
+                float(self.costs[f].table[tuple(trial[a] for a in self.costs[f].axes)]) - values[f]
+                for f in self._readers[step]
+            )
+            if self.mixed_seconds > 0:
+                moved = integers - self.integer[picks[step][1]] + self.integer[pick[1]]
+                change += self._mixing(moved, len(picks)) - self._mixing(integers, len(picks))
+            out[k] = total + change
+        return out
+
+    def _mixing(self, integers: int, steps: int) -> float:
+        """The mixing seconds of a policy whose steps run ``integers`` of ``steps`` in integers: charged
+        once when float and int8 both run and the undecided layers did not mix them already."""
+        if self.mixed_seconds <= 0 or len(self.fixed_kinds) == 2:
+            return 0.0
+        kinds = (
+            set(self.fixed_kinds) | ({True} if integers else set()) | ({False} if integers < steps else set())
+        )
+        return self.mixed_seconds if len(kinds) == 2 else 0.0
 
     def cheapest(self) -> float:
         """The fewest seconds any policy takes."""

@@ -191,6 +191,12 @@ class SearchSpace:
         """Seconds of the searched layers (and of the layers they shrink) under a policy of index pairs."""
         return self.programme.seconds(picks)
 
+    def seconds_changed(
+        self, picks: Sequence[tuple[int, int]], changes: Sequence[tuple[int, tuple[int, int]]]
+    ) -> np.ndarray:
+        """:meth:`seconds` of each policy that differs from ``picks`` at one step, ``(step, pick)``."""
+        return self.programme.seconds_changed(picks, changes)
+
     def relative(self, seconds: float) -> float:
         """Seconds of searched layers plus the fixed part, as a share of the dense network."""
         return (seconds + self.fixed_latency) / self.dense_latency

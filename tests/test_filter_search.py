@@ -491,3 +491,27 @@ def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
         picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
         expected = [space.table(i, picks)[picks[i]] for i in range(len(space))]
         assert space.step_seconds(picks) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet", "mixed"])
+def test_seconds_changed_at_one_step_equal_the_seconds_of_each_changed_policy(network):
+    # seconds_changed reads only the factors of the changed step; it must give what seconds()
+    # gives the whole changed policy, tied filters, followers and the mixing charge included
+    model, x, layers = {"resnet": resnet, "mobilenet": mobilenet, "mixed": mnist1d}[network]()
+    device = build_latency_model(hardware_config("a100"))
+    if network == "mixed":
+        device.switch_seconds, device.mixed_seconds = 1e-6, 2e-5
+    couplings = filter_couplings(model, x, layers)
+    settings = SpaceSettings("filter", bits=[8, 16], levels=4, min_density=0.3, nm_pad=False)
+    space = build_space(layers, layers, device, settings, couplings)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
+        changes = [
+            (i, (o, b))
+            for i, s in enumerate(space.shapes)
+            for o in range(len(s))
+            for b in range(len(space.bits))
+        ]
+        expected = [space.seconds([*picks[:i], pick, *picks[i + 1 :]]) for i, pick in changes]
+        assert space.seconds_changed(picks, changes) == pytest.approx(expected, rel=1e-12, abs=0)
