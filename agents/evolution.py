@@ -123,10 +123,10 @@ class EvolutionSearch:
         pool = children
         for n, keep in zip(samples, self.survivors, strict=True):
             # on a few samples accuracy ties often: the loss breaks ties (then the earlier child)
-            scores = [problem.score(c, samples=n) for c in pool]
+            scores = problem.score_many(pool, samples=n)
             order = sorted(range(len(pool)), key=lambda k: (-problem.value(scores[k]), scores[k].loss))
             pool = [pool[k] for k in order[:keep]]
-        scored = [(problem.value(problem.score(c)), k) for k, c in enumerate(pool)]
+        scored = [(problem.value(o), k) for k, o in enumerate(problem.score_many(pool))]
         value, k = max(scored, key=lambda vk: (vk[0], -vk[1]))
         return pool[k], value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from rlprune.agents.baselines import best_uniform
 from rlprune.agents.evolution import EvolutionSearch
-from rlprune.envs.parallel import RecordOutcomes, parallel_envs
+from rlprune.envs.parallel import RecordOutcomes, one_lead_thread, parallel_envs
 from rlprune.envs.problem import Outcome
 from rlprune.envs.prune_env import PruneEnv
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
@@ -113,15 +114,16 @@ class SB3Search:
         # parallel episodes end together, n_envs at a time: room for the last round; the callback stops
         rounds = math.ceil(max(until - problem.used, 0) / self.n_envs)
         try:
-            self._learn(played, seed, kwargs, rounds * self.n_envs * len(env.space), until, start)
+            with one_lead_thread() if played is not env else nullcontext():
+                self._learn(played, seed, kwargs, rounds * self.n_envs * len(env.space), until, start)
+            if self.refine and not problem.exhausted:  # parallel envs' workers score its offspring
+                best = problem.best
+                parent = None if best is None else env.space.picks_of(best.policy)
+                value = -np.inf if best is None else problem.value(best)
+                EvolutionSearch().evolve(env, parent, value, np.random.default_rng(seed))
         finally:
             if played is not env:
                 played.close()
-        if self.refine and not problem.exhausted:
-            best = problem.best
-            parent = None if best is None else env.space.picks_of(best.policy)
-            value = -np.inf if best is None else problem.value(best)
-            EvolutionSearch().evolve(env, parent, value, np.random.default_rng(seed))
 
     def _warm_start(self, env: PruneEnv) -> np.ndarray | None:
         """Score the uniform policies and the episode of the action box's centre, where a new

@@ -86,14 +86,14 @@ class PolicyEvaluator:
         return type(self), self._arguments
 
     def to(self, device: torch.device | str) -> PolicyEvaluator:
-        """This evaluator with its network and data on ``device`` (cached masks are dropped)."""
+        """This evaluator with its network, data and cached masks on ``device``."""
         self.model.to(device)
         self.x, self.y = self.x.to(device), self.y.to(device)
         if self.recalibration is not None:
             self.recalibration = self.recalibration.to(device)
         if self.reference is not None:
             self.reference = self.reference.to(device)
-        self._masks.clear()
+        self._masks = {key: mask.to(device) for key, mask in self._masks.items()}
         return self
 
     @property

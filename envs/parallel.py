@@ -6,12 +6,19 @@ split; the lead process counts every finished episode in the one :class:`SearchP
 trackers stay exactly where they are with one env. Episodes have one step per searched layer,
 so all workers finish theirs on the same step: when fewer evaluations are left than workers,
 the surplus outcomes of that last step are discarded, never counted and never kept as best.
+
+While the workers run they also score batches of policies for the lead
+(:attr:`SearchProblem.pool`, :meth:`SearchProblem.score_many`): an evolution that refines an
+agent's best policy scores its offspring on all of them at once.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -21,6 +28,10 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
+from rlprune.errors import RlpruneError
+from rlprune.policy import Policy
+from rlprune.training import Score
+
 
 def worker_devices(device: torch.device, n_envs: int) -> list[torch.device]:
     """The device of each worker: the GPUs in turn when ``device`` is CUDA and there are several."""
@@ -29,8 +40,44 @@ def worker_devices(device: torch.device, n_envs: int) -> list[torch.device]:
     return [device] * n_envs
 
 
-def worker_env(env: PruneEnv, device: torch.device, threads: int) -> Callable[[], gym.Env]:
-    """A picklable factory of ``env``'s twin for a worker process: its own problem and network.
+def start_method(device: torch.device) -> str | None:
+    """How worker processes start: ``fork`` on the CPU, SB3's default (forkserver or spawn) else.
+
+    A forked worker starts at once with the lead's network, masks and scores already in memory
+    (shared until written); a fresh interpreter spends seconds importing torch and rebuilding
+    them. CUDA cannot be used in a forked child, so GPU searches keep the default.
+    """
+    return "fork" if device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods() else None
+
+
+class ScoringWorker(gym.Wrapper):
+    """A worker's env, which also scores its share of a batch of policies for the lead.
+
+    Args:
+        env: the worker's env (a :class:`PruneEnv`, maybe wrapped).
+        index: the worker's position among ``count`` workers: its share is every ``count``-th
+            policy from ``index`` on.
+    """
+
+    def __init__(self, env: gym.Env, index: int, count: int) -> None:
+        super().__init__(env)
+        self.index, self.count = index, count
+
+    def score_share(self, policies: list[Policy], samples: int | None) -> list[Score | RlpruneError]:
+        """The scores of this worker's share of ``policies``; an error is handed back, not raised,
+        so the lead raises it (a worker that raises dies and its pipe only says so)."""
+        evaluator = self.env.unwrapped.problem.evaluator
+        try:
+            return [evaluator(p, samples) for p in policies[self.index :: self.count]]
+        except RlpruneError as error:
+            return [error]
+
+
+def worker_env(
+    env: PruneEnv, device: torch.device, threads: int, index: int, count: int
+) -> Callable[[], gym.Env]:
+    """A factory of ``env``'s twin for a worker process (picklable for a fresh interpreter): its
+    own problem and network.
 
     The worker's problem has no listeners and no evaluation limit of its own; the lead
     process's problem does the counting.
@@ -42,13 +89,14 @@ def worker_env(env: PruneEnv, device: torch.device, threads: int) -> Callable[[]
     def make() -> gym.Env:
         torch.set_num_threads(threads)  # the workers share the cores
         local = SearchProblem(space, evaluator.to(device), budget, sys.maxsize, metric)
-        return Monitor(PruneEnv(local, sensitivity, momentum, wall, budgets))
+        return ScoringWorker(Monitor(PruneEnv(local, sensitivity, momentum, wall, budgets)), index, count)
 
     return make
 
 
 class RecordOutcomes(VecEnvWrapper):
-    """Records each worker's finished episode in the lead process's :class:`SearchProblem`.
+    """Records each worker's finished episode in the lead process's :class:`SearchProblem`,
+    and scores the lead's batches of policies on the workers until it is closed.
 
     The outcome in a finished step's ``info`` is replaced by the recorded one (numbered in the
     search); once the evaluations are spent, further outcomes are dropped from ``info``.
@@ -57,6 +105,7 @@ class RecordOutcomes(VecEnvWrapper):
     def __init__(self, venv: VecEnv, problem: SearchProblem) -> None:
         super().__init__(venv)
         self.problem = problem
+        problem.pool = self.score
 
     def reset(self) -> VecEnvObs:
         """Reset every worker."""
@@ -71,6 +120,38 @@ class RecordOutcomes(VecEnvWrapper):
                 info["outcome"] = self.problem.record(outcome)
         return observations, rewards, dones, infos
 
+    def score(self, policies: list[Policy], samples: int | None) -> list[Score]:
+        """The scores of ``policies`` on the first ``samples`` of the reward split, split
+        between the workers.
+
+        Raises:
+            RlpruneError: the first error a worker met (a policy whose loss is not finite).
+        """
+        shares: list[Any] = self.venv.env_method("score_share", policies, samples)
+        scores: list[Any] = [None] * len(policies)
+        for index, share in enumerate(shares):
+            if share and isinstance(share[0], RlpruneError):
+                raise share[0]
+            scores[index :: len(shares)] = share
+        return scores
+
+    def close(self) -> None:
+        """Stop the workers; the lead scores alone again."""
+        self.problem.pool = None
+        self.venv.close()
+
+
+@contextmanager
+def one_lead_thread() -> Iterator[None]:
+    """The lead process on one torch thread meanwhile: while workers play, the lead only picks
+    actions, and its idle threads would spin on the cores the workers score on."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 def parallel_envs(env: PruneEnv, n_envs: int) -> VecEnv:
     """``n_envs`` worker processes playing ``env``'s search, counted in ``env.problem``.
@@ -80,5 +161,5 @@ def parallel_envs(env: PruneEnv, n_envs: int) -> VecEnv:
     """
     device = next(env.problem.evaluator.model.parameters()).device
     threads = max(1, torch.get_num_threads() // n_envs)
-    factories = [worker_env(env, d, threads) for d in worker_devices(device, n_envs)]
-    return RecordOutcomes(SubprocVecEnv(factories), env.problem)
+    factories = [worker_env(env, d, threads, i, n_envs) for i, d in enumerate(worker_devices(device, n_envs))]
+    return RecordOutcomes(SubprocVecEnv(factories, start_method=start_method(device)), env.problem)

@@ -21,6 +21,7 @@ from rlprune.envs.space import SearchSpace
 from rlprune.config import METRICS
 from rlprune.errors import RlpruneError
 from rlprune.policy import Policy
+from rlprune.training import Score
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class SearchProblem:
         self.scored = 0  # scores made, at any fidelity: the episode numbers
         self.best_by_budget: dict[float, Outcome] = {}  # several when the env samples budgets
         self.listeners: list[Callable[[Outcome, bool], None]] = []
+        # scores a batch of policies at once, elsewhere: parallel envs' workers, while they run
+        self.pool: Callable[[list[Policy], int | None], list[Score]] | None = None
         self.started = time.perf_counter()
 
     @property
@@ -132,7 +135,39 @@ class SearchProblem:
         self._check_left(price)
         policy = self.space.policy(picks)
         result = self.evaluator(policy) if price == 1 else self.evaluator(policy, samples)
-        outcome = Outcome(
+        return self.record(self._outcome(picks, policy, result, budget, price))
+
+    def score_many(
+        self, picks: Sequence[Sequence[tuple[int, int]]], samples: int | None = None
+    ) -> list[Outcome]:
+        """:meth:`score` each of ``picks`` at one fidelity, recorded in their order.
+
+        The policies are scored by :attr:`pool` when it is set (in parallel, by the workers of
+        parallel envs), else here one after another; the count and the outcomes are the same.
+
+        Raises:
+            RlpruneError: when the evaluations left do not cover the scores.
+        """
+        price = self.cost(samples)
+        self._check_left(price * len(picks))
+        if self.pool is None or len(picks) < 2:
+            return [self.score(p, samples=samples) for p in picks]
+        policies = [self.space.policy(p) for p in picks]
+        results = self.pool(policies, None if price == 1 else samples)
+        return [
+            self.record(self._outcome(p, policy, result, None, price))
+            for p, policy, result in zip(picks, policies, results, strict=True)
+        ]
+
+    def _outcome(
+        self,
+        picks: Sequence[tuple[int, int]],
+        policy: Policy,
+        result: Score,
+        budget: float | None,
+        price: float,
+    ) -> Outcome:
+        return Outcome(
             episode=self.scored + 1,
             policy=policy,
             accuracy=result.accuracy,
@@ -142,7 +177,6 @@ class SearchProblem:
             kl=result.kl,
             fidelity=price,
         )
-        return self.record(outcome)
 
     def record(self, outcome: Outcome) -> Outcome:
         """Count ``outcome`` at the cost of its fidelity, keep it when it is the best full score

@@ -3,10 +3,14 @@
 import multiprocessing
 import pickle
 
+import numpy as np
 import pytest
+import torch
 from rlprune.agents import make_searcher
+from rlprune.agents.evolution import wall_projection
+from rlprune.envs.parallel import parallel_envs
 
-from rlprune.errors import ConfigError
+from rlprune.errors import ConfigError, RlpruneError
 from tests.support import compose_config, make_env, record
 
 
@@ -40,6 +44,49 @@ def test_parallel_envs_are_deterministic_per_seed():
         make_searcher(_agent("ppo", n_envs=2)).search(env, seed=3)
         found.append([o.policy for o in outcomes])
     assert found[0] == found[1]
+
+
+def test_the_refine_after_parallel_envs_spends_exactly_the_evaluations_and_closes_the_workers():
+    env = make_env(budget=0.4, evaluations=60, samples=16)
+    outcomes = record(env)
+    make_searcher({**_agent("ppo", n_envs=2), "refine": 0.5}).search(env, seed=0)
+    assert env.problem.used == 60
+    assert [o.episode for o in outcomes] == list(range(1, len(outcomes) + 1))
+    assert any(o.fidelity < 1 for o in outcomes)  # the evolution's staged scores were spent
+    assert multiprocessing.active_children() == [] and env.problem.pool is None
+
+
+def test_workers_score_a_batch_as_the_lead_scores_it_alone():
+    rng = np.random.default_rng(0)
+    alone, shared = make_env(budget=0.4, samples=16), make_env(budget=0.4, samples=16)
+    limit = alone.space.absolute_budget(0.4)
+    batch = [wall_projection(alone.space, limit, rng) for _ in range(5)]
+    workers = parallel_envs(shared, 2)
+    try:
+        assert shared.problem.pool is not None
+        for samples in (8, None):
+            expected = [alone.problem.score(p, samples=samples) for p in batch]
+            assert shared.problem.score_many(batch, samples=samples) == expected
+    finally:
+        workers.close()
+    assert shared.problem.pool is None
+    assert shared.problem.used == alone.problem.used == 5 * (8 / 16) + 5
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="the NaN weights reach forked workers only"
+)
+def test_a_workers_error_is_raised_in_the_lead():
+    env = make_env(budget=0.4, samples=16)
+    with torch.no_grad():
+        next(env.problem.evaluator.model.parameters()).fill_(float("nan"))
+    picks = [(0, 0)] * len(env.space)
+    workers = parallel_envs(env, 2)
+    try:
+        with pytest.raises(RlpruneError, match="loss is nan"):
+            env.problem.score_many([picks, picks])
+    finally:
+        workers.close()
 
 
 def test_an_evaluator_pickles_as_its_arguments_and_scores_the_same():
