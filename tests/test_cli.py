@@ -24,8 +24,9 @@ def rlprune(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
-def test_quick_run_writes_report_policy_model_and_wandb(tmp_path):
-    result = rlprune(tmp_path, "agent=ppo", "budget.latency=0.4", *QUICK)
+@pytest.mark.parametrize("n_envs", [1, 2])  # 2: workers forked from a process that runs W&B's threads
+def test_quick_run_writes_report_policy_model_and_wandb(tmp_path, n_envs):
+    result = rlprune(tmp_path, "agent=ppo", "budget.latency=0.4", f"agent.n_envs={n_envs}", *QUICK)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["budget"] == 0.4 and report["latency"] <= 0.4 + 1e-9
