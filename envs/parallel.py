@@ -28,7 +28,6 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from rlprune.errors import RlpruneError
 from rlprune.policy import Policy
 from rlprune.training import Score
 
@@ -63,13 +62,13 @@ class ScoringWorker(gym.Wrapper):
         super().__init__(env)
         self.index, self.count = index, count
 
-    def score_share(self, policies: list[Policy], samples: int | None) -> list[Score | RlpruneError]:
+    def score_share(self, policies: list[Policy], samples: int | None) -> list[Score | Exception]:
         """The scores of this worker's share of ``policies``; an error is handed back, not raised,
-        so the lead raises it (a worker that raises dies and its pipe only says so)."""
+        so the lead raises it as it is (a worker that raises dies, and its pipe only says so)."""
         evaluator = self.env.unwrapped.problem.evaluator
         try:
             return [evaluator(p, samples) for p in policies[self.index :: self.count]]
-        except RlpruneError as error:
+        except Exception as error:  # a non-finite loss, the GPU out of memory
             return [error]
 
 
@@ -125,12 +124,13 @@ class RecordOutcomes(VecEnvWrapper):
         between the workers.
 
         Raises:
-            RlpruneError: the first error a worker met (a policy whose loss is not finite).
+            Exception: the first error a worker met, as it met it (:class:`RlpruneError` for a
+                policy whose loss is not finite).
         """
         shares: list[Any] = self.venv.env_method("score_share", policies, samples)
         scores: list[Any] = [None] * len(policies)
         for index, share in enumerate(shares):
-            if share and isinstance(share[0], RlpruneError):
+            if share and isinstance(share[0], Exception):
                 raise share[0]
             scores[index :: len(shares)] = share
         return scores
