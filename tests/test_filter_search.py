@@ -475,10 +475,9 @@ def test_picks_of_undoes_policy_with_tied_layers_and_followers(network):
         assert space.picks_of(space.policy(picks)) == picks
 
 
-@pytest.mark.parametrize("network", ["resnet", "mobilenet", "mixed"])
-def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
-    # step_seconds reads each factor at the policy directly; it must give what the wall sees,
-    # each step's table once the steps before it are decided (mixed: the first to mix pays)
+def _costed_space(network: str):
+    """A filter space of ResNet-20 or MobileNetV2 (tied filters, followers), or of the MNIST-1D
+    CNN on a device that charges for mixing float and int8 (``mixed``)."""
     model, x, layers = {"resnet": resnet, "mobilenet": mobilenet, "mixed": mnist1d}[network]()
     device = build_latency_model(hardware_config("a100"))
     if network == "mixed":
@@ -486,6 +485,14 @@ def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
     couplings = filter_couplings(model, x, layers)
     settings = SpaceSettings("filter", bits=[8, 16], levels=4, min_density=0.3, nm_pad=False)
     space = build_space(layers, layers, device, settings, couplings)
+    return space
+
+
+@pytest.mark.parametrize("network", ["resnet", "mobilenet", "mixed"])
+def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
+    # step_seconds reads each factor at the policy directly; it must give what the wall sees,
+    # each step's table once the steps before it are decided (mixed: the first to mix pays)
+    space = _costed_space(network)
     rng = np.random.default_rng(0)
     for _ in range(30):
         picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
@@ -497,13 +504,7 @@ def test_step_seconds_read_from_the_factors_equal_each_steps_table(network):
 def test_seconds_changed_at_one_step_equal_the_seconds_of_each_changed_policy(network):
     # seconds_changed reads only the factors of the changed step; it must give what seconds()
     # gives the whole changed policy, tied filters, followers and the mixing charge included
-    model, x, layers = {"resnet": resnet, "mobilenet": mobilenet, "mixed": mnist1d}[network]()
-    device = build_latency_model(hardware_config("a100"))
-    if network == "mixed":
-        device.switch_seconds, device.mixed_seconds = 1e-6, 2e-5
-    couplings = filter_couplings(model, x, layers)
-    settings = SpaceSettings("filter", bits=[8, 16], levels=4, min_density=0.3, nm_pad=False)
-    space = build_space(layers, layers, device, settings, couplings)
+    space = _costed_space(network)
     rng = np.random.default_rng(0)
     for _ in range(10):
         picks = [(int(rng.integers(len(s))), int(rng.integers(len(space.bits)))) for s in space.shapes]
