@@ -2,6 +2,7 @@
 
 import multiprocessing
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -66,7 +67,10 @@ def test_workers_score_a_batch_as_the_lead_scores_it_alone():
         assert shared.problem.pool is not None
         for samples in (8, None):
             expected = [alone.problem.score(p, samples=samples) for p in batch]
-            assert shared.problem.score_many(batch, samples=samples) == expected
+            found = shared.problem.score_many(batch, samples=samples)
+            # the workers run one torch thread, the lead more: sums may end in other last bits
+            assert [replace(o, loss=0.0) for o in found] == [replace(o, loss=0.0) for o in expected]
+            assert [o.loss for o in found] == pytest.approx([o.loss for o in expected], rel=1e-6)
     finally:
         workers.close()
     assert shared.problem.pool is None
