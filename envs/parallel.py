@@ -14,10 +14,13 @@ agent's best policy scores its offspring on all of them at once.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing import connection
 from typing import Any
 
 import gymnasium as gym
@@ -28,8 +31,11 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
+from rlprune.errors import RlpruneError
 from rlprune.policy import Policy
 from rlprune.training import Score
+
+PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a process gets when its parent dies
 
 
 def worker_devices(device: torch.device, n_envs: int) -> list[torch.device]:
@@ -87,6 +93,10 @@ def worker_env(
 
     def make() -> gym.Env:
         torch.set_num_threads(threads)  # the workers share the cores
+        # Ctrl-C reaches the whole process group: the lead alone handles it, and closes the workers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if sys.platform == "linux":  # a forked worker outlives a killed lead: its siblings hold its pipe
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         local = SearchProblem(space, evaluator.to(device), budget, sys.maxsize, metric)
         return ScoringWorker(Monitor(PruneEnv(local, sensitivity, momentum, wall, budgets)), index, count)
 
@@ -101,8 +111,9 @@ class RecordOutcomes(VecEnvWrapper):
     search); once the evaluations are spent, further outcomes are dropped from ``info``.
     """
 
-    def __init__(self, venv: VecEnv, problem: SearchProblem) -> None:
+    def __init__(self, venv: SubprocVecEnv, problem: SearchProblem) -> None:
         super().__init__(venv)
+        self.venv: SubprocVecEnv = venv
         self.problem = problem
         problem.pool = self.score
 
@@ -112,6 +123,7 @@ class RecordOutcomes(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Step every worker; count the episodes that ended."""
+        self._answered()
         observations, rewards, dones, infos = self.venv.step_wait()
         for info in infos:
             outcome = info.pop("outcome", None)
@@ -127,7 +139,10 @@ class RecordOutcomes(VecEnvWrapper):
             Exception: the first error a worker met, as it met it (:class:`RlpruneError` for a
                 policy whose loss is not finite).
         """
-        shares: list[Any] = self.venv.env_method("score_share", policies, samples)
+        for remote in self.venv.remotes:  # SubprocVecEnv.env_method, with a wait that sees a worker die
+            remote.send(("env_method", ("score_share", (policies, samples), {})))
+        self._answered()
+        shares: list[Any] = [remote.recv() for remote in self.venv.remotes]
         scores: list[Any] = [None] * len(policies)
         for index, share in enumerate(shares):
             if share and isinstance(share[0], Exception):
@@ -135,10 +150,41 @@ class RecordOutcomes(VecEnvWrapper):
             scores[index :: len(shares)] = share
         return scores
 
+    def _answered(self) -> None:
+        """Wait until every worker has answered.
+
+        A forked worker's pipe stays open in the workers forked before it, so a plain read
+        would wait forever on a worker that died; this wait also sees it end.
+
+        Raises:
+            RlpruneError: naming the worker that ended before it answered.
+        """
+        waiting = dict(zip(self.venv.remotes, self.venv.processes, strict=True))
+        while waiting:
+            ready = connection.wait([*waiting, *(process.sentinel for process in waiting.values())])
+            for remote, process in list(waiting.items()):
+                if remote in ready:
+                    del waiting[remote]
+                elif process.sentinel in ready:
+                    raise RlpruneError(
+                        f"a parallel env's worker process (pid {process.pid}) ended with exit code "
+                        f"{process.exitcode} (killed, or out of memory?); the best policy so far is in the "
+                        "run folder: run with fewer agent.n_envs, or agent.n_envs=1"
+                    )
+
     def close(self) -> None:
-        """Stop the workers; the lead scores alone again."""
+        """Stop the workers; the lead scores alone again. When a worker died, the others are
+        ended without an error of their own, so the error that ends a search stays its own."""
         self.problem.pool = None
-        self.venv.close()
+        try:
+            if self.venv.waiting:
+                self._answered()
+            self.venv.close()
+        except (RlpruneError, EOFError, OSError):
+            for process in self.venv.processes:
+                process.terminate()
+                process.join()
+            self.venv.closed = True
 
 
 @contextmanager

@@ -1,8 +1,14 @@
 """``agent.n_envs``: SB3 agents playing several envs in worker processes, counted as one search."""
 
 import multiprocessing
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +81,53 @@ def test_workers_score_a_batch_as_the_lead_scores_it_alone():
         workers.close()
     assert shared.problem.pool is None
     assert shared.problem.used == alone.problem.used == 5 * (8 / 16) + 5
+
+
+def test_workers_leave_ctrl_c_to_the_lead_and_a_killed_worker_closes_quietly():
+    env = make_env(budget=0.4, samples=16)
+    workers = parallel_envs(env, 2)
+    first, second = workers.venv.processes
+    os.kill(first.pid, signal.SIGINT)  # Ctrl-C reaches every process of the group
+    workers.reset()
+    actions = np.zeros((2, env.action_size), dtype=np.float32)
+    workers.step(actions)  # both still play
+    workers.step_async(actions)  # the lead waits on both when one dies
+    os.kill(second.pid, signal.SIGKILL)
+    second.join()
+    with pytest.raises(RlpruneError, match=f"worker process \\(pid {second.pid}\\) ended.*agent.n_envs"):
+        workers.step_wait()
+    workers.close()  # no error of its own
+    assert multiprocessing.active_children() == [] and env.problem.pool is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers die with their lead through Linux's prctl")
+def test_workers_end_with_a_killed_lead(tmp_path):
+    lead = (
+        "import os, sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from rlprune.envs.parallel import parallel_envs\n"
+        "from tests.support import make_env\n"
+        "workers = parallel_envs(make_env(budget=0.4, samples=16), 2)\n"
+        "print(*(p.pid for p in workers.venv.processes), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    root = str(Path(__file__).parents[1])
+    process = subprocess.Popen([sys.executable, "-c", lead, root], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in process.stdout.readline().split()]
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids) == 2 and not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # a zombie has ended
 
 
 @pytest.mark.skipif(
