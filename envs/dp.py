@@ -46,6 +46,10 @@ class Factor:
         kept = tuple(a for a in self.axes if a not in axes)
         return Factor(kept, pick(self.table, axis=dims) if dims else self.table)
 
+    def value(self, decided: Sequence[int]) -> float:
+        """The table's entry once every axis is decided: axis ``a`` took ``decided[a]``."""
+        return float(self.table[tuple(decided[a] for a in self.axes)])
+
     def at(self, known: Mapping[int, int]) -> Factor:
         """The table once the ``known`` axes took the given indices."""
         index = tuple(known.get(a, slice(None)) for a in self.axes)
@@ -164,8 +168,11 @@ class CostProgramme:
     def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """Seconds each step adds under a policy given as index pairs (what :meth:`table` gives
         each step, read from the factors directly: searchers call this for every trial policy)."""
-        decided = [int(v) for pick in picks for v in pick]  # axis a: decided[a]
-        out = np.array([float(c.table[tuple(decided[a] for a in c.axes)]) for c in self.costs])
+        return self._charge_mixing([c.value(_decided(picks)) for c in self.costs], picks)
+
+    def _charge_mixing(self, values: Sequence[float], picks: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Each step's factor seconds ``values``, plus ``mixed_seconds`` on the first step to mix."""
+        out = np.array(values, dtype=float)
         if self.mixed_seconds > 0:
             seen = set(self.fixed_kinds)
             for step, (_, b) in enumerate(picks):
@@ -184,18 +191,16 @@ class CostProgramme:
         """:meth:`seconds` of each policy that differs from ``picks`` at one step, given as
         ``(step, pick)``: only the factors that read that step are read again (an evolution
         costs every neighbour of a policy)."""
-        decided = [int(v) for pick in picks for v in pick]
-        values = [float(c.table[tuple(decided[a] for a in c.axes)]) for c in self.costs]
+        decided = _decided(picks)
+        values = [c.value(decided) for c in self.costs]
         integers = sum(self.integer[b] for _, b in picks) if self.mixed_seconds > 0 else 0
-        total = self.seconds(picks)  # summed as seconds() sums: a change that saves nothing compares equal
+        # summed as seconds() sums: a change that saves nothing compares equal
+        total = float(self._charge_mixing(values, picks).sum())
         out = np.empty(len(changes))
         for k, (step, pick) in enumerate(changes):
             trial = decided.copy()
             trial[2 * step : 2 * step + 2] = pick
-            change = sum(
-                float(self.costs[f].table[tuple(trial[a] for a in self.costs[f].axes)]) - values[f]
-                for f in self._readers[step]
-            )
+            change = sum(self.costs[f].value(trial) - values[f] for f in self._readers[step])
             if self.mixed_seconds > 0:
                 moved = integers - self.integer[picks[step][1]] + self.integer[pick[1]]
                 change += self._mixing(moved, len(picks)) - self._mixing(integers, len(picks))
@@ -291,3 +296,8 @@ class CostProgramme:
     def lowest_fits(self, budget: float) -> bool:
         """Whether the policy of every step's lowest bits and sparsest option meets ``budget`` (seconds)."""
         return self.seconds([(0, 0)] * len(self)) <= budget * (1 + 1e-9)
+
+
+def _decided(picks: Sequence[tuple[int, int]]) -> list[int]:
+    """A policy's index pairs as one index per axis: axis ``2*step`` its option, ``2*step + 1`` its bits."""
+    return [int(v) for pick in picks for v in pick]
