@@ -42,6 +42,7 @@ BASELINES = {"uniform": UniformSearch, "random": RandomSearch, "greedy": GreedyS
 ANCHORS = ("amc", "haq")  # the published RL searchers, reproduced on SB3's DDPG
 EVOLUTION = "evolution"  # EvoPress-style level-switch evolution, settings from its config node
 SEARCHERS = sorted([*ALGORITHMS, *BASELINES, *ANCHORS, EVOLUTION])
+PARALLEL = (*ALGORITHMS, EVOLUTION)  # the searchers that score in worker processes (agent.n_envs)
 AGENT_SETTINGS = ("_target_", "name", "wall", "n_envs")
 """Keys of the ``agent`` node that rlprune reads; a ``_target_``'s other keys are its arguments."""
 
@@ -81,10 +82,10 @@ def check_n_envs(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"agent.n_envs={n_envs!r} is not allowed: an integer >= 1 (envs played in parallel)"
         )
-    if n_envs > 1 and cfg.get("name") not in ALGORITHMS:
+    if n_envs > 1 and cfg.get("name") not in PARALLEL:
         raise ConfigError(
-            f"agent.n_envs={n_envs} needs a stable-baselines3 agent ({', '.join(sorted(ALGORITHMS))}); "
-            f"{searcher_name(cfg)} plays one env: set agent.n_envs=1"
+            f"agent.n_envs={n_envs} needs a stable-baselines3 agent ({', '.join(sorted(ALGORITHMS))}) "
+            f"or {EVOLUTION}; {searcher_name(cfg)} scores in one process: set agent.n_envs=1"
         )
 
 
@@ -116,7 +117,7 @@ def make_searcher(
     if name == EVOLUTION:
         settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
         try:
-            return EvolutionSearch(**settings)
+            return EvolutionSearch(**settings, n_envs=cfg.get("n_envs", 1))
         except TypeError as exc:
             raise ConfigError(
                 f"agent=evolution takes offspring, fidelities, survivors and switches: {exc}"

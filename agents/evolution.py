@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rlprune.agents.baselines import best_uniform
+from rlprune.envs.parallel import parallel_envs
 from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
 from rlprune.envs.space import Picks, SearchSpace
@@ -35,6 +36,8 @@ class EvolutionSearch:
         survivors: per stage, how many of its best go on to the next (non-increasing, at most
             ``offspring``); the last number is how many get a full-fidelity score.
         switches: an offspring makes 1 to ``switches`` level switches (drawn uniformly).
+        n_envs: worker processes that score each selection stage's offspring in parallel
+            (:mod:`rlprune.envs.parallel`); the same evaluations and the same policies as one.
 
     Raises:
         ConfigError: for settings out of range.
@@ -44,12 +47,14 @@ class EvolutionSearch:
     fidelities: Sequence[float] = (0.125, 0.5)
     survivors: Sequence[int] = (4, 1)
     switches: int = 3
+    n_envs: int = 1
 
     def __post_init__(self) -> None:
         self.fidelities, self.survivors = tuple(self.fidelities), tuple(self.survivors)
         checks = [
             ("agent.offspring", self.offspring >= 1, "an integer >= 1"),
             ("agent.switches", self.switches >= 1, "an integer >= 1"),
+            ("agent.n_envs", self.n_envs >= 1, "an integer >= 1"),
             (
                 "agent.fidelities",
                 all(0 < f < 1 for f in self.fidelities) and list(self.fidelities) == sorted(self.fidelities),
@@ -75,8 +80,13 @@ class EvolutionSearch:
         The starts are the uniform policies (a full score each) and a first generation of
         random wishes through the wall, selected in stages like every later one.
         """
-        parent, best = best_uniform(env.problem)
-        self.evolve(env, parent, best, np.random.default_rng(seed), random_first=True)
+        workers = parallel_envs(env, self.n_envs) if self.n_envs > 1 else None
+        try:
+            parent, best = best_uniform(env.problem)
+            self.evolve(env, parent, best, np.random.default_rng(seed), random_first=True)
+        finally:
+            if workers is not None:
+                workers.close()
 
     def evolve(
         self,

@@ -111,9 +111,9 @@ class PolicyEvaluator:
         n = self.samples if samples is None else int(samples)
         if not 1 <= n <= self.samples:
             raise RlpruneError(f"a policy is scored on 1 to {self.samples} reward samples, not {samples}")
-        if (policy, n) in self._memo:
-            self._memo.move_to_end((policy, n))
-            return self._memo[(policy, n)]
+        known = self.remembered(policy, n)
+        if known is not None:
+            return known
         ties = tied_filters(policy, self.couplings)
         keys = {name: (name, c.pattern, c.keep, c.group, ties.get(name)) for name, c in policy}
         missing = {n for name, key in keys.items() if key not in self._masks for n in ties.get(name, (name,))}
@@ -137,10 +137,23 @@ class PolicyEvaluator:
             raise RlpruneError(
                 f"the network's loss is {score.loss} under policy {policy.to_dict()}; check the model"
             )
-        self._memo[(policy, n)] = score
+        self.remember(policy, n, score)
+        return score
+
+    def remembered(self, policy: Policy, samples: int | None = None) -> Score | None:
+        """The memoized score of ``policy`` on the first ``samples`` of the reward split, if any."""
+        key = (policy, self.samples if samples is None else int(samples))
+        if key not in self._memo:
+            return None
+        self._memo.move_to_end(key)
+        return self._memo[key]
+
+    def remember(self, policy: Policy, samples: int | None, score: Score) -> None:
+        """Memoize ``score`` as ``policy``'s on the first ``samples`` of the split (scored elsewhere:
+        by a parallel env's worker), so this evaluator does not score it again."""
+        self._memo[(policy, self.samples if samples is None else int(samples))] = score
         if len(self._memo) > self.memo_size:  # least recently used first: a long search stays flat
             self._memo.popitem(last=False)
-        return score
 
 
 @torch.no_grad()

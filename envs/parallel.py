@@ -9,7 +9,8 @@ the surplus outcomes of that last step are discarded, never counted and never ke
 
 While the workers run they also score batches of policies for the lead
 (:attr:`SearchProblem.pool`, :meth:`SearchProblem.score_many`): an evolution that refines an
-agent's best policy scores its offspring on all of them at once.
+agent's best policy, or the evolution searcher, scores its offspring on all of them at once.
+The lead remembers every score a worker hands back, so no policy is sent to be scored twice.
 """
 
 from __future__ import annotations
@@ -125,20 +126,36 @@ class RecordOutcomes(VecEnvWrapper):
         """Step every worker; count the episodes that ended."""
         self._answered()
         observations, rewards, dones, infos = self.venv.step_wait()
+        evaluator = self.problem.evaluator
         for info in infos:
             outcome = info.pop("outcome", None)
-            if outcome is not None and not self.problem.exhausted:
+            if outcome is None:
+                continue
+            samples = round(outcome.fidelity * evaluator.samples)
+            evaluator.remember(outcome.policy, samples, Score(outcome.accuracy, outcome.loss, outcome.kl))
+            if not self.problem.exhausted:
                 info["outcome"] = self.problem.record(outcome)
         return observations, rewards, dones, infos
 
     def score(self, policies: list[Policy], samples: int | None) -> list[Score]:
-        """The scores of ``policies`` on the first ``samples`` of the reward split, split
-        between the workers.
+        """The scores of ``policies`` on the first ``samples`` of the reward split: those the lead
+        remembers (scored by it or by any worker before) as remembered, the others split between
+        the workers, each scored once.
 
         Raises:
             Exception: the first error a worker met, as it met it (:class:`RlpruneError` for a
                 policy whose loss is not finite).
         """
+        evaluator = self.problem.evaluator
+        known = [evaluator.remembered(p, samples) for p in policies]
+        fresh = list(dict.fromkeys(p for p, score in zip(policies, known, strict=True) if score is None))
+        found = dict(zip(fresh, self._score_on_workers(fresh, samples) if fresh else [], strict=True))
+        for policy, score in found.items():
+            evaluator.remember(policy, samples, score)
+        return [found[p] if score is None else score for p, score in zip(policies, known, strict=True)]
+
+    def _score_on_workers(self, policies: list[Policy], samples: int | None) -> list[Score]:
+        """The scores of ``policies``, each worker scoring every ``count``-th of them."""
         for remote in self.venv.remotes:  # SubprocVecEnv.env_method, with a wait that sees a worker die
             remote.send(("env_method", ("score_share", (policies, samples), {})))
         self._answered()

@@ -83,6 +83,48 @@ def test_workers_score_a_batch_as_the_lead_scores_it_alone():
     assert shared.problem.used == alone.problem.used == 5 * (8 / 16) + 5
 
 
+def test_the_lead_sends_each_policy_to_the_workers_once():
+    rng = np.random.default_rng(1)
+    env = make_env(budget=0.4, samples=16)
+    limit = env.space.absolute_budget(0.4)
+    a, b, c = (wall_projection(env.space, limit, rng) for _ in range(3))
+    env.problem.score(c)  # known to the lead: it scored it itself
+    workers = parallel_envs(env, 2)
+    sent = []
+    score_on_workers = workers._score_on_workers
+    workers._score_on_workers = lambda policies, samples: sent.append(policies) or score_on_workers(
+        policies, samples
+    )
+    try:
+        first = env.problem.score_many([a, b, a, c])
+        again = env.problem.score_many([a, b, a, c])
+        workers.reset()  # an episode a worker plays is remembered too
+        for _ in env.space.shapes:
+            *_, infos = workers.step(np.zeros((2, env.action_size), dtype=np.float32))
+        played = [env.space.picks_of(info["outcome"].policy) for info in infos]
+        env.problem.score_many(played)
+    finally:
+        workers.close()
+    assert sent == [[env.space.policy(a), env.space.policy(b)]]
+    assert first[0].accuracy == first[2].accuracy and first[3].accuracy == again[3].accuracy
+    assert [o.accuracy for o in again] == [o.accuracy for o in first]
+    assert env.problem.used == 1 + 8 + 2 + 2  # c, the two batches, the episodes, their scores again
+
+
+def test_evolution_in_parallel_finds_the_policies_of_one_process():
+    found, lead_passes = [], []
+    for n_envs in (1, 2):
+        env = make_env(budget=0.4, evaluations=30, samples=16)
+        outcomes = record(env)
+        make_searcher(_agent("evolution", n_envs=n_envs)).search(env, seed=0)
+        assert env.problem.used == 30 and multiprocessing.active_children() == []
+        found.append([(o.policy, o.fidelity, o.accuracy) for o in outcomes])
+        lead_passes.append(env.problem.evaluator.forward_passes)
+    assert found[0] == found[1]
+    assert lead_passes[1] < lead_passes[0] / 2  # the workers scored the stages' offspring
+    assert any(fidelity < 1 for _, fidelity, _ in found[1])
+
+
 def test_workers_leave_ctrl_c_to_the_lead_and_a_killed_worker_closes_quietly():
     env = make_env(budget=0.4, samples=16)
     workers = parallel_envs(env, 2)
@@ -158,7 +200,7 @@ def test_an_evaluator_pickles_as_its_arguments_and_scores_the_same():
 @pytest.mark.parametrize(
     ("agent", "needle"),
     [
-        ({"name": "tpe", "n_envs": 2}, "needs a stable-baselines3 agent"),
+        ({"name": "tpe", "n_envs": 2}, "needs a stable-baselines3 agent .* or evolution"),
         ({"name": "haq", "n_envs": 2}, "needs a stable-baselines3 agent"),
         ({"name": "ppo", "n_envs": 0}, "an integer >= 1"),
     ],
