@@ -90,11 +90,13 @@ def test_the_lead_sends_each_policy_to_the_workers_once():
     a, b, c = (wall_projection(env.space, limit, rng) for _ in range(3))
     env.problem.score(c)  # known to the lead: it scored it itself
     workers = parallel_envs(env, 2)
-    sent = []
-    score_on_workers = workers._score_on_workers
-    workers._score_on_workers = lambda policies, samples: sent.append(policies) or score_on_workers(
-        policies, samples
-    )
+    sent, score_on_workers = [], workers._score_on_workers
+
+    def spy(policies, samples):
+        sent.append(policies)
+        return score_on_workers(policies, samples)
+
+    workers._score_on_workers = spy
     try:
         first = env.problem.score_many([a, b, a, c])
         again = env.problem.score_many([a, b, a, c])
