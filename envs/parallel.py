@@ -25,6 +25,7 @@ from multiprocessing import connection
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from rlprune.envs.problem import SearchProblem
 from rlprune.envs.prune_env import PruneEnv
@@ -68,6 +69,16 @@ class ScoringWorker(gym.Wrapper):
     def __init__(self, env: gym.Env, index: int, count: int) -> None:
         super().__init__(env)
         self.index, self.count = index, count
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """The env's step; an error (a non-finite loss, the GPU out of memory) ends the episode
+        and is handed back in ``info["error"]`` for the lead to raise as it is: a worker that
+        raises dies, and its pipe only says that it did."""
+        try:
+            return self.env.step(action)
+        except Exception as error:
+            blank = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+            return blank, 0.0, True, False, {"error": error}
 
     def score_share(self, policies: list[Policy], samples: int | None) -> list[Score | Exception]:
         """The scores of this worker's share of ``policies``; an error is handed back, not raised,
@@ -135,6 +146,9 @@ class RecordOutcomes(VecEnvWrapper):
             evaluator.remember(outcome.policy, samples, Score(outcome.accuracy, outcome.loss, outcome.kl))
             if not self.problem.exhausted:
                 info["outcome"] = self.problem.record(outcome)
+        for info in infos:  # after the others' outcomes are counted: the search ends here
+            if "error" in info:
+                raise info["error"]
         return observations, rewards, dones, infos
 
     def score(self, policies: list[Policy], samples: int | None) -> list[Score]:

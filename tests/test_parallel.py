@@ -190,6 +190,27 @@ def test_a_workers_error_is_raised_in_the_lead():
         workers.close()
 
 
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="the NaN weights reach forked workers only"
+)
+def test_an_error_in_a_workers_episode_is_raised_in_the_lead_as_it_is():
+    env = make_env(budget=0.4, samples=16)
+    with torch.no_grad():
+        next(env.problem.evaluator.model.parameters()).fill_(float("nan"))
+    workers = parallel_envs(env, 2)
+    try:
+        workers.reset()
+        actions = np.zeros((2, env.action_size), dtype=np.float32)
+        for _ in env.space.shapes[:-1]:
+            workers.step(actions)
+        with pytest.raises(RlpruneError, match="loss is nan"):
+            workers.step(actions)  # the last step scores the episodes
+        assert all(process.is_alive() for process in workers.venv.processes)
+    finally:
+        workers.close()
+    assert multiprocessing.active_children() == []
+
+
 def test_an_evaluator_pickles_as_its_arguments_and_scores_the_same():
     env = make_env(budget=0.4, samples=16)
     space, evaluator = env.space, env.problem.evaluator
