@@ -174,41 +174,36 @@ def _alive(pid: int) -> bool:
     return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # a zombie has ended
 
 
-@pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="the NaN weights reach forked workers only"
-)
-def test_a_workers_error_is_raised_in_the_lead():
-    env = make_env(budget=0.4, samples=16)
-    with torch.no_grad():
-        next(env.problem.evaluator.model.parameters()).fill_(float("nan"))
-    picks = [(0, 0)] * len(env.space)
-    workers = parallel_envs(env, 2)
-    try:
-        with pytest.raises(RlpruneError, match="loss is nan"):
-            env.problem.score_many([picks, picks])
-    finally:
-        workers.close()
-
-
-@pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="the NaN weights reach forked workers only"
-)
-def test_an_error_in_a_workers_episode_is_raised_in_the_lead_as_it_is():
+@pytest.fixture
+def nan_workers():
+    """An env whose network's weights are NaN, and two workers forked from it (they see the NaN)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the NaN weights reach forked workers only")
     env = make_env(budget=0.4, samples=16)
     with torch.no_grad():
         next(env.problem.evaluator.model.parameters()).fill_(float("nan"))
     workers = parallel_envs(env, 2)
-    try:
-        workers.reset()
-        actions = np.zeros((2, env.action_size), dtype=np.float32)
-        for _ in env.space.shapes[:-1]:
-            workers.step(actions)
-        with pytest.raises(RlpruneError, match="loss is nan"):
-            workers.step(actions)  # the last step scores the episodes
-        assert all(process.is_alive() for process in workers.venv.processes)
-    finally:
-        workers.close()
+    yield env, workers
+    workers.close()
     assert multiprocessing.active_children() == []
+
+
+def test_a_workers_error_in_a_batch_is_raised_in_the_lead(nan_workers):
+    env, _ = nan_workers
+    rng, limit = np.random.default_rng(0), env.space.absolute_budget(0.4)
+    with pytest.raises(RlpruneError, match="loss is nan"):
+        env.problem.score_many([wall_projection(env.space, limit, rng) for _ in range(4)])
+
+
+def test_a_workers_error_in_an_episode_is_raised_in_the_lead_as_it_is(nan_workers):
+    env, workers = nan_workers
+    workers.reset()
+    actions = np.zeros((2, env.action_size), dtype=np.float32)
+    for _ in env.space.shapes[:-1]:
+        workers.step(actions)
+    with pytest.raises(RlpruneError, match="loss is nan"):
+        workers.step(actions)  # the last step scores the episodes
+    assert all(process.is_alive() for process in workers.venv.processes)
 
 
 def test_an_evaluator_pickles_as_its_arguments_and_scores_the_same():
