@@ -152,9 +152,9 @@ class RecordOutcomes(VecEnvWrapper):
         return observations, rewards, dones, infos
 
     def score(self, policies: list[Policy], samples: int | None) -> list[Score]:
-        """The scores of ``policies`` on the first ``samples`` of the reward split: those the lead
-        remembers (scored by it or by any worker before) as remembered, the others split between
-        the workers, each scored once.
+        """The scores of ``policies`` on the first ``samples`` of the reward split: from the lead's
+        memo where it has them (scored by the lead, or by a worker before), the others split
+        between the workers, each scored once.
 
         Raises:
             Exception: the first error a worker met, as it met it (:class:`RlpruneError` for a
