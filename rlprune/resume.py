@@ -24,7 +24,8 @@ from rlprune.errors import ConfigError
 from rlprune.io import write_atomic, write_json_atomic
 from rlprune.policy import Policy
 
-# keys a resumed run may change: they do not change what a policy scores
+# keys a resumed run may change: they do not change what a policy scores (the finetune runs
+# after the search, on its best policy)
 FREE_KEYS = (
     "resume",
     "progress_bar",
@@ -32,6 +33,7 @@ FREE_KEYS = (
     "search.evaluations",
     "search.checkpoint_every",
     "agent.n_envs",
+    "finetune",
 )
 
 

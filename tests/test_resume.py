@@ -83,7 +83,16 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     assert result.returncode == 2 and "holds no checkpoint" in result.stderr
 
 
-@pytest.mark.parametrize("free", ["search.evaluations=50", "progress_bar=true", "wandb.mode=offline"])
+@pytest.mark.parametrize(
+    "free",
+    [
+        "search.evaluations=50",
+        "progress_bar=true",
+        "wandb.mode=offline",
+        "finetune.epochs=1",
+        "agent.n_envs=2",
+    ],
+)
 def test_the_fingerprint_ignores_what_a_resume_may_change_only(free):
     base = fingerprint(compose_config())
     assert fingerprint(compose_config(free)) == base
