@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 
 
-def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path):
+def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path, monkeypatch):
+    from rlprune.bench import search
     from rlprune.bench.search import main
 
+    turns, run_cell = [], search.run_cell
+
+    def recorded(cfg, *args):
+        turns.append((cfg.agent.name, int(cfg.seed)))
+        return run_cell(cfg, *args)
+
+    monkeypatch.setattr(search, "run_cell", recorded)
     out = tmp_path / "search.json"
     results = main(
         [
@@ -47,6 +55,7 @@ def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path
         assert all(r["evaluations"] <= 6 and r["evaluations_per_second"] > 0 for r in cell["runs"])
     random_cell = scored[1]  # its own search space: 8-bit only
     assert all(r["evaluations"] == 6 and r["bits"] == [8] for r in random_cell["runs"])
+    assert turns == [("uniform", 0), ("random", 0), ("uniform", 1), ("random", 1)]  # seed by seed
 
 
 def test_the_hard_suite_searches_its_own_budgets_and_gives_95_percent_intervals(tmp_path):

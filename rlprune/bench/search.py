@@ -14,7 +14,9 @@ ranks). A budget below what a target's space can reach is listed as such.
     python -m rlprune.bench search --agents ppo ppo:agent.wall=feasible   # one lever at a time
     python -m rlprune.bench search --agents ppo "ppo:search.bits=[8]" ppo:search.min_density=1.0
 
-It writes JSON (``--out``) and a PNG beside it: before-finetune accuracy against budget, one
+The searchers take turns seed by seed (seed 0 of each, then seed 1 of each, ...), so a drift in
+the machine's speed between the start and the end of a run slows them alike and their times
+compare. It writes JSON (``--out``) and a PNG beside it: before-finetune accuracy against budget, one
 panel per target, one line per searcher.
 """
 
@@ -125,8 +127,9 @@ def bench_target(
     args: argparse.Namespace,
     progress: Callable[[dict[str, Any]], None] = lambda found: None,
 ) -> dict[str, Any]:
-    """Every budget (a number or :data:`FLOOR`), searcher and seed on one target; ``progress``
-    gets what is found so far after each searcher's cell, so a long run keeps it."""
+    """Every budget (a number or :data:`FLOOR`), searcher and seed on one target, the searchers
+    taking turns seed by seed; ``progress`` gets what is found so far after each seed, so a long
+    run keeps it."""
     base = [*QUIET, f"search.evaluations={args.evaluations}", *TARGETS[name], *args.overrides]
     cfg = compose_config(base)
     target, hardware = load(cfg)
@@ -150,35 +153,44 @@ def bench_target(
         return spaces[key]
 
     cheapest = space_of(cfg).cheapest()
-    cells = []
+    cells: list[dict[str, Any]] = []
     for budget in (resolve(b, cheapest) for b in budgets):
         if budget < cheapest:
             cells.append({"budget": budget, "infeasible": f"below the cheapest latency {cheapest:.3f}"})
             continue
-        for agent in args.agents:
-            runs, failed = [], None
-            for seed in args.seeds:
+        runs: dict[str, list[dict[str, Any]]] = {agent: [] for agent in args.agents}
+        failed: dict[str, str] = {}
+        # the searchers take turns on each seed, so a drift in the machine's speed slows them alike
+        for seed in args.seeds:
+            for agent in (a for a in args.agents if a not in failed):
                 searcher, *changes = agent.split(":")
                 run_cfg = compose_config(
                     [*base, f"agent={searcher}", *changes, f"budget.latency={budget}", f"seed={seed}"]
                 )
                 try:
-                    runs.append(run_cell(run_cfg, target, hardware, space_of(run_cfg), args.finetune_epochs))
+                    space = space_of(run_cfg)
+                    runs[agent].append(run_cell(run_cfg, target, hardware, space, args.finetune_epochs))
                 except RlpruneError as error:  # e.g. HAQ's rule, or bits alone, cannot reach this budget
-                    failed = str(error)
-                    break
-            if failed:
-                cells.append({"budget": budget, "agent": agent, "failed": failed})
-                continue
-            cell = {"budget": budget, "agent": agent, "runs": runs}
-            for key in ("accuracy", "loss", "kl", "test_after_finetune", "seconds", "evaluations_per_second"):
-                if runs[0][key] is not None:
-                    cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std([r[key] for r in runs])
-                    cell[f"{key}_ci95"] = interval95([r[key] for r in runs])
-            cell["latency_max"] = max(r["latency"] for r in runs)
-            cells.append(cell)
-            progress({**found, "cheapest": cheapest, "cells": cells})
+                    failed[agent] = str(error)
+            # after each seed every searcher has runs or failed: a long run keeps what it measured
+            so_far = [summarise(budget, a, runs[a], failed.get(a)) for a in args.agents]
+            progress({**found, "cheapest": cheapest, "cells": [*cells, *so_far]})
+        cells.extend(so_far)
     return {**found, "cheapest": cheapest, "cells": cells}
+
+
+def summarise(budget: float, agent: str, runs: list[dict[str, Any]], failed: str | None) -> dict[str, Any]:
+    """One searcher's cell at one budget: its runs with mean, std and 95% interval of each
+    number, or why it failed (then its runs are dropped: they would be a mean of fewer seeds)."""
+    if failed:
+        return {"budget": budget, "agent": agent, "failed": failed}
+    cell: dict[str, Any] = {"budget": budget, "agent": agent, "runs": runs}
+    for key in ("accuracy", "loss", "kl", "test_after_finetune", "seconds", "evaluations_per_second"):
+        if runs[0][key] is not None:
+            cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std([r[key] for r in runs])
+            cell[f"{key}_ci95"] = interval95([r[key] for r in runs])
+    cell["latency_max"] = max(r["latency"] for r in runs)
+    return cell
 
 
 def print_table(results: dict[str, Any]) -> None:
