@@ -168,7 +168,8 @@ class CostProgramme:
     def step_seconds(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """Seconds each step adds under a policy given as index pairs (what :meth:`table` gives
         each step, read from the factors directly: searchers call this for every trial policy)."""
-        return self._charge_mixing([c.value(_decided(picks)) for c in self.costs], picks)
+        decided = _decided(picks)
+        return self._charge_mixing([c.value(decided) for c in self.costs], picks)
 
     def _charge_mixing(self, values: Sequence[float], picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """Each step's factor seconds ``values``, plus ``mixed_seconds`` on the first step to mix."""

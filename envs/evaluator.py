@@ -142,7 +142,7 @@ class PolicyEvaluator:
 
     def remembered(self, policy: Policy, samples: int | None = None) -> Score | None:
         """The memoized score of ``policy`` on the first ``samples`` of the reward split, if any."""
-        key = (policy, self.samples if samples is None else int(samples))
+        key = self._key(policy, samples)
         if key not in self._memo:
             return None
         self._memo.move_to_end(key)
@@ -151,9 +151,13 @@ class PolicyEvaluator:
     def remember(self, policy: Policy, samples: int | None, score: Score) -> None:
         """Memoize ``score`` as ``policy``'s on the first ``samples`` of the split (scored elsewhere:
         by a parallel env's worker), so this evaluator does not score it again."""
-        self._memo[(policy, self.samples if samples is None else int(samples))] = score
+        self._memo[self._key(policy, samples)] = score
         if len(self._memo) > self.memo_size:  # least recently used first: a long search stays flat
             self._memo.popitem(last=False)
+
+    def _key(self, policy: Policy, samples: int | None) -> tuple[Policy, int]:
+        """The memo's key: ``None`` samples is all of the reward split."""
+        return policy, self.samples if samples is None else int(samples)
 
 
 @torch.no_grad()
