@@ -10,7 +10,8 @@ the surplus outcomes of that last step are discarded, never counted and never ke
 While the workers run they also score batches of policies for the lead
 (:attr:`SearchProblem.pool`, :meth:`SearchProblem.score_many`): an evolution that refines an
 agent's best policy, or the evolution searcher, scores its offspring on all of them at once.
-The lead remembers every score a worker hands back, so no policy is sent to be scored twice.
+The lead remembers every score a worker hands back, so no policy is sent to be scored twice, and
+hands each worker the scores of the others' episodes, so none plays a policy another scored.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ class ScoringWorker(gym.Wrapper):
         except Exception as error:  # a non-finite loss, the GPU out of memory
             return [error]
 
+    def forward_passes(self) -> int:
+        """The forward passes this worker's evaluator ran: its share of the search's."""
+        return self.env.unwrapped.problem.evaluator.forward_passes
+
+    def remember(self, scores: list[tuple[Policy, int, Score]]) -> None:
+        """Memoize the ``(policy, samples, score)`` that other workers found, so this worker's
+        episodes do not score those policies again."""
+        evaluator = self.env.unwrapped.problem.evaluator
+        for policy, samples, score in scores:
+            evaluator.remember(policy, samples, score)
+
 
 def worker_env(
     env: PruneEnv, device: torch.device, threads: int, index: int, count: int
@@ -110,6 +122,7 @@ def worker_env(
         if sys.platform == "linux":  # a forked worker outlives a killed lead: its siblings hold its pipe
             ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         local = SearchProblem(space, evaluator.to(device), budget, sys.maxsize, metric)
+        local.evaluator.forward_passes = 0  # a forked worker starts with the lead's count
         return ScoringWorker(Monitor(PruneEnv(local, sensitivity, momentum, wall, budgets)), index, count)
 
     return make
@@ -138,18 +151,30 @@ class RecordOutcomes(VecEnvWrapper):
         self._answered()
         observations, rewards, dones, infos = self.venv.step_wait()
         evaluator = self.problem.evaluator
-        for info in infos:
+        found: list[list[tuple[Policy, int, Score]]] = [[] for _ in infos]
+        for info, scores in zip(infos, found, strict=True):
             outcome = info.pop("outcome", None)
             if outcome is None:
                 continue
             samples = round(outcome.fidelity * evaluator.samples)
-            evaluator.remember(outcome.policy, samples, Score(outcome.accuracy, outcome.loss, outcome.kl))
+            scores.append((outcome.policy, samples, Score(outcome.accuracy, outcome.loss, outcome.kl)))
+            evaluator.remember(*scores[-1])
             if not self.problem.exhausted:
                 info["outcome"] = self.problem.record(outcome)
         for info in infos:  # after the others' outcomes are counted: the search ends here
             if "error" in info:
                 raise info["error"]
+        if any(found) and not self.problem.exhausted:
+            self._share(found)
         return observations, rewards, dones, infos
+
+    def _share(self, found: list[list[tuple[Policy, int, Score]]]) -> None:
+        """Hand each worker the scores the others found in this step: workers converging on the
+        same policies would otherwise each score them."""
+        others = [
+            [score for j, scores in enumerate(found) if j != i for score in scores] for i in range(len(found))
+        ]
+        self._call("remember", [(scores,) for scores in others])
 
     def score(self, policies: list[Policy], samples: int | None) -> list[Score]:
         """The scores of ``policies`` on the first ``samples`` of the reward split: from the lead's
@@ -170,16 +195,21 @@ class RecordOutcomes(VecEnvWrapper):
 
     def _score_on_workers(self, policies: list[Policy], samples: int | None) -> list[Score]:
         """The scores of ``policies``, each worker scoring every ``count``-th of them."""
-        for remote in self.venv.remotes:  # SubprocVecEnv.env_method, with a wait that sees a worker die
-            remote.send(("env_method", ("score_share", (policies, samples), {})))
-        self._answered()
-        shares: list[Any] = [remote.recv() for remote in self.venv.remotes]
+        shares = self._call("score_share", [(policies, samples)] * len(self.venv.remotes))
         scores: list[Any] = [None] * len(policies)
         for index, share in enumerate(shares):
             if share and isinstance(share[0], Exception):
                 raise share[0]
             scores[index :: len(shares)] = share
         return scores
+
+    def _call(self, method: str, arguments: list[tuple]) -> list[Any]:
+        """Each worker's answer to ``method`` called with its own ``arguments``: SubprocVecEnv's
+        ``env_method``, with a wait that sees a worker die."""
+        for remote, args in zip(self.venv.remotes, arguments, strict=True):
+            remote.send(("env_method", (method, args, {})))
+        self._answered()
+        return [remote.recv() for remote in self.venv.remotes]
 
     def _answered(self) -> None:
         """Wait until every worker has answered.
@@ -204,12 +234,18 @@ class RecordOutcomes(VecEnvWrapper):
                     )
 
     def close(self) -> None:
-        """Stop the workers; the lead scores alone again. When a worker died, the others are
-        ended without an error of their own, so the error that ends a search stays its own."""
+        """Stop the workers; the lead scores alone again, and counts their forward passes as its
+        own (the report's). When a worker died, the others are ended without an error of their
+        own, so the error that ends a search stays its own."""
         self.problem.pool = None
         try:
-            if self.venv.waiting:
+            if self.venv.waiting:  # a step interrupted (Ctrl-C): its answers come first
                 self._answered()
+                for remote in self.venv.remotes:
+                    remote.recv()
+                self.venv.waiting = False
+            passes = self._call("forward_passes", [()] * len(self.venv.remotes))
+            self.problem.evaluator.forward_passes += sum(passes)
             self.venv.close()
         except (RlpruneError, EOFError, OSError):
             for process in self.venv.processes:

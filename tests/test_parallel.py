@@ -15,6 +15,7 @@ import pytest
 import torch
 from rlprune.agents import make_searcher
 from rlprune.agents.evolution import wall_projection
+from rlprune.envs import evaluator as evaluator_module
 from rlprune.envs.parallel import parallel_envs
 
 from rlprune.errors import ConfigError, RlpruneError
@@ -113,16 +114,48 @@ def test_the_lead_sends_each_policy_to_the_workers_once():
     assert env.problem.used == 1 + 8 + 2 + 2  # c, the two batches, the episodes, their scores again
 
 
-def test_evolution_in_parallel_finds_the_policies_of_one_process():
-    found, lead_passes = [], []
+def test_workers_share_their_episodes_scores_and_the_lead_counts_their_forward_passes():
+    env = make_env(budget=0.4, samples=16)
+    before = env.problem.evaluator.forward_passes
+    sparse, dense = np.full(env.action_size, -0.5), np.full(env.action_size, 0.5)
+    workers = parallel_envs(env, 2)
+    played = []
+    try:
+        for actions in ([sparse, dense], [dense, sparse]):  # the second episode swaps the workers' policies
+            workers.reset()
+            for _ in env.space.shapes:
+                *_, infos = workers.step(np.array(actions, dtype=np.float32))
+            played.append([info["outcome"].policy for info in infos])
+        passes = workers.env_method("forward_passes")
+    finally:
+        workers.close()
+    assert played[0][0] != played[0][1] and played[1] == played[0][::-1]
+    assert passes == [1, 1]  # each scored its first episode only: the other's came with the second
+    assert env.problem.evaluator.forward_passes == before + 2  # the report counts the workers' passes
+    assert env.problem.used == 4
+
+
+def test_evolution_in_parallel_finds_the_policies_of_one_process(monkeypatch):
+    lead, in_lead = os.getpid(), [0]
+    evaluate = evaluator_module.evaluate
+
+    def counted(*args, **kwargs):  # the lead's own forward passes: the workers' count in their processes
+        in_lead[0] += os.getpid() == lead
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator_module, "evaluate", counted)
+    found, passes, lead_passes = [], [], []
     for n_envs in (1, 2):
         env = make_env(budget=0.4, evaluations=30, samples=16)
         outcomes = record(env)
+        before, in_lead[0] = env.problem.evaluator.forward_passes, 0
         make_searcher(_agent("evolution", n_envs=n_envs)).search(env, seed=0)
         assert env.problem.used == 30 and multiprocessing.active_children() == []
         found.append([(o.policy, o.fidelity, o.accuracy) for o in outcomes])
-        lead_passes.append(env.problem.evaluator.forward_passes)
+        passes.append(env.problem.evaluator.forward_passes - before)
+        lead_passes.append(in_lead[0])
     assert found[0] == found[1]
+    assert passes[0] == passes[1] == lead_passes[0]  # the workers' passes are counted in the lead's evaluator
     assert lead_passes[1] < lead_passes[0] / 2  # the workers scored the stages' offspring
     assert any(fidelity < 1 for _, fidelity, _ in found[1])
 
