@@ -10,12 +10,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 from rlprune.compress import attach, policy_masks, recalibrate_batch_norms, set_choice, tied_filters
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
 from rlprune.policy import Policy
-from rlprune.training import Score, evaluate
+from rlprune.training import Score, eval_mode, evaluate
 
 
 class PolicyEvaluator:
@@ -124,14 +125,15 @@ class PolicyEvaluator:
             self._masks.update({keys[name]: mask for name, mask in fresh.items()})
         for name, choice in policy:
             set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
-        if self.recalibration is not None:  # a share of the split: that share of its batches
-            batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
-            share = max(1, round(batches * n / self.samples)) * self.recalibration_batch
-            recalibrate_batch_norms(self.model, self.recalibration[:share], self.recalibration_batch)
-        if self.reference is None:
-            score = evaluate(self.model, self.x[:n], self.y[:n])
-        else:
-            score = evaluate_against(self.model, self.x[:n], self.y[:n], self.reference[:n])
+        with parametrize.cached():  # each masked, quantized weight made once for all the passes below
+            if self.recalibration is not None:  # a share of the split: that share of its batches
+                batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
+                share = max(1, round(batches * n / self.samples)) * self.recalibration_batch
+                recalibrate_batch_norms(self.model, self.recalibration[:share], self.recalibration_batch)
+            if self.reference is None:
+                score = evaluate(self.model, self.x[:n], self.y[:n])
+            else:
+                score = evaluate_against(self.model, self.x[:n], self.y[:n], self.reference[:n])
         self.forward_passes += 1
         if not math.isfinite(score.loss):
             raise RlpruneError(
@@ -177,17 +179,15 @@ def evaluate_against(
     are the same but whose confidence is not. Outputs with more than two dimensions (one
     prediction per token) count every prediction, as their targets do.
     """
-    was_training = model.training
-    model.eval()
     correct, loss, kl, count = 0, 0.0, 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        logits = logits.reshape(-1, logits.shape[-1])
-        target = y[start : start + batch_size].reshape(-1)
-        dense = reference[start : start + batch_size].reshape(logits.shape)
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-        kl += F.kl_div(F.log_softmax(logits, -1), dense, reduction="sum", log_target=True).item()
-        count += len(target)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size])
+            logits = logits.reshape(-1, logits.shape[-1])
+            target = y[start : start + batch_size].reshape(-1)
+            dense = reference[start : start + batch_size].reshape(logits.shape)
+            loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(1) == target).sum().item()
+            kl += F.kl_div(F.log_softmax(logits, -1), dense, reduction="sum", log_target=True).item()
+            count += len(target)
     return Score(accuracy=correct / count, loss=loss / count, kl=kl / count)

@@ -257,14 +257,15 @@ def recalibrate_batch_norms(model: nn.Module, x: torch.Tensor, batch_size: int) 
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None
-        bn.train()
+        # the norm alone, not its filter masks (bn.train() recurses, a policy's score pays per call)
+        bn.training = True
     try:
         for start in range(0, len(x), batch_size):
             model(x[start : start + batch_size])
     finally:
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
-            bn.eval()
+            bn.training = False
 
 
 def without_input_quantizers(model: nn.Module) -> nn.Module:

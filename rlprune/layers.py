@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import ModelError
+from rlprune.training import eval_mode
 
 PRUNABLE_TYPES: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
@@ -173,10 +174,8 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                     found.append(_describe(name, mod, inputs[0], output))
 
             hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(example[:1])
     except Exception as exc:  # the user's model: any failure means the shapes do not fit
         raise ModelError(
@@ -186,7 +185,6 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     if not found:
         raise ModelError(
             f"{type(model).__name__} has no prunable layer (Conv1d, Conv2d or Linear) "

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlprune.errors import ConfigError
+from rlprune.training import eval_mode
 
 CRITERIA = ("magnitude", "taylor", "random", "wanda")
 
@@ -100,15 +101,13 @@ def input_norms(
             squares[name] = squares[name] + total if name in squares else total
 
         hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            model(batch)
+        with eval_mode(model):
+            for batch in batches:
+                model(batch)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     missing = [n for n in names if n not in squares]
     if missing:
         raise ConfigError(f"criterion 'wanda': layers {missing} saw no input on the calibration batches")
