@@ -107,16 +107,21 @@ def attach(model: nn.Module, names: list[str], couplings: Mapping[str, FilterCou
         parametrize.register_parametrization(layer, "weight", MaskedQuantizedWeight(mask))
         layer.kept_filters = KeptFilters(layer.weight.shape[0]).to(device)
         coupling = couplings.get(name, FilterCoupling()) if couplings else FilterCoupling()
-        for module, tensor, offset in [
+        silenced = [
             (layer, "bias", 0),
             *((model.get_submodule(n), t, at) for n, at in coupling.norms for t in ("weight", "bias")),
             *((model.get_submodule(n), "bias", 0) for n in coupling.followers),  # their inputs are silent
-        ]:
+        ]
+        for module, tensor, offset in silenced:
             if getattr(module, tensor, None) is not None:
                 silence = SilencePruned(layer.kept_filters, offset)
                 parametrize.register_parametrization(module, tensor, silence)
         layer.input_quantizer = ActivationQuantizer().to(device)
         layer.register_forward_pre_hook(_quantize_input)
+        # new modules start in training mode: in an eval-mode network a training input quantizer
+        # would record the range of the first pass and keep it for every later policy
+        for module in {layer, *(module for module, _, _ in silenced)}:
+            module.train(module.training)
 
 
 def dense_weight(layer: nn.Module) -> torch.Tensor:

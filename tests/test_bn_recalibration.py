@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from rlprune.envs import PolicyEvaluator
@@ -56,6 +58,26 @@ def test_statistics_are_the_masked_networks_own():
     assert not masked.training and masked.get_submodule(bn).momentum == 0.1  # restored
 
 
+def test_the_norms_alone_train_during_recalibration():
+    model, x, layers = resnet()
+    masked = compress(model, half_filters(layers), couplings=filter_couplings(model, x, layers))
+    seen: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            seen.setdefault(name, module.training)
+
+        return hook
+
+    for name, module in masked.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear, torch.nn.ReLU)):
+            module.register_forward_hook(record(name))
+    recalibrate_batch_norms(masked, x, batch_size=64)
+    norms = {n for n, m in masked.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert norms and {n for n, training in seen.items() if training} == norms
+    assert not any(m.training for m in masked.modules())
+
+
 def test_the_evaluator_scores_recalibrated_networks():
     model, x, layers = resnet()
     y = torch.randint(0, 10, (len(x),))
@@ -65,14 +87,35 @@ def test_the_evaluator_scores_recalibrated_networks():
     recalibrated = PolicyEvaluator(
         model, names, x, y, couplings=couplings, recalibration=x, recalibration_batch=64
     )
-    policy = half_filters(layers)
-    expected_model = compress(model, policy, couplings=couplings)
-    recalibrate_batch_norms(expected_model, x, batch_size=64)
-    with torch.no_grad():
-        expected = torch.nn.functional.cross_entropy(expected_model(x), y).item()
-    assert recalibrated(policy).loss == pytest.approx(expected, rel=1e-5)
-    assert plain(policy).loss != pytest.approx(expected, rel=1e-3)
+    quarter = Policy.of({name: replace(c, keep=c.keep // 2) for name, c in half_filters(layers)})
+    for policy in (half_filters(layers), quarter, half_filters(layers)):  # no weights kept from the last
+        expected_model = compress(model, policy, couplings=couplings)
+        recalibrate_batch_norms(expected_model, x, batch_size=64)
+        with torch.no_grad():
+            expected = torch.nn.functional.cross_entropy(expected_model(x), y).item()
+        assert recalibrated(policy).loss == pytest.approx(expected, rel=1e-5)
+        assert plain(policy).loss != pytest.approx(expected, rel=1e-3)
     assert model.get_submodule("stages.0.0.bn2").running_mean.abs().sum() > 0  # the input model is untouched
+
+
+def test_a_policys_score_does_not_depend_on_the_policies_scored_before():
+    model, x, layers = resnet()
+    y = torch.randint(0, 10, (len(x),))
+    names = [lay.name for lay in layers]
+    couplings = filter_couplings(model, x, layers)
+
+    def evaluator() -> PolicyEvaluator:
+        return PolicyEvaluator(
+            model, names, x, y, couplings=couplings, recalibration=x, recalibration_batch=32
+        )
+
+    # 8-bit inputs: their quantizers must use each pass's range, never one recorded in an earlier policy's
+    first = Policy.of(dict.fromkeys(names, Choice(Pattern.DENSE, 1, 1, 8, 8)))
+    halves = {name: replace(c, w_bits=8, a_bits=8) for name, c in half_filters(layers)}
+    second = Policy.of({name: halves.get(name, Choice(Pattern.DENSE, 1, 1, 16, 16)) for name in names})
+    after_first = evaluator()
+    after_first(first)
+    assert after_first(second) == evaluator()(second)
 
 
 def test_networks_without_batch_norm_are_left_alone():
