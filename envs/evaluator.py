@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 from rlprune.compress import attach, policy_masks, recalibrate_batch_norms, set_choice, tied_filters
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
-from rlprune.policy import Policy
+from rlprune.policy import DENSE_FLOAT, Policy
 from rlprune.training import Score, eval_mode, evaluate
 
 
@@ -35,7 +35,7 @@ class PolicyEvaluator:
 
     Args:
         model: the trained dense network (left unchanged).
-        names: the searched layers.
+        names: the searched layers (a policy that leaves one out keeps it dense and float).
         x, y: the reward split.
         pad: N:M pads (True) or refuses a reduction length that is not a multiple of M.
         memo_size: scores of this many most recently evaluated policies are remembered.
@@ -78,6 +78,7 @@ class PolicyEvaluator:
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
         self.couplings = couplings
+        self.names = list(names)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
         self._memo: OrderedDict[tuple[Policy, int], Score] = OrderedDict()
@@ -112,6 +113,7 @@ class PolicyEvaluator:
         n = self.samples if samples is None else int(samples)
         if not 1 <= n <= self.samples:
             raise RlpruneError(f"a policy is scored on 1 to {self.samples} reward samples, not {samples}")
+        policy = self._complete(policy)
         known = self.remembered(policy, n)
         if known is not None:
             return known
@@ -159,7 +161,15 @@ class PolicyEvaluator:
 
     def _key(self, policy: Policy, samples: int | None) -> tuple[Policy, int]:
         """The memo's key: ``None`` samples is all of the reward split."""
-        return policy, self.samples if samples is None else int(samples)
+        return self._complete(policy), self.samples if samples is None else int(samples)
+
+    def _complete(self, policy: Policy) -> Policy:
+        """``policy`` with the dense float choice on the searched layers it leaves out, as
+        :meth:`Policy.get` reads it: a layer keeps the last choice set on it otherwise."""
+        chosen = dict(policy)
+        if all(name in chosen for name in self.names):
+            return policy
+        return Policy.of({**dict.fromkeys(self.names, DENSE_FLOAT), **chosen})
 
 
 @torch.no_grad()

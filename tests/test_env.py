@@ -178,6 +178,23 @@ def test_the_score_memo_is_bounded_and_keeps_the_most_recent():
     assert evaluator.forward_passes == 4
 
 
+def test_a_layer_a_policy_leaves_out_is_scored_dense_and_float():
+    from rlprune.envs import PolicyEvaluator
+
+    from rlprune.policy import Choice, Pattern, Policy
+
+    env = make_env(samples=16)
+    scored = env.problem.evaluator
+    names = [lay.name for lay in env.space.layers]
+    fresh = PolicyEvaluator(scored.model, names, scored.x, scored.y)
+    low = {name: Choice(Pattern.NM, 1, 4, 4, 4) for name in names}
+    partial = Policy.of({names[0]: low[names[0]]})  # the others dense and float
+    explicit = Policy.of({names[0]: low[names[0]], **{name: Choice() for name in names[1:]}})
+    scored(Policy.of(low))  # every layer 1:4 at 4 bits, before
+    assert scored(partial) == fresh(explicit)
+    assert fresh(partial) == fresh(explicit) and fresh.forward_passes == 1  # one policy, one pass
+
+
 def test_space_settings_name_the_key_and_keep_canonical_patterns():
     chosen = SpaceSettings(["nm", "kofn_weight", "nm"], bits=[16, 8], nm_options=[[2, 4]])
     assert chosen.patterns == ("nm", "kofn_weight") and chosen.bits == (8, 16)
