@@ -16,6 +16,7 @@ import torch
 from rlprune.agents import make_searcher
 from rlprune.agents.evolution import wall_projection
 from rlprune.envs import evaluator as evaluator_module
+from rlprune.envs import parallel
 from rlprune.envs.parallel import parallel_envs
 
 from rlprune.errors import ConfigError, RlpruneError
@@ -158,6 +159,21 @@ def test_evolution_in_parallel_finds_the_policies_of_one_process(monkeypatch):
     assert passes[0] == passes[1] == lead_passes[0]  # the workers' passes are counted in the lead's evaluator
     assert lead_passes[1] < lead_passes[0] / 2  # the workers scored the stages' offspring
     assert any(fidelity < 1 for _, fidelity, _ in found[1])
+
+
+@pytest.mark.slow  # two fresh interpreters import torch
+def test_workers_started_fresh_as_on_a_gpu_find_what_forked_workers_find(monkeypatch):
+    # CUDA cannot be forked: GPU workers start in a fresh interpreter and rebuild the env from pickles
+    found = []
+    for method in ("fork", "spawn"):
+        monkeypatch.setattr(parallel, "start_method", lambda device, method=method: method)
+        env = make_env(budget=0.4, evaluations=30, samples=16)
+        outcomes = record(env)
+        make_searcher({**_agent("ppo", n_envs=2), "refine": 0.3}).search(env, seed=0)
+        assert env.problem.used == 30 and multiprocessing.active_children() == []
+        found.append([(o.policy, o.fidelity, o.accuracy) for o in outcomes])
+    assert found[0] == found[1]
+    assert any(fidelity < 1 for _, fidelity, _ in found[1])  # the refine's batches went to the workers
 
 
 def test_workers_leave_ctrl_c_to_the_lead_and_a_killed_worker_closes_quietly():
