@@ -140,6 +140,7 @@ class RecordOutcomes(VecEnvWrapper):
         super().__init__(venv)
         self.venv: SubprocVecEnv = venv
         self.problem = problem
+        self._owing: list[connection.Connection] = []  # workers whose answer to a call is unread
         problem.pool = self.score
 
     def reset(self) -> VecEnvObs:
@@ -148,7 +149,7 @@ class RecordOutcomes(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Step every worker; count the episodes that ended."""
-        self._answered()
+        self._answered(self.venv.remotes)
         observations, rewards, dones, infos = self.venv.step_wait()
         evaluator = self.problem.evaluator
         found: list[list[tuple[Policy, int, Score]]] = [[] for _ in infos]
@@ -208,11 +209,20 @@ class RecordOutcomes(VecEnvWrapper):
         ``env_method``, with a wait that sees a worker die."""
         for remote, args in zip(self.venv.remotes, arguments, strict=True):
             remote.send(("env_method", (method, args, {})))
-        self._answered()
-        return [remote.recv() for remote in self.venv.remotes]
+            self._owing.append(remote)
+        return self._receive()
 
-    def _answered(self) -> None:
-        """Wait until every worker has answered.
+    def _receive(self) -> list[Any]:
+        """The answers the workers owe, in their order."""
+        self._answered(self._owing)
+        answers = []
+        while self._owing:
+            answers.append(self._owing[0].recv())
+            del self._owing[0]
+        return answers
+
+    def _answered(self, remotes: list[connection.Connection]) -> None:
+        """Wait until every worker of ``remotes`` has answered.
 
         A forked worker's pipe stays open in the workers forked before it, so a plain read
         would wait forever on a worker that died; this wait also sees it end.
@@ -220,7 +230,8 @@ class RecordOutcomes(VecEnvWrapper):
         Raises:
             RlpruneError: naming the worker that ended before it answered.
         """
-        waiting = dict(zip(self.venv.remotes, self.venv.processes, strict=True))
+        processes = dict(zip(self.venv.remotes, self.venv.processes, strict=True))
+        waiting = {remote: processes[remote] for remote in remotes}
         while waiting:
             ready = connection.wait([*waiting, *(process.sentinel for process in waiting.values())])
             for remote, process in list(waiting.items()):
@@ -240,10 +251,8 @@ class RecordOutcomes(VecEnvWrapper):
         self.problem.pool = None
         try:
             if self.venv.waiting:  # a step interrupted (Ctrl-C): its answers come first
-                self._answered()
-                for remote in self.venv.remotes:
-                    remote.recv()
-                self.venv.waiting = False
+                self._owing, self.venv.waiting = list(self.venv.remotes), False
+            self._receive()  # and those of a call interrupted
             passes = self._call("forward_passes", [()] * len(self.venv.remotes))
             self.problem.evaluator.forward_passes += sum(passes)
             self.venv.close()

@@ -161,6 +161,32 @@ def test_evolution_in_parallel_finds_the_policies_of_one_process(monkeypatch):
     assert any(fidelity < 1 for _, fidelity, _ in found[1])
 
 
+@pytest.mark.parametrize("during", ["batch", "step"])
+def test_workers_close_after_ctrl_c_during_a_batch_or_a_step(during):
+    env = make_env(budget=0.4, samples=16)
+    rng, limit = np.random.default_rng(0), env.space.absolute_budget(0.4)
+    batch = [wall_projection(env.space, limit, rng) for _ in range(4)]
+    before = env.problem.evaluator.forward_passes
+    workers = parallel_envs(env, 2)
+    answered = workers._answered
+
+    def interrupted(remotes):  # Ctrl-C reaches the lead while the workers score
+        workers._answered = answered
+        raise KeyboardInterrupt
+
+    workers._answered = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        if during == "batch":
+            env.problem.score_many(batch)
+        else:
+            workers.reset()
+            workers.step(np.zeros((2, env.action_size), dtype=np.float32))
+    workers.close()  # reads the answers the workers still owe before it asks for their passes
+    assert multiprocessing.active_children() == []
+    distinct = len({env.space.policy(picks) for picks in batch})
+    assert env.problem.evaluator.forward_passes == before + (distinct if during == "batch" else 0)
+
+
 @pytest.mark.slow  # two fresh interpreters import torch
 def test_workers_started_fresh_as_on_a_gpu_find_what_forked_workers_find(monkeypatch):
     # CUDA cannot be forked: GPU workers start in a fresh interpreter and rebuild the env from pickles
