@@ -113,8 +113,9 @@ class PolicyEvaluator:
         n = self.samples if samples is None else int(samples)
         if not 1 <= n <= self.samples:
             raise RlpruneError(f"a policy is scored on 1 to {self.samples} reward samples, not {samples}")
-        policy = self._complete(policy)
-        known = self.remembered(policy, n)
+        key = self._key(policy, n)
+        policy = key[0]
+        known = self._recall(key)
         if known is not None:
             return known
         ties = tied_filters(policy, self.couplings)
@@ -141,26 +142,32 @@ class PolicyEvaluator:
             raise RlpruneError(
                 f"the network's loss is {score.loss} under policy {policy.to_dict()}; check the model"
             )
-        self.remember(policy, n, score)
+        self._store(key, score)
         return score
 
     def remembered(self, policy: Policy, samples: int | None = None) -> Score | None:
         """The memoized score of ``policy`` on the first ``samples`` of the reward split, if any."""
-        key = self._key(policy, samples)
+        return self._recall(self._key(policy, samples))
+
+    def remember(self, policy: Policy, samples: int | None, score: Score) -> None:
+        """Memoize ``score`` as ``policy``'s on the first ``samples`` of the split (scored elsewhere:
+        by a parallel env's worker), so this evaluator does not score it again."""
+        self._store(self._key(policy, samples), score)
+
+    def _recall(self, key: tuple[Policy, int]) -> Score | None:
         if key not in self._memo:
             return None
         self._memo.move_to_end(key)
         return self._memo[key]
 
-    def remember(self, policy: Policy, samples: int | None, score: Score) -> None:
-        """Memoize ``score`` as ``policy``'s on the first ``samples`` of the split (scored elsewhere:
-        by a parallel env's worker), so this evaluator does not score it again."""
-        self._memo[self._key(policy, samples)] = score
+    def _store(self, key: tuple[Policy, int], score: Score) -> None:
+        self._memo[key] = score
         if len(self._memo) > self.memo_size:  # least recently used first: a long search stays flat
             self._memo.popitem(last=False)
 
     def _key(self, policy: Policy, samples: int | None) -> tuple[Policy, int]:
-        """The memo's key: ``None`` samples is all of the reward split."""
+        """The memo's key: the policy completed (:meth:`_complete`); ``None`` samples is all of the
+        reward split."""
         return self._complete(policy), self.samples if samples is None else int(samples)
 
     def _complete(self, policy: Policy) -> Policy:

@@ -70,6 +70,7 @@ class ScoringWorker(gym.Wrapper):
     def __init__(self, env: gym.Env, index: int, count: int) -> None:
         super().__init__(env)
         self.index, self.count = index, count
+        self.evaluator = env.unwrapped.problem.evaluator
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """The env's step; an error (a non-finite loss, the GPU out of memory) ends the episode
@@ -84,22 +85,20 @@ class ScoringWorker(gym.Wrapper):
     def score_share(self, policies: list[Policy], samples: int | None) -> list[Score | Exception]:
         """The scores of this worker's share of ``policies``; an error is handed back, not raised,
         so the lead raises it as it is (a worker that raises dies, and its pipe only says so)."""
-        evaluator = self.env.unwrapped.problem.evaluator
         try:
-            return [evaluator(p, samples) for p in policies[self.index :: self.count]]
+            return [self.evaluator(p, samples) for p in policies[self.index :: self.count]]
         except Exception as error:  # a non-finite loss, the GPU out of memory
             return [error]
 
     def forward_passes(self) -> int:
         """The forward passes this worker's evaluator ran: its share of the search's."""
-        return self.env.unwrapped.problem.evaluator.forward_passes
+        return self.evaluator.forward_passes
 
     def remember(self, scores: list[tuple[Policy, int, Score]]) -> None:
         """Memoize the ``(policy, samples, score)`` that other workers found, so this worker's
         episodes do not score those policies again."""
-        evaluator = self.env.unwrapped.problem.evaluator
         for policy, samples, score in scores:
-            evaluator.remember(policy, samples, score)
+            self.evaluator.remember(policy, samples, score)
 
 
 def worker_env(
