@@ -124,13 +124,17 @@ def make_searcher(
             ) from exc
     if name in ALGORITHMS:
         warm_start, refine = cfg.get("warm_start", False), cfg.get("refine", 0.0)
+        profile = cfg.get("profile", 0.0)
         if not isinstance(warm_start, bool):
             raise ConfigError(f"agent.warm_start={warm_start!r} is not allowed: true or false")
-        if isinstance(refine, bool) or not isinstance(refine, int | float) or not 0 <= refine < 1:
-            raise ConfigError(
-                f"agent.refine={refine!r} is not allowed: a share of the evaluations in [0, 1) "
-                "(0: the agent spends them all)"
-            )
+        for key, share, meaning in (
+            ("refine", refine, "0: the agent spends them all"),
+            ("profile", profile, "0: the warm start never profiles"),
+        ):
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
+                raise ConfigError(
+                    f"agent.{key}={share!r} is not allowed: a share of the evaluations in [0, 1) ({meaning})"
+                )
         if warm_start and name not in ON_POLICY:
             raise ConfigError(
                 f"agent.warm_start=true starts a Gaussian policy's mean action (ppo, a2c); "
@@ -143,6 +147,7 @@ def make_searcher(
             progress_bar=progress_bar,
             n_envs=cfg.get("n_envs", 1),
             warm_start=warm_start,
+            profile=float(profile),
             refine=float(refine),
             log=log,
         )

@@ -111,7 +111,7 @@ class EvolutionSearch:
                 children = self._offspring(space, parent, limit, rng, max(lam, 1))
             first = False
             if lam == 0:  # less than one staged generation left: spend it on what fits
-                _spend_rest(problem, children[0])
+                spend_rest(problem, children[0])
                 return
             child, value = self._select(problem, children, samples)
             if value >= best:  # ties move the parent: drift across a plateau of equal scores
@@ -159,7 +159,7 @@ class EvolutionSearch:
         return children
 
 
-def _spend_rest(problem: SearchProblem, child: Picks) -> None:
+def spend_rest(problem: SearchProblem, child: Picks) -> None:
     """Full scores of ``child`` while they fit, then the last fraction of an evaluation on that
     share of the split, so the search spends exactly its evaluations."""
     while problem.affords():

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 from rlprune.agents.baselines import best_uniform
-from rlprune.agents.evolution import EvolutionSearch
+from rlprune.agents.evolution import EvolutionSearch, spend_rest
+from rlprune.agents.profile import profile_price, profiled_policy
 from rlprune.envs.parallel import RecordOutcomes, one_lead_thread, parallel_envs
 from rlprune.envs.problem import Outcome
-from rlprune.envs.prune_env import PruneEnv
+from rlprune.envs.prune_env import Demonstration, PruneEnv
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -50,7 +51,8 @@ def forward_records(agent: BaseAlgorithm, log: Callable[[dict[str, Any], int], N
 
 
 class StopWhenExhausted(BaseCallback):
-    """Ends training as soon as the search problem has spent its evaluations, or ``until`` of them."""
+    """Ends training as soon as the search problem cannot pay for another full evaluation (it
+    spent them, or a fraction is left), or has spent ``until`` of them."""
 
     def __init__(self, env: PruneEnv | RecordOutcomes, until: float | None = None) -> None:
         super().__init__()
@@ -59,11 +61,27 @@ class StopWhenExhausted(BaseCallback):
 
     def _on_step(self) -> bool:
         spent = self.until is not None and self.problem.used >= self.until - 1e-9
-        return not (self.problem.exhausted or spent)
+        # after a profile's partial scores, less than a whole episode's evaluation may be left
+        return self.problem.affords() and not spent
 
     def _on_training_end(self) -> None:
         # the last update's record is only dumped with the next rollout, which a stop cuts short
         self.model.logger.dump(self.model.num_timesteps)
+
+
+def imitate(agent: BaseAlgorithm, demonstration: Demonstration, updates: int = 500) -> None:
+    """Fit ``agent``'s mean action to the demonstration's actions at its observations (behaviour
+    cloning of the actor alone: the critic and the exploration width stay as they start)."""
+    policy = agent.policy
+    observations = torch.as_tensor(demonstration.observations, device=policy.device)
+    actions = torch.as_tensor(demonstration.actions, device=policy.device)
+    actor = [*policy.mlp_extractor.policy_net.parameters(), *policy.action_net.parameters()]
+    optimiser = torch.optim.Adam(actor, lr=1e-3)
+    for _ in range(updates):
+        error = (policy.get_distribution(observations).distribution.mean - actions).pow(2).mean()
+        optimiser.zero_grad()
+        error.backward()
+        optimiser.step()
 
 
 @dataclass
@@ -83,6 +101,10 @@ class SB3Search:
             action at the best of them, so exploration begins around a policy known to be good
             instead of the middle of the action box, unless the middle's own episode (one more
             evaluation) scores at least as well (PPO and A2C).
+        profile: with ``warm_start``, the largest share of the evaluations that a sensitivity
+            profile and its allocation (:mod:`rlprune.agents.profile`) may cost; where they cost
+            no more and its policy scores better than the other starts, the agent first imitates
+            that policy's episode. 0 never profiles.
         refine: the share of the evaluations kept for the end, where an EvoPress-style
             evolution (:meth:`~rlprune.agents.evolution.EvolutionSearch.evolve`) refines the
             best policy the agent found by level switches: the agent proposes, evolution refines.
@@ -94,6 +116,7 @@ class SB3Search:
     progress_bar: bool = False
     n_envs: int = 1
     warm_start: bool = False
+    profile: float = 0.0
     refine: float = 0.0
     resume_from: Path | None = None  # a saved agent to go on training (rlprune.resume)
     log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
@@ -121,21 +144,33 @@ class SB3Search:
                 parent = None if best is None else env.space.picks_of(best.policy)
                 value = -np.inf if best is None else problem.value(best)
                 EvolutionSearch().evolve(env, parent, value, np.random.default_rng(seed))
+            if not problem.exhausted and problem.best is not None:  # a profile's fraction is left
+                spend_rest(problem, env.space.picks_of(problem.best.policy))
         finally:
             if played is not env:
                 played.close()
 
-    def _warm_start(self, env: PruneEnv) -> np.ndarray | None:
-        """Score the uniform policies and the episode of the action box's centre, where a new
-        agent's mean action starts; the action that wishes for the best uniform policy, or
-        ``None`` (stay at the centre) when the centre scores at least as well or none fits."""
-        best, value = best_uniform(env.problem)
+    def _warm_start(self, env: PruneEnv) -> np.ndarray | Demonstration | None:
+        """Score the candidate starts and return where a new agent begins: the action that wishes
+        for the best uniform policy, ``None`` (the action box's centre) when the centre's episode
+        scores at least as well, or the profiled policy's episode to imitate when that scores
+        better still; ``None`` too when no uniform policy fits."""
+        problem = env.problem
+        best, value = best_uniform(problem)
         if best is None:
             return None
+        start: np.ndarray | Demonstration | None = env.action_of(best)
         # near the floor the only uniform policy that fits may be poor; the centre, walled, is not
-        if env.problem.affords() and env.problem.value(env.play(np.zeros(env.action_size))) >= value:
-            return None
-        return env.action_of(best)
+        if problem.affords() and (centre := problem.value(env.play(np.zeros(env.action_size)))) >= value:
+            start, value = None, centre
+        price = profile_price(problem) + 1  # the profile and its policy's episode
+        # one step has nothing to allocate between steps, and its episode would score while a
+        # profile's fraction of an evaluation is left
+        if len(env.space) > 1 and price <= self.profile * problem.evaluations and problem.affords(price):
+            picks = profiled_policy(problem)
+            if picks is not None and problem.value((shown := env.demonstrate(picks)).outcome) > value:
+                start = shown
+        return start
 
     def _learn(
         self,
@@ -144,16 +179,19 @@ class SB3Search:
         kwargs: dict[str, Any],
         steps: int,
         until: float,
-        start: np.ndarray | None = None,
+        start: np.ndarray | Demonstration | None = None,
     ) -> None:
         """Build (or reload) the agent on ``env``, the PruneEnv or its parallel twins, and train it
-        until ``until`` evaluations are spent; a new agent's mean action starts at ``start``."""
+        until ``until`` evaluations are spent; a new agent's mean action starts at ``start``, or
+        imitates it where it is a demonstration."""
         algorithm = ALGORITHMS[self.algorithm]
         if self.resume_from is not None:
             self.agent = algorithm.load(self.resume_from, env=env, device="cpu")
         else:
             self.agent = algorithm("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
-        if start is not None:  # the action head starts with weights near 0 (gain 0.01): its bias is the mean
+        if isinstance(start, Demonstration):
+            imitate(self.agent, start)
+        elif start is not None:  # the action head's weights start near 0 (gain 0.01): its bias is the mean
             with torch.no_grad():
                 self.agent.policy.action_net.bias.copy_(torch.as_tensor(start))
         forward_records(self.agent, self.log)

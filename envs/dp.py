@@ -271,6 +271,77 @@ class CostProgramme:
         option, bits = np.unravel_index(int(np.argmin(score)), table.shape)
         return int(option), int(bits)
 
+    def allocate(self, penalties: Sequence[np.ndarray], budget: float) -> list[tuple[int, int]] | None:
+        """The policy of least summed ``penalties`` within ``budget`` seconds, or ``None`` where
+        none was found.
+
+        ``penalties[i]`` is ``[options, bits]`` of step ``i``: what each choice is taken to cost in
+        quality, the steps' costs adding up. The budgeted problem is a multiple-choice knapsack
+        over the factors; its Lagrangian, least ``penalty + λ · seconds``, is a min-plus programme
+        over the same factors as the wall's, exact however the decisions interleave. ``λ`` is
+        bisected to the cheapest relaxation that fits, then the budget left is spent greedily on
+        the upgrades that remove the most penalty per second, so the result is within budget and
+        no single step can lower its penalty and still fit.
+        """
+        budget *= 1 + 1e-9  # as the wall's slack: budgets are seconds, often microseconds
+        scale = max(float(np.abs(p).max()) for p in penalties) / max(budget, 1e-30) + 1e-30
+        low, high = 0.0, scale
+        while self.seconds(self._relaxed(penalties, high)) > budget:
+            if high > 1e12 * scale:  # even the cheapest relaxation misses (float and int8 mixed)
+                return None
+            high *= 2
+        if self.seconds(self._relaxed(penalties, 0.0)) <= budget:
+            high = 0.0
+        for _ in range(60 if high else 0):
+            middle = (low + high) / 2
+            if self.seconds(self._relaxed(penalties, middle)) > budget:
+                low = middle
+            else:
+                high = middle
+        return self._fill(self._relaxed(penalties, high), penalties, budget)
+
+    def _relaxed(self, penalties: Sequence[np.ndarray], price: float) -> list[tuple[int, int]]:
+        """The least ``penalty + price · seconds`` policy (mixing seconds left out), decoded forward."""
+        factors = [
+            Factor(cost.axes, price * cost.table) + Factor((2 * i, 2 * i + 1), penalty)
+            for i, (cost, penalty) in enumerate(zip(self.costs, penalties, strict=True))
+        ]
+        rest = [ZERO] * len(self)
+        for i in range(len(self) - 1, 0, -1):
+            rest[i - 1] = (factors[i] + rest[i]).reduce({2 * i, 2 * i + 1}, np.min)
+        picks: list[tuple[int, int]] = []
+        for i in range(len(self)):
+            known = {2 * j + k: v for j, pick in enumerate(picks) for k, v in enumerate(pick)}
+            total = (factors[i].at(known) + rest[i].at(known)).over((2 * i, 2 * i + 1))
+            grid = np.broadcast_to(total, (self.options[i], self.bits))
+            option, bits = np.unravel_index(int(np.argmin(grid)), grid.shape)
+            picks.append((int(option), int(bits)))
+        return picks
+
+    def _fill(
+        self, picks: list[tuple[int, int]], penalties: Sequence[np.ndarray], budget: float
+    ) -> list[tuple[int, int]]:
+        """Upgrade one step at a time, the most penalty removed per second first, while it fits."""
+        while True:
+            now = self.seconds(picks)
+            changes = [
+                (i, (o, b))
+                for i, p in enumerate(penalties)
+                for o, b in zip(*np.nonzero(p < p[picks[i]] - 1e-12), strict=True)
+            ]
+            if not changes:
+                return picks
+            seconds = self.seconds_changed(picks, changes)
+            gains = [
+                (penalties[i][picks[i]] - penalties[i][p]) / max(s - now, 1e-30) if s <= budget else -np.inf
+                for (i, p), s in zip(changes, seconds, strict=True)
+            ]
+            best = int(np.argmax(gains))
+            if gains[best] == -np.inf:
+                return picks
+            step, pick = changes[best]
+            picks[step] = (int(pick[0]), int(pick[1]))
+
     def lower_until_within(self, picks: Sequence[tuple[int, int]], budget: float) -> list[tuple[int, int]]:
         """HAQ's post-episode wall: lower choices from the last step back until within ``budget``.
 

@@ -15,6 +15,7 @@ ends, lowers choices from the last layer back until the policy fits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -24,6 +25,21 @@ from rlprune.envs.problem import Outcome, SearchProblem
 
 from rlprune.config import WALLS
 from rlprune.errors import BudgetError, ConfigError
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """One episode played by wishing for a known policy (:meth:`PruneEnv.demonstrate`).
+
+    Attributes:
+        observations: ``[steps, observation]``, what each step observed.
+        actions: ``[steps, action]``, the action each step took.
+        outcome: the policy's score.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    outcome: Outcome
 
 
 class PruneEnv(gym.Env):
@@ -157,19 +173,34 @@ class PruneEnv(gym.Env):
     def action_of(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """The action that wishes for ``picks``, one per step, averaged over the steps: the inverse
         of :meth:`step`'s mapping from an action to the wished density, bit-width and pattern."""
-        actions = []
-        for shapes, (shape, bits) in zip(self.space.shapes, picks, strict=True):
-            sparsest = min(s.density for s in shapes)
-            density = (shapes[shape].density - sparsest) / max(1.0 - sparsest, 1e-12)
-            position = bits / max(len(self.space.bits) - 1, 1)
-            action = [2.0 * density - 1.0, 2.0 * position - 1.0]
-            if self.action_size == 3:
-                pattern = shapes[shape].pattern
-                patterns = self.space.patterns
-                index = patterns.index(pattern) if pattern in patterns else (len(patterns) - 1) / 2
-                action.append(2.0 * index / (len(patterns) - 1) - 1.0)
-            actions.append(action)
-        return np.mean(actions, axis=0).astype(np.float32)
+        if len(picks) != len(self.space):
+            raise ValueError(f"{len(self.space)} steps but {len(picks)} picks")
+        return np.mean([self._wish(step, pick) for step, pick in enumerate(picks)], axis=0).astype(np.float32)
+
+    def demonstrate(self, picks: Sequence[tuple[int, int]]) -> Demonstration:
+        """One episode that wishes for ``picks`` step by step (one evaluation): what it observed,
+        what it did, and its outcome (the wall may move a wish that no longer fits)."""
+        observations = [self.reset()[0]]
+        actions = np.array([self._wish(step, pick) for step, pick in enumerate(picks)], dtype=np.float32)
+        for action in actions:
+            observation, _, done, _, info = self.step(action)
+            if not done:
+                observations.append(observation)
+        return Demonstration(np.stack(observations), actions, info["outcome"])
+
+    def _wish(self, step: int, pick: tuple[int, int]) -> np.ndarray:
+        """The action that wishes for option and bit-width ``pick`` at ``step``."""
+        shapes, (shape, bits) = self.space.shapes[step], pick
+        sparsest = min(s.density for s in shapes)
+        density = (shapes[shape].density - sparsest) / max(1.0 - sparsest, 1e-12)
+        position = bits / max(len(self.space.bits) - 1, 1)
+        action = [2.0 * density - 1.0, 2.0 * position - 1.0]
+        if self.action_size == 3:
+            pattern = shapes[shape].pattern
+            patterns = self.space.patterns
+            index = patterns.index(pattern) if pattern in patterns else (len(patterns) - 1) / 2
+            action.append(2.0 * index / (len(patterns) - 1) - 1.0)
+        return np.asarray(action)
 
     def _reward(self, outcome: Outcome) -> float:
         value = self.problem.value(outcome)

@@ -295,6 +295,11 @@ class SearchSpace:
         """Whether the policy of every step's lowest bits and sparsest option meets ``budget`` (seconds)."""
         return self.programme.lowest_fits(budget)
 
+    def allocate(self, penalties: Sequence[np.ndarray], budget: float) -> Picks | None:
+        """The policy of least summed per-step ``penalties`` within ``budget`` seconds
+        (:meth:`~rlprune.envs.dp.CostProgramme.allocate`)."""
+        return self.programme.allocate(penalties, budget)
+
 
 @dataclass(frozen=True)
 class SpaceSettings:

@@ -140,3 +140,60 @@ def test_a_refining_agent_hands_its_best_policy_to_evolution_for_the_last_evalua
 def test_bad_warm_start_and_refine_name_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"agent\.{key}=.* is not allowed"):
         make_searcher({"name": "ppo", key: value})
+
+
+def test_a_profiled_start_is_scored_and_imitated_where_it_beats_the_other_starts():
+    import numpy as np
+    import torch
+    from rlprune.agents.baselines import uniform_policies
+    from rlprune.agents.profile import FIDELITY, profile_price
+
+    env = make_env(budget=0.4, evaluations=60, pattern="kofn_weight", samples=16, metric="kl")
+    outcomes = record(env)
+    price = profile_price(env.problem)
+    searcher = make_searcher(
+        {"name": "ppo", "warm_start": True, "profile": 0.9, "hyperparameters": {"n_steps": 512}}
+    )
+    searcher.search(env, seed=0)
+    assert env.problem.used == 60  # the profile's fractions and all
+    starts = len(uniform_policies(env.space, 0.4)) + 1  # the uniform policies and the centre
+    grid = sum(len(shapes) * len(env.space.bits) - 1 for shapes in env.space.shapes)
+    profiled = outcomes[starts : starts + grid + 1]
+    assert [o.fidelity for o in profiled] == [round(FIDELITY * 16) / 16] * (grid + 1)
+    assert sum(o.fidelity for o in profiled) + 1 == pytest.approx(price + 1)
+    # the penalties the scores imply, and the allocation they give, is the next (full) episode
+    top = [(len(s) - 1, len(env.space.bits) - 1) for s in env.space.shapes]
+    kl = iter(o.kl for o in profiled[1:])
+    penalties = [np.zeros((len(s), len(env.space.bits))) for s in env.space.shapes]
+    for step, grid_ in enumerate(penalties):
+        for pick in np.ndindex(grid_.shape):
+            if pick != top[step]:
+                grid_[pick] = next(kl) - profiled[0].kl
+    shown = outcomes[starts + grid + 1]
+    assert shown.fidelity == 1
+    assert shown.policy == env.space.policy(env.space.allocate(penalties, env.space.absolute_budget(0.4)))
+    # on this network it beats the uniform policies and the centre, so the agent imitates it:
+    # its mean action (no update within 60 evaluations at 512 steps per update) plays it again
+    assert shown.kl < min(o.kl for o in outcomes[:starts])
+    fresh = make_env(budget=0.4, evaluations=1, pattern="kofn_weight", samples=16, metric="kl")
+    observation, done = fresh.reset()[0], False
+    while not done:
+        with torch.no_grad():
+            mean = searcher.agent.policy.get_distribution(
+                torch.as_tensor(observation)[None]
+            ).distribution.mean
+        observation, _, done, _, info = fresh.step(mean[0].numpy())
+    assert info["outcome"].policy == shown.policy
+
+
+def test_no_profile_where_it_would_cost_more_than_its_share():
+    env = make_env(budget=0.4, evaluations=60, pattern="kofn_weight", samples=16, metric="kl")
+    outcomes = record(env)
+    make_searcher({"name": "ppo", "warm_start": True, "profile": 0.05}).search(env, seed=0)
+    assert all(o.fidelity == 1 for o in outcomes)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "some", True])
+def test_a_bad_profile_share_names_the_key(value):
+    with pytest.raises(ConfigError, match=r"agent\.profile=.* share of the evaluations in \[0, 1\)"):
+        make_searcher({"name": "ppo", "warm_start": True, "profile": value})

@@ -45,3 +45,22 @@ def test_network_policies_prune_free_layers_in_steps_of_eight():
         for name, choice in policy:
             assert name in free and choice.keep % 8 == 0 and 8 <= choice.keep < choice.group
     assert len({tuple(policy) for policy in policies[4:]}) == 4  # random ones differ
+
+
+def test_the_language_model_of_the_deploy_bench_takes_token_ids_and_bakes_its_policies():
+    from rlprune.bench import gpu_deploy
+    from rlprune.cuda.timing import baked_policy
+    from rlprune.layers import discover_layers
+
+    model, inputs = gpu_deploy.zoo_model("lm")
+    example = inputs(2)
+    assert example.dtype == torch.int64 and example.shape == (2, gpu_deploy.TOKENS)
+    layers = discover_layers(model.eval(), example)
+    assert len(layers) == 25 and all(lay.kind == "linear" for lay in layers)  # 6 blocks of 4, the head
+    named = gpu_deploy.named_policies(layers)
+    assert len(named["all_linear_24"]) == 24 and len(named["mlp_24"]) == 12
+    baked = baked_policy(model, named["all_linear_24"], example)
+    with torch.no_grad():
+        assert baked(example).shape == (2, gpu_deploy.TOKENS, gpu_deploy.VOCABULARY)
+    qkv = baked.get_submodule(layers[0].name).weight.reshape(-1, 4)
+    assert ((qkv != 0).sum(dim=1) <= 2).all()  # 2:4 baked in

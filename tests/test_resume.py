@@ -38,12 +38,13 @@ def _interrupt_after_checkpoint(run_dir: Path, *overrides: str) -> str:
 
 @pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess
 def test_a_killed_search_resumes_from_its_checkpoint(tmp_path):
-    run = ["search.evaluations=300", "search.checkpoint_every=20"]
+    # the first checkpoint after the warm start (uniform policies, centre, profile: 44.75) holds the agent
+    run = ["search.evaluations=300", "search.checkpoint_every=50"]
     stderr = _interrupt_after_checkpoint(tmp_path, *run)
     assert f"rerun with resume=true hydra.run.dir={tmp_path}" in stderr
     assert not (tmp_path / "report.json").exists()
     saved = json.loads((tmp_path / "checkpoint" / "search.json").read_text())
-    assert saved["used"] >= 20 and saved["used"] % 20 == 0 and saved["agent"]
+    assert saved["used"] >= 50 and saved["agent"]
     assert (tmp_path / "checkpoint" / "agent.zip").stat().st_size > 0
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
@@ -54,7 +55,7 @@ def test_a_killed_search_resumes_from_its_checkpoint(tmp_path):
         _command(tmp_path, *run, "resume=true"), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
-    started = int(resumed.stdout.split("resuming the search at evaluation ")[1].split()[0])
+    started = float(resumed.stdout.split("resuming the search at evaluation ")[1].split()[0])
     assert started >= saved["used"]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["search"]["evaluations"] == 300

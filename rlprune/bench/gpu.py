@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--deploy", action="store_true", help="local_gpu and --profile against deployed networks"
     )
-    parser.add_argument("--models", nargs="+", default=None, help="with --deploy: vit resnet20 mobilenetv2")
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="with --deploy: vit resnet20 mobilenetv2 lm"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256], help="with --deploy")
     parser.add_argument("--rounds", type=int, default=7, help="with --deploy: timed blocks per measurement")
     args = parser.parse_args(argv)

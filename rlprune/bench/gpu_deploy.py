@@ -1,6 +1,7 @@
 """GPU deploy benchmark: ``local_gpu`` and a roofline profile against deployed networks.
 
-For each zoo model (the ViT of the GPU issue, ResNet-20, MobileNetV2) and batch size:
+For each zoo model (the ViT of the GPU issue, ResNet-20, MobileNetV2, and a language model of
+the ViT's widths) and batch size:
 
 1. ``hardware=local_gpu`` (:class:`~rlprune.hardware.local_gpu.GpuTableModel`) times the ops
    the policies need and calibrates on deployed networks (a fresh table in a temporary cache).
@@ -14,7 +15,7 @@ For each zoo model (the ViT of the GPU issue, ResNet-20, MobileNetV2) and batch 
 Each deployed network is checked against the float32 network with the same masks (relative
 error), so a time is only reported for a network that computes the right thing.
 
-``python -m rlprune.bench gpu --deploy [--models vit resnet20 mobilenetv2] [--batches 1 32 256]
+``python -m rlprune.bench gpu --deploy [--models vit resnet20 mobilenetv2 lm] [--batches 1 32 256]
 [--policies 30] [--profile h200] [--out PATH]``. Needs a CUDA GPU; never run in tests or CI.
 """
 
@@ -34,22 +35,30 @@ from torch import nn
 from rlprune.io import write_json_atomic
 from rlprune.policy import Choice, Pattern, Policy
 
-MODELS = ("vit", "resnet20", "mobilenetv2")
+MODELS = ("vit", "resnet20", "mobilenetv2", "lm")
 DENSITY_LEVELS = [0.25 + 0.75 * i / 15 for i in range(16)]  # filter keep ratios drawn from
+VOCABULARY, TOKENS = 8192, 128  # the language model's
 
 
-def zoo_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    """A zoo network (random weights, seeded) and one sample's input shape."""
-    from rlprune.models import MobileNetV2, ResNet20, ViT
+def zoo_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:
+    """A zoo network (random weights, seeded) and a maker of a batch of its inputs."""
+    from rlprune.models import MobileNetV2, ResNet20, TinyLM, ViT
 
     torch.manual_seed(0)
+
+    def images(batch: int) -> torch.Tensor:
+        return torch.randn(batch, 3, 32, 32)
+
     if name == "vit":  # the GPU issue's ViT: 65 tokens of width 768, 24 searchable Linear layers
         return ViT(in_channels=3, num_classes=10, dims=2, image_size=32, patch=4, dim=768, depth=6, heads=12,
-                   mlp_ratio=4), (3, 32, 32)  # fmt: skip
+                   mlp_ratio=4), images  # fmt: skip
     if name == "resnet20":
-        return ResNet20(in_channels=3, num_classes=10, dims=2), (3, 32, 32)
+        return ResNet20(in_channels=3, num_classes=10, dims=2), images
     if name == "mobilenetv2":
-        return MobileNetV2(in_channels=3, num_classes=10, dims=2), (3, 32, 32)
+        return MobileNetV2(in_channels=3, num_classes=10, dims=2), images
+    if name == "lm":  # the ViT's widths as a decoder-only language model over 128 token ids
+        model = TinyLM(num_classes=VOCABULARY, length=TOKENS, dim=768, depth=6, heads=12, mlp_ratio=4)
+        return model, lambda batch: torch.randint(VOCABULARY, (batch, TOKENS))
     raise SystemExit(f"--models: unknown model {name!r}; choose from {list(MODELS)}")
 
 
@@ -144,9 +153,9 @@ def run_model(
     from rlprune.hardware.local_gpu import GpuTableModel
     from rlprune.layers import discover_layers, filter_couplings
 
-    model, shape = zoo_model(name)
+    model, inputs = zoo_model(name)
     model.eval()
-    example = torch.randn(2, *shape)
+    example = inputs(2)
     layers = discover_layers(model, example)
     couplings = filter_couplings(model, example, layers)
     named = named_policies(layers)
@@ -155,7 +164,7 @@ def run_model(
     timer = CudaGraphTimer(rounds=rounds, block_time=0.005)
     started = time.perf_counter()
     deployed, checks = [], []
-    check_x = torch.randn(8, *shape)
+    check_x = inputs(8)
     for policy in policies:  # deployed once, timed at every batch size
         reference = baked_policy(model, policy, example, couplings)  # deployed, and checked against
         deployment = deploy_cuda(reference, policy, example, [example], "cuda", torch.float16)
@@ -181,7 +190,7 @@ def run_model(
         local = GpuTableModel.from_config(data, "local_gpu", timer=CudaTimer(block_time=0.005, rounds=rounds))
         roof_cfg, _ = load_hardware_config(profile)
         roofline = build_latency_model({**roof_cfg, "batch_size": batch})
-        x = torch.randn(batch, *shape)
+        x = inputs(batch)
         cells = [(lay, p.get(lay.name, local.dense_choice())) for p in policies for lay in layers]
         local.prepare(cells)
         table_s = time.perf_counter() - t0
