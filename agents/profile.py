@@ -1,12 +1,12 @@
 """A sensitivity profile of the search steps and the allocation it implies.
 
 Each step's choices are scored alone, every other step dense at the top bit-width, on a share of
-the reward split. A policy's loss of quality is then taken as the sum of its steps' losses, the
-additive model of HAWQ-V3's and OWL's allocations, and the least-loss policy within budget comes
-from the cost programme (:meth:`~rlprune.envs.space.SearchSpace.allocate`). Where compression
-perturbs the outputs little, losses add up nearly exactly (on the embedded language model the
-allocation is the proven optimum); near a CNN's floor the layers interact and it is a rough start
-(docs/algorithms.md, "Searchers").
+the reward split. A policy's loss of quality is then taken as the sum of its steps' losses (the
+additive model HAWQ-V3's integer programme allocates bits on), and the least-loss policy within
+budget comes from the cost programme (:meth:`~rlprune.envs.space.SearchSpace.allocate`). Where
+compression perturbs the outputs little, losses add up nearly exactly (on the embedded language
+model the allocation is the proven optimum); near a CNN's floor the layers interact and it is a
+rough start (docs/algorithms.md, "Searchers", the sensitivity profile).
 """
 
 from __future__ import annotations
