@@ -157,19 +157,19 @@ def test_a_profiled_start_is_scored_and_imitated_where_it_beats_the_other_starts
     searcher.search(env, seed=0)
     assert env.problem.used == 60  # the profile's fractions and all
     starts = len(uniform_policies(env.space, 0.4)) + 1  # the uniform policies and the centre
-    grid = sum(len(shapes) * len(env.space.bits) - 1 for shapes in env.space.shapes)
-    profiled = outcomes[starts : starts + grid + 1]
-    assert [o.fidelity for o in profiled] == [round(FIDELITY * 16) / 16] * (grid + 1)
+    choices = sum(len(shapes) * len(env.space.bits) - 1 for shapes in env.space.shapes)
+    profiled = outcomes[starts : starts + choices + 1]  # the reference, then every other choice
+    assert [o.fidelity for o in profiled] == [round(FIDELITY * 16) / 16] * (choices + 1)
     assert sum(o.fidelity for o in profiled) + 1 == pytest.approx(price + 1)
     # the penalties the scores imply, and the allocation they give, is the next (full) episode
     top = [(len(s) - 1, len(env.space.bits) - 1) for s in env.space.shapes]
     kl = iter(o.kl for o in profiled[1:])
     penalties = [np.zeros((len(s), len(env.space.bits))) for s in env.space.shapes]
-    for step, grid_ in enumerate(penalties):
-        for pick in np.ndindex(grid_.shape):
+    for step, table in enumerate(penalties):
+        for pick in np.ndindex(table.shape):
             if pick != top[step]:
-                grid_[pick] = next(kl) - profiled[0].kl
-    shown = outcomes[starts + grid + 1]
+                table[pick] = next(kl) - profiled[0].kl
+    shown = outcomes[starts + choices + 1]
     assert shown.fidelity == 1
     assert shown.policy == env.space.policy(env.space.allocate(penalties, env.space.absolute_budget(0.4)))
     # on this network it beats the uniform policies and the centre, so the agent imitates it:
