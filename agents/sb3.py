@@ -163,10 +163,10 @@ class SB3Search:
         # near the floor the only uniform policy that fits may be poor; the centre, walled, is not
         if problem.affords() and (centre := problem.value(env.play(np.zeros(env.action_size)))) >= value:
             start, value = None, centre
-        price = profile_price(problem) + 1  # the profile and its policy's episode
         # one step has nothing to allocate between steps, and its episode would score while a
-        # profile's fraction of an evaluation is left
-        if len(env.space) > 1 and price <= self.profile * problem.evaluations and problem.affords(price):
+        # profile's fraction of an evaluation is left; the price adds the allocated policy's episode
+        price = profile_price(problem) + 1 if self.profile and len(env.space) > 1 else math.inf
+        if price <= self.profile * problem.evaluations and problem.affords(price):
             picks = profiled_policy(problem)
             if picks is not None and problem.value((shown := env.demonstrate(picks)).outcome) > value:
                 start = shown

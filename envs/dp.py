@@ -284,21 +284,21 @@ class CostProgramme:
         no single step can lower its penalty and still fit.
         """
         budget *= 1 + 1e-9  # as the wall's slack: budgets are seconds, often microseconds
-        scale = max(float(np.abs(p).max()) for p in penalties) / max(budget, 1e-30) + 1e-30
-        low, high = 0.0, scale
-        while self.seconds(self._relaxed(penalties, high)) > budget:
-            if high > 1e12 * scale:  # even the cheapest relaxation misses (float and int8 mixed)
-                return None
-            high *= 2
-        if self.seconds(self._relaxed(penalties, 0.0)) <= budget:
-            high = 0.0
-        for _ in range(60 if high else 0):
-            middle = (low + high) / 2
-            if self.seconds(self._relaxed(penalties, middle)) > budget:
-                low = middle
-            else:
-                high = middle
-        return self._fill(self._relaxed(penalties, high), penalties, budget)
+        fitting = self._relaxed(penalties, 0.0)
+        if self.seconds(fitting) > budget:  # the least penalty misses: price the seconds
+            scale = max(float(np.abs(p).max()) for p in penalties) / max(budget, 1e-30) + 1e-30
+            low, high = 0.0, scale
+            while self.seconds(fitting := self._relaxed(penalties, high)) > budget:
+                if high > 1e12 * scale:  # even the cheapest relaxation misses (float and int8 mixed)
+                    return None
+                high *= 2
+            for _ in range(60):
+                middle = (low + high) / 2
+                if self.seconds(relaxed := self._relaxed(penalties, middle)) > budget:
+                    low = middle
+                else:
+                    high, fitting = middle, relaxed
+        return self._fill(fitting, penalties, budget)
 
     def _relaxed(self, penalties: Sequence[np.ndarray], price: float) -> list[tuple[int, int]]:
         """The least ``penalty + price · seconds`` policy (mixing seconds left out), decoded forward."""
