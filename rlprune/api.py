@@ -397,14 +397,14 @@ def scorer(
         target.splits.reward_y,
         cfg.search.nm_pad,
         couplings=space.couplings,
-        recalibration=_recalibration_inputs(cfg, target.splits),
+        recalibration=recalibration_inputs(cfg, target.splits),
         recalibration_batch=cfg.dense.batch_size,
         reference=cfg.reward.metric == "kl",
     )
     return space, evaluator
 
 
-def _recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
+def recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
     """The training inputs that re-estimate batch norms under a policy (``reward.bn_recalibration``)."""
     batches = cfg.reward.bn_recalibration
     return splits.train_x[: batches * cfg.dense.batch_size] if batches else None
@@ -563,7 +563,7 @@ def _finetune_best(
     if not couplings and settings.mask == "learned" and settings.granularity == "filter":
         couplings = filter_couplings(target.model, splits.train_x[:1], target.layers)
     masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
-    if (recalibration := _recalibration_inputs(cfg, splits)) is not None:
+    if (recalibration := recalibration_inputs(cfg, splits)) is not None:
         recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
     before = test_score(masked, splits)
     tuned = finetune(

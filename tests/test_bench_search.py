@@ -123,3 +123,22 @@ def test_a_kl_search_records_the_best_kl_and_marks_the_lowest(tmp_path, capsys):
     lowest = min(cells, key=lambda c: c["kl_mean"])["agent"]
     starred = [line for line in capsys.readouterr().out.splitlines() if "*" in line and "KL" in line]
     assert starred and all(lowest in line for line in starred)
+
+
+def test_with_no_finetune_epochs_a_batch_norm_network_is_scored_with_its_norms_re_estimated():
+    from omegaconf import OmegaConf
+
+    from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load
+    from rlprune.layers import filter_couplings
+    from rlprune.policy import Choice, Pattern, Policy
+
+    cfg = compose_config([*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3"])
+    target, _ = load(cfg)
+    conv1s = [layer for layer in target.layers if layer.name.endswith("conv1")]
+    quarter = {c.name: Choice(Pattern.FILTER, c.out_channels // 4, c.out_channels, 8, 8) for c in conv1s}
+    policy = Policy.of(quarter)
+    couplings = filter_couplings(target.model, target.splits.train_x[:1], target.layers)
+    recalibrated = finetuned_test_accuracy(cfg, target, policy, couplings, 0)
+    # the dense statistics leave the masked network near chance, the search's own scores do not
+    dense_statistics = OmegaConf.merge(cfg, {"reward": {"bn_recalibration": 0}})
+    assert recalibrated > finetuned_test_accuracy(dense_statistics, target, policy, couplings, 0) + 0.2

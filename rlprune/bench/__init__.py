@@ -55,10 +55,13 @@ def finetuned_test_accuracy(
     cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
 ) -> float:
     """Test accuracy of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
-    short finetune every benchmark gives the policies it compares."""
+    short finetune every benchmark gives the policies it compares. With no epochs, the masked
+    network with its batch norms re-estimated as the search scored it (``reward.bn_recalibration``),
+    as a run's test before finetune."""
     from omegaconf import OmegaConf
 
-    from rlprune.api import augmentation, test_score
+    from rlprune.api import augmentation, recalibration_inputs, test_score
+    from rlprune.compress import recalibrate_batch_norms
     from rlprune.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings.from_config(
@@ -75,6 +78,9 @@ def finetuned_test_accuracy(
         couplings,
         augmentation(cfg),
     )
+    if epochs == 0 and (inputs := recalibration_inputs(cfg, target.splits)) is not None:
+        # no epoch re-estimates the norms, and the dense statistics leave a masked network near chance
+        recalibrate_batch_norms(tuned.model, inputs, cfg.dense.batch_size)
     return test_score(tuned.model, target.splits).accuracy
 
 

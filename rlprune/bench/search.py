@@ -300,7 +300,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2, or 0 to 4 with --suite")
     parser.add_argument("--evaluations", type=int, default=500)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=2,
+        help="epochs of the finetune before the test (0: the masked network, batch norms re-estimated)",
+    )
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every target")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/search[_<suite>].json")
     args = parser.parse_args(argv)
