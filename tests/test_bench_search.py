@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path, monkeypatch):
+def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path, monkeypatch, capsys):
     from rlprune.bench import search
     from rlprune.bench.search import main
 
@@ -56,6 +56,13 @@ def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path
     random_cell = scored[1]  # its own search space: 8-bit only
     assert all(r["evaluations"] == 6 and r["bits"] == [8] for r in random_cell["runs"])
     assert turns == [("uniform", 0), ("random", 0), ("uniform", 1), ("random", 1)]  # seed by seed
+    # each search is reported as it ends, with its scores
+    shown = [line.split(": reward ") for line in capsys.readouterr().err.splitlines() if ": reward " in line]
+    assert [head for head, _ in shown] == [
+        f"mnist1d-arm_cpu 0.5 {cell['agent']} seed {seed}" for seed in (0, 1) for cell in scored
+    ]
+    runs = [cell["runs"][seed] for seed in (0, 1) for cell in scored]
+    assert [float(tail.split(",")[0]) for _, tail in shown] == [round(r["accuracy"], 4) for r in runs]
 
 
 def test_the_hard_suite_searches_its_own_budgets_and_gives_95_percent_intervals(tmp_path):

@@ -16,14 +16,16 @@ ranks). A budget below what a target's space can reach is listed as such.
 
 The searchers take turns seed by seed (seed 0 of each, then seed 1 of each, ...), so a drift in
 the machine's speed between the start and the end of a run slows them alike and their times
-compare. It writes JSON (``--out``) and a PNG beside it: before-finetune accuracy against budget, one
-panel per target, one line per searcher.
+compare. Each search prints one line to stderr as it ends. It writes JSON (``--out``, again
+after every seed) and a PNG beside it: before-finetune accuracy against budget, one panel per
+target, one line per searcher.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,9 +171,15 @@ def bench_target(
                 )
                 try:
                     space = space_of(run_cfg)
-                    runs[agent].append(run_cell(run_cfg, target, hardware, space, args.finetune_epochs))
+                    run = run_cell(run_cfg, target, hardware, space, args.finetune_epochs)
                 except RlpruneError as error:  # e.g. HAQ's rule, or bits alone, cannot reach this budget
-                    failed[agent] = str(error)
+                    failed[agent] = said = str(error)
+                else:
+                    runs[agent].append(run)
+                    accuracy, test = run["accuracy"], run["test_after_finetune"]
+                    said = f"reward {accuracy:.4f}, test {test:.4f}, {run['seconds']:.0f} s"
+                # a long run shows each search as it ends (the table comes at the end)
+                print(f"{name} {budget:g} {agent} seed {seed}: {said}", file=sys.stderr, flush=True)
             # after each seed every searcher has runs or failed: a long run keeps what it measured
             so_far = [summarise(budget, a, runs[a], failed.get(a)) for a in args.agents]
             progress({**found, "cheapest": cheapest, "cells": [*cells, *so_far]})
