@@ -52,9 +52,10 @@ from rlprune.finish import (
 from rlprune.finish import read_policy as read_policy  # re-exported: part of this API
 from rlprune.hardware import LatencyModel, build_latency_model
 from rlprune.io import check_fresh_run_dir, write_atomic
-from rlprune.layers import LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
+from rlprune.policy import Policy
 from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker
@@ -410,6 +411,17 @@ def recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None
     return splits.train_x[: batches * cfg.dense.batch_size] if batches else None
 
 
+def searched_network(
+    cfg: DictConfig, target: Target, policy: Policy, couplings: Mapping[str, FilterCoupling] | None
+) -> nn.Module:
+    """``policy`` applied to a copy of the dense network with its batch norms re-estimated under
+    it (``reward.bn_recalibration``): the network the search scored, before any finetune."""
+    masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
+    if (inputs := recalibration_inputs(cfg, target.splits)) is not None:
+        recalibrate_batch_norms(masked, inputs, cfg.dense.batch_size)
+    return masked
+
+
 def search_budgets(
     cfg: DictConfig,
     target: Target,
@@ -562,10 +574,7 @@ def _finetune_best(
     couplings = result.space.couplings
     if not couplings and settings.mask == "learned" and settings.granularity == "filter":
         couplings = filter_couplings(target.model, splits.train_x[:1], target.layers)
-    masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
-    if (recalibration := recalibration_inputs(cfg, splits)) is not None:
-        recalibrate_batch_norms(masked, recalibration, cfg.dense.batch_size)
-    before = test_score(masked, splits)
+    before = test_score(searched_network(cfg, target, policy, couplings), splits)
     tuned = finetune(
         target.model,
         policy,

@@ -25,6 +25,7 @@ from rlprune.compress import (
     compress,
     dense_weight,
     policy_masks,
+    recalibrate_batch_norms,
     tied_filters,
     use_learned_mask,
     weight_parametrization,
@@ -346,6 +347,9 @@ def finetune(
             use_learned_mask(layer, sampler)
         elif settings.srste_decay is not None:
             weight_parametrization(layer).decay = settings.srste_decay
+    # the masked network's own batch-norm statistics first: activation ranges taken under the
+    # dense ones misfit it, and a short finetune does not move them back
+    recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
     calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
     trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings)

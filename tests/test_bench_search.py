@@ -149,3 +149,27 @@ def test_with_no_finetune_epochs_a_batch_norm_network_is_scored_with_its_norms_r
     # the dense statistics leave the masked network near chance, the search's own scores do not
     dense_statistics = OmegaConf.merge(cfg, {"reward": {"bn_recalibration": 0}})
     assert recalibrated > finetuned_test_accuracy(dense_statistics, target, policy, couplings, 0) + 0.2
+
+
+def test_with_no_finetune_epochs_the_test_scores_the_network_the_search_scored():
+    import torch
+
+    from rlprune.api import scorer, test_score
+    from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load
+    from rlprune.policy import Choice, Pattern, Policy
+
+    cfg = compose_config([*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3"])
+    target, hardware = load(cfg)
+    space, evaluator = scorer(cfg, target, hardware, None)
+    # pruned and quantized: activation ranges taken before the norms are re-estimated misfit them
+    convs = [
+        layer
+        for layer in target.layers
+        if isinstance(target.model.get_submodule(layer.name), torch.nn.Conv2d)
+    ]
+    policy = Policy.of(
+        {c.name: Choice(Pattern.FILTER, c.out_channels // 2, c.out_channels, 8, 8) for c in convs}
+    )
+    evaluator(policy)  # the search's scorer leaves its network under this policy
+    searched = test_score(evaluator.model, target.splits).accuracy
+    assert finetuned_test_accuracy(cfg, target, policy, space.couplings, 0) == searched

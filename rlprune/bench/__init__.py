@@ -55,15 +55,15 @@ def finetuned_test_accuracy(
     cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
 ) -> float:
     """Test accuracy of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
-    short finetune every benchmark gives the policies it compares. With no epochs, the masked
-    network with its batch norms re-estimated as the search scored it (``reward.bn_recalibration``),
-    as a run's test before finetune."""
+    short finetune every benchmark gives the policies it compares. With no epochs, the network
+    the search scored (:func:`rlprune.api.searched_network`), as a run's test before finetune."""
     from omegaconf import OmegaConf
 
-    from rlprune.api import augmentation, recalibration_inputs, test_score
-    from rlprune.compress import recalibrate_batch_norms
+    from rlprune.api import augmentation, searched_network, test_score
     from rlprune.finetune import FinetuneSettings, finetune
 
+    if epochs == 0:
+        return test_score(searched_network(cfg, target, policy, couplings), target.splits).accuracy
     settings = FinetuneSettings.from_config(
         {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs}
     )
@@ -78,9 +78,6 @@ def finetuned_test_accuracy(
         couplings,
         augmentation(cfg),
     )
-    if epochs == 0 and (inputs := recalibration_inputs(cfg, target.splits)) is not None:
-        # no epoch re-estimates the norms, and the dense statistics leave a masked network near chance
-        recalibrate_batch_norms(tuned.model, inputs, cfg.dense.batch_size)
     return test_score(tuned.model, target.splits).accuracy
 
 
