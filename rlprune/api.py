@@ -398,14 +398,14 @@ def scorer(
         target.splits.reward_y,
         cfg.search.nm_pad,
         couplings=space.couplings,
-        recalibration=recalibration_inputs(cfg, target.splits),
+        recalibration=_recalibration_inputs(cfg, target.splits),
         recalibration_batch=cfg.dense.batch_size,
         reference=cfg.reward.metric == "kl",
     )
     return space, evaluator
 
 
-def recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
+def _recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
     """The training inputs that re-estimate batch norms under a policy (``reward.bn_recalibration``)."""
     batches = cfg.reward.bn_recalibration
     return splits.train_x[: batches * cfg.dense.batch_size] if batches else None
@@ -417,7 +417,7 @@ def searched_network(
     """``policy`` applied to a copy of the dense network with its batch norms re-estimated under
     it (``reward.bn_recalibration``): the network the search scored, before any finetune."""
     masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
-    if (inputs := recalibration_inputs(cfg, target.splits)) is not None:
+    if (inputs := _recalibration_inputs(cfg, target.splits)) is not None:
         recalibrate_batch_norms(masked, inputs, cfg.dense.batch_size)
     return masked
 

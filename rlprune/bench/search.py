@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--finetune-epochs",
         type=int,
         default=2,
-        help="epochs of the finetune before the test (0: the masked network, batch norms re-estimated)",
+        help="epochs of the finetune before the test (0: the network the search scored)",
     )
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every target")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/search[_<suite>].json")
