@@ -83,17 +83,27 @@ def layer_shapes(
     min_density: float,
     nm_options: Sequence[tuple[int, int]],
     pad: bool = False,
+    channel_multiple: int = 1,
 ) -> tuple[list[Shape], str | None]:
     """The density options of ``layer`` under ``pattern``, sparsest first, dense last
     (:meth:`~rlprune.patterns.SparsityPattern.options`).
 
     With ``pad``, N:M takes any reduction length (its last group is padded with zeros, as the
-    masks do); transposable N:M always needs whole MxM tiles.
+    masks do); transposable N:M always needs whole MxM tiles. A pattern that removes output
+    channels keeps a multiple of ``channel_multiple`` of them (the device's
+    :attr:`~rlprune.hardware.LatencyModel.channel_multiple`), each level rounded to the nearest.
     Returns the options and, when the layer cannot take the pattern, the reason it stays dense.
     """
-    options, reason = get_pattern(pattern).options(
+    spec = get_pattern(pattern)
+    options, reason = spec.options(
         layer, levels=levels, min_density=min_density, nm_options=nm_options, pad=pad
     )
+    if spec.shrinks_outputs and channel_multiple > 1 and options:
+        group = options[0][1]
+        keeps = sorted({max(1, round(keep / channel_multiple)) * channel_multiple for keep, _ in options})
+        options = [(keep, group) for keep in keeps if keep < group]
+        if not options:
+            reason = f"{group} output channels hold no smaller multiple of {channel_multiple} to keep"
     return [*(Shape(pattern, keep, group) for keep, group in options), Shape(Pattern.DENSE, 1, 1)], reason
 
 
@@ -397,7 +407,13 @@ def build_space(
                 usable = []
             else:
                 shapes, reason = layer_shapes(
-                    members[0], pat, settings.levels, settings.min_density, nm, nm_pad
+                    members[0],
+                    pat,
+                    settings.levels,
+                    settings.min_density,
+                    nm,
+                    nm_pad,
+                    hardware.channel_multiple,
                 )
                 usable = [s for s in shapes if all(s.on(m, nm_pad) for m in members[1:])]
                 if len(usable) < len(shapes) and not reason:

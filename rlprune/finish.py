@@ -106,6 +106,7 @@ def _deploy_here(
         )
         result = {
             "model": "model_deployed.pt",
+            "device": "this CPU",
             "int8_layers": int8,
             "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
             "measured_latency": deployed_s / dense_s,
@@ -305,10 +306,14 @@ def write_outputs(
             outputs.append(run_dir / "model_deployed.pt")
     if isinstance(hardware, GpuTableModel):
         test = (splits.test_x, splits.test_y)
-        report["deployed"] = deploy_and_measure(
-            target.model, baked, policy, test, splits.train_x, hardware.batch_size, run_dir
-        )
-        outputs.append(run_dir / "model_deployed_gpu.pt")
+        try:
+            report["deployed"] = deploy_and_measure(
+                target.model, baked, policy, test, splits.train_x, hardware.batch_size, run_dir
+            )
+            outputs.append(run_dir / "model_deployed_gpu.pt")
+        except (ConfigError, ModelError) as exc:  # the run's other outputs stay
+            print(f"no model_deployed_gpu.pt: {exc}")
+            report["deployed"] = {"model": None, "skipped": str(exc)}
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
     write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))

@@ -129,7 +129,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         )
     if (deployed := report.get("deployed")) and deployed["model"]:
         console.print(
-            f"deployed on this CPU ({deployed['model']}, {len(deployed['int8_layers'])} int8 layers): "
+            f"deployed on {deployed['device']} ({deployed['model']}, "
+            f"{len(deployed['int8_layers'])} int8 layers): "
             f"latency {deployed['measured_latency']:.3f} of dense measured, "
             f"{report['latency']:.3f} predicted; test accuracy {deployed['test_accuracy']:.4f}",
             soft_wrap=True,

@@ -41,8 +41,9 @@ def filters(levels: int) -> SpaceSettings:
     return SpaceSettings("filter", levels=levels, min_density=0.1)
 
 
-def filter_space(model, x, layers, hardware: str = "a100", levels: int = 6):
-    device = build_latency_model(hardware_config(hardware))
+def filter_space(model, x, layers, hardware: str = "a100", levels: int = 6, channel_multiple: int = 1):
+    """The filter space on ``hardware`` keeping any count of channels, unless ``channel_multiple`` says."""
+    device = build_latency_model({**hardware_config(hardware), "channel_multiple": channel_multiple})
     couplings = filter_couplings(model, x, layers)
     return build_space(layers, layers, device, filters(levels), couplings), device
 
@@ -516,3 +517,25 @@ def test_seconds_changed_at_one_step_equal_the_seconds_of_each_changed_policy(ne
         ]
         expected = [space.seconds([*picks[:i], pick, *picks[i + 1 :]]) for i, pick in changes]
         assert space.seconds_changed(picks, changes) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_gpu_profiles_keep_filters_in_multiples_of_eight():
+    model, x, layers = mnist1d()
+    couplings = filter_couplings(model, x, layers)
+    for name in ("a100", "h100", "h200", "jetson_orin"):
+        assert build_latency_model(hardware_config(name)).channel_multiple == 8, name
+    space = build_space(layers, layers, build_latency_model(hardware_config("h200")), filters(6), couplings)
+    keeps = [(s.keep, s.group) for shapes in space.shapes for s in shapes if s.pattern == Pattern.FILTER]
+    assert keeps and all(keep % 8 == 0 and keep < group for keep, group in keeps)
+    free, _ = filter_space(model, x, layers, "h200")
+    assert any(s.keep % 8 for shapes in free.shapes for s in shapes if s.pattern == Pattern.FILTER)
+
+
+def test_a_layer_with_no_smaller_multiple_of_eight_stays_dense_and_says_why():
+    resnet = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
+    images = torch.randn(2, 1, 8, 8)
+    layers = discover_layers(resnet, images)
+    space, _ = filter_space(resnet, images, layers, "h200", channel_multiple=8)
+    first = space.layers[0]  # 8 channels tied through the first stage's residual adds
+    assert first.out_channels == 8 and [s.pattern for s in space.shapes[0]] == [Pattern.DENSE]
+    assert "no smaller multiple of 8" in space.skipped[first.name]

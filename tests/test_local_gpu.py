@@ -12,7 +12,7 @@ from rlprune.cuda.kernels import Int8Linear, linear_kernel
 from rlprune.cuda.ops import KERNELS
 from rlprune.errors import ConfigError
 from rlprune.hardware import network_latency
-from rlprune.hardware.factory import load_hardware_config
+from rlprune.hardware.factory import load_hardware_config, model_fields
 from rlprune.hardware.local_gpu import GpuTableModel, fit_network
 from rlprune.layers import discover_layers, filter_couplings
 from rlprune.models import ViT
@@ -61,8 +61,7 @@ class FakeTimer:
 
 
 def table(tmp_path, timer: FakeTimer, batch_size: int = 4) -> GpuTableModel:
-    data, _ = load_hardware_config("local_gpu")
-    data.pop("search_pattern")
+    data = model_fields(load_hardware_config("local_gpu")[0])
     data |= {"cache_dir": str(tmp_path), "batch_size": batch_size}
     model = GpuTableModel.from_config(data, "local_gpu", timer=timer)
     timer.table = model
@@ -205,3 +204,53 @@ def test_deploy_cuda_runs_a_mixed_policy_close_to_its_reference():
     inputs = deployment.inputs(x)
     seconds = CudaGraphTimer(rounds=3).seconds([lambda: deployment.network(inputs)])
     assert 0 < seconds < 0.1
+
+
+def test_a_run_on_local_gpu_searches_in_aligned_widths_and_reports_its_deployment(
+    tmp_path, monkeypatch, capsys
+):
+    """The whole run on hardware=local_gpu on any machine: the fake timer measures the table and
+    the networks, and the GPU deploy (CUDA only) is replaced by one that reports the finetuned
+    network as it would be deployed, through the real report's keys."""
+    import rlprune.api as api
+    import rlprune.cuda.timing as timing
+    import rlprune.finish as finish
+    from rlprune.cuda.deploy import CudaDeployment
+    from rlprune.cuda.measure import deployment_report
+    from rlprune.finish import read_policy
+    from tests.support import compose_config
+
+    monkeypatch.setattr(timing, "CudaTimer", lambda **settings: FakeTimer())
+
+    def build(cfg):
+        hardware = build_latency_model(cfg)
+        hardware.timer.table = hardware  # the fake network's law: the table's own ops
+        return hardware
+
+    def deploy(dense, baked, policy, test, calibration, batch_size, run_dir, dtype=torch.float16):
+        torch.save(baked, run_dir / "model_deployed_gpu.pt")
+        kernels = {name: kernel_of(baked.get_submodule(name), choice) for name, choice in policy}
+        return deployment_report(
+            CudaDeployment(baked, torch.device("cpu"), dtype, kernels), "a fake GPU", 0.5, [1, 0.8, 1]
+        )
+
+    build_latency_model = api.build_latency_model
+    monkeypatch.setattr(api, "build_latency_model", build)
+    monkeypatch.setattr(finish, "deploy_and_measure", deploy)
+    cfg = compose_config(
+        "model=vit", "data=digits", "model.patch=1", "model.dim=32", "model.depth=1", "model.heads=2",
+        "hardware=local_gpu", "device=cpu", "budget.latency=0.8", "search.evaluations=30", "dense.epochs=20",
+        "search.pattern=filter", "search.bits=[16]", "finetune.epochs=1",
+        f"cache_dir={tmp_path / 'cache'}", "wandb.mode=disabled", "progress_bar=false",
+    )  # fmt: skip
+    report = api.run(cfg, tmp_path / "run")
+    assert report["hardware"] == "local_gpu" and report["latency"] <= 0.8 + 1e-9
+    policy = read_policy(tmp_path / "run" / "policy.yaml")
+    widths = [choice.keep for _, choice in policy if choice.pattern is Pattern.FILTER]
+    assert widths and all(keep % 8 == 0 for keep in widths)  # fc1 keeps 8, 16, ... of its 64
+    assert (
+        report["deployed"]["device"] == "a fake GPU"
+        and (tmp_path / "run" / "model_deployed_gpu.pt").is_file()
+    )
+    assert "deployed on a fake GPU (model_deployed_gpu.pt" in capsys.readouterr().out
+    assert list((tmp_path / "cache" / "latency").glob("local_gpu-*.json"))

@@ -26,7 +26,10 @@ Kendall τ).
 
 ``python -m rlprune.bench gpu [--sizes 1024 2048 4096 8192] [--rows N] [--out PATH]``
 ``python -m rlprune.bench gpu --networks [--profile h100] [--policies 16] [--out PATH]``
+``python -m rlprune.bench gpu --deploy ...`` (:mod:`rlprune.bench.gpu_deploy`)
 Needs a CUDA GPU with 2:4 sparse tensor cores (Ampere or newer); never run in tests or CI.
+``python -m rlprune.bench gpu --replay PATH [--channel-step N]`` (:mod:`rlprune.bench.gpu_replay`)
+needs none: it scores ``local_gpu`` again from a ``--deploy`` JSON's saved tables.
 """
 
 from __future__ import annotations
@@ -324,7 +327,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256], help="with --deploy")
     parser.add_argument("--rounds", type=int, default=7, help="with --deploy: timed blocks per measurement")
+    parser.add_argument(
+        "--channel-step",
+        type=int,
+        default=None,
+        help="with --deploy or --replay: local_gpu's grid of channel counts (default: its config's, 16)",
+    )
+    parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="PATH",
+        help="no GPU needed: local_gpu rebuilt from a saved --deploy JSON's tables, scored again",
+    )
     args = parser.parse_args(argv)
+    if args.replay:
+        from rlprune.bench.gpu_replay import replay, replay_line
+
+        for row in replay(args.replay, args.channel_step):
+            print(replay_line(row), flush=True)
+        return
     if bad := [s for s in [*args.sizes, args.rows or 64] if s < 64 or s % 64]:
         raise SystemExit(f"--sizes and --rows must be multiples of 64 (2:4 kernels' tile), got {bad}")
     if not torch.cuda.is_available():
@@ -337,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
         out = args.out or "benchmarks/results/gpu_deploy.json"
         models, policies = args.models or list(MODELS), args.policies or 30
-        main_deploy(models, args.batches, policies, args.profile or "h200", out, args.rounds)
+        profile = args.profile or "h200"
+        main_deploy(models, args.batches, policies, profile, out, args.rounds, args.channel_step)
         return
     if args.networks:
         torch.backends.cudnn.benchmark = True

@@ -16,7 +16,9 @@ Each deployed network is checked against the float32 network with the same masks
 error), so a time is only reported for a network that computes the right thing.
 
 ``python -m rlprune.bench gpu --deploy [--models vit resnet20 mobilenetv2 lm] [--batches 1 32 256]
-[--policies 30] [--profile h200] [--out PATH]``. Needs a CUDA GPU; never run in tests or CI.
+[--policies 30] [--profile h200] [--channel-step N] [--out PATH]``. Needs a CUDA GPU; never run in
+tests or CI. Each batch's row saves ``local_gpu``'s table and calibration networks, so
+``--replay`` (:mod:`rlprune.bench.gpu_replay`) can score other settings of it without a GPU.
 """
 
 from __future__ import annotations
@@ -122,6 +124,49 @@ def named_policies(layers: list) -> dict[str, Policy]:
     return out
 
 
+def needed_cells(table: Any, layers: list, couplings: dict, policies: list[Policy]) -> list[tuple]:
+    """Every ``(layer, choice)`` whose op ``table`` reads for ``policies`` and its own calibration."""
+    from rlprune.hardware.base import effective_cells
+    from rlprune.hardware.local_gpu import calibration_policies
+
+    dense = table.dense_choice()
+    every = [*policies, *calibration_policies(layers, couplings, table.bits, table.channel_multiple)]
+    return [
+        cell
+        for policy in every
+        for cell in effective_cells(layers, [policy.get(lay.name, dense) for lay in layers], couplings)
+    ]
+
+
+def build_local_gpu(config: dict[str, Any], timer: Any, step: int | None = None) -> Any:
+    """``hardware=local_gpu`` of ``config`` (a whole hardware config) measuring through ``timer``,
+    on a grid of ``step`` channels (default: the config's)."""
+    from rlprune.hardware.factory import model_fields, with_search_fields
+    from rlprune.hardware.local_gpu import GpuTableModel
+
+    fields = model_fields({**config, "channel_step": step or config["channel_step"]})
+    return with_search_fields(GpuTableModel.from_config(fields, "local_gpu", timer=timer), config)
+
+
+def local_table(
+    config: dict[str, Any],
+    timer: Any,
+    layers: list,
+    couplings: dict,
+    policies: list[Policy],
+    step: int | None,
+) -> tuple[Any, dict[str, float]]:
+    """``local_gpu`` of ``config`` on a grid of ``step`` channels (default: the config's), every op
+    of :func:`needed_cells` timed through ``timer``; and the ops the config's own grid reads, timed
+    too, so ``--replay`` can score that grid from this run's table (op key -> seconds)."""
+    config_grid = build_local_gpu(config, timer)
+    config_grid.prepare(needed_cells(config_grid, layers, couplings, policies))
+    # built after the config grid, so it reads what that timed from the shared cache
+    table = build_local_gpu(config, timer, step)
+    table.prepare(needed_cells(table, layers, couplings, policies))
+    return table, config_grid.table
+
+
 def fidelity(predicted: list[float], measured: list[float]) -> dict[str, float]:
     """MAPE, share within ±10% and Kendall τ of predicted against measured ratios."""
     from scipy.stats import kendalltau
@@ -143,14 +188,22 @@ def relative_error(deployment: Any, reference: nn.Module, x: torch.Tensor) -> fl
 
 
 def run_model(
-    name: str, batches: list[int], count: int, profile: str, rounds: int, save: Callable[[dict], None]
+    name: str,
+    batches: list[int],
+    count: int,
+    profile: str,
+    rounds: int,
+    save: Callable[[dict], None],
+    channel_step: int | None = None,
 ) -> dict[str, Any]:
-    """Tables, deployed networks and fidelity rows of one model at every batch size (``save``d after each)."""
+    """Tables, deployed networks and fidelity rows of one model at every batch size (``save``d after each).
+
+    ``channel_step`` overrides ``local_gpu``'s grid spacing of channel counts.
+    """
     from rlprune.cuda.deploy import deploy_cuda
     from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, baked_policy
     from rlprune.hardware import network_latency
     from rlprune.hardware.factory import build_latency_model, load_hardware_config
-    from rlprune.hardware.local_gpu import GpuTableModel
     from rlprune.layers import discover_layers, filter_couplings
 
     model, inputs = zoo_model(name)
@@ -175,6 +228,7 @@ def run_model(
         "model": name,
         "layers": len(layers),
         "policies": labels,
+        "choices": [policy.to_dict() for policy in policies],
         "kernels": [d.kernels for d in deployed],
         "dense_fallbacks": [d.dense_fallbacks for d in deployed],
         "relative_error": checks,
@@ -184,20 +238,23 @@ def run_model(
     cache = tempfile.mkdtemp(prefix="rlprune_local_gpu_")
     for batch in batches:
         t0 = time.perf_counter()
-        data, _ = load_hardware_config("local_gpu")
-        data.pop("search_pattern")
-        data |= {"batch_size": batch, "cache_dir": cache}
-        local = GpuTableModel.from_config(data, "local_gpu", timer=CudaTimer(block_time=0.005, rounds=rounds))
+        data = load_hardware_config("local_gpu")[0] | {"batch_size": batch, "cache_dir": cache}
+        op_timer = CudaTimer(block_time=0.005, rounds=rounds)
+        local, config_grid = local_table(data, op_timer, layers, couplings, policies, channel_step)
         roof_cfg, _ = load_hardware_config(profile)
         roofline = build_latency_model({**roof_cfg, "batch_size": batch})
         x = inputs(batch)
-        cells = [(lay, p.get(lay.name, local.dense_choice())) for p in policies for lay in layers]
-        local.prepare(cells)
         table_s = time.perf_counter() - t0
         constant = local.calibrate(model, x)
         calibrate_s = time.perf_counter() - t0 - table_s
         calls = [functools.partial(d.network, d.inputs(x)) for d in deployed]
-        measured, again = ([timer.seconds([call]) for call in calls] for _ in range(2))
+        passes, walls = [[], []], [[], []]  # the second pass is the first's ceiling
+        for timed, wall in zip(passes, walls, strict=True):
+            for call in calls:
+                t1 = time.perf_counter()
+                timed.append(timer.seconds([call]))
+                wall.append(time.perf_counter() - t1)
+        measured, again = passes
         local_s = [network_latency(local, layers, p, couplings) + constant for p in policies]
         roof_s = [network_latency(roofline, layers, p, couplings) for p in policies]
 
@@ -218,9 +275,13 @@ def run_model(
             "timed_again": fidelity(ratios(again), ratios(measured)),
             "scales": local.scales,
             "constant_s": constant,
+            "channel_step": local.channel_step,
             "table_entries": len(local.table),
+            "table": {**config_grid, **local.table},  # op key -> seconds, for --replay
+            "fitted_networks": local.fitted_networks,
             "table_seconds": table_s,
             "calibrate_seconds": calibrate_s,
+            "timing_wall_seconds": walls,  # per pass and network: what timing it cost the host
             "total_seconds": time.perf_counter() - t0,
         }
         out["batches"].append(row)
@@ -245,9 +306,15 @@ def summary_line(name: str, row: dict[str, Any], labels: list[str]) -> str:
 
 
 def main_deploy(
-    models: list[str], batches: list[int], count: int, profile: str, out: str, rounds: int
+    models: list[str],
+    batches: list[int],
+    count: int,
+    profile: str,
+    out: str,
+    rounds: int,
+    channel_step: int | None = None,
 ) -> None:
-    """Run every model, writing the JSON after each (a failed model is recorded with its traceback)."""
+    """Run every model, writing the JSON after each batch (a failed model is recorded with its traceback)."""
     import platform
 
     cusparselt = getattr(torch.backends, "cusparselt", None)
@@ -268,7 +335,7 @@ def main_deploy(
             write_json_atomic(out, report)
 
         try:
-            run_model(name, batches, count, profile, rounds, save)
+            run_model(name, batches, count, profile, rounds, save, channel_step)
         except Exception as exc:  # one model's failure must not lose the others' numbers
             traceback.print_exc()
             partial = report["models"][i] if len(report["models"]) > i else {"model": name}

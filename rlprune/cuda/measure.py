@@ -9,13 +9,14 @@ network's, both deployed and timed side by side as CUDA-graph replays at the tab
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rlprune.cuda.deploy import deploy_cuda
+from rlprune.cuda.deploy import CudaDeployment, deploy_cuda
 from rlprune.cuda.timing import CudaGraphTimer
 from rlprune.data import as_inputs
 from rlprune.io import write_atomic
@@ -55,17 +56,32 @@ def deploy_and_measure(
     timer = CudaGraphTimer()
     calls = [functools.partial(d.network, d.inputs(timed)) for d in (reference, deployed, reference)]
     seconds = [timer.seconds([call]) for call in calls]
-    dense_s = (seconds[0] + seconds[2]) / 2  # dense timed before and after: a drift shows in the spread
     correct = 0
     for inputs, labels in zip(x.split(1024), y.split(1024), strict=True):
         logits, target = flat(deployed(inputs), labels.cpu())
         correct += int((logits.argmax(1) == target).sum())
+    return deployment_report(deployed, torch.cuda.get_device_name(), correct / y.numel(), seconds)
+
+
+def deployment_report(
+    deployed: CudaDeployment, device: str, test_accuracy: float, seconds: Sequence[float]
+) -> dict[str, Any]:
+    """What a run reports of its GPU deployment, with the keys the CPU deploy reports too.
+
+    Args:
+        deployed: the deployed network.
+        device: the GPU's name.
+        test_accuracy: the deployed network's, on the test split.
+        seconds: dense, deployed, and dense again (a drift between the two shows in the spread).
+    """
+    dense_s = (seconds[0] + seconds[2]) / 2
     return {
         "model": "model_deployed_gpu.pt",
-        "device": torch.cuda.get_device_name(),
+        "device": device,
+        "int8_layers": [name for name, kernel in deployed.kernels.items() if kernel.startswith("int8")],
         "kernels": deployed.kernels,
         "dense_fallbacks": deployed.dense_fallbacks,
-        "test_accuracy": correct / y.numel(),
+        "test_accuracy": test_accuracy,
         "measured_latency": seconds[1] / dense_s,
         "dense_seconds": dense_s,
         "deployed_seconds": seconds[1],

@@ -58,6 +58,9 @@ class LatencyModel(abc.ABC):
             the registry's order.
         search_pattern: what ``search.pattern=auto`` searches here: the patterns that buy this
             device latency (a hardware config's ``search_pattern``; filter when it names none).
+        channel_multiple: filter pruning keeps a multiple of this many output channels (a
+            hardware config's ``channel_multiple``; 1, any count, when it names none). GPUs run
+            FP16 and int8 products on tensor cores in tiles of 8 or more channels.
         switch_seconds: seconds a network adds each time a layer runs float and the next int8,
             or the reverse (:meth:`switches`); 0 unless measured (:meth:`calibrate`).
         mixed_seconds: seconds a network adds once when its layers run both float and int8,
@@ -74,6 +77,7 @@ class LatencyModel(abc.ABC):
     nm_options: tuple[tuple[int, int], ...]
     patterns: tuple[str, ...]
     search_pattern: tuple[str, ...] = (Pattern.FILTER,)
+    channel_multiple: int = 1
 
     def __init__(
         self,

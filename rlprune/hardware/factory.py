@@ -26,10 +26,13 @@ from rlprune.hardware.bitfusion import BitFusionModel
 from rlprune.hardware.bops import BopsModel
 from rlprune.hardware.local_gpu import GpuTableModel
 from rlprune.hardware.measured import MeasuredModel
+from rlprune.hardware.profile import check_source
 from rlprune.hardware.roofline import RooflineModel
 from rlprune.policy import Pattern, searchable_patterns
 
 Builder = Callable[[Mapping[str, Any], str], LatencyModel]
+# fields of every hardware config that say how to search the device, read here, not by its model
+SEARCH_FIELDS = ("search_pattern", "channel_multiple")
 
 _BUILDERS: dict[str, Builder] = {
     "roofline": RooflineModel.from_config,
@@ -71,16 +74,44 @@ def build_latency_model(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping of fields, got {type(data).__name__}")
     builder, target = _builder(data, where), data.get("_target_")
-    data = {key: value for key, value in data.items() if key != "_target_"}
-    wanted = data.pop("search_pattern", str(Pattern.FILTER))
-    model = builder(data, where)
+    model = builder({k: v for k, v in model_fields(data).items() if k != "_target_"}, where)
     if not isinstance(model, LatencyModel):
         raise ConfigError(
             f"{where}: _target_={target!r} built a {type(model).__name__}, "
             "not a rlprune.hardware.LatencyModel"
         )
-    model.search_pattern = _search_pattern(wanted, model, where)
+    return with_search_fields(model, data, where)
+
+
+def with_search_fields(
+    model: LatencyModel, data: Mapping[str, Any], where: str = "hardware config"
+) -> LatencyModel:
+    """``model`` with its config's :data:`SEARCH_FIELDS` checked and set (for a model built from
+    :func:`model_fields` by hand, e.g. with a timer of one's own).
+
+    Raises:
+        ConfigError: a search field that is not valid for ``model``.
+    """
+    multiple = data.get("channel_multiple", 1)
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise ConfigError(
+            f"{where}: field 'channel_multiple' must be a positive integer (8: filter pruning keeps "
+            f"multiples of 8 channels, as tensor cores want; 1: any count), got {multiple!r}"
+        )
+    if isinstance(notes := data.get("sources"), Mapping) and "channel_multiple" in notes:
+        check_source(notes["channel_multiple"], f"{where}: sources.channel_multiple")
+    model.search_pattern = _search_pattern(data.get("search_pattern", str(Pattern.FILTER)), model, where)
+    model.channel_multiple = multiple
     return model
+
+
+def model_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A hardware config's fields less :data:`SEARCH_FIELDS` and their ``sources`` notes: what its
+    model's ``from_config`` reads."""
+    fields = {key: value for key, value in data.items() if key not in SEARCH_FIELDS}
+    if isinstance(notes := fields.get("sources"), Mapping):
+        fields["sources"] = {key: note for key, note in notes.items() if key not in SEARCH_FIELDS}
+    return fields
 
 
 def _builder(data: Mapping[str, Any], where: str) -> Builder:

@@ -86,6 +86,9 @@ class GpuTableModel(LatencyModel):
         channel_step: grid spacing of channel counts.
         cache: the table's file (:class:`~rlprune.hardware.measured.cache.TableCache`).
         scales: kernel -> the factor its ops take inside a deployed network (:meth:`calibrate`).
+        fitted_networks: what :meth:`calibrate` fitted to, one dict per deployed network: its
+            ``policy`` (plain data), the table's unscaled ``ops`` seconds per kernel, and the
+            measured ``seconds``.
         measurements: ops this instance has timed (cache misses).
     """
 
@@ -122,6 +125,7 @@ class GpuTableModel(LatencyModel):
         self.channel_step = int(channel_step)
         self.sources = dict(sources or {})
         self.scales = dict.fromkeys(KERNELS, 1.0)
+        self.fitted_networks: list[dict[str, Any]] = []
         self.measurements = 0
         folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
         self.cache = TableCache(folder, name, {**timer.device_key(), "dtype": dtype}, CACHE_FORMAT)
@@ -262,7 +266,7 @@ class GpuTableModel(LatencyModel):
         example = example[torch.arange(self.batch_size) % len(example)]  # timed at the table's batch size
         layers = discover_layers(network, example)
         couplings = filter_couplings(network, example, layers)
-        policies = calibration_policies(layers, couplings, self.bits)
+        policies = calibration_policies(layers, couplings, self.bits, self.channel_multiple)
         features = []
         for policy in policies:
             sums = dict.fromkeys(KERNELS, 0.0)
@@ -280,6 +284,10 @@ class GpuTableModel(LatencyModel):
         seconds = self.timer.network_seconds(network, policies, example)
         constant, scales = fit_network(features, seconds)
         self.scales = {k: scales.get(k, 1.0) for k in KERNELS}
+        self.fitted_networks = [
+            {"policy": p.to_dict(), "ops": f, "seconds": s}
+            for p, f, s in zip(policies, features, seconds, strict=True)
+        ]
         self._cache.clear()
         return constant
 
@@ -296,15 +304,20 @@ class GpuTableModel(LatencyModel):
 
 
 def calibration_policies(
-    layers: Sequence[LayerInfo], couplings: Mapping[str, FilterCoupling], bits: Sequence[int]
+    layers: Sequence[LayerInfo],
+    couplings: Mapping[str, FilterCoupling],
+    bits: Sequence[int],
+    channel_multiple: int = 1,
 ) -> list[Policy]:
-    """Dense, filters halved wherever they may be pruned, and one policy per non-dense Linear kernel."""
+    """Dense, filters halved wherever they may be pruned (to a multiple of ``channel_multiple``),
+    and one policy per non-dense Linear kernel."""
     dense = Policy()
+    half = {layer.name: layer.out_channels // 2 // channel_multiple * channel_multiple for layer in layers}
     halved = Policy.of(
         {
-            layer.name: Choice(Pattern.FILTER, layer.out_channels // 2, layer.out_channels, 16, 16)
+            layer.name: Choice(Pattern.FILTER, half[layer.name], layer.out_channels, 16, 16)
             for layer in layers
-            if couplings[layer.name].blocked is None and layer.out_channels > 1
+            if couplings[layer.name].blocked is None and 0 < half[layer.name] < layer.out_channels
         }
     )
     policies = [dense, halved]

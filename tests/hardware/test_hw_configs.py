@@ -153,6 +153,7 @@ def broken(name: str, edit) -> dict:
             r"nm_options lists the same keep:group twice for one bit-width",
         ),
         ("a100", lambda c: c.update(search_pattern="dense"), r"'search_pattern' must be one or a list of"),
+        ("h200", lambda c: c.update(channel_multiple=0), r"'channel_multiple' must be a positive integer"),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(efficiency=0), r"sparse_kernel.*efficiency"),
         ("arm_cpu", lambda c: c["sparse_kernel"].update(patterns=["nm"]), r"sparse_kernel.*patterns"),
         ("bitfusion", lambda c: c.update(p_min=16), r"p_min' must be an integer <= p_max=8"),

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
+from rlprune.hardware.factory import model_fields
 from rlprune.hardware.measured import EMPTY_CALL, int8_engine
 from rlprune.hardware.measured.cache import TableCache
 from rlprune.hardware.measured.ops import build_op
@@ -97,8 +98,7 @@ class NoTimer:
 def faked(cache_dir, timer=None, **extra) -> tuple[MeasuredModel, FakeTimer]:
     """The local_cpu table (``extra`` over its yaml), timed by ``timer`` (a new :class:`FakeTimer`)."""
     timer = FakeTimer() if timer is None else timer
-    cfg = plain_cfg(cache_dir, **extra)
-    cfg.pop("search_pattern")  # read by build_latency_model, which builds with the default timer
+    cfg = model_fields(plain_cfg(cache_dir, **extra))  # the rest is read by build_latency_model
     return MeasuredModel.from_config(cfg, timer=timer), timer
 
 
