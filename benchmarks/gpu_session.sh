@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# The GPU issue's measurements in one run on a CUDA machine (docs/gpu.md, "Measuring a GPU").
+# The GPU issue's measurements on a CUDA machine (docs/gpu.md, "Measuring a GPU").
 #
-#   bash benchmarks/gpu_session.sh [OUT]
+#   bash benchmarks/gpu_session.sh [OUT [STEP ...]]
 #
-# OUT (default benchmarks/results) receives gpu_deploy_<gpu>.json, written after each model and
-# batch, and vit_local_gpu/, the run folder of a search on hardware=local_gpu. Wheels in .whl/
-# (the packages the machine lacks: see docs/gpu.md) are installed first. Each step runs even
-# when the one before it failed; the script exits with the first failure's status.
+# STEP is one of: search (a ViT search on hardware=local_gpu, device=cuda, whose run folder is
+# OUT/vit_local_gpu), or a model of `python -m rlprune.bench gpu --deploy` (resnet20,
+# mobilenetv2, vit, lm: its JSON is OUT/gpu_deploy_<gpu>_<model>.json, written after each
+# batch). Default: every step, in that order; OUT defaults to benchmarks/results. Wheels in
+# .whl/ (the packages the machine lacks: docs/gpu.md) are installed first. Every step runs even
+# when one before it failed; the script exits with the first failure's status.
 set -uo pipefail
 out=${1:-benchmarks/results}
+steps=("${@:2}")
+[ ${#steps[@]} -gt 0 ] || steps=(search resnet20 mobilenetv2 vit lm)
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
   export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . || exit
-export PYTHONUNBUFFERED=1 RLPRUNE_CACHE="$out/cache"
+export PYTHONUNBUFFERED=1 RLPRUNE_CACHE="${RLPRUNE_CACHE:-$(mktemp -d)}"  # dense models, tables
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())") || exit
 status=0
 run() { "$@" || { code=$?; [ "$status" != 0 ] || status=$code; }; }
-run python3 -m rlprune model=vit data=digits model.patch=1 model.dim=512 model.depth=4 model.heads=8 \
-  model.mlp_ratio=4 dense.lr=0.001 hardware=local_gpu hardware.batch_size=256 device=cuda \
-  budget.latency=0.8 search.evaluations=300 finetune.epochs=2 wandb.mode=disabled \
-  hydra.run.dir="$out/vit_local_gpu"
-run python3 -m rlprune.bench gpu --deploy --models vit resnet20 mobilenetv2 lm --batches 256 32 1 \
-  --out "$out/gpu_deploy_$gpu.json"
+for step in "${steps[@]}"; do
+  if [ "$step" = search ]; then
+    run python3 -m rlprune model=vit data=digits model.patch=1 model.dim=512 model.depth=4 model.heads=8 \
+      model.mlp_ratio=4 dense.lr=0.001 hardware=local_gpu hardware.batch_size=256 device=cuda \
+      budget.latency=0.8 search.evaluations=300 finetune.epochs=2 wandb.mode=disabled \
+      hydra.run.dir="$out/vit_local_gpu"
+  else
+    run python3 -m rlprune.bench gpu --deploy --models "$step" --batches 256 32 1 \
+      --out "$out/gpu_deploy_${gpu}_$step.json"
+  fi
+done
 exit "$status"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -36,6 +37,11 @@ class CudaGraphTimer:
         rounds: timed blocks; the median is returned.
         block_time: seconds of replays per block (at least one replay).
         warmup: untimed calls before capture (kernel selection, cuSPARSELt plans, allocations).
+
+    Attributes:
+        walls: host seconds the last :meth:`seconds` spent in each phase: ``warmup``, ``free``
+            (emptying the allocator's cache, as a capture does first), ``capture``, and
+            ``replays`` (with the graph's release).
     """
 
     def __init__(self, rounds: int = 7, block_time: float = 0.01, warmup: int = 3) -> None:
@@ -44,6 +50,7 @@ class CudaGraphTimer:
                 f"rounds ({rounds}) and warmup ({warmup}) >= 1 and block_time ({block_time}) > 0"
             )
         self.rounds, self.block_time, self.warmup = rounds, block_time, warmup
+        self.walls: dict[str, float] = {}
 
     def seconds(self, calls: Sequence[Call]) -> float:
         """Median seconds of one call, over replays of a graph that runs each of ``calls`` once.
@@ -52,17 +59,28 @@ class CudaGraphTimer:
         """
         if not calls:
             raise ValueError("nothing to time: pass at least one call")
+        walls: dict[str, float] = {}
         with torch.no_grad():
-            graph = capture(calls, self.warmup)
+            graph = capture(calls, self.warmup, walls)
+            started = time.perf_counter()
             replay_s = _block_seconds(graph, 1)
             replays = max(1, round(self.block_time / max(replay_s, 1e-7)))
             blocks = [_block_seconds(graph, replays) / replays for _ in range(self.rounds)]
         del graph
+        self.walls = {**walls, "replays": time.perf_counter() - started}
         return statistics.median(blocks) / len(calls)
 
 
-def capture(calls: Sequence[Call], warmup: int = 3) -> torch.cuda.CUDAGraph:
-    """A CUDA graph that runs each of ``calls`` once, warmed up on a side stream first."""
+def capture(
+    calls: Sequence[Call], warmup: int = 3, walls: dict[str, float] | None = None
+) -> torch.cuda.CUDAGraph:
+    """A CUDA graph that runs each of ``calls`` once, warmed up on a side stream first.
+
+    ``walls``, when given, receives the host seconds of the ``warmup``, of emptying the
+    allocator's cache (``free``: ``torch.cuda.graph`` does it before every capture; done here
+    first so it is timed apart) and of the ``capture``.
+    """
+    started = time.perf_counter()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -70,10 +88,16 @@ def capture(calls: Sequence[Call], warmup: int = 3) -> torch.cuda.CUDAGraph:
             for call in calls:
                 call()
     torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    warmed = time.perf_counter()
+    torch.cuda.empty_cache()
+    freed = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for call in calls:
             call()
+    if walls is not None:
+        walls.update(warmup=warmed - started, free=freed - warmed, capture=time.perf_counter() - freed)
     return graph
 
 
