@@ -194,7 +194,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
         weight_decay=cfg.dense.weight_decay,
     )
     augment = augmentation(cfg)
-    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed, augment=augment)
+    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed, augment=augment, bf16=True)
     write_atomic(path, lambda f: torch.save(model.state_dict(), f))
     return model
 

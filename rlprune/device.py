@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -62,3 +62,15 @@ def out_of_memory_explained(device: torch.device) -> Iterator[None]:
             f"{device} ran out of memory ({first[:120]}); the best policy so far is in the run folder "
             "(policy.yaml; resume=true continues the search): free the GPU, or run with device=cpu"
         ) from exc
+
+
+def mixed_precision(device: torch.device) -> AbstractContextManager[object]:
+    """bf16 autocast on a CUDA GPU that runs bf16 (Ampere and newer), nothing elsewhere.
+
+    For training the dense network, where bf16 products with float32 weights and losses are
+    the usual practice. The search's scoring and the finetune stay in float32: their fake
+    quantization rounds to 8-bit levels that bf16's 8-bit mantissa would blur.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

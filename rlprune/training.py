@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rlprune.device import mixed_precision
 from rlprune.errors import RlpruneError
 
 
@@ -103,6 +104,7 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    bf16: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place on ``(x, y)`` and return it.
 
@@ -115,6 +117,8 @@ def train(
         on_epoch: called with the epoch index before each epoch (schedules such as grow-and-prune).
         on_step: called with the number of optimizer steps taken so far, after each step.
         augment: maps each batch of inputs (and the seeded generator) to an augmented one.
+        bf16: forward and loss under bf16 autocast where ``x`` is on a GPU that runs it
+            (:func:`rlprune.device.mixed_precision`); a dense network only.
 
     Raises:
         RlpruneError: when the loss becomes NaN or infinite.
@@ -133,7 +137,8 @@ def train(
         for start in range(0, len(x), settings.batch_size):
             batch = order[start : start + settings.batch_size]
             inputs = x[batch] if augment is None else augment(x[batch], generator)
-            loss = F.cross_entropy(*flat(model(inputs), y[batch]))
+            with mixed_precision(x.device) if bf16 else nullcontext():
+                loss = F.cross_entropy(*flat(model(inputs), y[batch]))
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if not torch.isfinite(loss):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlprune.data import make_splits
-from rlprune.device import out_of_memory_explained, resolve_device
+from rlprune.device import mixed_precision, out_of_memory_explained, resolve_device
 from rlprune.errors import ConfigError, RlpruneError
 from tests.test_cli import QUICK, rlprune
 
@@ -58,3 +58,25 @@ def test_the_cli_refuses_a_gpu_it_does_not_have_in_one_line(tmp_path, override, 
     result = rlprune(tmp_path, override, *QUICK)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dense_training_in_bf16_changes_nothing_on_the_cpu():
+    from rlprune.training import TrainSettings, train
+
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    settings = TrainSettings(epochs=2, lr=0.01, batch_size=16)
+    nets = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        nets.append(train(torch.nn.Linear(8, 3), x, y, settings, seed=0, bf16=bf16))
+    assert torch.equal(nets[0].weight, nets[1].weight)
+    with mixed_precision(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_precision_runs_products_in_bf16_on_the_gpu():
+    layer = torch.nn.Linear(8, 4).cuda()
+    with mixed_precision(torch.device("cuda")):
+        out = layer(torch.randn(2, 8, device="cuda"))
+    assert out.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
