@@ -1,0 +1,50 @@
+"""benchmarks/gpu_session.sh: the steps it runs and the status it ends with, checked on any
+machine with a stand-in ``python3`` that records its commands (the steps need a CUDA GPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
+# answers the GPU's name, fails the deploy bench of one model, and records every call
+STAND_IN = """#!/bin/bash
+echo "$*" >> "$CALLS"
+case "$*" in
+  *"import torch"*) echo h100;;
+  *"--models mobilenetv2"*) exit 7;;
+esac
+"""
+
+
+def session(tmp_path: Path, *steps: str) -> tuple[int, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(STAND_IN)
+    (bin_dir / "python3").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    env["RLPRUNE_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out"), *steps], cwd=tmp_path, env=env, timeout=60
+    )
+    return done.returncode, calls.read_text().splitlines()
+
+
+def test_every_step_runs_in_order_and_the_first_failure_is_the_status(tmp_path):
+    status, calls = session(tmp_path)
+    runs = [c for c in calls if c.startswith("-m rlprune")]
+    assert runs[0].startswith("-m rlprune model=vit")
+    assert {"hardware=local_gpu", "device=cuda", "budget.latency=0.8"} <= set(runs[0].split())
+    models = [c.split("--models ")[1].split()[0] for c in runs[1:]]
+    assert models == ["resnet20", "mobilenetv2", "vit", "lm"]  # the failed one does not stop the rest
+    assert f"--out {tmp_path / 'out'}/gpu_deploy_h100_vit.json" in runs[3]
+    assert status == 7
+
+
+def test_named_steps_run_alone(tmp_path):
+    status, calls = session(tmp_path, "vit")
+    runs = [c for c in calls if c.startswith("-m rlprune")]
+    assert status == 0 and len(runs) == 1 and "--models vit" in runs[0]
