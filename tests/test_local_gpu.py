@@ -221,6 +221,7 @@ def test_a_run_on_local_gpu_searches_in_aligned_widths_and_reports_its_deploymen
     from tests.support import compose_config
 
     monkeypatch.setattr(timing, "CudaTimer", lambda **settings: FakeTimer())
+    build_latency_model = api.build_latency_model
 
     def build(cfg):
         hardware = build_latency_model(cfg)
@@ -234,7 +235,6 @@ def test_a_run_on_local_gpu_searches_in_aligned_widths_and_reports_its_deploymen
             CudaDeployment(baked, torch.device("cpu"), dtype, kernels), "a fake GPU", 0.5, [1, 0.8, 1]
         )
 
-    build_latency_model = api.build_latency_model
     monkeypatch.setattr(api, "build_latency_model", build)
     monkeypatch.setattr(finish, "deploy_and_measure", deploy)
     cfg = compose_config(
