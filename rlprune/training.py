@@ -128,6 +128,7 @@ def train(
     steps = settings.epochs * math.ceil(len(x) / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     generator = torch.Generator().manual_seed(seed)
+    precision = mixed_precision(x.device) if bf16 else nullcontext()  # entered once per step
     model.train()
     step = 0
     for epoch in range(settings.epochs):
@@ -137,7 +138,7 @@ def train(
         for start in range(0, len(x), settings.batch_size):
             batch = order[start : start + settings.batch_size]
             inputs = x[batch] if augment is None else augment(x[batch], generator)
-            with mixed_precision(x.device) if bf16 else nullcontext():
+            with precision:
                 loss = F.cross_entropy(*flat(model(inputs), y[batch]))
             if extra_loss is not None:
                 loss = loss + extra_loss()

@@ -12,12 +12,11 @@ import json
 import pytest
 
 from rlprune.bench.gpu import main as bench_gpu
-from rlprune.bench.gpu_deploy import fidelity, local_table, random_policies, zoo_model
+from rlprune.bench.gpu_deploy import fidelity, local_table, random_policies, traced_zoo_model
 from rlprune.bench.gpu_replay import ReplayTimer, replay, replay_row
 from rlprune.errors import ConfigError
 from rlprune.hardware import network_latency
 from rlprune.hardware.factory import load_hardware_config
-from rlprune.layers import discover_layers, filter_couplings
 from rlprune.policy import Policy
 from tests.test_local_gpu import FakeTimer
 
@@ -41,11 +40,7 @@ def saved(tmp_path_factory):
     timer = TiledTimer(constant=3e-5, scales={"dense": 1.2, "sparse": 1.0, "int8": 1.0, "int8_sparse": 1.0})
     config = load_hardware_config("local_gpu")[0]
     config |= {"batch_size": BATCH, "cache_dir": str(folder), "channel_step": 16}  # run finer: 8
-    model, inputs = zoo_model("resnet20")
-    model.eval()
-    example = inputs(2)
-    layers = discover_layers(model, example)
-    couplings = filter_couplings(model, example, layers)
+    model, inputs, layers, couplings = traced_zoo_model("resnet20")
     policies = [Policy(), *random_policies(layers, couplings, 12, seed=1)]
     local, config_grid = local_table(config, timer, layers, couplings, policies, step=8)
     timer.table = local  # the fake network's law: this table's ops, scaled, plus a constant
@@ -93,7 +88,7 @@ def test_a_finer_grid_than_measured_names_the_fix(saved):
     _, report = saved
     model = report["models"][0]
     with pytest.raises(ConfigError, match="--channel-step"):
-        replay_row("resnet20", model["choices"], model["batches"][0], {"gpu": "fake"}, channel_step=4)
+        replay_row(traced_zoo_model("resnet20"), model["choices"], model["batches"][0], {"gpu": "fake"}, 4)
 
 
 def test_a_network_not_timed_is_an_error():

@@ -64,6 +64,17 @@ def zoo_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:
     raise SystemExit(f"--models: unknown model {name!r}; choose from {list(MODELS)}")
 
 
+def traced_zoo_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor], list, dict]:
+    """:func:`zoo_model` in eval mode with its layers and their filter couplings, traced once."""
+    from rlprune.layers import discover_layers, filter_couplings
+
+    model, inputs = zoo_model(name)
+    model.eval()
+    example = inputs(2)
+    layers = discover_layers(model, example)
+    return model, inputs, layers, filter_couplings(model, example, layers)
+
+
 def layer_options(layer: Any, free: bool, last: bool) -> list[Callable[[random.Random], Choice]]:
     """The choices a GPU runs differently on ``layer``, as draws from a random generator."""
     options: list[Callable[[random.Random], Choice]] = [lambda r: Choice(Pattern.DENSE, 1, 1, 16, 16)]
@@ -161,6 +172,8 @@ def local_table(
     too, so ``--replay`` can score that grid from this run's table (op key -> seconds)."""
     config_grid = build_local_gpu(config, timer)
     config_grid.prepare(needed_cells(config_grid, layers, couplings, policies))
+    if not step or step == config["channel_step"]:
+        return config_grid, config_grid.table
     # built after the config grid, so it reads what that timed from the shared cache
     table = build_local_gpu(config, timer, step)
     table.prepare(needed_cells(table, layers, couplings, policies))
@@ -204,13 +217,9 @@ def run_model(
     from rlprune.cuda.timing import CudaGraphTimer, CudaTimer, baked_policy
     from rlprune.hardware import network_latency
     from rlprune.hardware.factory import build_latency_model, load_hardware_config
-    from rlprune.layers import discover_layers, filter_couplings
 
-    model, inputs = zoo_model(name)
-    model.eval()
+    model, inputs, layers, couplings = traced_zoo_model(name)
     example = inputs(2)
-    layers = discover_layers(model, example)
-    couplings = filter_couplings(model, example, layers)
     named = named_policies(layers)
     policies = [Policy(), *named.values(), *random_policies(layers, couplings, count, seed=1)]
     labels = ["dense", *named, *(f"random_{i}" for i in range(count))]

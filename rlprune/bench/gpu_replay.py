@@ -73,25 +73,21 @@ class ReplayTimer:
 
 
 def replay_row(
-    name: str,
+    traced: tuple[nn.Module, Any, list, dict],
     choices: list[dict],
     row: Mapping[str, Any],
     device: Mapping[str, Any],
     channel_step: int | None = None,
 ) -> dict[str, Any]:
-    """``local_gpu``'s fidelity on one model and batch of a saved benchmark, rebuilt from its table."""
-    from rlprune.bench.gpu_deploy import build_local_gpu, fidelity, zoo_model
+    """``local_gpu``'s fidelity on one batch of a saved benchmark of the model ``traced``
+    (:func:`~rlprune.bench.gpu_deploy.traced_zoo_model`), rebuilt from its table."""
+    from rlprune.bench.gpu_deploy import build_local_gpu, fidelity
     from rlprune.hardware import network_latency
     from rlprune.hardware.factory import load_hardware_config
-    from rlprune.layers import discover_layers, filter_couplings
 
     if "table" not in row:
-        raise ConfigError(f"{name} batch {row['batch']}: no saved table (measured before tables were saved)")
-    model, inputs = zoo_model(name)
-    model.eval()
-    example = inputs(2)
-    layers = discover_layers(model, example)
-    couplings = filter_couplings(model, example, layers)
+        raise ConfigError(f"batch {row['batch']}: no saved table (measured before tables were saved)")
+    model, inputs, layers, couplings = traced
     config = load_hardware_config("local_gpu")[0]
     step = channel_step or row.get("channel_step", config["channel_step"])
     timer = ReplayTimer(device, row["table"], row["fitted_networks"])
@@ -102,7 +98,6 @@ def replay_row(
         seconds = [network_latency(local, layers, p, couplings) + constant for p in policies]
     predicted = [s / seconds[0] for s in seconds[1:]]
     return {
-        "model": name,
         "batch": row["batch"],
         "channel_step": step,
         "local_gpu_ratio": predicted,
@@ -115,13 +110,19 @@ def replay_row(
 
 
 def replay(path: str | Path, channel_step: int | None = None) -> list[dict[str, Any]]:
-    """Every model and batch of a saved ``--deploy`` benchmark, replayed (:func:`replay_row`)."""
+    """Every model and batch of a saved ``--deploy`` benchmark, replayed (:func:`replay_row`);
+    each model is traced once."""
+    from rlprune.bench.gpu_deploy import traced_zoo_model
+
     report = json.loads(Path(path).read_text())
     device = {"gpu": report["device"], "torch": report["torch"], "cuda": report.get("cuda")}
     rows = []
     for model in report["models"]:
-        for row in model.get("batches", []):
-            rows.append(replay_row(model["model"], model["choices"], row, device, channel_step))
+        batches = model.get("batches", [])
+        traced = traced_zoo_model(model["model"]) if batches else None
+        for row in batches:
+            replayed = replay_row(traced, model["choices"], row, device, channel_step)
+            rows.append({"model": model["model"], **replayed})
     return rows
 
 
