@@ -29,7 +29,7 @@ from rlprune.envs.dp import CostProgramme, Factor
 from rlprune.errors import BudgetError, ConfigError
 from rlprune.hardware import LatencyModel
 from rlprune.layers import FilterCoupling, LayerInfo
-from rlprune.patterns import SparsityPattern, get_pattern
+from rlprune.patterns import SparsityPattern, channel_multiples, get_pattern
 from rlprune.policy import Choice, Pattern, Policy, searchable_patterns
 
 Picks = list[tuple[int, int]]
@@ -100,10 +100,8 @@ def layer_shapes(
     )
     if spec.shrinks_outputs and channel_multiple > 1 and options:
         group = options[0][1]
-        keeps = sorted({max(1, round(keep / channel_multiple)) * channel_multiple for keep, _ in options})
-        options = [(keep, group) for keep in keeps if keep < group]
-        if not options:
-            reason = f"{group} output channels hold no smaller multiple of {channel_multiple} to keep"
+        keeps, reason = channel_multiples((keep for keep, _ in options), group, channel_multiple)
+        options = [(keep, group) for keep in keeps]
     return [*(Shape(pattern, keep, group) for keep, group in options), Shape(Pattern.DENSE, 1, 1)], reason
 
 

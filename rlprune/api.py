@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -501,6 +501,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     settings = FinetuneSettings.from_config(plain(cfg.finetune))
     device = resolve_device(cfg.device)
     hardware = build_latency_model(plain(cfg.hardware))
+    settings = replace(settings, channel_multiple=hardware.channel_multiple)
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     # fail fast, before the dense model is trained

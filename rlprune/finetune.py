@@ -43,7 +43,7 @@ from rlprune.masks import (
     log10_mask_diversity,
     sad,
 )
-from rlprune.patterns import SparsityPattern, get_pattern, pattern_names
+from rlprune.patterns import SparsityPattern, channel_multiples, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
 from rlprune.training import TrainSettings, flat, train
 
@@ -82,6 +82,8 @@ class FinetuneSettings:
         entropy_weight: weight of the learned masks' entropy regulariser.
         gap_partitions: scheduled grow-and-prune over this many partitions (0: off).
         gap_epochs_per_step: epochs a partition stays grown.
+        channel_multiple: a recast that removes filters keeps a multiple of this many (the
+            hardware's ``channel_multiple``, as the search does).
     """
 
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -94,6 +96,7 @@ class FinetuneSettings:
     entropy_weight: float = 5e-5
     gap_partitions: int = 0
     gap_epochs_per_step: int = 1
+    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
         if self.mask not in ("policy", "learned"):
@@ -113,10 +116,13 @@ class FinetuneSettings:
             raise ConfigError(f"finetune.criterion={self.criterion!r}; valid: {list(CRITERIA)}")
         if self.refresh_steps < 0 or self.gap_partitions < 0 or self.train.epochs < 0:
             raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
+        if self.channel_multiple < 1:
+            raise ConfigError(f"hardware.channel_multiple must be >= 1, got {self.channel_multiple}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> FinetuneSettings:
-        """Settings from the ``finetune`` config node."""
+    def from_config(cls, cfg: Mapping[str, Any], channel_multiple: int = 1) -> FinetuneSettings:
+        """Settings from the ``finetune`` config node, on hardware that keeps filters in
+        multiples of ``channel_multiple``."""
         return cls(
             train=TrainSettings(
                 epochs=cfg["epochs"],
@@ -133,6 +139,7 @@ class FinetuneSettings:
             entropy_weight=cfg["learned"]["entropy_weight"],
             gap_partitions=cfg["gap"]["partitions"],
             gap_epochs_per_step=cfg["gap"]["epochs_per_step"],
+            channel_multiple=channel_multiple,
         )
 
 
@@ -144,6 +151,11 @@ def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Cho
     if isinstance(recast, str):
         return recast
     keep, group = recast
+    if pattern.shrinks_outputs and settings.channel_multiple > 1:
+        keeps, reason = channel_multiples([keep], group, settings.channel_multiple)
+        if reason:
+            return reason
+        keep = keeps[0]
     return Choice(pattern.name, keep, group, w_bits=choice.w_bits, a_bits=choice.a_bits)
 
 

@@ -115,6 +115,23 @@ def test_learned_filter_masks_spare_the_class_outputs(setup):
     assert all(dict(recast)[layer.name].pattern is Pattern.FILTER for layer in layers[:-1])
 
 
+def test_learned_filter_masks_keep_the_hardwares_channel_multiple(setup):
+    model, splits, layers, _ = setup
+    # about 0.6 of 16 filters is 9 or 10: not a whole tile of 8
+    choices = {layer.name: (round(0.6 * layer.reduction), layer.reduction) for layer in layers}
+    policy = Policy.of({name: Choice(Pattern.KOFN_WEIGHT, k, n) for name, (k, n) in choices.items()})
+    couplings = filter_couplings(model, splits.train_x[:1], layers)
+    hidden = [layer.name for layer in layers[:-1] if layer.out_channels == 16]
+    anywhere, _ = finetune_policy(policy, layers, settings(mask="learned", granularity="filter"), couplings)
+    assert {dict(anywhere)[name].keep for name in hidden} <= {9, 10}
+    tiled = settings(mask="learned", granularity="filter", channel_multiple=8)
+    recast, kept = finetune_policy(policy, layers, tiled, couplings)
+    assert {dict(recast)[name].keep for name in hidden} == {8}
+    first = layers[0].name  # 8 filters: no smaller multiple of 8, so its searched choice stays
+    assert kept[first] == "8 output channels hold no smaller multiple of 8 to keep"
+    assert dict(recast)[first] == dict(policy)[first]
+
+
 def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
     assert settings(mask="transposable").mask == "nm_transposable"
     assert settings(mask="kofn").mask == "kofn_weight"

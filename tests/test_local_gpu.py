@@ -248,6 +248,7 @@ def test_a_run_on_local_gpu_searches_in_aligned_widths_and_reports_its_deploymen
     policy = read_policy(tmp_path / "run" / "policy.yaml")
     widths = [choice.keep for _, choice in policy if choice.pattern is Pattern.FILTER]
     assert widths and all(keep % 8 == 0 for keep in widths)  # fc1 keeps 8, 16, ... of its 64
+    assert report["finetune"]["channel_multiple"] == 8  # a recast into filters keeps whole tiles too
     assert (
         report["deployed"]["device"] == "a fake GPU"
         and (tmp_path / "run" / "model_deployed_gpu.pt").is_file()

@@ -65,7 +65,8 @@ def finetuned_test_accuracy(
     if epochs == 0:
         return test_score(searched_network(cfg, target, policy, couplings), target.splits).accuracy
     settings = FinetuneSettings.from_config(
-        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs}
+        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs},
+        cfg.hardware.get("channel_multiple", 1),
     )
     tuned = finetune(
         target.model,

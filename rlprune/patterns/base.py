@@ -19,7 +19,7 @@ import enum
 import importlib
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -240,6 +240,19 @@ def register_pattern(cls: type[SparsityPattern]) -> type[SparsityPattern]:
     _PATTERNS[cls.name] = cls()
     _ALIASES.update({spelling: cls.name for spelling in (cls.name, *cls.aliases)})
     return cls
+
+
+def channel_multiples(keeps: Iterable[int], group: int, multiple: int) -> tuple[list[int], str | None]:
+    """Output-channel counts ``keeps`` of ``group`` rounded to the nearest multiple of ``multiple``
+    (at least one multiple), those below ``group`` in order, and why none is left (else ``None``).
+
+    A GPU's tensor cores run channels in tiles (the hardware's ``channel_multiple``): a filter
+    pattern keeps whole tiles there.
+    """
+    rounded = sorted({max(1, round(keep / multiple)) * multiple for keep in keeps})
+    kept = [keep for keep in rounded if keep < group]
+    reason = None if kept else f"{group} output channels hold no smaller multiple of {multiple} to keep"
+    return kept, reason
 
 
 def get_pattern(name: str) -> SparsityPattern:
