@@ -206,6 +206,29 @@ def test_deploy_cuda_runs_a_mixed_policy_close_to_its_reference():
     assert 0 < seconds < 0.1
 
 
+@needs_cuda
+def test_the_graph_timer_captures_again_in_the_memory_it_already_holds():
+    from rlprune.cuda.timing import CudaGraphTimer
+
+    net = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).cuda().half()
+    x = torch.randn(4096, 512, device="cuda", dtype=torch.half)
+
+    def segments() -> int:  # cudaMalloc calls so far
+        return torch.cuda.memory_stats()["segment.all.allocated"]
+
+    for share_memory in (True, False):
+        timer = CudaGraphTimer(rounds=2, share_memory=share_memory)
+        timer.seconds([lambda: net(x)])
+        before = segments()
+        for _ in range(3):
+            assert timer.seconds([lambda: net(x)]) > 0
+        assert timer.memory_error is None
+        if share_memory:
+            assert timer.share_memory and segments() == before
+        else:  # each capture frees the cache and allocates again: what sharing saves
+            assert segments() > before
+
+
 def test_a_run_on_local_gpu_searches_in_aligned_widths_and_reports_its_deployment(
     tmp_path, monkeypatch, capsys
 ):

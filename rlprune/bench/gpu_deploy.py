@@ -290,6 +290,8 @@ def run_model(
             "table_seconds": table_s,
             "calibrate_seconds": calibrate_s,
             "timing_walls": walls,  # per pass and network: host seconds of each phase of its timing
+            "shared_memory": timer.share_memory and op_timer.graph_timer.share_memory,
+            "memory_errors": [e for e in (timer.memory_error, op_timer.graph_timer.memory_error) if e],
             "total_seconds": time.perf_counter() - t0,
         }
         out["batches"].append(row)

@@ -12,6 +12,7 @@ distinct buffers: one graph runs them in turn, and the time is per copy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
@@ -30,6 +31,26 @@ from rlprune.policy import Pattern, Policy
 Call = Callable[[], object]
 
 
+class SharedMemory:
+    """A memory pool and the one stream that every warm-up and capture of a timer allocates on.
+
+    Without it, each capture empties the allocator's cache and allocates its work's memory
+    afresh (``torch.cuda.graph`` does so); with it, successive captures reuse the pool's memory.
+    Sharing is safe because a timer releases each graph before it captures the next, so no two
+    graphs that share memory ever run. One stream, because the allocator reuses a block only on
+    the stream it was allocated on.
+    """
+
+    def __init__(self) -> None:
+        self.pool = torch.cuda.MemPool()
+        self.stream = torch.cuda.Stream()
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether this torch has memory pools that allocations can be routed to."""
+        return hasattr(torch.cuda, "MemPool") and hasattr(torch.cuda, "use_mem_pool")
+
+
 class CudaGraphTimer:
     """Seconds per call of GPU work, as the median of CUDA-graph replay blocks.
 
@@ -37,20 +58,29 @@ class CudaGraphTimer:
         rounds: timed blocks; the median is returned.
         block_time: seconds of replays per block (at least one replay).
         warmup: untimed calls before capture (kernel selection, cuSPARSELt plans, allocations).
+        share_memory: warm up and capture every timing in one :class:`SharedMemory` (where
+            torch has memory pools); after a capture that fails in it, the timer goes back to a
+            fresh side stream and private pool per capture (:attr:`memory_error` says why).
 
     Attributes:
         walls: host seconds the last :meth:`seconds` spent in each phase: ``warmup``, ``free``
-            (emptying the allocator's cache, as a capture does first), ``capture``, and
-            ``replays`` (with the graph's release).
+            (emptying the allocator's cache, which a capture without shared memory does first),
+            ``capture``, and ``replays`` (with the graph's release).
+        memory_error: why shared memory was given up, or ``None``.
     """
 
-    def __init__(self, rounds: int = 7, block_time: float = 0.01, warmup: int = 3) -> None:
+    def __init__(
+        self, rounds: int = 7, block_time: float = 0.01, warmup: int = 3, share_memory: bool = True
+    ) -> None:
         if rounds < 1 or block_time <= 0 or warmup < 1:
             raise ValueError(
                 f"rounds ({rounds}) and warmup ({warmup}) >= 1 and block_time ({block_time}) > 0"
             )
         self.rounds, self.block_time, self.warmup = rounds, block_time, warmup
+        self.share_memory = share_memory and SharedMemory.supported()
         self.walls: dict[str, float] = {}
+        self.memory_error: str | None = None
+        self._memory: SharedMemory | None = None
 
     def seconds(self, calls: Sequence[Call]) -> float:
         """Median seconds of one call, over replays of a graph that runs each of ``calls`` once.
@@ -61,7 +91,7 @@ class CudaGraphTimer:
             raise ValueError("nothing to time: pass at least one call")
         walls: dict[str, float] = {}
         with torch.no_grad():
-            graph = capture(calls, self.warmup, walls)
+            graph = self._capture(calls, walls)
             started = time.perf_counter()
             replay_s = _block_seconds(graph, 1)
             replays = max(1, round(self.block_time / max(replay_s, 1e-7)))
@@ -70,30 +100,49 @@ class CudaGraphTimer:
         self.walls = {**walls, "replays": time.perf_counter() - started}
         return statistics.median(blocks) / len(calls)
 
+    def _capture(self, calls: Sequence[Call], walls: dict[str, float]) -> torch.cuda.CUDAGraph:
+        if self.share_memory:
+            try:
+                self._memory = self._memory or SharedMemory()
+                return capture(calls, self.warmup, walls, self._memory)
+            except RuntimeError as exc:  # an allocator that refuses the pool: time as before
+                self.share_memory, self._memory = False, None
+                self.memory_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                torch.cuda.synchronize()
+        return capture(calls, self.warmup, walls)
+
 
 def capture(
-    calls: Sequence[Call], warmup: int = 3, walls: dict[str, float] | None = None
+    calls: Sequence[Call],
+    warmup: int = 3,
+    walls: dict[str, float] | None = None,
+    memory: SharedMemory | None = None,
 ) -> torch.cuda.CUDAGraph:
     """A CUDA graph that runs each of ``calls`` once, warmed up on a side stream first.
 
-    ``walls``, when given, receives the host seconds of the ``warmup``, of emptying the
-    allocator's cache (``free``: ``torch.cuda.graph`` does it before every capture; done here
-    first so it is timed apart) and of the ``capture``.
+    With ``memory``, the warm-up and the capture allocate from its pool on its stream. Without
+    it, the warm-up runs on a fresh stream and the capture in a private pool of its own, after
+    the allocator's cache is emptied (as ``torch.cuda.graph`` does; done here first so it is
+    timed apart). ``walls``, when given, receives the host seconds of the ``warmup``, of that
+    emptying (``free``; 0 with ``memory``) and of the ``capture``.
     """
     started = time.perf_counter()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    stream = memory.stream if memory else torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    routed = torch.cuda.use_mem_pool(memory.pool) if memory else contextlib.nullcontext()
+    with torch.cuda.stream(stream), routed:
         for _ in range(warmup):
             for call in calls:
                 call()
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     warmed = time.perf_counter()
-    torch.cuda.empty_cache()
+    if memory is None:
+        torch.cuda.empty_cache()
     freed = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    shared = {"pool": memory.pool.id, "stream": memory.stream} if memory else {}
+    with torch.cuda.graph(graph, **shared):
         for call in calls:
             call()
     if walls is not None:
