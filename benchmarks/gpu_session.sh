@@ -3,16 +3,17 @@
 #
 #   bash benchmarks/gpu_session.sh [OUT [STEP ...]]
 #
-# STEP is one of: search (a ViT search on hardware=local_gpu, device=cuda, whose run folder is
-# OUT/vit_local_gpu), or a model of `python -m rlprune.bench gpu --deploy` (resnet20,
-# mobilenetv2, vit, lm: its JSON is OUT/gpu_deploy_<gpu>_<model>.json, written after each
-# batch). Default: every step, in that order; OUT defaults to benchmarks/results. Wheels in
-# .whl/ (the packages the machine lacks: docs/gpu.md) are installed first. Every step runs even
-# when one before it failed; the script exits with the first failure's status.
+# STEP is one of: tests (the CUDA tests, in seconds; results in OUT/cuda_tests.xml), search (a
+# ViT search on hardware=local_gpu, device=cuda, whose run folder is OUT/vit_local_gpu), or a
+# model of `python -m rlprune.bench gpu --deploy` (resnet20, mobilenetv2, vit, lm: its JSON is
+# OUT/gpu_deploy_<gpu>_<model>.json, written after each batch). Default: every step, in that
+# order; OUT defaults to benchmarks/results. Wheels in .whl/ (the packages the machine lacks:
+# docs/gpu.md) are installed first. Every step runs even when one before it failed; the script
+# exits with the first failure's status.
 set -uo pipefail
 out=${1:-benchmarks/results}
 steps=("${@:2}")
-[ ${#steps[@]} -gt 0 ] || steps=(search resnet20 mobilenetv2 vit lm)
+[ ${#steps[@]} -gt 0 ] || steps=(tests search resnet20 mobilenetv2 vit lm)
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
@@ -24,7 +25,10 @@ gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lo
 status=0
 run() { "$@" || { code=$?; [ "$status" != 0 ] || status=$code; }; }
 for step in "${steps[@]}"; do
-  if [ "$step" = search ]; then
+  if [ "$step" = tests ]; then
+    run python3 -m pytest -q -p no:cacheprovider --junitxml "$out/cuda_tests.xml" \
+      tests/test_local_gpu.py tests/test_device.py
+  elif [ "$step" = search ]; then
     run python3 -m rlprune model=vit data=digits model.patch=1 model.dim=512 model.depth=4 model.heads=8 \
       model.mlp_ratio=4 dense.lr=0.001 hardware=local_gpu hardware.batch_size=256 device=cuda \
       budget.latency=0.8 search.evaluations=300 finetune.epochs=2 wandb.mode=disabled \

@@ -35,6 +35,8 @@ def session(tmp_path: Path, *steps: str) -> tuple[int, list[str]]:
 
 def test_every_step_runs_in_order_and_the_first_failure_is_the_status(tmp_path):
     status, calls = session(tmp_path)
+    tests = calls.index(next(c for c in calls if c.startswith("-m pytest")))
+    assert "tests/test_local_gpu.py" in calls[tests] and "-m rlprune" not in " ".join(calls[:tests])
     runs = [c for c in calls if c.startswith("-m rlprune")]
     assert runs[0].startswith("-m rlprune model=vit")
     assert {"hardware=local_gpu", "device=cuda", "budget.latency=0.8"} <= set(runs[0].split())
