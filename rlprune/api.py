@@ -58,7 +58,7 @@ from rlprune.patterns import get_pattern
 from rlprune.policy import Policy
 from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
-from rlprune.tracking import Tracker
+from rlprune.tracking import Tracker, import_wandb
 from rlprune.training import Score, TrainSettings, evaluate, train
 
 log = logging.getLogger(__name__)
@@ -498,6 +498,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     for budget in sweep or []:
         check_fresh_run_dir(run_dir / f"budget_{budget}")
     check_agent(plain(cfg.agent))
+    if cfg.wandb.mode != "disabled":
+        import_wandb(cfg.wandb.mode)  # before the dense model trains
     settings = FinetuneSettings.from_config(plain(cfg.finetune))
     device = resolve_device(cfg.device)
     hardware = build_latency_model(plain(cfg.hardware))

@@ -21,6 +21,22 @@ from rlprune.errors import ConfigError
 MODES = ("offline", "online", "disabled")
 
 
+def import_wandb(mode: str) -> Any:
+    """The ``wandb`` module that ``wandb.mode`` (``offline`` or ``online``) logs through.
+
+    Raises:
+        ConfigError: when it does not import, naming the fix.
+    """
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError(
+            f"wandb.mode={mode} needs the wandb package, which does not import here ({exc}); "
+            "pip install wandb, or run with wandb.mode=disabled"
+        ) from exc
+    return wandb
+
+
 class Tracker:
     """One W&B run for one rlprune run; a no-op when tracking is disabled.
 
@@ -53,8 +69,7 @@ class Tracker:
         self.tracebacks: list[str] = []
         if mode == "disabled":
             return
-        import wandb
-
+        wandb = import_wandb(mode)
         self._wandb = wandb
         self.run = wandb.init(
             project=project,

@@ -9,6 +9,7 @@ rebuilt (see also tests/test_data.py and tests/hardware/test_hw_measured.py).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,6 +105,25 @@ def test_bad_input_stops_with_a_clear_message_and_no_traceback(tmp_path, overrid
     if message.startswith("error:"):
         assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
         assert "Traceback" in (tmp_path / "error.log").read_text()
+
+
+def test_a_logger_that_does_not_import_stops_before_any_work(tmp_path):
+    shadow = tmp_path / "shadow"  # a wandb that fails to import, ahead of the installed one
+    shadow.mkdir()
+    (shadow / "wandb.py").write_text('raise ImportError("No module named wandb")\n')
+    path = os.pathsep.join(p for p in (str(shadow), os.environ.get("PYTHONPATH")) if p)
+    where = [f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "rlprune", *where],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": path},
+        timeout=600,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert "error: wandb.mode=offline needs the wandb package" in result.stderr
+    assert "or run with wandb.mode=disabled" in result.stderr
+    assert not (tmp_path / "cache").exists()  # no data read, no dense model trained
 
 
 def test_a_run_folder_is_never_overwritten(tmp_path):
