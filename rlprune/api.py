@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -500,10 +500,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     check_agent(plain(cfg.agent))
     if cfg.wandb.mode != "disabled":
         import_wandb(cfg.wandb.mode)  # before the dense model trains
-    settings = FinetuneSettings.from_config(plain(cfg.finetune))
     device = resolve_device(cfg.device)
     hardware = build_latency_model(plain(cfg.hardware))
-    settings = replace(settings, channel_multiple=hardware.channel_multiple)
+    settings = FinetuneSettings.from_config(plain(cfg.finetune), hardware.channel_multiple)
     model, splits, layers, searched = describe(cfg)
     space = make_space(cfg, model, splits.train_x[:1], layers, searched, hardware)
     # fail fast, before the dense model is trained
