@@ -20,7 +20,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . || exit
-export PYTHONUNBUFFERED=1 RLPRUNE_CACHE="${RLPRUNE_CACHE:-$(mktemp -d)}"  # dense models, tables
+if [ -z "${RLPRUNE_CACHE:-}" ]; then  # dense models and tables, in a folder of this run's own
+  RLPRUNE_CACHE=$(mktemp -d) || exit
+  trap 'rm -rf "$RLPRUNE_CACHE"' EXIT
+fi
+export PYTHONUNBUFFERED=1 RLPRUNE_CACHE
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())") || exit
 status=0
 run() { "$@" || { code=$?; [ "$status" != 0 ] || status=$code; }; }

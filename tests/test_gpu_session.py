@@ -19,14 +19,19 @@ esac
 """
 
 
-def session(tmp_path: Path, *steps: str) -> tuple[int, list[str]]:
+def session(tmp_path: Path, *steps: str, cache: bool = True) -> tuple[int, list[str]]:
+    """Run the script with the stand-in; ``cache=False`` leaves it to make its own cache folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(STAND_IN)
     (bin_dir / "python3").chmod(0o755)
     calls = tmp_path / "calls"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
-    env["RLPRUNE_CACHE"] = str(tmp_path / "cache")
+    env.pop("RLPRUNE_CACHE", None)
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where mktemp puts the cache it makes
+    (tmp_path / "tmp").mkdir()
+    if cache:
+        env["RLPRUNE_CACHE"] = str(tmp_path / "cache")
     done = subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "out"), *steps], cwd=tmp_path, env=env, timeout=60
     )
@@ -50,3 +55,9 @@ def test_named_steps_run_alone(tmp_path):
     status, calls = session(tmp_path, "vit")
     runs = [c for c in calls if c.startswith("-m rlprune")]
     assert status == 0 and len(runs) == 1 and "--models vit" in runs[0]
+
+
+def test_a_cache_folder_the_script_made_is_removed_when_it_ends(tmp_path):
+    status, calls = session(tmp_path, "vit", cache=False)
+    assert status == 0 and any("--models vit" in c for c in calls)
+    assert not list((tmp_path / "tmp").iterdir())
