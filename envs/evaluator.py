@@ -12,7 +12,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from rlprune.compress import attach, policy_masks, recalibrate_batch_norms, set_choice, tied_filters
+from rlprune.compress import (
+    attach,
+    feeding_layers,
+    policy_masks,
+    prunes_filters,
+    recalibrate_batch_norms,
+    set_choice,
+    tied_filters,
+)
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
 from rlprune.policy import DENSE_FLOAT, Policy
@@ -78,6 +86,7 @@ class PolicyEvaluator:
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
         self.couplings = couplings
+        self._fed_by = feeding_layers(couplings)
         self.names = list(names)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
         self._masks: dict[tuple, torch.Tensor] = {}
@@ -118,13 +127,11 @@ class PolicyEvaluator:
         known = self._recall(key)
         if known is not None:
             return known
-        ties = tied_filters(policy, self.couplings)
-        keys = {name: (name, c.pattern, c.keep, c.group, ties.get(name)) for name, c in policy}
-        missing = {n for name, key in keys.items() if key not in self._masks for n in ties.get(name, (name,))}
-        if missing:  # with the layers tied to them: they keep the same filters
-            fresh = policy_masks(
-                self.model, Policy(tuple((n, c) for n, c in policy if n in missing)), self.pad, self.couplings
-            )
+        keys = self._mask_keys(policy)
+        missing = {name for name, key in keys.items() if key not in self._masks}
+        if missing:
+            held = {name: self._masks[key] for name, key in keys.items() if name not in missing}
+            fresh = policy_masks(self.model, policy, self.pad, self.couplings, known=held)
             self._masks.update({keys[name]: mask for name, mask in fresh.items()})
         for name, choice in policy:
             set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
@@ -144,6 +151,19 @@ class PolicyEvaluator:
             )
         self._store(key, score)
         return score
+
+    def _mask_keys(self, policy: Policy) -> dict[str, tuple]:
+        """What each layer's mask depends on: its choice, the layers tied to it (they keep the
+        same filters) and, unless it prunes filters itself, the filter choices that feed it."""
+        ties, choices = tied_filters(policy, self.couplings), dict(policy.choices)
+        keys = {}
+        for name, c in policy:
+            producers = () if prunes_filters(c) else self._fed_by.get(name, ())
+            feeding = tuple(
+                (p, choices[p].keep) for p in producers if p in choices and prunes_filters(choices[p])
+            )
+            keys[name] = (name, c.pattern, c.keep, c.group, ties.get(name), feeding)
+        return keys
 
     def remembered(self, policy: Policy, samples: int | None = None) -> Score | None:
         """The memoized score of ``policy`` on the first ``samples`` of the reward split, if any."""

@@ -73,7 +73,7 @@ class Shape:
         """
         if not self.spec.fits(layer, self.group, pad=pad):
             return None
-        return Shape(self.pattern, *self.spec.fit(self.keep, self.group, layer))
+        return Shape(self.pattern, *self.spec.fit(self.keep, self.group, layer.weight_shape, name=layer.name))
 
 
 def layer_shapes(

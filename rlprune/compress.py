@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from rlprune.errors import ConfigError
-from rlprune.layers import FilterCoupling
+from rlprune.layers import FilterCoupling, is_depthwise
 from rlprune.masks import GumbelTopKMask, compute_mask, importance, srste, tied_filter_masks
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
@@ -178,34 +179,119 @@ def tied_filters(
     return ties
 
 
+def prunes_filters(choice: Choice) -> bool:
+    """Whether ``choice`` removes output channels, and with them its consumers' inputs."""
+    return choice.spec.pruned_outputs(choice.keep, choice.group) > 0
+
+
+def removed_inputs(
+    policy: Policy, masks: Mapping[str, torch.Tensor], couplings: Mapping[str, FilterCoupling] | None
+) -> dict[str, list[int]]:
+    """The input channels of each layer that the filter choices of ``policy`` remove, ascending.
+
+    A filter is removed where its row of ``masks`` is empty; its consumers lose the channels it
+    feeds (:attr:`~rlprune.layers.FilterCoupling.feeds`), its depthwise followers that channel.
+    """
+    removed: dict[str, set[int]] = {}
+    done: set[str] = set()
+    for name, choice in policy:
+        if not (prunes_filters(choice) and couplings and name in couplings) or name in done:
+            continue
+        coupling = couplings[name]
+        done.update(coupling.tied)  # tied layers remove the same filters once
+        pruned = (~masks[name].flatten(1).any(1)).nonzero().flatten().tolist()
+        for consumer, channels in coupling.feeds:
+            removed.setdefault(consumer, set()).update(c for f in pruned for c in channels[f])
+        for follower in coupling.followers:
+            removed.setdefault(follower, set()).update(pruned)
+    return {name: sorted(channels) for name, channels in removed.items()}
+
+
+def feeding_layers(couplings: Mapping[str, FilterCoupling] | None) -> dict[str, tuple[str, ...]]:
+    """For each layer, the layers whose filters feed its inputs (it consumes or follows them)."""
+    fed: dict[str, list[str]] = {}
+    for name, coupling in (couplings or {}).items():
+        for consumer in [*(c for c, _ in coupling.feeds), *coupling.followers]:
+            fed.setdefault(consumer, []).append(name)
+    return {name: tuple(producers) for name, producers in fed.items()}
+
+
+def mask_on_kept_inputs(
+    layer: nn.Module,
+    choice: Choice,
+    removed: list[int],
+    scores: torch.Tensor | None = None,
+    pad: bool = False,
+    name: str = "layer",
+) -> torch.Tensor:
+    """``choice``'s mask of ``layer`` taken over the input channels that upstream filter pruning
+    leaves (``removed`` go), so it is the mask of the layer the export makes: an N:M run of the
+    deployed weight is a run of this mask. The removed channels' weights are masked out.
+
+    The choice keeps its density on the smaller weight (:meth:`~rlprune.patterns.SparsityPattern.fit`),
+    as the latency models cost it. Where the smaller weight cannot take the pattern (a
+    transposable tile cut short), the mask is taken over all inputs.
+    """
+    weight = dense_weight(layer)
+    if not removed or not choice.spec.sparse:
+        return compute_mask(weight, choice, scores=scores, pad=pad, name=name)
+    axis = 0 if is_depthwise(layer) else 1  # a depthwise conv's channels are its rows
+    kept = torch.ones(weight.shape[axis], dtype=torch.bool, device=weight.device)
+    kept[removed] = False
+    index = kept.nonzero().flatten()
+    part = weight.index_select(axis, index)
+    keep, group = choice.spec.fit(choice.keep, choice.group, part.shape, name=name)
+    try:  # a run cut short by the removed channels is padded, as the export's would be
+        small = compute_mask(
+            part,
+            replace(choice, keep=keep, group=group),
+            scores=None if scores is None else scores.index_select(axis, index),
+            pad=True,
+            name=name,
+        )
+    except ConfigError:
+        return compute_mask(weight, choice, scores=scores, pad=pad, name=name)
+    return torch.zeros(weight.shape, dtype=torch.bool, device=weight.device).index_copy_(axis, index, small)
+
+
 def policy_masks(
     model: nn.Module,
     policy: Policy,
     pad: bool,
     couplings: Mapping[str, FilterCoupling] | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
+    known: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The mask of every layer of ``policy``, from its dense weight in ``model``.
+    """The mask of every layer of ``policy`` not in ``known``, from its dense weight in ``model``.
 
     Units are ranked by ``scores`` (elementwise, per layer) or by magnitude; layers whose
-    filters are tied (``couplings``) keep the same filters (:func:`tied_filter_masks`).
-    ``pad``: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
+    filters are tied (``couplings``) keep the same filters (:func:`tied_filter_masks`). Filter
+    masks come first: the other layers' masks are taken over the inputs those leave
+    (:func:`mask_on_kept_inputs`). ``known`` masks (of other layers of ``policy``) stand as
+    they are. ``pad``: N:M on a reduction length that is not a multiple of M pads (True) or refuses.
     """
     scores = scores or {}
+    known = known or {}
     ties = tied_filters(policy, couplings)
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, choice in policy:
-            if name in masks:
+            if not prunes_filters(choice) or name in masks or name in known:
                 continue
             weights = {n: dense_weight(model.get_submodule(n)) for n in ties.get(name, (name,))}
             if name in ties:
-                masks |= tied_filter_masks(
+                tied = tied_filter_masks(
                     {n: scores[n] if n in scores else importance(w, "magnitude") for n, w in weights.items()},
                     choice.keep,
                 )
+                masks |= {n: mask for n, mask in tied.items() if n not in known}
             else:
                 masks[name] = compute_mask(weights[name], choice, scores=scores.get(name), pad=pad, name=name)
+        removed = removed_inputs(policy, {**known, **masks}, couplings)
+        for name, choice in policy:
+            if name not in masks and name not in known:
+                layer, cut = model.get_submodule(name), removed.get(name, [])
+                masks[name] = mask_on_kept_inputs(layer, choice, cut, scores.get(name), pad, name)
     return masks
 
 

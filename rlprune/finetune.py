@@ -266,8 +266,13 @@ class _MaskTrainer:
         mask in use). A tied layer that GaP grew dense keeps growing until its own turn.
         """
         names = self.ties.get(name, (name,))
-        policy = Policy(tuple((n, self.choices[n]) for n in names))
-        fresh = policy_masks(self.model, policy, self.pad, self.couplings)
+        standing = {  # the masks in use decide which inputs upstream filters leave
+            n: weight_parametrization(self.model.get_submodule(n)).mask
+            for n in self.choices
+            if n not in names and n not in self.grown
+        }
+        policy = Policy(tuple(self.choices.items()))
+        fresh = policy_masks(self.model, policy, self.pad, self.couplings, known=standing)
         updated = {name} | {n for n in names if n not in self.grown}
         for n in updated:
             parametrization = weight_parametrization(self.model.get_submodule(n))

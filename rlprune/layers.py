@@ -271,6 +271,8 @@ class FilterCoupling:
             outputs are its inputs): they lose the same channels and share this layer's decision.
         tied: the other prunable layers whose output channels are these (they meet in a residual
             add): the filters of all of them are kept or removed together, as one decision.
+        feeds: ``(name, channels)`` of every consumer: ``channels[f]`` are the consumer's input
+            channels that filter ``f`` feeds, which the export removes with it.
     """
 
     consumers: tuple[tuple[str, int], ...] = ()
@@ -278,6 +280,7 @@ class FilterCoupling:
     norms: tuple[tuple[str, int], ...] = ()
     followers: tuple[str, ...] = ()
     tied: tuple[str, ...] = ()
+    feeds: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
 
     @property
     def blocked(self) -> str | None:
@@ -310,12 +313,14 @@ def filter_couplings(
         prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
         filters = list(range(layer.out_channels))
         consumers: dict[str, int] = {}
+        feeds: dict[str, list[list[int]]] = {}
         tied: list[str] = []
         norms: dict[str, int] = {}
         unmapped: list[str] = []
         unmasked: list[str] = []
         grouped: list[str] = []
-        for dep, idxs in graph.get_pruning_group(module, prune, idxs=filters):
+        for item in graph.get_pruning_group(module, prune, idxs=filters).items:
+            dep, idxs = item.dep, item.idxs
             target, other = dep.target.module, names.get(dep.target.module)
             if isinstance(target, nn.LayerNorm | nn.GroupNorm | nn.Parameter):
                 unmasked.append(other)
@@ -337,7 +342,10 @@ def filter_couplings(
                 unmapped.append(other)
             else:
                 consumers[other] = consumers.get(other, 0) + len(idxs) // len(filters)
-        followers = [name for name in dict.fromkeys(tied) if _depthwise(model.get_submodule(name))]
+                channels = feeds.setdefault(other, [[] for _ in filters])
+                for idx, root in zip(idxs, item.root_idxs, strict=True):
+                    channels[root].append(idx)
+        followers = [name for name in dict.fromkeys(tied) if is_depthwise(model.get_submodule(name))]
         tied = [name for name in dict.fromkeys(tied) if name not in followers]
         couplings[layer.name] = FilterCoupling(
             tuple(consumers.items()),
@@ -345,6 +353,7 @@ def filter_couplings(
             tuple(norms.items()),
             tuple(followers),
             tuple(tied),
+            tuple((name, tuple(map(tuple, channels))) for name, channels in feeds.items()),
         )
     return couplings
 
@@ -353,7 +362,7 @@ def _fixed(
     module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], consumers: dict
 ) -> str | None:
     """Why a layer's filters cannot be pruned at all, or ``None``."""
-    if _depthwise(module):
+    if is_depthwise(module):
         return "it is a depthwise conv: its channels are those of the layer that feeds it"
     if _grouped(module):
         return (
@@ -385,10 +394,10 @@ def _inputs(module: nn.Module) -> int:
 def _grouped(module: object) -> bool:
     """A conv with groups that is not depthwise."""
     groups = getattr(module, "groups", 1)
-    return isinstance(module, nn.Conv1d | nn.Conv2d) and groups > 1 and not _depthwise(module)
+    return isinstance(module, nn.Conv1d | nn.Conv2d) and groups > 1 and not is_depthwise(module)
 
 
-def _depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     """A conv whose every output channel reads one input channel of its own."""
     groups = getattr(module, "groups", 1)
     return groups > 1 and groups == module.in_channels == module.out_channels

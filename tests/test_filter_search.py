@@ -169,6 +169,54 @@ def test_masked_filters_compute_what_the_export_computes():
         torch.testing.assert_close(exported(x), masked(x), atol=1e-5, rtol=1e-5)
 
 
+def test_masks_downstream_of_pruned_filters_keep_their_pattern_in_the_exported_layers():
+    # fc1 reads conv4's 128 filters flattened, 10 inputs each; conv2 reads conv1's filters
+    from rlprune.compress import policy_masks, removed_inputs
+    from rlprune.cuda.kernels import is_two_four
+    from rlprune.hardware.base import effective_cells
+    from rlprune.masks.views import weight_view
+
+    model, x, layers = mnist1d()
+    couplings = filter_couplings(model, x, layers)
+    two_four = Choice(Pattern.NM, 2, 4, 8, 8)
+    policy = Policy.of(
+        {
+            "conv1": Choice(Pattern.FILTER, 21, 32, 8, 8),
+            "conv2": Choice(Pattern.NM, 1, 2, 8, 8),
+            "conv4": Choice(Pattern.FILTER, 77, 128, 8, 8),
+            "fc1": two_four,
+        }
+    )
+    masks = policy_masks(model, policy, pad=True, couplings=couplings)
+    removed = removed_inputs(policy, masks, couplings)
+    effective = {
+        lay.name: lay
+        for lay, _ in effective_cells(layers, [policy.get(lay.name, Choice()) for lay in layers], couplings)
+    }
+    for name, layer in ((n, model.get_submodule(n)) for n in ("conv2", "fc1")):
+        inputs = layer.weight.shape[1]
+        assert len(removed[name]) == inputs - effective[name].in_channels > 0
+        assert not masks[name][:, removed[name]].any()  # the removed inputs' weights go too
+    exported = export_filter_pruned(bake(compress(model, policy, couplings=couplings)), policy, x)
+    fc1 = exported.get_submodule("fc1").weight
+    assert fc1.shape[1] == 770 and is_two_four(fc1[:, :768])  # 77 filters of 10 inputs, 2 padded
+    conv2 = weight_view(exported.get_submodule("conv2").weight)  # runs of 2 input channels
+    assert conv2.shape[1] == 21 * 3 and ((conv2[:, :62].reshape(64, 31, 2) != 0).sum(-1) <= 1).all()
+    with torch.no_grad():  # the export computes what was masked: nothing had to be pruned again
+        torch.testing.assert_close(
+            exported(x), compress(model, policy, couplings=couplings)(x), atol=1e-5, rtol=1e-5
+        )
+    # the evaluator keeps a mask per upstream filter choice: fewer conv4 filters, another fc1 mask
+    y = torch.zeros(len(x), dtype=torch.long)
+    evaluator = PolicyEvaluator(model, [lay.name for lay in layers], x, y, couplings=couplings)
+    for keep in (77, 50):
+        other = Policy.of({**dict(policy.choices), "conv4": Choice(Pattern.FILTER, keep, 128, 8, 8)})
+        evaluator(other)
+        want = policy_masks(model, other, pad=True, couplings=couplings)["fc1"]
+        got = evaluator.model.get_submodule("fc1").parametrizations.weight[0].mask
+        assert torch.equal(got, want)
+
+
 def test_resnet_decides_the_convs_tied_by_residual_adds_as_one_step():
     resnet = ResNet20(in_channels=1, num_classes=10, width=8, dims=2).eval()
     images = torch.randn(2, 1, 8, 8)
@@ -317,6 +365,34 @@ def test_depthwise_convs_follow_the_filters_that_feed_them():
         device, layers, sparsest, {k: replace(c, followers=()) for k, c in space.couplings.items()}
     )
     assert thin < alone
+
+
+def test_a_depthwise_conv_and_its_reader_are_masked_on_the_channels_the_expand_conv_keeps():
+    from rlprune.compress import policy_masks
+    from rlprune.masks.views import weight_view
+
+    model, images, layers = mobilenet()
+    couplings = filter_couplings(model, images, layers)
+    expand = model.get_submodule("blocks.1.expand")
+    policy = Policy.of(
+        {
+            "blocks.1.expand": Choice(Pattern.FILTER, 37, expand.out_channels, 8, 8),
+            "blocks.1.depthwise": Choice(Pattern.UNSTRUCTURED, 1, 2, 8, 8),
+            "blocks.1.project": Choice(Pattern.NM, 2, 4, 8, 8),
+        }
+    )
+    masks = policy_masks(model, policy, pad=True, couplings=couplings)
+    kept = masks["blocks.1.expand"].flatten(1).any(1)
+    depthwise = masks["blocks.1.depthwise"]
+    assert not depthwise[~kept].any()  # the removed channels are its rows
+    assert depthwise[kept].sum() == depthwise[kept].numel() // 2  # half of what stays
+    exported = export_filter_pruned(bake(compress(model, policy, couplings=couplings)), policy, images)
+    project = weight_view(exported.get_submodule("blocks.1.project").weight)
+    assert project.shape[1] == 37 and ((project[:, :36].reshape(len(project), 9, 4) != 0).sum(-1) <= 2).all()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            exported(images), compress(model, policy, couplings=couplings)(images), atol=1e-4, rtol=1e-4
+        )
 
 
 def resnet() -> tuple[torch.nn.Module, torch.Tensor, list]:

@@ -206,7 +206,7 @@ def with_fewer_inputs(layer: LayerInfo, choice: Choice, removed: int) -> tuple[L
     if removed == 0:
         return layer, choice
     smaller = layer.with_channels(layer.in_channels - removed, layer.out_channels - removed * layer.depthwise)
-    keep, group = choice.spec.fit(choice.keep, choice.group, smaller)
+    keep, group = choice.spec.fit(choice.keep, choice.group, smaller.weight_shape, name=layer.name)
     return smaller, replace(choice, keep=keep, group=group)
 
 

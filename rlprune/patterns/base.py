@@ -136,13 +136,13 @@ class SparsityPattern(abc.ABC):
             return False
         return True
 
-    def fit(self, keep: int, group: int, layer: LayerInfo) -> tuple[int, int]:
-        """``keep`` of ``group`` on ``layer`` at the same density, where the group counts ``layer``'s units.
+    def fit(self, keep: int, group: int, shape: Sequence[int], *, name: str = "layer") -> tuple[int, int]:
+        """``keep`` of ``group`` at the same density on a weight of ``shape``, whose units the group counts.
 
         For a layer tied to the one the choice was made for, or one that lost inputs to upstream
         filter pruning; at least one unit is kept.
         """
-        n = self.group_size(layer.weight_shape, name=layer.name)
+        n = self.group_size(shape, name=name)
         if n is None:
             return keep, group
         return min(n, max(1, round(keep * n / group))), n

@@ -49,7 +49,7 @@ class Dense(SparsityPattern):
         check_weight_shape(shape)
         return 0.0
 
-    def fit(self, keep: int, group: int, layer: LayerInfo) -> tuple[int, int]:
+    def fit(self, keep: int, group: int, shape: Sequence[int], *, name: str = "layer") -> tuple[int, int]:
         return keep, group
 
     def kept_and_metadata(self, layer: LayerInfo, choice: Choice) -> tuple[int, int]:
@@ -133,7 +133,7 @@ class Filter(KOfN):
     group_unit = "out_channels"
     shrinks_outputs = True
 
-    def fit(self, keep: int, group: int, layer: LayerInfo) -> tuple[int, int]:
+    def fit(self, keep: int, group: int, shape: Sequence[int], *, name: str = "layer") -> tuple[int, int]:
         return keep, group  # tied layers share their filters
 
     def pruned_outputs(self, keep: int, group: int) -> int:
