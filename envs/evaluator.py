@@ -26,13 +26,16 @@ from rlprune.layers import FilterCoupling
 from rlprune.policy import DENSE_FLOAT, Policy
 from rlprune.training import Score, eval_mode, evaluate
 
+MASK_BYTES = 1 << 29  # cached masks kept at most: a large network's options stay within memory
+
 
 class PolicyEvaluator:
     """Accuracy and loss of the masked, quantized network on a fixed batch.
 
     The network is copied and attached once; each evaluation only swaps masks and bit-widths
-    in. Masks are cached per layer and option (with the layers tied to it), and the scores of
-    identical policies are memoized, so a search that revisits a policy pays nothing.
+    in. Masks are cached per layer and option (with the layers tied to it and the filter
+    choices that feed it), the least recently used dropped past ``MASK_BYTES``, and the scores
+    of identical policies are memoized, so a search that revisits a policy pays nothing.
 
     A policy can be scored on the first ``samples`` of the reward split only (multi-fidelity
     search); the split is drawn in a seeded random order (:func:`rlprune.data.make_splits`), so
@@ -89,7 +92,8 @@ class PolicyEvaluator:
         self._fed_by = feeding_layers(couplings)
         self.names = list(names)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._mask_bytes = 0
         self._memo: OrderedDict[tuple[Policy, int], Score] = OrderedDict()
         self.forward_passes = 0
 
@@ -104,7 +108,7 @@ class PolicyEvaluator:
             self.recalibration = self.recalibration.to(device)
         if self.reference is not None:
             self.reference = self.reference.to(device)
-        self._masks = {key: mask.to(device) for key, mask in self._masks.items()}
+        self._masks = OrderedDict((key, mask.to(device)) for key, mask in self._masks.items())
         return self
 
     @property
@@ -127,14 +131,9 @@ class PolicyEvaluator:
         known = self._recall(key)
         if known is not None:
             return known
-        keys = self._mask_keys(policy)
-        missing = {name for name, key in keys.items() if key not in self._masks}
-        if missing:
-            held = {name: self._masks[key] for name, key in keys.items() if name not in missing}
-            fresh = policy_masks(self.model, policy, self.pad, self.couplings, known=held)
-            self._masks.update({keys[name]: mask for name, mask in fresh.items()})
+        masks = self._policy_masks(policy)
         for name, choice in policy:
-            set_choice(self.model.get_submodule(name), choice, self._masks[keys[name]])
+            set_choice(self.model.get_submodule(name), choice, masks[name])
         with parametrize.cached():  # each masked, quantized weight made once for all the passes below
             if self.recalibration is not None:  # a share of the split: that share of its batches
                 batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
@@ -152,13 +151,30 @@ class PolicyEvaluator:
         self._store(key, score)
         return score
 
+    def _policy_masks(self, policy: Policy) -> dict[str, torch.Tensor]:
+        """Every layer's mask under ``policy``: cached ones, the others made and cached."""
+        keys = self._mask_keys(policy)
+        masks = {name: self._masks[key] for name, key in keys.items() if key in self._masks}
+        if len(masks) < len(keys):
+            masks |= policy_masks(self.model, policy, self.pad, self.couplings, known=masks)
+        for name, key in keys.items():
+            if key in self._masks:
+                self._masks.move_to_end(key)
+            else:
+                self._masks[key] = masks[name]
+                self._mask_bytes += masks[name].numel()
+        while self._mask_bytes > MASK_BYTES and len(self._masks) > len(keys):
+            self._mask_bytes -= self._masks.popitem(last=False)[1].numel()
+        return masks
+
     def _mask_keys(self, policy: Policy) -> dict[str, tuple]:
         """What each layer's mask depends on: its choice, the layers tied to it (they keep the
-        same filters) and, unless it prunes filters itself, the filter choices that feed it."""
+        same filters) and, where it is sparse but keeps its filters, the filter choices that feed it
+        (its mask is made on the inputs those leave)."""
         ties, choices = tied_filters(policy, self.couplings), dict(policy.choices)
         keys = {}
         for name, c in policy:
-            producers = () if prunes_filters(c) else self._fed_by.get(name, ())
+            producers = self._fed_by.get(name, ()) if c.spec.sparse and not prunes_filters(c) else ()
             feeding = tuple(
                 (p, choices[p].keep) for p in producers if p in choices and prunes_filters(choices[p])
             )

@@ -178,6 +178,24 @@ def test_the_score_memo_is_bounded_and_keeps_the_most_recent():
     assert evaluator.forward_passes == 4
 
 
+def test_cached_masks_stay_within_their_bytes_and_score_as_fresh_ones(monkeypatch):
+    import rlprune.envs.evaluator as evaluator_module
+    from rlprune.envs import PolicyEvaluator
+
+    env = make_env(pattern="kofn_weight", samples=16)
+    scored = env.problem.evaluator
+    names = [lay.name for lay in env.space.layers]
+    top_bits = len(env.space.bits) - 1
+    policies = [env.space.policy([(s, top_bits) for _ in env.space.shapes]) for s in range(4)]
+    one_policy = sum(scored.model.get_submodule(name).weight.numel() for name in names)
+    monkeypatch.setattr(evaluator_module, "MASK_BYTES", 2 * one_policy)  # two policies' masks
+    evaluator = PolicyEvaluator(scored.model, names, scored.x, scored.y, memo_size=1)
+    for policy in [*policies, policies[0]]:  # the first one's masks are made again
+        assert evaluator(policy) == PolicyEvaluator(scored.model, names, scored.x, scored.y)(policy)
+        assert evaluator._mask_bytes == sum(m.numel() for m in evaluator._masks.values()) <= 2 * one_policy
+    assert len(evaluator._masks) == 2 * len(names)
+
+
 def test_a_layer_a_policy_leaves_out_is_scored_dense_and_float():
     from rlprune.envs import PolicyEvaluator
 
