@@ -9,12 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
-# answers the GPU's name, fails the deploy bench of one model, and records every call
+# answers the GPU's name, fails the deploy bench of one model, writes a search's run folder, and
+# records every call
 STAND_IN = """#!/bin/bash
 echo "$*" >> "$CALLS"
 case "$*" in
   *"import torch"*) echo h100;;
   *"--models mobilenetv2"*) exit 7;;
+  *"hydra.run.dir="*) last=${*: -1}; run_dir=${last#hydra.run.dir=}; mkdir -p "$run_dir"
+    touch "$run_dir/report.json" "$run_dir/policy.yaml" "$run_dir/model.pt";;
 esac
 """
 
@@ -49,6 +52,12 @@ def test_every_step_runs_in_order_and_the_first_failure_is_the_status(tmp_path):
     assert models == ["resnet20", "mobilenetv2", "vit", "lm"]  # the failed one does not stop the rest
     assert f"--out {tmp_path / 'out'}/gpu_deploy_h100_vit.json" in runs[3]
     assert status == 7
+    # a lent machine brings back at most 8 files: the search's networks stay, its report comes
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "vit_local_gpu_policy.yaml",
+        "vit_local_gpu_report.json",
+    ]
+    assert list((tmp_path / "cache" / "runs").glob("vit_local_gpu_*/model.pt"))
 
 
 def test_named_steps_run_alone(tmp_path):
