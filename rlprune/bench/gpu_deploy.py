@@ -233,6 +233,9 @@ def run_model(
         checks.append(relative_error(deployment, reference, check_x))
         deployed.append(deployment)
     deploy_s = time.perf_counter() - started
+    worst = max(range(len(checks)), key=checks.__getitem__)
+    print(f"{name}: {len(policies)} networks deployed in {deploy_s:.0f}s; largest relative error "
+          f"{checks[worst]:.3g} ({labels[worst]})", flush=True)  # fmt: skip
     out: dict[str, Any] = {
         "model": name,
         "layers": len(layers),
@@ -244,59 +247,59 @@ def run_model(
         "deploy_seconds": deploy_s,
         "batches": [],
     }
-    cache = tempfile.mkdtemp(prefix="rlprune_local_gpu_")
-    for batch in batches:
-        t0 = time.perf_counter()
-        data = load_hardware_config("local_gpu")[0] | {"batch_size": batch, "cache_dir": cache}
-        op_timer = CudaTimer(block_time=0.005, rounds=rounds)
-        local, config_grid = local_table(data, op_timer, layers, couplings, policies, channel_step)
-        roof_cfg, _ = load_hardware_config(profile)
-        roofline = build_latency_model({**roof_cfg, "batch_size": batch})
-        x = inputs(batch)
-        table_s = time.perf_counter() - t0
-        constant = local.calibrate(model, x)
-        calibrate_s = time.perf_counter() - t0 - table_s
-        calls = [functools.partial(d.network, d.inputs(x)) for d in deployed]
-        passes, walls = [[], []], [[], []]  # the second pass is the first's ceiling
-        for timed, wall in zip(passes, walls, strict=True):
-            for call in calls:
-                timed.append(timer.seconds([call]))
-                wall.append(timer.walls)
-        measured, again = passes
-        local_s = [network_latency(local, layers, p, couplings) + constant for p in policies]
-        roof_s = [network_latency(roofline, layers, p, couplings) for p in policies]
+    with tempfile.TemporaryDirectory(prefix="rlprune_local_gpu_") as cache:  # a fresh table per run
+        for batch in batches:
+            t0 = time.perf_counter()
+            data = load_hardware_config("local_gpu")[0] | {"batch_size": batch, "cache_dir": cache}
+            op_timer = CudaTimer(block_time=0.005, rounds=rounds)
+            local, config_grid = local_table(data, op_timer, layers, couplings, policies, channel_step)
+            roof_cfg, _ = load_hardware_config(profile)
+            roofline = build_latency_model({**roof_cfg, "batch_size": batch})
+            x = inputs(batch)
+            table_s = time.perf_counter() - t0
+            constant = local.calibrate(model, x)
+            calibrate_s = time.perf_counter() - t0 - table_s
+            calls = [functools.partial(d.network, d.inputs(x)) for d in deployed]
+            passes, walls = [[], []], [[], []]  # the second pass is the first's ceiling
+            for timed, wall in zip(passes, walls, strict=True):
+                for call in calls:
+                    timed.append(timer.seconds([call]))
+                    wall.append(timer.walls)
+            measured, again = passes
+            local_s = [network_latency(local, layers, p, couplings) + constant for p in policies]
+            roof_s = [network_latency(roofline, layers, p, couplings) for p in policies]
 
-        def ratios(values: list[float]) -> list[float]:
-            return [v / values[0] for v in values[1:]]
+            def ratios(values: list[float]) -> list[float]:
+                return [v / values[0] for v in values[1:]]
 
-        row = {
-            "batch": batch,
-            "dense_measured_s": measured[0],
-            "dense_local_gpu_s": local_s[0],
-            "dense_profile_s": roof_s[0],
-            "measured_ratio": ratios(measured),
-            "again_ratio": ratios(again),
-            "local_gpu_ratio": ratios(local_s),
-            "profile_ratio": ratios(roof_s),
-            "local_gpu": fidelity(ratios(local_s), ratios(measured)),
-            "profile": fidelity(ratios(roof_s), ratios(measured)),
-            "timed_again": fidelity(ratios(again), ratios(measured)),
-            "scales": local.scales,
-            "constant_s": constant,
-            "channel_step": local.channel_step,
-            "table_entries": len(local.table),
-            "table": {**config_grid, **local.table},  # op key -> seconds, for --replay
-            "fitted_networks": local.fitted_networks,
-            "table_seconds": table_s,
-            "calibrate_seconds": calibrate_s,
-            "timing_walls": walls,  # per pass and network: host seconds of each phase of its timing
-            "shared_memory": timer.share_memory and op_timer.graph_timer.share_memory,
-            "memory_errors": [e for e in (timer.memory_error, op_timer.graph_timer.memory_error) if e],
-            "total_seconds": time.perf_counter() - t0,
-        }
-        out["batches"].append(row)
-        save(out)
-        print(summary_line(name, row, labels), flush=True)
+            row = {
+                "batch": batch,
+                "dense_measured_s": measured[0],
+                "dense_local_gpu_s": local_s[0],
+                "dense_profile_s": roof_s[0],
+                "measured_ratio": ratios(measured),
+                "again_ratio": ratios(again),
+                "local_gpu_ratio": ratios(local_s),
+                "profile_ratio": ratios(roof_s),
+                "local_gpu": fidelity(ratios(local_s), ratios(measured)),
+                "profile": fidelity(ratios(roof_s), ratios(measured)),
+                "timed_again": fidelity(ratios(again), ratios(measured)),
+                "scales": local.scales,
+                "constant_s": constant,
+                "channel_step": local.channel_step,
+                "table_entries": len(local.table),
+                "table": {**config_grid, **local.table},  # op key -> seconds, for --replay
+                "fitted_networks": local.fitted_networks,
+                "table_seconds": table_s,
+                "calibrate_seconds": calibrate_s,
+                "timing_walls": walls,  # per pass and network: host seconds of each phase of its timing
+                "shared_memory": timer.share_memory and op_timer.graph_timer.share_memory,
+                "memory_errors": [e for e in (timer.memory_error, op_timer.graph_timer.memory_error) if e],
+                "total_seconds": time.perf_counter() - t0,
+            }
+            out["batches"].append(row)
+            save(out)
+            print(summary_line(name, row, labels), flush=True)
     del deployed
     torch.cuda.empty_cache()
     return out
