@@ -135,6 +135,12 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f"{report['latency']:.3f} predicted; test accuracy {deployed['test_accuracy']:.4f}",
             soft_wrap=True,
         )
+        if deployed.get("remasked"):
+            console.print(
+                f"warning: the deploy imposed 2:4 again on {deployed['remasked']}: their masks were not "
+                "made on the inputs that upstream filters leave, so they differ from the finetuned ones",
+                soft_wrap=True,
+            )
     if report["latency"] > report["budget"] + 1e-9:
         console.print(
             f"warning: finetune.mask={report['finetune']['mask']} recast the searched policy; "

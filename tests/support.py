@@ -65,3 +65,21 @@ def shift_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
             torch.nn.init.uniform_(module.bias, 0.5, 1.0)
             torch.nn.init.uniform_(module.running_mean, -0.5, 0.5)
     return model
+
+
+def printable_report(**extra: object) -> dict:
+    """The fewest keys of a run's report that :func:`rlprune.report.print_report` prints, plus ``extra``."""
+    accuracy = dict.fromkeys(
+        ("dense_test", "dense_reward", "search_best_reward", "pruned_test_before_finetune"), 0.4
+    )
+    return {
+        "budget": 0.5,
+        "latency": 0.4,
+        "size_ratio": 0.3,
+        "hardware": "arm_cpu",
+        "accuracy": {**accuracy, "pruned_test_after_finetune": 0.45},
+        "search": {"agent": "ppo", "evaluations": 10, "seconds": 1.0},
+        "finetune": {"mask": "policy"},
+        "layers": [],
+        **extra,
+    }

@@ -16,7 +16,7 @@ from rlprune.hardware import build_latency_model
 from rlprune.layers import discover_layers
 from rlprune.models import TinyLM
 from rlprune.training import TrainSettings, evaluate, kl_divergence, train
-from tests.support import hardware_config
+from tests.support import hardware_config, printable_report
 
 
 def test_corpus_is_fixed_small_and_shifted(tmp_path):
@@ -164,23 +164,6 @@ def test_dense_epochs_follow_the_data_config():
     assert math.isfinite(compose_config("model=tiny_lm", "data=text").dense.lr)
 
 
-def _report(**extra: object) -> dict:
-    accuracy = dict.fromkeys(
-        ("dense_test", "dense_reward", "search_best_reward", "pruned_test_before_finetune"), 0.4
-    )
-    return {
-        "budget": 0.5,
-        "latency": 0.4,
-        "size_ratio": 0.3,
-        "hardware": "arm_cpu",
-        "accuracy": {**accuracy, "pruned_test_after_finetune": 0.45},
-        "search": {"agent": "ppo", "evaluations": 10, "seconds": 1.0},
-        "finetune": {"mask": "policy"},
-        "layers": [],
-        **extra,
-    }
-
-
 def test_printed_report_shows_perplexity_and_kl_for_language_data_only():
     from rich.console import Console
 
@@ -195,14 +178,16 @@ def test_printed_report_shows_perplexity_and_kl_for_language_data_only():
         "pruned_reward_after_finetune": 4.5,
     }
     console = Console(record=True, width=200)
-    print_report(_report(language_model={"perplexity": perplexity, "kl_to_dense_test": 0.0515}), console)
+    print_report(
+        printable_report(language_model={"perplexity": perplexity, "kl_to_dense_test": 0.0515}), console
+    )
     text = console.export_text()
     assert "token accuracy: dense test 0.4000" in text
     assert "perplexity: dense test 4.200 | search best (reward split) 4.900" in text
     assert "after finetune 4.400 (reward split 4.500, dense 4.300)" in text
     assert "KL(dense ‖ final) on the test split: 0.0515 nats per token" in text
     console = Console(record=True, width=200)
-    print_report(_report(), console)
+    print_report(printable_report(), console)
     text = console.export_text()
     assert "perplexity" not in text and "KL" not in text and "\naccuracy: dense test" in text
 

@@ -153,6 +153,28 @@ def test_local_gpu_without_cuda_says_what_to_do():
         load_latency_model("local_gpu")
 
 
+def test_printed_report_warns_of_layers_the_gpu_deploy_masked_again():
+    from rich.console import Console
+
+    from rlprune.cuda.deploy import CudaDeployment
+    from rlprune.cuda.measure import deployment_report
+    from rlprune.report import print_report
+    from tests.support import printable_report
+
+    texts = []
+    for remasked in ([], ["blocks.0.fc2"]):
+        deployed = CudaDeployment(torch.nn.Identity(), torch.device("cpu"), torch.float16, remasked=remasked)
+        console = Console(record=True, width=200)
+        print_report(
+            printable_report(deployed=deployment_report(deployed, "a GPU", 0.4, [1.0, 0.8, 1.0])),
+            console,
+        )
+        texts.append(console.export_text())
+    assert all("deployed on a GPU" in text for text in texts)
+    assert "imposed 2:4 again" not in texts[0]
+    assert "warning: the deploy imposed 2:4 again on ['blocks.0.fc2']" in texts[1]
+
+
 @needs_cuda
 def test_semi_sparse_linear_matches_the_masked_dense_product():
     from rlprune.cuda.kernels import SemiSparseLinear
@@ -204,6 +226,28 @@ def test_deploy_cuda_runs_a_mixed_policy_close_to_its_reference():
     inputs = deployment.inputs(x)
     seconds = CudaGraphTimer(rounds=3).seconds([lambda: deployment.network(inputs)])
     assert 0 < seconds < 0.1
+
+
+@needs_cuda
+def test_a_2_4_layer_behind_pruned_filters_deploys_the_mask_it_was_finetuned_with():
+    from rlprune.compress import bake, compress
+
+    net, x = tiny_vit()
+    layers = discover_layers(net, x)
+    couplings = filter_couplings(net, x, layers)
+    fc1 = net.get_submodule("blocks.0.fc1")
+    policy = Policy.of(
+        {
+            "blocks.0.fc1": Choice(Pattern.FILTER, 48, fc1.out_features, 16, 16),  # 80 inputs of fc2 go
+            "blocks.0.fc2": Choice(Pattern.NM, 2, 4, 16, 16),
+        }
+    )
+    baked = bake(compress(net, policy, couplings=couplings)).eval()
+    deployment = deploy_cuda(baked, policy, x, [x], "cuda", torch.float16)
+    assert deployment.kernels["blocks.0.fc2"] == "sparse" and deployment.remasked == []
+    with torch.no_grad():
+        want, got = baked(x).double(), deployment(x).double()
+    assert float((got - want).norm() / want.norm()) < 1e-2
 
 
 @needs_cuda

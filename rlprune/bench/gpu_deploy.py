@@ -243,6 +243,7 @@ def run_model(
         "choices": [policy.to_dict() for policy in policies],
         "kernels": [d.kernels for d in deployed],
         "dense_fallbacks": [d.dense_fallbacks for d in deployed],
+        "remasked": [d.remasked for d in deployed],
         "relative_error": checks,
         "deploy_seconds": deploy_s,
         "batches": [],

@@ -59,6 +59,9 @@ class CudaDeployment:
         device, dtype: where it runs and its float dtype.
         kernels: layer name -> kernel (:func:`kernel_of`) for every layer of the policy.
         dense_fallbacks: layer name -> why a sparse or int8 choice runs dense there.
+        remasked: the 2:4 layers whose weight was not 2:4 once upstream filters were removed
+            (a mask not made on the inputs that stay): 2:4 was imposed again by magnitude, so
+            they differ from the network deployed.
     """
 
     network: nn.Module
@@ -66,6 +69,7 @@ class CudaDeployment:
     dtype: torch.dtype
     kernels: dict[str, str] = field(default_factory=dict)
     dense_fallbacks: dict[str, str] = field(default_factory=dict)
+    remasked: list[str] = field(default_factory=list)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the network takes it: on its device, in its dtype, images channels-last (NHWC)."""
@@ -144,7 +148,14 @@ def deploy_cuda(
         raise ValueError(f"layers {int8} run int8: pass calibration batches to set their input ranges")
     ranges = input_ranges(network, int8, map(deployment.inputs, batches)) if int8 else {}
     for name, kernel in swaps.items():
-        _replace(network, name, _kernel_module(network.get_submodule(name), kernel, ranges.get(name)))
+        linear = network.get_submodule(name)
+        if kernel.endswith("sparse") and not is_two_four(linear.weight):
+            deployment.remasked.append(name)
+            with torch.no_grad():
+                linear.weight.mul_(
+                    nm_mask(linear.weight.abs().float(), keep=2, group=4).to(linear.weight.dtype)
+                )
+        _replace(network, name, _kernel_module(linear, kernel, ranges.get(name)))
     return deployment
 
 
@@ -169,10 +180,6 @@ def _fallback(module: nn.Module, choice: Choice, kernel: str) -> str | None:
 
 
 def _kernel_module(linear: nn.Linear, kernel: str, span: tuple | None) -> nn.Module:
-    if kernel.endswith("sparse") and not is_two_four(linear.weight):
-        # upstream filters removed some of its inputs, breaking the runs of 4 its mask was made on
-        with torch.no_grad():
-            linear.weight.mul_(nm_mask(linear.weight.abs().float(), keep=2, group=4).to(linear.weight.dtype))
     if kernel == "sparse":
         return SemiSparseLinear.from_linear(linear)
     low, high = span if span is not None else (0.0, 0.0)

@@ -81,6 +81,7 @@ def deployment_report(
         "int8_layers": [name for name, kernel in deployed.kernels.items() if kernel.startswith("int8")],
         "kernels": deployed.kernels,
         "dense_fallbacks": deployed.dense_fallbacks,
+        "remasked": deployed.remasked,
         "test_accuracy": test_accuracy,
         "measured_latency": seconds[1] / dense_s,
         "dense_seconds": dense_s,
