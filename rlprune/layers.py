@@ -259,9 +259,10 @@ class FilterCoupling:
     """What removing one of a layer's filters does to the rest of the network.
 
     Attributes:
-        consumers: ``(name, inputs)`` of every prunable layer that loses ``inputs`` input
-            channels per filter removed (1 for a conv, the positions per channel for a Linear
-            after a flatten).
+        feeds: ``(name, channels)`` of every prunable layer that reads these filters:
+            ``channels[f]`` are its input channels that filter ``f`` feeds, which the export
+            removes with it (one for a conv, the positions of the channel for a Linear after a
+            flatten).
         fixed: why this layer's filters cannot be pruned at all (a depthwise conv, a reshape
             Torch-Pruning cannot map, or the network's outputs); ``None`` when they can.
         norms: ``(name, offset)`` of the batch norms whose channels go with the filters, which
@@ -271,16 +272,19 @@ class FilterCoupling:
             outputs are its inputs): they lose the same channels and share this layer's decision.
         tied: the other prunable layers whose output channels are these (they meet in a residual
             add): the filters of all of them are kept or removed together, as one decision.
-        feeds: ``(name, channels)`` of every consumer: ``channels[f]`` are the consumer's input
-            channels that filter ``f`` feeds, which the export removes with it.
     """
 
-    consumers: tuple[tuple[str, int], ...] = ()
+    feeds: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
     fixed: str | None = None
     norms: tuple[tuple[str, int], ...] = ()
     followers: tuple[str, ...] = ()
     tied: tuple[str, ...] = ()
-    feeds: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
+
+    @property
+    def consumers(self) -> tuple[tuple[str, int], ...]:
+        """``(name, inputs)`` of every layer that reads these filters: it loses ``inputs`` input
+        channels per filter removed."""
+        return tuple((name, len(channels[0])) for name, channels in self.feeds)
 
     @property
     def blocked(self) -> str | None:
@@ -312,7 +316,6 @@ def filter_couplings(
         module = model.get_submodule(layer.name)
         prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
         filters = list(range(layer.out_channels))
-        consumers: dict[str, int] = {}
         feeds: dict[str, list[list[int]]] = {}
         tied: list[str] = []
         norms: dict[str, int] = {}
@@ -341,25 +344,23 @@ def filter_couplings(
             elif max(idxs) >= _inputs(target):
                 unmapped.append(other)
             else:
-                consumers[other] = consumers.get(other, 0) + len(idxs) // len(filters)
                 channels = feeds.setdefault(other, [[] for _ in filters])
                 for idx, root in zip(idxs, item.root_idxs, strict=True):
                     channels[root].append(idx)
         followers = [name for name in dict.fromkeys(tied) if is_depthwise(model.get_submodule(name))]
         tied = [name for name in dict.fromkeys(tied) if name not in followers]
         couplings[layer.name] = FilterCoupling(
-            tuple(consumers.items()),
-            _fixed(module, unmapped, unmasked, grouped, consumers),
+            tuple((name, tuple(map(tuple, channels))) for name, channels in feeds.items()),
+            _fixed(module, unmapped, unmasked, grouped, feeds),
             tuple(norms.items()),
             tuple(followers),
             tuple(tied),
-            tuple((name, tuple(map(tuple, channels))) for name, channels in feeds.items()),
         )
     return couplings
 
 
 def _fixed(
-    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], consumers: dict
+    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], feeds: dict
 ) -> str | None:
     """Why a layer's filters cannot be pruned at all, or ``None``."""
     if is_depthwise(module):
@@ -381,7 +382,7 @@ def _fixed(
             f"Torch-Pruning maps its channels onto other indices of {sorted(set(unmapped))} (a reshape "
             "such as attention heads, or a concatenation that meets a residual add, lies between them)"
         )
-    if not consumers:
+    if not feeds:
         return "its outputs are the network's outputs"
     return None
 
