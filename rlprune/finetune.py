@@ -24,7 +24,9 @@ from rlprune.compress import (
     calibrate_activations,
     compress,
     dense_weight,
+    feeding_layers,
     policy_masks,
+    prunes_filters,
     recalibrate_batch_norms,
     tied_filters,
     use_learned_mask,
@@ -241,6 +243,7 @@ class _MaskTrainer:
         steps: int,
         pad: bool,
         couplings: Mapping[str, FilterCoupling] | None,
+        masks: Mapping[str, torch.Tensor],
     ) -> None:
         self.model, self.settings, self.steps, self.pad = model, settings, max(1, steps), pad
         self.couplings = couplings
@@ -248,6 +251,17 @@ class _MaskTrainer:
         self.ties = tied_filters(policy, couplings)
         self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
         self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
+        producers = {name for name, choice in policy if prunes_filters(choice)}
+        self.feeders = {  # the fixed masks made on the inputs that filter choices leave
+            name: tuple(p for p in fed if p in producers)
+            for name, fed in feeding_layers(couplings).items()
+            if name in self.choices
+            and name not in producers
+            and self.choices[name].spec.sparse
+            and self._fixed(name)
+            and producers.intersection(fed)
+        }
+        self.made_on = {name: {p: _kept_filters(masks[p]) for p in fed} for name, fed in self.feeders.items()}
         names = [n for n, c in policy if c.spec.sparse]
         self.gap = (
             GapSchedule(names, min(settings.gap_partitions, len(names)), settings.gap_epochs_per_step)
@@ -279,12 +293,36 @@ class _MaskTrainer:
             old = before if n == name and before is not None else parametrization.mask
             self.sads[n].append(sad(old, fresh[n]))
             parametrization.mask = fresh[n]
+            if n in self.feeders:
+                self.made_on[n] = {p: self._kept(p) for p in self.feeders[n]}
         return updated
 
+    def _kept(self, name: str) -> torch.Tensor:
+        return _kept_filters(weight_parametrization(self.model.get_submodule(name)).mask)
+
+    def follow_filters(self) -> None:
+        """Re-prune each fixed mask whose feeding filters moved since it was made.
+
+        Such a mask is made on the inputs the filters upstream leave
+        (:func:`~rlprune.compress.policy_masks`). Learned filter masks pick other filters as they
+        train, and GaP may prune a grown layer back to other filters; the N:M runs downstream
+        then no longer line up with the layer the export makes. While GaP grows a layer or a
+        filter layer feeding it, the layer waits for the pruning back.
+        """
+        for name, fed in self.feeders.items():
+            if self.grown.keys() & {name, *fed}:
+                continue
+            if any(not torch.equal(self._kept(p), self.made_on[name][p]) for p in fed):
+                self.reprune(name)
+
     def on_epoch(self, epoch: int) -> None:
-        """GaP: grow this step's partition, prune back the one grown before; the last step prunes all."""
-        if self.gap is None:
-            return
+        """GaP: grow this step's partition, prune back the one grown before; the last step prunes
+        all. Then the masks whose feeding filters moved follow them (:meth:`follow_filters`)."""
+        if self.gap is not None:
+            self._grow_and_prune(epoch)
+        self.follow_filters()
+
+    def _grow_and_prune(self, epoch: int) -> None:
         last_step = epoch >= self.settings.train.epochs - self.settings.gap_epochs_per_step
         grown = set() if last_step else self.gap.dense_layers(epoch)
         for name in set(self.grown) - grown:
@@ -369,7 +407,7 @@ def finetune(
     recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
     calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
-    trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings)
+    trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings, masks)
     if settings.train.epochs > 0:
         train(
             model,
@@ -382,7 +420,12 @@ def finetune(
             on_step=trainer.on_step,
             augment=augment if augment is not None and augment.active else None,
         )
+    trainer.follow_filters()
     return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
+
+
+def _kept_filters(mask: torch.Tensor) -> torch.Tensor:
+    return mask.flatten(1).any(1)
 
 
 def _metrics(model: nn.Module, policy: Policy, trainer: _MaskTrainer) -> dict[str, dict[str, float]]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlprune.compress import bake, weight_parametrization
+from rlprune.compress import bake, policy_masks, weight_parametrization
 from rlprune.data import Splits
 from rlprune.errors import ConfigError
 from rlprune.finetune import FinetuneSettings, finetune, finetune_policy
@@ -130,6 +130,41 @@ def test_learned_filter_masks_keep_the_hardwares_channel_multiple(setup):
     first = layers[0].name  # 8 filters: no smaller multiple of 8, so its searched choice stays
     assert kept[first] == "8 output channels hold no smaller multiple of 8 to keep"
     assert dict(recast)[first] == dict(policy)[first]
+
+
+@pytest.mark.parametrize(
+    ("fc1", "moves"),
+    [
+        (Choice(Pattern.KOFN_WEIGHT, 100, 160, 8, 8), {"mask": "learned", "granularity": "filter"}),
+        # grown in epochs 0 and 2, fc1 is pruned back to other filters as the last epoch starts
+        (Choice(Pattern.FILTER, 20, 32, 8, 8), {"gap_partitions": 2}),
+    ],
+    ids=["learned", "gap"],
+)
+def test_a_fixed_nm_mask_follows_the_filters_that_feed_it_as_they_move(fc1, moves):
+    from rlprune.cuda.kernels import is_two_four
+    from rlprune.export import export_filter_pruned
+
+    torch.manual_seed(0)
+    model = MNIST1DCNN(channels=(8, 16, 16, 16), hidden=32).eval()
+    with torch.no_grad():  # fc1's filters start of equal magnitude: training decides which stay
+        model.fc1.weight.copy_(model.fc1.weight.sign() * 0.05)
+    x, y = torch.randn(256, 1, 40), torch.randint(0, 10, (256,))
+    splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], num_classes=10)
+    layers = discover_layers(model, x)
+    couplings = filter_couplings(model, x[:1], layers)
+    # fc1 keeps 20 of its 32 filters; fc2, the class outputs, is 2:4 on the 20 inputs they leave
+    policy = Policy.of({"fc1": fc1, "fc2": Choice(Pattern.NM, 2, 4, 8, 8)})
+    train = TrainSettings(epochs=4, lr=1e-2, batch_size=32, weight_decay=0.0)
+    result = finetune(
+        model, policy, layers, splits, FinetuneSettings(train, **moves), seed=0, couplings=couplings
+    )
+    kept = weight_parametrization(result.model.get_submodule("fc1")).mask.any(1)
+    first = policy_masks(model, result.policy, True, couplings)["fc1"].any(1)
+    assert not torch.equal(kept, first)  # the filters moved
+    exported = export_filter_pruned(bake(result.model), result.policy, x[:2])
+    assert exported.fc2.weight.shape == (10, 20) and is_two_four(exported.fc2.weight)
+    assert result.metrics["fc2"]["sad"] > 0
 
 
 def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
