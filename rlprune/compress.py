@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from rlprune.errors import ConfigError
-from rlprune.layers import FilterCoupling, is_depthwise
+from rlprune.layers import FilterCoupling, is_depthwise, pruning_groups
 from rlprune.masks import GumbelTopKMask, compute_mask, importance, srste, tied_filter_masks
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
@@ -193,12 +193,8 @@ def removed_inputs(
     feeds (:attr:`~rlprune.layers.FilterCoupling.feeds`), its depthwise followers that channel.
     """
     removed: dict[str, set[int]] = {}
-    done: set[str] = set()
-    for name, choice in policy:
-        if not (prunes_filters(choice) and couplings and name in couplings) or name in done:
-            continue
-        coupling = couplings[name]
-        done.update(coupling.tied)  # tied layers remove the same filters once
+    pruning = [name for name, choice in policy if prunes_filters(choice)]
+    for name, coupling in pruning_groups(pruning, couplings or {}):
         pruned = (~masks[name].flatten(1).any(1)).nonzero().flatten().tolist()
         for consumer, channels in coupling.feeds:
             removed.setdefault(consumer, set()).update(c for f in pruned for c in channels[f])

@@ -8,7 +8,7 @@ the report) works on :class:`LayerInfo` and never on modules.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -295,6 +295,19 @@ class FilterCoupling:
             f"its output channels are tied to {sorted(self.tied)} (a residual add), so they are pruned "
             "only together with theirs"
         )
+
+
+def pruning_groups(
+    names: Iterable[str], couplings: Mapping[str, FilterCoupling]
+) -> Iterator[tuple[str, FilterCoupling]]:
+    """Each of ``names`` (layers whose choices remove filters) that has a coupling, with it, once
+    per group tied by a residual add: tied layers remove the same filters, so the layers reading
+    them lose those once."""
+    done: set[str] = set()
+    for name in names:
+        if name in couplings and name not in done:
+            done.update(couplings[name].tied)
+            yield name, couplings[name]
 
 
 def filter_couplings(

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import ConfigError
-from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs
+from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs, pruning_groups
 from rlprune.patterns import get_pattern, pattern_names
 from rlprune.policy import FLOAT_BITS, SUPPORTED_BITS, Choice, Pattern, Policy
 
@@ -219,16 +219,13 @@ def effective_cells(
     already adjusted, or its filter choice costed on itself alone. Layers tied by a residual add
     prune the same filters, so their consumers lose them once.
     """
-    couplings = couplings or {}
+    pruned = {
+        layer.name: c.spec.pruned_outputs(c.keep, c.group) for layer, c in zip(layers, choices, strict=True)
+    }
     removed: dict[str, int] = {}
-    done: set[str] = set()
-    for layer, choice in zip(layers, choices, strict=True):
-        pruned = choice.spec.pruned_outputs(choice.keep, choice.group)
-        if pruned and layer.name in couplings and layer.name not in done:
-            coupling = couplings[layer.name]
-            done.update(coupling.tied)
-            for consumer, per_filter in [*coupling.consumers, *((f, 1) for f in coupling.followers)]:
-                removed[consumer] = removed.get(consumer, 0) + pruned * per_filter
+    for name, coupling in pruning_groups([n for n, count in pruned.items() if count], couplings or {}):
+        for consumer, per_filter in [*coupling.consumers, *((f, 1) for f in coupling.followers)]:
+            removed[consumer] = removed.get(consumer, 0) + pruned[name] * per_filter
     return [
         with_fewer_inputs(layer, choice, removed.get(layer.name, 0))
         for layer, choice in zip(layers, choices, strict=True)
