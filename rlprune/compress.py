@@ -134,13 +134,22 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
 def set_choice(layer: nn.Module, choice: Choice, mask: torch.Tensor) -> None:
     """Point an attached layer at ``mask`` and the bit-widths of ``choice``."""
-    parametrization = weight_parametrization(layer)
-    parametrization.mask = mask
-    parametrization.bits = choice.w_bits
+    set_mask(layer, mask, choice.pattern is Pattern.FILTER)
+    weight_parametrization(layer).bits = choice.w_bits
     layer.input_quantizer.bits = choice.a_bits
-    pruning = choice.pattern is Pattern.FILTER
-    kept = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
-    layer.kept_filters.kept = mask.flatten(1).any(1) if pruning else kept
+
+
+def set_mask(layer: nn.Module, mask: torch.Tensor, filters: bool) -> None:
+    """Point an attached layer's fixed mask at ``mask``; with ``filters`` (a filter choice), the
+    filters whose rows it empties are also silenced (:class:`SilencePruned`)."""
+    weight_parametrization(layer).mask = mask
+    silence_pruned_filters(layer, mask if filters else None)
+
+
+def silence_pruned_filters(layer: nn.Module, mask: torch.Tensor | None) -> None:
+    """Silence the outputs of the filters whose rows ``mask`` empties (none for ``None``)."""
+    kept = layer.kept_filters.kept
+    layer.kept_filters.kept = torch.ones_like(kept) if mask is None else mask.flatten(1).any(1)
 
 
 def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:

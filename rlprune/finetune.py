@@ -28,6 +28,8 @@ from rlprune.compress import (
     policy_masks,
     prunes_filters,
     recalibrate_batch_norms,
+    set_mask,
+    silence_pruned_filters,
     tied_filters,
     use_learned_mask,
     weight_parametrization,
@@ -252,6 +254,7 @@ class _MaskTrainer:
         self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
         self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
         producers = {name for name, choice in policy if prunes_filters(choice)}
+        self.learned_filters = sorted(name for name in producers if not self._fixed(name))
         self.feeders = {  # the fixed masks made on the inputs that filter choices leave
             name: tuple(p for p in fed if p in producers)
             for name, fed in feeding_layers(couplings).items()
@@ -262,7 +265,7 @@ class _MaskTrainer:
             and producers.intersection(fed)
         }
         self.made_on = {name: {p: _kept_filters(masks[p]) for p in fed} for name, fed in self.feeders.items()}
-        names = [n for n, c in policy if c.spec.sparse]
+        names = [n for n, c in policy if c.spec.sparse and self._fixed(n)]  # learned masks move on their own
         self.gap = (
             GapSchedule(names, min(settings.gap_partitions, len(names)), settings.gap_epochs_per_step)
             if settings.gap_partitions and names
@@ -289,19 +292,23 @@ class _MaskTrainer:
         fresh = policy_masks(self.model, policy, self.pad, self.couplings, known=standing)
         updated = {name} | {n for n in names if n not in self.grown}
         for n in updated:
-            parametrization = weight_parametrization(self.model.get_submodule(n))
-            old = before if n == name and before is not None else parametrization.mask
+            layer = self.model.get_submodule(n)
+            old = before if n == name and before is not None else weight_parametrization(layer).mask
             self.sads[n].append(sad(old, fresh[n]))
-            parametrization.mask = fresh[n]
+            set_mask(layer, fresh[n], prunes_filters(self.choices[n]))
             if n in self.feeders:
                 self.made_on[n] = {p: self._kept(p) for p in self.feeders[n]}
         return updated
 
+    def _mask(self, name: str) -> torch.Tensor:
+        return weight_parametrization(self.model.get_submodule(name)).mask
+
     def _kept(self, name: str) -> torch.Tensor:
-        return _kept_filters(weight_parametrization(self.model.get_submodule(name)).mask)
+        return _kept_filters(self._mask(name))
 
     def follow_filters(self) -> None:
-        """Re-prune each fixed mask whose feeding filters moved since it was made.
+        """Silence the filters learned masks now drop, and re-prune each fixed mask whose
+        feeding filters moved since it was made.
 
         Such a mask is made on the inputs the filters upstream leave
         (:func:`~rlprune.compress.policy_masks`). Learned filter masks pick other filters as they
@@ -309,6 +316,8 @@ class _MaskTrainer:
         then no longer line up with the layer the export makes. While GaP grows a layer or a
         filter layer feeding it, the layer waits for the pruning back.
         """
+        for name in self.learned_filters:
+            silence_pruned_filters(self.model.get_submodule(name), self._mask(name))
         for name, fed in self.feeders.items():
             if self.grown.keys() & {name, *fed}:
                 continue
@@ -328,9 +337,9 @@ class _MaskTrainer:
         for name in set(self.grown) - grown:
             self.reprune(name, before=self.grown.pop(name))
         for name in grown - set(self.grown):
-            parametrization = weight_parametrization(self.model.get_submodule(name))
-            self.grown[name] = parametrization.mask
-            parametrization.mask = torch.ones_like(parametrization.mask)
+            layer = self.model.get_submodule(name)
+            self.grown[name] = weight_parametrization(layer).mask
+            set_mask(layer, torch.ones_like(self.grown[name]), prunes_filters(self.choices[name]))
 
     def on_step(self, step: int) -> None:
         """SR-STE mask refresh and learned-mask temperature annealing."""
@@ -391,7 +400,8 @@ def finetune(
     model = compress(dense, applied, masks=masks, pad=pad, couplings=couplings)
     for name, choice in applied:
         layer = model.get_submodule(name)
-        if settings.mask == "learned" and choice.pattern in LEARNED_PATTERNS.values() and choice.density < 1:
+        learned = settings.mask == "learned" and name not in kept  # a kept choice keeps its fixed mask
+        if learned and choice.pattern is LEARNED_PATTERNS[settings.granularity] and choice.density < 1:
             sampler = GumbelTopKMask(
                 dense_weight(layer).shape,
                 choice.keep,

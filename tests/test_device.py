@@ -80,3 +80,61 @@ def test_mixed_precision_runs_products_in_bf16_on_the_gpu():
     with mixed_precision(torch.device("cuda")):
         out = layer(torch.randn(2, 8, device="cuda"))
     assert out.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"mask": "learned", "granularity": "filter", "gap_partitions": 2},
+        {"mask": "learned", "granularity": "kernel"},
+        {"mask": "nm_transposable", "nm": (2, 4), "srste_decay": 2e-4, "refresh_steps": 2},
+        {"mask": "policy", "criterion": "wanda", "gap_partitions": 2},
+        {"mask": "kofn_weight", "criterion": "taylor"},
+    ],
+    ids=["learned-filter-gap", "learned-kernel", "transposable-srste", "wanda-gap", "taylor"],
+)
+def test_every_finetune_mode_trains_and_exports_on_the_device(device, mode):
+    from rlprune.compress import bake
+    from rlprune.data import Splits
+    from rlprune.export import export_filter_pruned
+    from rlprune.finetune import FinetuneSettings, finetune
+    from rlprune.layers import discover_layers, filter_couplings
+    from rlprune.models import MNIST1DCNN
+    from rlprune.policy import Choice, Pattern, Policy
+    from rlprune.training import TrainSettings
+
+    torch.manual_seed(0)
+    model = MNIST1DCNN(channels=(8, 16, 16, 16), hidden=32).eval().to(device)
+    x, y = torch.randn(128, 1, 40, device=device), torch.randint(0, 10, (128,), device=device)
+    splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], num_classes=10)
+    layers = discover_layers(model, x)
+    couplings = filter_couplings(model, x[:1], layers)
+    policy = Policy.of(
+        {
+            "conv2": Choice(Pattern.FILTER, 8, 16, 8, 8),
+            "conv3": Choice(Pattern.NM, 2, 4, 8, 8),
+            "fc1": Choice(Pattern.KOFN_WEIGHT, 80, 160, 8, 8),
+            "fc2": Choice(Pattern.NM, 2, 4, 8, 8),
+        }
+    )
+    train = TrainSettings(epochs=3, lr=1e-3, batch_size=32, weight_decay=0.0)
+    result = finetune(model, policy, layers, splits, FinetuneSettings(train, **mode), 0, True, couplings)
+    assert {t.device.type for t in [*result.model.parameters(), *result.model.buffers()]} == {device}
+    exported = export_filter_pruned(bake(result.model), result.policy, x[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), result.model(x), atol=1e-4, rtol=1e-4)
+
+
+@needs_cuda
+def test_the_default_run_trains_searches_and_finetunes_on_the_gpu(tmp_path):
+    import json
+
+    result = rlprune(tmp_path, "device=cuda", "wandb.mode=disabled", *QUICK)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["device"].startswith("cuda")

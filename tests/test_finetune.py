@@ -167,6 +167,28 @@ def test_a_fixed_nm_mask_follows_the_filters_that_feed_it_as_they_move(fc1, move
     assert result.metrics["fc2"]["sad"] > 0
 
 
+def test_filters_pruned_back_to_others_silence_what_the_export_removes():
+    from rlprune.export import export_filter_pruned
+
+    torch.manual_seed(0)
+    model = MNIST1DCNN(channels=(8, 16, 16, 16), hidden=32).eval()
+    with torch.no_grad():  # fc1's filters start of equal magnitude: GaP's dense epochs reorder them
+        model.fc1.weight.copy_(model.fc1.weight.sign() * 0.05)
+    x, y = torch.randn(256, 1, 40), torch.randint(0, 10, (256,))
+    splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], num_classes=10)
+    layers = discover_layers(model, x)
+    couplings = filter_couplings(model, x[:1], layers)
+    policy = Policy.of({"fc1": Choice(Pattern.FILTER, 20, 32, 8, 8)})  # fc2 reads them dense
+    train = TrainSettings(epochs=3, lr=1e-2, batch_size=32, weight_decay=0.0)
+    result = finetune(
+        model, policy, layers, splits, FinetuneSettings(train, gap_partitions=1), 0, True, couplings
+    )
+    assert result.metrics["fc1"]["sad"] > 0  # pruned back to other filters
+    exported = export_filter_pruned(bake(result.model), result.policy, x[:2])
+    with torch.no_grad():  # the filters dropped last emit no bias that the export would not
+        torch.testing.assert_close(exported(x), result.model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
     assert settings(mask="transposable").mask == "nm_transposable"
     assert settings(mask="kofn").mask == "kofn_weight"
