@@ -431,6 +431,10 @@ def finetune(
             augment=augment if augment is not None and augment.active else None,
         )
     trainer.follow_filters()
+    if settings.train.epochs > 0:
+        # the running statistics average the last few steps, taken under older weights and masks
+        # (GaP prunes its last partition back an epoch before the end)
+        recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
     return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
 
 

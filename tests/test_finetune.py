@@ -189,6 +189,33 @@ def test_filters_pruned_back_to_others_silence_what_the_export_removes():
         torch.testing.assert_close(exported(x), result.model(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_finetuned_network_ends_with_the_batch_norm_statistics_of_its_final_masks():
+    import copy
+
+    from rlprune.compress import recalibrate_batch_norms
+    from rlprune.models import ResNet20
+
+    torch.manual_seed(0)
+    model = ResNet20(num_classes=10, width=8).eval()
+    x, y = torch.randn(200, 3, 16, 16), torch.randint(0, 10, (200,))
+    splits = Splits(x, y, x[:50], y[:50], x[:50], y[:50], num_classes=10)
+    layers = discover_layers(model, x)
+    couplings = filter_couplings(model, x[:1], layers)
+    conv1s = [layer for layer in layers if layer.name.endswith("conv1")]
+    policy = Policy.of(
+        {c.name: Choice(Pattern.FILTER, c.out_channels // 2, c.out_channels, 8, 8) for c in conv1s}
+    )
+    train = TrainSettings(epochs=3, lr=1e-2, batch_size=50, weight_decay=0.0)
+    # grown for two epochs, the conv1s are pruned back as the last one starts
+    result = finetune(
+        model, policy, layers, splits, FinetuneSettings(train, gap_partitions=1), 0, True, couplings
+    )
+    again = copy.deepcopy(result.model)
+    recalibrate_batch_norms(again, x, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), again(x), atol=1e-4, rtol=1e-4)
+
+
 def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
     assert settings(mask="transposable").mask == "nm_transposable"
     assert settings(mask="kofn").mask == "kofn_weight"
