@@ -26,6 +26,7 @@ BENCHMARKS = {
     "soak": "rlprune.bench.soak",
     "gpu": "rlprune.bench.gpu",
     "optimum": "rlprune.bench.optimum",
+    "finetune": "rlprune.bench.finetune",
 }
 
 
