@@ -235,7 +235,8 @@ class FinetuneResult:
 
 
 class _MaskTrainer:
-    """Mask schedules during training: SR-STE refresh, GaP grow/prune, learned-mask annealing."""
+    """Mask schedules during training: SR-STE refresh, GaP grow/prune, learned-mask annealing,
+    and fixed masks following the filters that feed them (:meth:`follow_filters`)."""
 
     def __init__(
         self,
@@ -377,7 +378,8 @@ def finetune(
 ) -> FinetuneResult:
     """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back.
 
-    ``augment`` (``data.augment``) draws random flips and crops of every training batch.
+    ``augment`` (``data.augment``) draws random flips and crops of every training batch. The
+    batch norms are re-estimated on the training split before training and after it.
 
     ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`)
     and which layers' filters a learned filter mask may prune (:func:`finetune_policy`).
