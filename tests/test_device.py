@@ -11,6 +11,8 @@ from rlprune.errors import ConfigError, RlpruneError
 from tests.test_cli import QUICK, rlprune
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def test_auto_is_the_gpu_where_there_is_one():
@@ -74,16 +76,12 @@ def test_dense_training_in_bf16_changes_nothing_on_the_cpu():
         assert not torch.is_autocast_enabled("cpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_mixed_precision_runs_products_in_bf16_on_the_gpu():
     layer = torch.nn.Linear(8, 4).cuda()
     with mixed_precision(torch.device("cuda")):
         out = layer(torch.randn(2, 8, device="cuda"))
     assert out.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
-
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
