@@ -112,19 +112,20 @@ def test_every_finetune_mode_trains_and_exports_on_the_device(device, mode):
     splits = Splits(x, y, x[:32], y[:32], x[:32], y[:32], num_classes=10)
     layers = discover_layers(model, x)
     couplings = filter_couplings(model, x[:1], layers)
+    # float: a GPU's smaller exported conv may sum in another order, which can move an 8-bit level
     policy = Policy.of(
         {
-            "conv2": Choice(Pattern.FILTER, 8, 16, 8, 8),
-            "conv3": Choice(Pattern.NM, 2, 4, 8, 8),
-            "fc1": Choice(Pattern.KOFN_WEIGHT, 80, 160, 8, 8),
-            "fc2": Choice(Pattern.NM, 2, 4, 8, 8),
+            "conv2": Choice(Pattern.FILTER, 8, 16),
+            "conv3": Choice(Pattern.NM, 2, 4),
+            "fc1": Choice(Pattern.KOFN_WEIGHT, 80, 160),
+            "fc2": Choice(Pattern.NM, 2, 4),
         }
     )
     train = TrainSettings(epochs=3, lr=1e-3, batch_size=32, weight_decay=0.0)
     result = finetune(model, policy, layers, splits, FinetuneSettings(train, **mode), 0, True, couplings)
     assert {t.device.type for t in [*result.model.parameters(), *result.model.buffers()]} == {device}
     exported = export_filter_pruned(bake(result.model), result.policy, x[:2])
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         torch.testing.assert_close(exported(x), result.model(x), atol=1e-4, rtol=1e-4)
 
 
