@@ -38,7 +38,7 @@ from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, 
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
-from rlprune.finetune import FinetuneSettings, finetune
+from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
 from rlprune.finish import (
     Finetuned,
     build_report,
@@ -577,15 +577,28 @@ def _finetune_best(
     if not couplings and settings.mask == "learned" and settings.granularity == "filter":
         couplings = filter_couplings(target.model, splits.train_x[:1], target.layers)
     before = test_score(searched_network(cfg, target, policy, couplings), splits)
-    tuned = finetune(
+    tuned = finetune_target(cfg, target, policy, couplings, settings)
+    return Finetuned(tuned, couplings, before, test_score(tuned.model, splits))
+
+
+def finetune_target(
+    cfg: DictConfig,
+    target: Target,
+    policy: Policy,
+    couplings: Mapping[str, FilterCoupling] | None,
+    settings: FinetuneSettings,
+    seed: int | None = None,
+) -> FinetuneResult:
+    """``policy`` applied to ``target``'s dense network and finetuned under ``settings``, with the
+    run's N:M padding and augmentation (seed: the config's by default)."""
+    return finetune(
         target.model,
         policy,
         target.searched,
-        splits,
+        target.splits,
         settings,
-        cfg.seed,
+        cfg.seed if seed is None else seed,
         cfg.search.nm_pad,
         couplings,
         augmentation(cfg),
     )
-    return Finetuned(tuned, couplings, before, test_score(tuned.model, splits))

@@ -60,8 +60,8 @@ def finetuned_test_accuracy(
     the search scored (:func:`rlprune.api.searched_network`), as a run's test before finetune."""
     from omegaconf import OmegaConf
 
-    from rlprune.api import augmentation, searched_network, test_score
-    from rlprune.finetune import FinetuneSettings, finetune
+    from rlprune.api import finetune_target, searched_network, test_score
+    from rlprune.finetune import FinetuneSettings
 
     if epochs == 0:
         return test_score(searched_network(cfg, target, policy, couplings), target.splits).accuracy
@@ -69,17 +69,7 @@ def finetuned_test_accuracy(
         {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs},
         cfg.hardware.get("channel_multiple", 1),
     )
-    tuned = finetune(
-        target.model,
-        policy,
-        target.searched,
-        target.splits,
-        settings,
-        cfg.seed,
-        cfg.search.nm_pad,
-        couplings,
-        augmentation(cfg),
-    )
+    tuned = finetune_target(cfg, target, policy, couplings, settings)
     return test_score(tuned.model, target.splits).accuracy
 
 

@@ -58,26 +58,16 @@ def run_mode(
     cfg: DictConfig, target: Target, policy: Policy, couplings: Mapping[str, FilterCoupling], seed: int
 ) -> dict[str, Any]:
     """One finetune of ``policy`` under ``cfg``'s finetune node: test accuracies and moved layers."""
-    from rlprune.api import augmentation, test_score
+    from rlprune.api import finetune_target, test_score
     from rlprune.compress import bake
     from rlprune.export import export_filter_pruned
-    from rlprune.finetune import FinetuneSettings, finetune
+    from rlprune.finetune import FinetuneSettings
 
     settings = FinetuneSettings.from_config(
         OmegaConf.to_container(cfg.finetune, resolve=True), cfg.hardware.get("channel_multiple", 1)
     )
     splits = target.splits
-    tuned = finetune(
-        target.model,
-        policy,
-        target.searched,
-        splits,
-        settings,
-        seed,
-        cfg.search.nm_pad,
-        couplings,
-        augmentation(cfg),
-    )
+    tuned = finetune_target(cfg, target, policy, couplings, settings, seed)
     exported = export_filter_pruned(bake(tuned.model), tuned.policy, splits.train_x[:2])
     return {
         "seed": seed,
