@@ -15,8 +15,8 @@ from torch.nn.utils import parametrize
 from rlprune.compress import (
     attach,
     feeding_layers,
+    filter_feeders,
     policy_masks,
-    prunes_filters,
     recalibrate_batch_norms,
     set_choice,
     tied_filters,
@@ -172,14 +172,18 @@ class PolicyEvaluator:
         same filters) and, where it is sparse but keeps its filters, the filter choices that feed it
         (its mask is made on the inputs those leave)."""
         ties, choices = tied_filters(policy, self.couplings), dict(policy.choices)
-        keys = {}
-        for name, c in policy:
-            producers = self._fed_by.get(name, ()) if c.spec.sparse and not prunes_filters(c) else ()
-            feeding = tuple(
-                (p, choices[p].keep) for p in producers if p in choices and prunes_filters(choices[p])
+        feeders = filter_feeders(policy, self._fed_by)
+        return {
+            name: (
+                name,
+                c.pattern,
+                c.keep,
+                c.group,
+                ties.get(name),
+                tuple((p, choices[p].keep) for p in feeders.get(name, ())),
             )
-            keys[name] = (name, c.pattern, c.keep, c.group, ties.get(name), feeding)
-        return keys
+            for name, c in policy
+        }
 
     def remembered(self, policy: Policy, samples: int | None = None) -> Score | None:
         """The memoized score of ``policy`` on the first ``samples`` of the reward split, if any."""

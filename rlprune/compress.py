@@ -10,7 +10,7 @@ evaluates thousands of policies without copying the network.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -149,7 +149,7 @@ def set_mask(layer: nn.Module, mask: torch.Tensor, filters: bool) -> None:
 def silence_pruned_filters(layer: nn.Module, mask: torch.Tensor | None) -> None:
     """Silence the outputs of the filters whose rows ``mask`` empties (none for ``None``)."""
     kept = layer.kept_filters.kept
-    layer.kept_filters.kept = torch.ones_like(kept) if mask is None else mask.flatten(1).any(1)
+    layer.kept_filters.kept = torch.ones_like(kept) if mask is None else kept_filters(mask)
 
 
 def weight_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | LearnedMaskedWeight:
@@ -204,12 +204,31 @@ def removed_inputs(
     removed: dict[str, set[int]] = {}
     pruning = [name for name, choice in policy if prunes_filters(choice)]
     for name, coupling in pruning_groups(pruning, couplings or {}):
-        pruned = (~masks[name].flatten(1).any(1)).nonzero().flatten().tolist()
+        pruned = (~kept_filters(masks[name])).nonzero().flatten().tolist()
         for consumer, channels in coupling.feeds:
             removed.setdefault(consumer, set()).update(c for f in pruned for c in channels[f])
         for follower in coupling.followers:
             removed.setdefault(follower, set()).update(pruned)
     return {name: sorted(channels) for name, channels in removed.items()}
+
+
+def kept_filters(mask: torch.Tensor) -> torch.Tensor:
+    """Which filters (output channels) ``mask`` keeps: its rows that are not empty."""
+    return mask.flatten(1).any(1)
+
+
+def filter_feeders(policy: Policy, fed_by: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """Each layer of ``policy`` whose mask is made on the inputs its filter choices leave (a
+    sparse choice that keeps its own filters, :func:`mask_on_kept_inputs`), with those filter
+    layers; ``fed_by`` is :func:`feeding_layers`."""
+    choices = dict(policy.choices)
+    feeders = {}
+    for name, choice in policy:
+        if choice.spec.sparse and not prunes_filters(choice):
+            producers = tuple(p for p in fed_by.get(name, ()) if p in choices and prunes_filters(choices[p]))
+            if producers:
+                feeders[name] = producers
+    return feeders
 
 
 def feeding_layers(couplings: Mapping[str, FilterCoupling] | None) -> dict[str, tuple[str, ...]]:

@@ -25,6 +25,8 @@ from rlprune.compress import (
     compress,
     dense_weight,
     feeding_layers,
+    filter_feeders,
+    kept_filters,
     policy_masks,
     prunes_filters,
     recalibrate_batch_norms,
@@ -254,18 +256,13 @@ class _MaskTrainer:
         self.ties = tied_filters(policy, couplings)
         self.sads: dict[str, list[float]] = {name: [] for name in self.choices}
         self.grown: dict[str, torch.Tensor] = {}  # grown layer -> its mask before growing
-        producers = {name for name, choice in policy if prunes_filters(choice)}
-        self.learned_filters = sorted(name for name in producers if not self._fixed(name))
+        self.learned_filters = [n for n, c in policy if prunes_filters(c) and not self._fixed(n)]
         self.feeders = {  # the fixed masks made on the inputs that filter choices leave
-            name: tuple(p for p in fed if p in producers)
-            for name, fed in feeding_layers(couplings).items()
-            if name in self.choices
-            and name not in producers
-            and self.choices[name].spec.sparse
-            and self._fixed(name)
-            and producers.intersection(fed)
+            name: fed
+            for name, fed in filter_feeders(policy, feeding_layers(couplings)).items()
+            if self._fixed(name)
         }
-        self.made_on = {name: {p: _kept_filters(masks[p]) for p in fed} for name, fed in self.feeders.items()}
+        self.made_on = {name: {p: kept_filters(masks[p]) for p in fed} for name, fed in self.feeders.items()}
         names = [n for n, c in policy if c.spec.sparse and self._fixed(n)]  # learned masks move on their own
         self.gap = (
             GapSchedule(names, min(settings.gap_partitions, len(names)), settings.gap_epochs_per_step)
@@ -305,7 +302,7 @@ class _MaskTrainer:
         return weight_parametrization(self.model.get_submodule(name)).mask
 
     def _kept(self, name: str) -> torch.Tensor:
-        return _kept_filters(self._mask(name))
+        return kept_filters(self._mask(name))
 
     def follow_filters(self) -> None:
         """Silence the filters learned masks now drop, and re-prune each fixed mask whose
@@ -438,10 +435,6 @@ def finetune(
         # (GaP prunes its last partition back an epoch before the end)
         recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
     return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
-
-
-def _kept_filters(mask: torch.Tensor) -> torch.Tensor:
-    return mask.flatten(1).any(1)
 
 
 def _metrics(model: nn.Module, policy: Policy, trainer: _MaskTrainer) -> dict[str, dict[str, float]]:
