@@ -8,8 +8,8 @@
 # its report and policy are copied to OUT/vit_local_gpu_*), or a model of
 # `python -m rlprune.bench gpu --deploy` (resnet20, mobilenetv2, vit, lm: its JSON is
 # OUT/gpu_deploy_<gpu>_<model>.json, written after each batch). Default: every step, in that
-# order; OUT defaults to benchmarks/results. Wheels in .whl/ (the packages the machine lacks:
-# docs/gpu.md) are installed first. Every step runs even when one before it failed; the script
+# order; OUT defaults to benchmarks/results. Wheels in .whl/ (the packages the machine lacks,
+# fetched by benchmarks/gpu_wheels.sh) are installed first. Every step runs even when one before it failed; the script
 # exits with the first failure's status.
 set -uo pipefail
 out=${1:-benchmarks/results}
