@@ -370,115 +370,142 @@ def build_space(
     Raises:
         ConfigError: for a pattern or bits the device cannot run, or N:M without options.
     """
-    patterns, nm_pad = settings.patterns, settings.nm_pad
-    for pat in patterns:
+    bits, nm = _device_settings(settings, hardware)
+    shrinks = any(get_pattern(p).shrinks_outputs for p in settings.patterns)
+    if shrinks and couplings is None:
+        raise ValueError(
+            "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
+        )
+    couplings = dict(couplings or {})
+    steps, followers, blocked, skipped = _steps(searched, couplings, shrinks)
+
+    def options(step: int, without_filters: str | None = None) -> tuple[list[Shape], str | None]:
+        return _step_options(
+            steps[step], settings, nm, hardware.channel_multiple, without_filters or blocked[step]
+        )
+
+    shapes, reasons = (list(column) for column in zip(*map(options, range(len(steps))), strict=True))
+    while True:  # a step whose filters reach too far down keeps them, until every table is small
+        terms = layer_costs.layer_terms(all_layers, steps, shapes, followers, couplings)
+        wide = layer_costs.widest(terms, shapes, len(bits))
+        if wide is None:
+            break
+        step, entries = wide
+        shapes[step], reasons[step] = options(
+            step,
+            f"its filters feed layers far down the network: deciding them with the others would need "
+            f"a table of {entries:,} entries (the limit is {layer_costs.MAX_TABLE:,})",
+        )
+    skipped.update(
+        {m.name: reason for members, reason in zip(steps, reasons, strict=True) if reason for m in members}
+    )
+
+    owner = _owners(steps, followers)
+    costs = _step_costs(all_layers, terms, shapes, bits, owner, hardware)
+    reference = hardware.dense_choice()
+    touched = {term.layer.name for term in terms}
+    fixed = overhead + sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in touched)
+    dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
+    integer = tuple(hardware.runs_integer(Choice(Pattern.DENSE, 1, 1, b, b)) for b in bits)
+    mixes = hardware.mixed_seconds > 0 and len(set(integer)) > 1
+    undecided = [lay for lay in all_layers if lay.name not in owner]
+    return SearchSpace(
+        [members[0] for members in steps],
+        shapes,
+        bits,
+        costs,
+        float(fixed),
+        float(dense),
+        skipped,
+        settings.patterns,
+        steps,
+        followers,
+        couplings,
+        overhead,
+        settings.nm_pad,
+        hardware.mixed_seconds if mixes else 0.0,
+        integer if mixes else (),
+        frozenset({hardware.runs_integer(reference)} if undecided and mixes else ()),
+    )
+
+
+def _device_settings(
+    settings: SpaceSettings, hardware: LatencyModel
+) -> tuple[tuple[int, ...], Sequence[tuple[int, int]]]:
+    """The bit-widths and N:M options searched on ``hardware``, checked against what it runs."""
+    for pat in settings.patterns:
         if pat not in hardware.patterns:
             raise ConfigError(
                 f"hardware {hardware.name} cannot run pattern {pat}; "
                 f"it runs {list(map(str, hardware.patterns))}"
             )
-    chosen_bits = settings.bits or tuple(hardware.bits)
-    unsupported = [b for b in chosen_bits if b not in hardware.bits]
+    bits = settings.bits or tuple(hardware.bits)
+    unsupported = [b for b in bits if b not in hardware.bits]
     if unsupported:
         raise ConfigError(
             f"search.bits {unsupported} not supported by hardware {hardware.name}; "
             f"valid: {list(hardware.bits)}"
         )
     nm = settings.nm_options or hardware.nm_options
-    if any(get_pattern(p).n_of_m for p in patterns) and not nm:
+    if any(get_pattern(p).n_of_m for p in settings.patterns) and not nm:
         raise ConfigError(
             f"hardware {hardware.name} accelerates no N:M pattern; set search.nm_options, e.g. [[2, 4]]"
         )
-    shrinks = any(get_pattern(p).shrinks_outputs for p in patterns)
-    if shrinks and couplings is None:
-        raise ValueError(
-            "searching filter pruning needs the layers' couplings (rlprune.layers.filter_couplings)"
-        )
-    couplings = dict(couplings or {})
+    return bits, nm
 
-    steps, followers, blocked, skipped = _steps(searched, couplings, shrinks)
 
-    def options(i: int, without_filters: str | None) -> list[Shape]:
-        members, found, reasons = steps[i], {Shape(Pattern.DENSE, 1, 1)}, []
-        for pat in patterns:
-            if get_pattern(pat).shrinks_outputs and (reason := without_filters or blocked[i]):
-                usable = []
-            else:
-                shapes, reason = layer_shapes(
-                    members[0],
-                    pat,
-                    settings.levels,
-                    settings.min_density,
-                    nm,
-                    nm_pad,
-                    hardware.channel_multiple,
-                )
-                usable = [s for s in shapes if all(s.on(m, nm_pad) for m in members[1:])]
-                if len(usable) < len(shapes) and not reason:
-                    reason = f"not every layer tied to '{members[0].name}' takes all of its options"
-            found.update(usable)
-            if reason:
-                reasons.append(reason if len(patterns) == 1 else f"{pat}: {reason}")
-        for member in members:
-            if reasons:
-                skipped[member.name] = "; ".join(reasons)
-            else:
-                skipped.pop(member.name, None)
-        return sorted(found, key=lambda s: (s.density, str(s.pattern), s.keep))
+def _step_options(
+    members: Sequence[LayerInfo],
+    settings: SpaceSettings,
+    nm: Sequence[tuple[int, int]],
+    channel_multiple: int,
+    without_filters: str | None,
+) -> tuple[list[Shape], str | None]:
+    """The density options of a step (sparsest first, dense last), every member able to take
+    each, and why a searched pattern offers fewer than on a free layer (``None`` when none does).
 
-    shapes = [options(i, None) for i in range(len(steps))]
-    while True:
-        terms = layer_costs.layer_terms(all_layers, steps, shapes, followers, couplings)
-        wide = layer_costs.widest(terms, shapes, len(chosen_bits))
-        if wide is None:
-            break
-        step, entries = wide
-        shapes[step] = options(
-            step,
-            f"its filters feed layers far down the network: deciding them with the others would need "
-            f"a table of {entries:,} entries (the limit is {layer_costs.MAX_TABLE:,})",
-        )
+    ``without_filters`` is why the step's filters are not searched, if they are not.
+    """
+    found, reasons = {Shape(Pattern.DENSE, 1, 1)}, []
+    for pat in settings.patterns:
+        if get_pattern(pat).shrinks_outputs and without_filters:
+            usable, reason = [], without_filters
+        else:
+            shapes, reason = layer_shapes(
+                members[0], pat, settings.levels, settings.min_density, nm, settings.nm_pad, channel_multiple
+            )
+            usable = [s for s in shapes if all(s.on(m, settings.nm_pad) for m in members[1:])]
+            if len(usable) < len(shapes) and not reason:
+                reason = f"not every layer tied to '{members[0].name}' takes all of its options"
+        found.update(usable)
+        if reason:
+            reasons.append(reason if len(settings.patterns) == 1 else f"{pat}: {reason}")
+    return sorted(found, key=lambda s: (s.density, str(s.pattern), s.keep)), "; ".join(reasons) or None
 
-    cells = {}  # every (layer, choice) a table entry costs
+
+def _step_costs(
+    all_layers: Sequence[LayerInfo],
+    terms: Sequence[layer_costs.Term],
+    shapes: Sequence[Sequence[Shape]],
+    bits: tuple[int, ...],
+    owner: Mapping[str, int],
+    hardware: LatencyModel,
+) -> list[Factor]:
+    """Per step, a :class:`Factor` of the seconds of the layers its decision completes, and of
+    the precision switches it causes; every (layer, choice) is timed in one batch."""
+    cells = {}
     for term in terms:
-        cells.update(
-            {key: term.cell(key, shapes, chosen_bits, hardware) for key in term.keys(shapes, chosen_bits)}
-        )
+        cells.update({key: term.cell(key, shapes, bits, hardware) for key in term.keys(shapes, bits)})
     hardware.prepare(list(cells.values()))
     seconds = {key: hardware.latency(*cell) for key, cell in cells.items()}
     costs = [
-        Factor((2 * i, 2 * i + 1), np.zeros((len(shapes[i]), len(chosen_bits)))) for i in range(len(steps))
+        Factor((2 * i, 2 * i + 1), np.zeros((len(options), len(bits)))) for i, options in enumerate(shapes)
     ]
-    reference = hardware.dense_choice()
-    touched = {term.layer.name for term in terms}
-    fixed = overhead + sum(hardware.latency(lay, reference) for lay in all_layers if lay.name not in touched)
     for term in terms:
-        costs[term.step] = costs[term.step] + term.factor(shapes, chosen_bits, seconds)
-    owner = _owners(steps, followers)
-    for step, factor in layer_costs.switch_factors(all_layers, owner, chosen_bits, hardware):
+        costs[term.step] = costs[term.step] + term.factor(shapes, bits, seconds)
+    for step, factor in layer_costs.switch_factors(all_layers, owner, bits, hardware):
         costs[step] = costs[step] + factor
-    dense = overhead + sum(hardware.latency(lay, reference) for lay in all_layers)
-    integer = tuple(hardware.runs_integer(Choice(Pattern.DENSE, 1, 1, b, b)) for b in chosen_bits)
-    mixes = hardware.mixed_seconds > 0 and len(set(integer)) > 1
-    undecided = [lay for lay in all_layers if lay.name not in owner]
-    return SearchSpace(
-        [members[0] for members in steps],
-        shapes,
-        chosen_bits,
-        costs,
-        float(fixed),
-        float(dense),
-        skipped,
-        patterns,
-        steps,
-        followers,
-        couplings,
-        overhead,
-        nm_pad,
-        hardware.mixed_seconds if mixes else 0.0,
-        integer if mixes else (),
-        frozenset({hardware.runs_integer(reference)} if undecided and mixes else ()),
-    )
+    return costs
 
 
 def _owners(steps: Sequence[Sequence[LayerInfo]], followers: Sequence[Sequence[str]]) -> dict[str, int]:
