@@ -142,6 +142,52 @@ def _metrics(
     return out
 
 
+def _fidelity(records: list[dict], kinds: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Each predictor's (and the second timing's) :func:`_metrics`, per precision (int8 and fp32
+    networks behave differently on a CPU) and over all records together (what a search ranks);
+    ratios are to ``records[0]``, the dense fp32 network, and the budget is the median ratio."""
+    meas_dense = records[0]["measured"]
+    groups = {kind: [r for r in records if r["precision"] == kind] for kind in kinds}
+    if len(groups) > 1:
+        groups["all"] = records
+    fidelity: dict[str, dict[str, dict]] = {}
+    for kind, chosen in groups.items():
+        meas = np.array([r["measured"] for r in chosen])
+        budget = float(np.median(meas / meas_dense))
+        fidelity[kind] = {
+            key: _metrics(
+                np.array([r["predicted"][key] for r in chosen]),
+                meas,
+                records[0]["predicted"][key],
+                meas_dense,
+                budget,
+                absolute=key == "local_cpu",
+            )
+            for key in PREDICTORS
+        }
+        fidelity[kind][REMEASURED] = _metrics(
+            np.array([r["measured_again"] for r in chosen]),
+            meas,
+            records[0]["measured_again"],
+            meas_dense,
+            budget,
+            absolute=True,
+        )
+    return fidelity
+
+
+def _random_policy(layers: list[LayerInfo], rng: random.Random) -> Policy:
+    """Each layer but the classifier keeps any count of its filters from 25% to all."""
+    return Policy.of(
+        {
+            layer.name: Choice(
+                Pattern.FILTER, rng.choice(_keep_options(layer.out_channels)), layer.out_channels
+            )
+            for layer in layers[:-1]
+        }
+    )
+
+
 def run_model(
     name: str,
     policies: int,
@@ -188,14 +234,7 @@ def run_model(
     # the dense network first, at fp32 (every ratio's reference) and int8
     samples = [(Policy(), kind, layer_bits(kind)) for kind in sample_kinds if kind != "mixed"]
     for _ in range(policies):
-        policy = Policy.of(
-            {
-                layer.name: Choice(
-                    Pattern.FILTER, rng.choice(_keep_options(layer.out_channels)), layer.out_channels
-                )
-                for layer in layers[:-1]
-            }
-        )
+        policy = _random_policy(layers, rng)
         kind = rng.choice(sample_kinds)
         samples.append((policy, kind, layer_bits(kind)))
 
@@ -258,35 +297,8 @@ def run_model(
     dense_repeats = seconds[len(samples) : len(samples) + 4]
     timed = dict(zip(extra, seconds[len(samples) + 4 :], strict=True))
 
-    # per precision (int8 and fp32 networks behave differently here), and all of them: the
-    # policies a search ranks; ratios to dense fp32
+    fidelity = _fidelity(records, sample_kinds)
     meas_dense = records[0]["measured"]
-    groups = {kind: [r for r in records if r["precision"] == kind] for kind in sample_kinds}
-    if len(groups) > 1:
-        groups["all"] = records
-    fidelity: dict[str, dict[str, dict]] = {}
-    for kind, chosen in groups.items():
-        meas = np.array([r["measured"] for r in chosen])
-        budget = float(np.median(meas / meas_dense))
-        fidelity[kind] = {
-            key: _metrics(
-                np.array([r["predicted"][key] for r in chosen]),
-                meas,
-                records[0]["predicted"][key],
-                meas_dense,
-                budget,
-                absolute=key == "local_cpu",
-            )
-            for key in PREDICTORS
-        }
-        fidelity[kind][REMEASURED] = _metrics(
-            np.array([r["measured_again"] for r in chosen]),
-            meas,
-            records[0]["measured_again"],
-            meas_dense,
-            budget,
-            absolute=True,
-        )
 
     speedups = {
         "filter_budget_0.5": {
@@ -316,6 +328,56 @@ def run_model(
         "deployed_s": {key: timed[key] for key in eager},
         "records": records,
     }
+
+
+def print_tables(results: dict) -> None:
+    """The bench's tables: fidelity per model, precision and latency model; the speedups; the
+    dense networks eager against deployed; and the timing noise."""
+    m = results["machine"]
+    print(
+        f"latency fidelity on {m['cpu']}, {m['threads']} thread(s), torch {m['torch']}, "
+        f"batch {results['settings']['batch_size']}, "
+        f"load {m['load_avg_start']:.2f}->{m['load_avg_end']:.2f}; local_cpu and timed again "
+        "MAPE/±10% in seconds, others on the ratio to dense; timed again: a second timing, the ceiling"
+    )
+    header = (
+        f"{'model':<12} {'policies':<8} {'latency model':<13} {'MAPE':>6} {'±10%':>5} {'ratio MAPE':>10} "
+        f"{'±10% r':>6} {'τ':>5} {'over budget':>11}"
+    )
+    print(header)
+    for r in results["models"]:
+        for precision, table in r["fidelity"].items():
+            for key, f in table.items():
+                mape = f"{f['mape']:.1%}" if "mape" in f else "-"
+                within = f"{f['within10']:.0%}" if "within10" in f else "-"
+                print(
+                    f"{r['model']:<12} {precision:<8} {key:<13} {mape:>6} {within:>5} "
+                    f"{f['mape_ratio']:>10.1%} {f['within10_ratio']:>6.0%} {f['kendall_tau']:>5.2f} "
+                    f"{f['over_budget_share']:>6.0%} of {f['predicted_within_budget']:<3}"
+                )
+    print(
+        f"{'model':<12} {'export':<18} {'predicted':>9} {'measured':>8}  "
+        "(ratio to dense fp32 measured in this run)"
+    )
+    for r in results["models"]:
+        for key, s in r["speedup"].items():
+            note = ""
+            if key == "filter_budget_0.5" and s["predicted_ratio"] > 0.5:  # the bisection hit its floor
+                note = "  0.5 out of reach: the narrowest uniform export (8 filters a layer)"
+            print(
+                f"{r['model']:<12} {key:<18} {s['predicted_ratio']:>9.3f} {s['measured_ratio']:>8.3f}{note}"
+            )
+    spreads = []
+    for r in results["models"]:
+        dense = [r["dense_measured_s"]["policy"], *r["dense_measured_s"]["repeats"]]
+        spreads.append(f"{r['model']} {max(dense) / min(dense) - 1:.1%}")
+    print("dense networks called from Python (eager) against deployed (TorchScript), µs:")
+    for r in results["models"]:
+        row = ", ".join(
+            f"{key} {r['eager_s'][key] * 1e6:.0f} vs {r['deployed_s'][key] * 1e6:.0f}" for key in r["eager_s"]
+        )
+        print(f"  {r['model']:<12} {row}")
+    print(f"timing noise, slowest over fastest of 5 timings of the dense fp32 network: {', '.join(spreads)}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -387,50 +449,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_json_atomic(args.out, results)
 
-    m = results["machine"]
-    print(
-        f"latency fidelity on {m['cpu']}, {m['threads']} thread(s), torch {m['torch']}, "
-        f"batch {local.batch_size}, "
-        f"load {m['load_avg_start']:.2f}->{m['load_avg_end']:.2f}; local_cpu and timed again "
-        "MAPE/±10% in seconds, others on the ratio to dense; timed again: a second timing, the ceiling"
-    )
-    header = (
-        f"{'model':<12} {'policies':<8} {'latency model':<13} {'MAPE':>6} {'±10%':>5} {'ratio MAPE':>10} "
-        f"{'±10% r':>6} {'τ':>5} {'over budget':>11}"
-    )
-    print(header)
-    for r in results_models:
-        for precision, table in r["fidelity"].items():
-            for key, f in table.items():
-                mape = f"{f['mape']:.1%}" if "mape" in f else "-"
-                within = f"{f['within10']:.0%}" if "within10" in f else "-"
-                print(
-                    f"{r['model']:<12} {precision:<8} {key:<13} {mape:>6} {within:>5} "
-                    f"{f['mape_ratio']:>10.1%} {f['within10_ratio']:>6.0%} {f['kendall_tau']:>5.2f} "
-                    f"{f['over_budget_share']:>6.0%} of {f['predicted_within_budget']:<3}"
-                )
-    print(
-        f"{'model':<12} {'export':<18} {'predicted':>9} {'measured':>8}  "
-        "(ratio to dense fp32 measured in this run)"
-    )
-    for r in results_models:
-        for key, s in r["speedup"].items():
-            note = ""
-            if key == "filter_budget_0.5" and s["predicted_ratio"] > 0.5:  # the bisection hit its floor
-                note = "  0.5 out of reach: the narrowest uniform export (8 filters a layer)"
-            print(
-                f"{r['model']:<12} {key:<18} {s['predicted_ratio']:>9.3f} {s['measured_ratio']:>8.3f}{note}"
-            )
-    spreads = []
-    for r in results_models:
-        dense = [r["dense_measured_s"]["policy"], *r["dense_measured_s"]["repeats"]]
-        spreads.append(f"{r['model']} {max(dense) / min(dense) - 1:.1%}")
-    print("dense networks called from Python (eager) against deployed (TorchScript), µs:")
-    for r in results_models:
-        row = ", ".join(
-            f"{key} {r['eager_s'][key] * 1e6:.0f} vs {r['deployed_s'][key] * 1e6:.0f}" for key in r["eager_s"]
-        )
-        print(f"  {r['model']:<12} {row}")
-    print(f"timing noise, slowest over fastest of 5 timings of the dense fp32 network: {', '.join(spreads)}")
+    print_tables(results)
     print(f"written to {args.out}")
     return results
