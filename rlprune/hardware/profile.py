@@ -374,6 +374,44 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     if not isinstance(runtime, str):
         raise reader.error("runtime", "a line naming the software modelled", runtime)
 
+    peak_tops = _read_peaks(reader, (*bits, reference))
+    precisions = tuple(bits for bits, _ in peak_tops)
+    bandwidth = reader.number("bandwidth_gbs", positive=True)
+    eta_compute = reader.number("eta_compute", positive=True, maximum=1.0)
+    eta_memory = reader.number("eta_memory", positive=True, maximum=1.0)
+    launch = reader.number("launch_s", minimum=0.0)
+    patterns = reader.patterns("patterns", always=(Pattern.DENSE, Pattern.FILTER))
+
+    nm_options = _read_nm_options(reader, precisions, patterns)
+    sparse_kernel = _read_sparse_kernel(reader, precisions, patterns)
+    sparse_here = tuple(p for p in patterns if get_pattern(p).compressed_storage)
+    compressed = reader.patterns("compressed_patterns", list(sparse_here), allowed=sparse_here)
+    sources = reader.sources(ROOFLINE_NUMBERS)
+    reader.finish()
+    return DeviceProfile(
+        name=name,
+        description=description,
+        runtime=runtime,
+        batch_size=batch_size,
+        reference_bits=reference,
+        bits=bits,
+        peak_tops=peak_tops,
+        bandwidth_gbs=bandwidth,
+        eta_compute=eta_compute,
+        eta_memory=eta_memory,
+        launch_s=launch,
+        patterns=patterns,
+        nm_options=nm_options,
+        sparse_kernel=sparse_kernel,
+        compressed_patterns=compressed,
+        sources=tuple(sources.items()),
+    )
+
+
+def _read_peaks(reader: ConfigReader, used_bits: Sequence[int]) -> tuple[tuple[int, float], ...]:
+    """``peak_tops`` as ``(bits, TOPS)`` pairs, narrowest first: none growing with precision, and
+    one at least as wide as every bit-width in ``used_bits``."""
+    where = reader.where
     peaks_raw = reader.mapping("peak_tops")
     if not peaks_raw:
         raise reader.error("peak_tops", "a non-empty mapping like {int8: 624, fp16: 312}", peaks_raw)
@@ -392,21 +430,22 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
                 f"{where}: peak_tops must not grow with precision, but {low_bits} bits has {low} TOPS "
                 f"and {high_bits} bits {high} TOPS"
             )
-    precisions = tuple(peaks)
-    widest = max(precisions)
-    too_wide = [b for b in (*bits, reference) if b > widest]
+    widest = max(peaks)
+    too_wide = [b for b in used_bits if b > widest]
     if too_wide:
         raise ConfigError(
             f"{where}: bits {sorted(set(too_wide))} exceed the widest compute precision in peak_tops "
             f"({widest}); add a peak for them or drop them"
         )
+    return peak_tops
 
-    bandwidth = reader.number("bandwidth_gbs", positive=True)
-    eta_compute = reader.number("eta_compute", positive=True, maximum=1.0)
-    eta_memory = reader.number("eta_memory", positive=True, maximum=1.0)
-    launch = reader.number("launch_s", minimum=0.0)
-    patterns = reader.patterns("patterns", always=(Pattern.DENSE, Pattern.FILTER))
 
+def _read_nm_options(
+    reader: ConfigReader, precisions: Sequence[int], patterns: Sequence[str]
+) -> tuple[NMOption, ...]:
+    """``nm_options``: each keep:group's speedup, bits, layer kinds and source, at most one per
+    keep:group and bit-width; only where ``patterns`` holds an N:M pattern."""
+    where = reader.where
     nm_raw = reader.raw("nm_options", [], "a list of {keep, group, speedup, bits, source}")
     if not isinstance(nm_raw, list | tuple):
         raise reader.error("nm_options", "a list of {keep, group, speedup, bits, source}", nm_raw)
@@ -433,49 +472,32 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
     if len(set(covered)) != len(covered):
         raise ConfigError(f"{where}: nm_options lists the same keep:group twice for one bit-width")
 
-    sparse_kernel = None
-    kernel_raw = reader.raw("sparse_kernel", None)
-    if kernel_raw is not None:
-        sub = ConfigReader(kernel_raw, f"{where}: sparse_kernel")
-        # N:M runs on the N:M units (nm_options); a sparse kernel runs the other shape-keeping ones
-        allowed = tuple(
-            p for p in patterns if get_pattern(p).compressed_storage and not get_pattern(p).n_of_m
-        )
-        kernel_patterns = sub.patterns("patterns", allowed=allowed)
-        if not kernel_patterns:
-            raise sub.error("patterns", f"a non-empty list from {list(map(str, allowed))}", [])
-        sparse_kernel = SparseKernel(
-            patterns=kernel_patterns,
-            bits=sub.bits("bits", allowed=precisions),
-            efficiency=sub.number("efficiency", positive=True, maximum=1.0),
-            max_speedup=sub.number("max_speedup", minimum=1.0),
-            pointwise_only=read_boolean(sub, "pointwise_only", False),
-            source=check_source(sub.raw("source", expected="a source note"), f"{sub.where}: source"),
-        )
-        sub.finish()
+    return tuple(nm_options)
 
-    sparse_here = tuple(p for p in patterns if get_pattern(p).compressed_storage)
-    compressed = reader.patterns("compressed_patterns", list(sparse_here), allowed=sparse_here)
-    sources = reader.sources(ROOFLINE_NUMBERS)
-    reader.finish()
-    return DeviceProfile(
-        name=name,
-        description=description,
-        runtime=runtime,
-        batch_size=batch_size,
-        reference_bits=reference,
-        bits=bits,
-        peak_tops=peak_tops,
-        bandwidth_gbs=bandwidth,
-        eta_compute=eta_compute,
-        eta_memory=eta_memory,
-        launch_s=launch,
-        patterns=patterns,
-        nm_options=tuple(nm_options),
-        sparse_kernel=sparse_kernel,
-        compressed_patterns=compressed,
-        sources=tuple(sources.items()),
+
+def _read_sparse_kernel(
+    reader: ConfigReader, precisions: Sequence[int], patterns: Sequence[str]
+) -> SparseKernel | None:
+    """``sparse_kernel``, the kernel of the shape-keeping patterns other than N:M, if given."""
+    kernel_raw = reader.raw("sparse_kernel", None)
+    if kernel_raw is None:
+        return None
+    sub = ConfigReader(kernel_raw, f"{reader.where}: sparse_kernel")
+    # N:M runs on the N:M units (nm_options); a sparse kernel runs the other shape-keeping ones
+    allowed = tuple(p for p in patterns if get_pattern(p).compressed_storage and not get_pattern(p).n_of_m)
+    kernel_patterns = sub.patterns("patterns", allowed=allowed)
+    if not kernel_patterns:
+        raise sub.error("patterns", f"a non-empty list from {list(map(str, allowed))}", [])
+    kernel = SparseKernel(
+        patterns=kernel_patterns,
+        bits=sub.bits("bits", allowed=precisions),
+        efficiency=sub.number("efficiency", positive=True, maximum=1.0),
+        max_speedup=sub.number("max_speedup", minimum=1.0),
+        pointwise_only=read_boolean(sub, "pointwise_only", False),
+        source=check_source(sub.raw("source", expected="a source note"), f"{sub.where}: source"),
     )
+    sub.finish()
+    return kernel
 
 
 def read_boolean(reader: ConfigReader, key: str, default: Any = _MISSING) -> bool:
