@@ -96,7 +96,6 @@ def searcher_name(cfg: Mapping[str, Any]) -> str:
 
 def make_searcher(
     cfg: Mapping[str, Any],
-    progress_bar: bool = False,
     log: Callable[[dict[str, Any], int], None] | None = None,
 ) -> Searcher:
     """The searcher an ``agent`` config node names; an RL agent sends its training records to ``log``.
@@ -113,7 +112,7 @@ def make_searcher(
         return BASELINES[name]()
     if name in ANCHORS:
         settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
-        return AnchorSearch(**settings, progress_bar=progress_bar, log=log)
+        return AnchorSearch(**settings, log=log)
     if name == EVOLUTION:
         settings = {k: v for k, v in cfg.items() if k not in AGENT_SETTINGS}
         try:
@@ -144,7 +143,6 @@ def make_searcher(
             algorithm=name,
             hyperparameters=dict(cfg.get("hyperparameters") or {}),
             action_noise=cfg.get("action_noise"),
-            progress_bar=progress_bar,
             n_envs=cfg.get("n_envs", 1),
             warm_start=warm_start,
             profile=float(profile),

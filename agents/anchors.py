@@ -139,7 +139,6 @@ class AnchorSearch:
         baseline_momentum: weight of a batch's mean in the reward baseline (0.5).
         actor_learning_rate: the actor's rate (1e-4); the critic's is in ``hyperparameters``.
         hyperparameters: keyword arguments of :class:`DDPG` (network, critic rate, tau, batch).
-        progress_bar: show SB3's progress bar.
     """
 
     warmup_episodes: int
@@ -149,7 +148,6 @@ class AnchorSearch:
     baseline_momentum: float | None
     actor_learning_rate: float
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    progress_bar: bool = False
     log: Callable[[dict[str, Any], int], None] | None = None  # receives the agent's training records
 
     def search(self, env: PruneEnv, seed: int) -> None:
@@ -176,4 +174,4 @@ class AnchorSearch:
         )
         forward_records(agent, self.log)
         steps = (env.problem.evaluations - env.problem.used) * layers
-        agent.learn(total_timesteps=steps, callback=StopWhenExhausted(env), progress_bar=self.progress_bar)
+        agent.learn(total_timesteps=steps, callback=StopWhenExhausted(env))

@@ -92,7 +92,6 @@ class SB3Search:
         algorithm: ``ppo``, ``a2c``, ``sac``, ``td3`` or ``ddpg``.
         hyperparameters: keyword arguments of the algorithm's constructor.
         action_noise: standard deviation of Gaussian exploration noise (TD3, DDPG).
-        progress_bar: show SB3's progress bar.
         n_envs: envs played in parallel, one worker process each (:mod:`rlprune.envs.parallel`).
             PPO's and A2C's ``n_steps`` stays the number of transitions per update, split
             between the envs, so an update learns from as many episodes as with one env.
@@ -113,7 +112,6 @@ class SB3Search:
     algorithm: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     action_noise: float | None = None
-    progress_bar: bool = False
     n_envs: int = 1
     warm_start: bool = False
     profile: float = 0.0
@@ -198,7 +196,6 @@ class SB3Search:
         self.agent.learn(
             total_timesteps=steps,
             callback=StopWhenExhausted(env, until),
-            progress_bar=self.progress_bar,
             reset_num_timesteps=self.resume_from is None,
         )
 

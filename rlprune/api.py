@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
+from rlprune.envs.progress import SearchProgress
 from rlprune.errors import ConfigError, DataError, ModelError
 from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
 from rlprune.finish import (
@@ -334,18 +336,28 @@ def search(
         )
     env = _env(cfg, problem, evaluator)
     log = tracker.log_agent if tracker is not None else None
-    searcher = make_searcher(plain(cfg.agent), progress_bar=cfg.progress_bar, log=log)
+    searcher = make_searcher(plain(cfg.agent), log=log)
     if run_dir is not None:
         _checkpoint(cfg, problem, searcher, run_dir)
     seed_everything(cfg.seed)
     start = time.perf_counter()
     if not problem.exhausted:
-        searcher.search(env, cfg.seed)
+        with _progress(cfg, problem):
+            searcher.search(env, cfg.seed)
     if problem.best is None:
         raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
     return SearchResult(
         problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
     )
+
+
+def _progress(cfg: DictConfig, problem: SearchProblem) -> contextlib.AbstractContextManager[object]:
+    """The search's progress bar (``progress_bar``), listening to ``problem`` while it is shown."""
+    if not cfg.progress_bar:
+        return contextlib.nullcontext()
+    bar = SearchProgress(problem)
+    problem.listeners.append(bar)
+    return bar
 
 
 def _env(
@@ -442,7 +454,7 @@ def search_budgets(
             question per budget.
     """
     budgets = list(dict.fromkeys(float(b) for b in budgets))
-    searcher = make_searcher(plain(cfg.agent), progress_bar=cfg.progress_bar)
+    searcher = make_searcher(plain(cfg.agent))
     if not isinstance(searcher, SB3Search):
         raise ConfigError(f"a budget-conditioned search needs an RL agent, one of {sorted(ALGORITHMS)}")
     # one agent learns every budget: no single budget's uniform policy to start from or best to refine
@@ -465,7 +477,8 @@ def search_budgets(
     env = _env(cfg, problem, evaluator, budgets)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    searcher.search(env, cfg.seed)
+    with _progress(cfg, problem):
+        searcher.search(env, cfg.seed)
     problem.evaluations += len(budgets)
     for budget in budgets:
         searcher.ask(env, budget)
