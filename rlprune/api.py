@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
 from rlprune.envs.features import measure_sensitivity
 from rlprune.envs.problem import Outcome
-from rlprune.envs.progress import SearchProgress
 from rlprune.errors import ConfigError, DataError, ModelError
 from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
 from rlprune.finish import (
@@ -58,12 +57,14 @@ from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_co
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
 from rlprune.policy import Policy
+from rlprune.progress import SearchProgress, TrainingProgress
 from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker, import_wandb
 from rlprune.training import Score, TrainSettings, evaluate, train
 
 log = logging.getLogger(__name__)
+B = TypeVar("B", bound=contextlib.AbstractContextManager)  # a progress bar
 
 
 @dataclass
@@ -196,7 +197,18 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
         weight_decay=cfg.dense.weight_decay,
     )
     augment = augmentation(cfg)
-    train(model, splits.train_x, splits.train_y, settings, seed=cfg.dense.seed, augment=augment, bf16=True)
+    steps = settings.epochs * math.ceil(len(splits.train_x) / settings.batch_size)
+    with _shown(cfg, TrainingProgress("dense model", steps)) as bar:
+        train(
+            model,
+            splits.train_x,
+            splits.train_y,
+            settings,
+            seed=cfg.dense.seed,
+            augment=augment,
+            bf16=True,
+            progress=bar,
+        )
     write_atomic(path, lambda f: torch.save(model.state_dict(), f))
     return model
 
@@ -342,7 +354,7 @@ def search(
     seed_everything(cfg.seed)
     start = time.perf_counter()
     if not problem.exhausted:
-        with _progress(cfg, problem):
+        with _shown(cfg, SearchProgress(problem)):
             searcher.search(env, cfg.seed)
     if problem.best is None:
         raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
@@ -351,13 +363,9 @@ def search(
     )
 
 
-def _progress(cfg: DictConfig, problem: SearchProblem) -> contextlib.AbstractContextManager[object]:
-    """The search's progress bar (``progress_bar``), listening to ``problem`` while it is shown."""
-    if not cfg.progress_bar:
-        return contextlib.nullcontext()
-    bar = SearchProgress(problem)
-    problem.listeners.append(bar)
-    return bar
+def _shown(cfg: DictConfig, bar: B) -> contextlib.AbstractContextManager[B | None]:
+    """``bar`` shown while entered, or ``None`` with ``progress_bar=false``."""
+    return bar if cfg.progress_bar else contextlib.nullcontext()
 
 
 def _env(
@@ -477,7 +485,7 @@ def search_budgets(
     env = _env(cfg, problem, evaluator, budgets)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    with _progress(cfg, problem):
+    with _shown(cfg, SearchProgress(problem)):
         searcher.search(env, cfg.seed)
     problem.evaluations += len(budgets)
     for budget in budgets:
@@ -604,14 +612,18 @@ def finetune_target(
 ) -> FinetuneResult:
     """``policy`` applied to ``target``'s dense network and finetuned under ``settings``, with the
     run's N:M padding and augmentation (seed: the config's by default)."""
-    return finetune(
-        target.model,
-        policy,
-        target.searched,
-        target.splits,
-        settings,
-        cfg.seed if seed is None else seed,
-        cfg.search.nm_pad,
-        couplings,
-        augmentation(cfg),
-    )
+    steps = settings.train.epochs * math.ceil(len(target.splits.train_x) / settings.train.batch_size)
+    shown = _shown(cfg, TrainingProgress("finetune", steps)) if steps else contextlib.nullcontext()
+    with shown as bar:
+        return finetune(
+            target.model,
+            policy,
+            target.searched,
+            target.splits,
+            settings,
+            cfg.seed if seed is None else seed,
+            cfg.search.nm_pad,
+            couplings,
+            augmentation(cfg),
+            bar,
+        )

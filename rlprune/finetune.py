@@ -11,7 +11,7 @@ grow-and-prune cycle (GaP).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,6 +372,7 @@ def finetune(
     pad: bool = True,
     couplings: Mapping[str, FilterCoupling] | None = None,
     augment: Augment | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
     """Apply ``policy`` (recast into ``settings.mask``) to a copy of ``dense`` and train it back.
 
@@ -380,6 +381,7 @@ def finetune(
 
     ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`)
     and which layers' filters a learned filter mask may prune (:func:`finetune_policy`).
+    ``progress`` is told each step's loss (:func:`rlprune.training.train`).
     """
     applied, kept = finetune_policy(policy, layers, settings, couplings)
     names = [name for name, _ in applied]
@@ -428,6 +430,7 @@ def finetune(
             on_epoch=trainer.on_epoch,
             on_step=trainer.on_step,
             augment=augment if augment is not None and augment.active else None,
+            progress=progress,
         )
     trainer.follow_filters()
     if settings.train.epochs > 0:

@@ -105,6 +105,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     bf16: bool = False,
+    progress: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``(x, y)`` and return it.
 
@@ -119,6 +120,8 @@ def train(
         augment: maps each batch of inputs (and the seeded generator) to an augmented one.
         bf16: forward and loss under bf16 autocast where ``x`` is on a GPU that runs it
             (:func:`rlprune.device.mixed_precision`); a dense network only.
+        progress: called after each step with the steps taken and that step's loss
+            (:class:`rlprune.progress.TrainingProgress`).
 
     Raises:
         RlpruneError: when the loss becomes NaN or infinite.
@@ -142,9 +145,10 @@ def train(
                 loss = F.cross_entropy(*flat(model(inputs), y[batch]))
             if extra_loss is not None:
                 loss = loss + extra_loss()
-            if not torch.isfinite(loss):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise RlpruneError(
-                    f"training diverged: the loss is {loss.item()} at epoch {epoch}; "
+                    f"training diverged: the loss is {value} at epoch {epoch}; "
                     "lower the learning rate (lr) and try again."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -154,5 +158,7 @@ def train(
             step += 1
             if on_step is not None:
                 on_step(step)
+            if progress is not None:
+                progress(step, value)
     model.eval()
     return model

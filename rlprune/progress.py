@@ -1,0 +1,96 @@
+"""Progress bars of a run's long stages: training (the dense model, the finetune) and the search.
+
+Each is a context that shows the bar while it is entered, and a callable that the stage calls
+as it goes. The search's bar listens to the :class:`~rlprune.envs.problem.SearchProblem`, where
+every searcher spends its evaluations (warm start, agent, refinement; parallel workers' scores
+too, as the lead records them), so one bar covers any searcher from its first evaluation to its
+last. The bars fit an 80-column terminal; the report prints each stage's time.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from rlprune.envs.problem import Outcome, SearchProblem
+
+
+class _Bar:
+    """One rich bar: ``label``, the bar, done/total, the time left and a note."""
+
+    def __init__(self, label: str, total: float, done: float, note: str, console: Console | None) -> None:
+        self.progress = Progress(
+            TextColumn(label),
+            BarColumn(bar_width=10),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task(label, total=total, completed=done, note=note)
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+
+class TrainingProgress(_Bar):
+    """A bar of a training's optimizer ``steps`` with its smoothed loss, labelled
+    ``<stage> steps``: ``train(..., progress=bar)``."""
+
+    def __init__(self, stage: str, steps: int, console: Console | None = None) -> None:
+        super().__init__(f"{stage} steps", steps, 0, "", console)
+        self.loss: float | None = None
+
+    def __call__(self, step: int, loss: float) -> None:
+        """Count the ``step`` steps taken; ``loss`` is the last one's."""
+        # about the mean of the last 20 steps' losses: one batch's loss jumps
+        self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
+        self.progress.update(self.task, completed=step, note=f"loss {self.loss:.4f}")
+
+
+class SearchProgress(_Bar):
+    """A bar of ``problem``'s evaluations with the best policy so far: search inside ``with bar:``,
+    where it listens to the problem."""
+
+    def __init__(self, problem: SearchProblem, console: Console | None = None) -> None:
+        self.problem = problem
+        super().__init__("evaluations", problem.evaluations, problem.used, self._best(), console)
+
+    def _best(self) -> str:
+        best = self.problem.best
+        if best is None:
+            return "none within budget yet"
+        value = abs(self.problem.value(best))  # the metric itself, where the search maximises its negative
+        return f"best {self.problem.metric} {value:.4f} at latency {best.latency:.3f}"
+
+    def __enter__(self) -> SearchProgress:
+        self.problem.listeners.append(self)
+        super().__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.problem.listeners.remove(self)
+        super().__exit__(kind, error, trace)
+
+    def __call__(self, outcome: Outcome, improved: bool) -> None:
+        """Count ``outcome``; redraw the best when it improved."""
+        note = {"note": self._best()} if improved else {}
+        self.progress.update(self.task, completed=self.problem.used, total=self.problem.evaluations, **note)
