@@ -58,7 +58,7 @@ class TrainingProgress(_Bar):
         """Count the ``step`` steps taken; ``loss`` is the last one's."""
         # about the mean of the last 20 steps' losses: one batch's loss jumps
         self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
-        self.progress.update(self.task, completed=step, note=f"loss {self.loss:.4f}")
+        self.progress.update(self.task, completed=step, note=f"loss {self.loss:.4g}")
 
 
 class SearchProgress(_Bar):

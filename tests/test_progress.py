@@ -64,4 +64,4 @@ def test_the_training_bar_counts_every_step_and_shows_the_smoothed_loss():
         smoothed = 0.95 * smoothed + 0.05 * loss
     line = out.getvalue().strip().splitlines()[-1]
     assert len(losses) == 12 and "dense model steps" in line and "12/12" in line
-    assert f"loss {smoothed:.4f}" in line
+    assert f"loss {smoothed:.4g}" in line
