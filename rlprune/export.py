@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,7 +40,7 @@ from rlprune.data import random_inputs
 from rlprune.errors import ConfigError, ModelError
 from rlprune.layers import PRUNABLE_TYPES, LayerInfo, discover_layers, precision_sources
 from rlprune.masks import tied_filter_masks
-from rlprune.policy import Pattern, Policy
+from rlprune.policy import Choice, Pattern, Policy
 
 if TYPE_CHECKING:
     from torch.ao.quantization import QConfigMapping
@@ -74,23 +74,7 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
     classifier = _classifier_name(pruned, example)
     requests = [(name, c) for name, c in policy if c.pattern is Pattern.FILTER]
     modules = dict(pruned.named_modules())
-    for name, choice in requests:
-        module = modules.get(name)
-        if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
-            raise ConfigError(
-                f"filter choice for '{name}': the model has no Conv1d/Conv2d/Linear of that name"
-            )
-        out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        if choice.group != out:
-            raise ConfigError(
-                f"filter choice {choice.keep}:{choice.group} on layer '{name}' must have "
-                f"group = out_channels = {out}"
-            )
-        if name == classifier and choice.keep < choice.group:
-            raise ConfigError(
-                f"layer '{name}' is the final classifier: its {out} outputs are the classes and cannot be "
-                "filter-pruned; exclude it from filter pruning (layers.exclude_last=true)"
-            )
+    _check_filter_choices(modules, requests, classifier)
     if not any(c.keep < c.group for _, c in requests):
         return pruned
     with torch.enable_grad():  # the graph is traced through autograd
@@ -135,6 +119,30 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
                 pruning.prune()
         done |= dict.fromkeys(coupled, choice.keep)
     return pruned
+
+
+def _check_filter_choices(
+    modules: Mapping[str, nn.Module], requests: Sequence[tuple[str, Choice]], classifier: str
+) -> None:
+    """Refuse a filter choice on a layer that is not a Conv/Linear, whose group is not its
+    output count, or that would prune the classes of the final ``classifier``."""
+    for name, choice in requests:
+        module = modules.get(name)
+        if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+            raise ConfigError(
+                f"filter choice for '{name}': the model has no Conv1d/Conv2d/Linear of that name"
+            )
+        out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        if choice.group != out:
+            raise ConfigError(
+                f"filter choice {choice.keep}:{choice.group} on layer '{name}' must have "
+                f"group = out_channels = {out}"
+            )
+        if name == classifier and choice.keep < choice.group:
+            raise ConfigError(
+                f"layer '{name}' is the final classifier: its {out} outputs are the classes and cannot be "
+                "filter-pruned; exclude it from filter pruning (layers.exclude_last=true)"
+            )
 
 
 def effective_layers(
