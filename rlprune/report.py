@@ -78,12 +78,9 @@ def size_ratio(layers: Sequence[LayerInfo], rows: Sequence[dict[str, Any]]) -> f
     return sum(r["size_bits"] for r in rows) / sum(32 * layer.params for layer in layers)
 
 
-def print_report(report: dict[str, Any], console: Console | None = None) -> None:
-    """Print the per-layer table and the headline numbers."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # logs and pipes: full layer names rather than 80 columns
-            console = Console(width=160)
+def _layer_table(report: dict[str, Any]) -> Table:
+    """One row per layer: its step, pattern, keep:group, sparsity, bits, share of the latency
+    and the mask metrics the report holds."""
     table = Table(title=f"rlprune policy — {report['search']['agent']} on {report['hardware']}")
     extra = [m for m in METRIC_HEADERS if any(row.get(m) is not None for row in report["layers"])]
     for column in ("layer", "step", "kind", "pattern", "keep:group", "sparsity", "bits w/a", "latency %"):
@@ -103,7 +100,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f"{100 * row['latency_share']:.1f}",
             *[f"{row[m]:.3g}" if row.get(m) is not None else "" for m in extra],
         )
-    console.print(table)
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """Print the per-layer table and the headline numbers."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: full layer names rather than 80 columns
+            console = Console(width=160)
+    console.print(_layer_table(report))
     acc = report["accuracy"]
     accuracy = "token accuracy" if "language_model" in report else "accuracy"
     console.print(
