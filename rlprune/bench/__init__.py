@@ -74,7 +74,12 @@ def finetuned_test_accuracy(
 
 
 def machine() -> str:
-    """The machine a benchmark ran on, with torch's thread count: absolute times need it."""
+    """The machine a benchmark ran on: the CPU (:func:`~rlprune.hardware.measured.cpu_model`;
+    each CPU trains its own dense models), torch and its thread count (absolute times need it)."""
     import torch
 
-    return f"{platform.machine()} {platform.processor()} threads={torch.get_num_threads()}"
+    from rlprune.hardware.measured import cpu_model
+
+    return (
+        f"{cpu_model()} ({platform.machine()}), torch {torch.__version__}, threads={torch.get_num_threads()}"
+    )
