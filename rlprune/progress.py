@@ -9,7 +9,6 @@ last. The bars fit an 80-column terminal; the report prints each stage's time.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -37,12 +36,7 @@ class _Bar:
         self.progress.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *error: object) -> None:
         self.progress.stop()
 
 
@@ -81,14 +75,9 @@ class SearchProgress(_Bar):
         super().__enter__()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *error: object) -> None:
         self.problem.listeners.remove(self)
-        super().__exit__(kind, error, trace)
+        super().__exit__(*error)
 
     def __call__(self, outcome: Outcome, improved: bool) -> None:
         """Count ``outcome``; redraw the best when it improved."""
