@@ -38,7 +38,7 @@ from torch import nn
 
 from rlprune.data import random_inputs
 from rlprune.errors import ConfigError, ModelError
-from rlprune.layers import PRUNABLE_TYPES, LayerInfo, discover_layers, precision_sources
+from rlprune.layers import PRUNABLE_TYPES, LayerInfo, dependency_graph, discover_layers, precision_sources
 from rlprune.masks import tied_filter_masks
 from rlprune.policy import Choice, Pattern, Policy
 
@@ -77,8 +77,7 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
     _check_filter_choices(modules, requests, classifier)
     if not any(c.keep < c.group for _, c in requests):
         return pruned
-    with torch.enable_grad():  # the graph is traced through autograd
-        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example[:1])
+    graph = dependency_graph(pruned, example)
 
     def group(name: str, idxs: list[int]) -> tp.dependency.Group:
         module = modules[name]

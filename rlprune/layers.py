@@ -8,14 +8,19 @@ the report) works on :class:`LayerInfo` and never on modules.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rlprune.errors import ModelError
 from rlprune.training import eval_mode
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 PRUNABLE_TYPES: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
@@ -310,6 +315,21 @@ def pruning_groups(
             yield name, couplings[name]
 
 
+def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model``, traced on ``example[:1]``.
+
+    Torch-Pruning warns of parameters outside any layer (a ViT's position embedding) that it
+    would prune along with the channels they are added to. A layer whose channels run through
+    one is never filter-pruned here (:func:`filter_couplings` gives the reason, and the report
+    shows it), so the warning is left out.
+    """
+    import torch_pruning as tp
+
+    with torch.enable_grad(), warnings.catch_warnings():  # the graph is traced through autograd
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+
+
 def filter_couplings(
     model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]
 ) -> dict[str, FilterCoupling]:
@@ -322,8 +342,7 @@ def filter_couplings(
     names = {module: name for name, module in model.named_modules()}
     names |= {param: name for name, param in model.named_parameters()}
     prunable = {layer.name for layer in layers}
-    with torch.enable_grad():  # the graph is traced through autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+    graph = dependency_graph(model, example)
     couplings = {}
     for layer in layers:
         module = model.get_submodule(layer.name)

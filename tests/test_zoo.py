@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +95,14 @@ def test_config_builds_a_model_for_the_data(model: str, data: str, shape: tuple[
     assert cfg.model.dims == cfg.data.dims
     net = build_model(cfg.model)
     assert net(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_the_vit_embeddings_block_the_patch_embedding_quietly():
+    """Torch-Pruning warns of the ViT's position embedding and class token; rlprune never prunes
+    the channels they join (the report says why), so a run shows no such warning."""
+    model, x = make(ViT, 2, 1, 8)
+    layers = discover_layers(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        couplings = filter_couplings(model, x, layers)
+    assert "parameter added" in couplings["patch_embed"].fixed
