@@ -38,9 +38,13 @@ EXIT_INTERRUPTED = 130
 def _main(cfg: DictConfig) -> float:
     from rlprune.api import run  # imported here so --help and --cfg stay fast
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.wandb.group is None:
-        cfg.wandb.group = str(HydraConfig.get().sweep.dir)  # the runs of one sweep, grouped in W&B
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        if cfg.wandb.group is None:
+            cfg.wandb.group = str(hydra_cfg.sweep.dir)  # the runs of one sweep, grouped in W&B
+        if not hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+            cfg.progress_bar = False  # jobs side by side would draw their bars over each other's
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run(cfg, run_dir)

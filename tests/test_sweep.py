@@ -16,8 +16,10 @@ def test_a_sweep_keeps_the_finished_jobs_when_one_fails_and_reports_their_front(
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "rlprune", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     command += ["budget.latency=0.001,0.3,0.5", f"hydra.sweep.dir={sweep}", "search.evaluations=30"]
-    command += ["finetune.epochs=1", "dense.epochs=3", "progress_bar=false", "wandb.mode=disabled"]
+    command += ["finetune.epochs=1", "dense.epochs=3", "wandb.mode=disabled"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # jobs side by side draw no progress bars: they would draw over each other's
+    assert "evaluations ━" not in result.stdout and "finetune steps" not in result.stdout
     assert result.returncode != 0  # the infeasible budget fails its job ...
     assert "budget.latency=0.001 is below the cheapest reachable latency" in result.stderr
     assert (sweep / "0" / "error.log").exists()
