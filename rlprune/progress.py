@@ -1,4 +1,5 @@
-"""Progress bars of a run's long stages: training (the dense model, the finetune) and the search.
+"""Progress bars of a run's long stages: training (the dense model, the finetune), the search,
+and measuring a latency table.
 
 Each is a context that shows the bar while it is entered, and a callable that the stage calls
 as it goes. The search's bar listens to the :class:`~rlprune.envs.problem.SearchProblem`, where
@@ -9,7 +10,8 @@ last. The bars fit an 80-column terminal; the report prints each stage's time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -18,10 +20,25 @@ if TYPE_CHECKING:
     from rlprune.envs.problem import Outcome, SearchProblem
 
 
-class _Bar:
-    """One rich bar: ``label``, the bar, done/total, the time left and a note."""
+class StageProgress:
+    """One bar: ``label``, the bar, done of ``total``, the time left and a note; shown while
+    entered, and wiped when it ends if ``transient``.
 
-    def __init__(self, label: str, total: float, done: float, note: str, console: Console | None) -> None:
+    It redraws as it is told of progress, at most every ``REDRAW_S`` seconds, in the caller's
+    thread: a thread of its own would take turns from timed work (a latency table's timings).
+    """
+
+    REDRAW_S = 0.1
+
+    def __init__(
+        self,
+        label: str,
+        total: float,
+        done: float = 0,
+        note: str = "",
+        console: Console | None = None,
+        transient: bool = False,
+    ) -> None:
         self.progress = Progress(
             TextColumn(label),
             BarColumn(bar_width=10),
@@ -29,10 +46,24 @@ class _Bar:
             TimeRemainingColumn(),
             TextColumn("{task.fields[note]}"),
             console=console,
+            transient=transient,
+            auto_refresh=False,
         )
         self.task = self.progress.add_task(label, total=total, completed=done, note=note)
+        self._drawn = 0.0
 
-    def __enter__(self) -> _Bar:
+    def update(self, **fields: Any) -> None:
+        """Set the task's ``completed``, ``total``, ``note`` (rich's ``update``); redraw if due."""
+        self.progress.update(self.task, **fields)
+        if time.perf_counter() - self._drawn >= self.REDRAW_S:
+            self.progress.refresh()
+            self._drawn = time.perf_counter()
+
+    def advance(self, count: float) -> None:
+        """Count ``count`` more done."""
+        self.update(advance=count)
+
+    def __enter__(self) -> StageProgress:
         self.progress.start()
         return self
 
@@ -40,22 +71,22 @@ class _Bar:
         self.progress.stop()
 
 
-class TrainingProgress(_Bar):
+class TrainingProgress(StageProgress):
     """A bar of a training's optimizer ``steps`` with its smoothed loss, labelled
     ``<stage> steps``: ``train(..., progress=bar)``."""
 
     def __init__(self, stage: str, steps: int, console: Console | None = None) -> None:
-        super().__init__(f"{stage} steps", steps, 0, "", console)
+        super().__init__(f"{stage} steps", steps, console=console)
         self.loss: float | None = None
 
     def __call__(self, step: int, loss: float) -> None:
         """Count the ``step`` steps taken; ``loss`` is the last one's."""
         # about the mean of the last 20 steps' losses: one batch's loss jumps
         self.loss = loss if self.loss is None else 0.95 * self.loss + 0.05 * loss
-        self.progress.update(self.task, completed=step, note=f"loss {self.loss:.4g}")
+        self.update(completed=step, note=f"loss {self.loss:.4g}")
 
 
-class SearchProgress(_Bar):
+class SearchProgress(StageProgress):
     """A bar of ``problem``'s evaluations with the best policy so far: search inside ``with bar:``,
     where it listens to the problem."""
 
@@ -82,4 +113,4 @@ class SearchProgress(_Bar):
     def __call__(self, outcome: Outcome, improved: bool) -> None:
         """Count ``outcome``; redraw the best when it improved."""
         note = {"note": self._best()} if improved else {}
-        self.progress.update(self.task, completed=self.problem.used, total=self.problem.evaluations, **note)
+        self.update(completed=self.problem.used, total=self.problem.evaluations, **note)

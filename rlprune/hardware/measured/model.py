@@ -60,6 +60,7 @@ from rlprune.hardware.measured.settings import check_settings, read_settings
 from rlprune.hardware.measured.timing import Call, Group, Marker, QuietTimer, Timer, Timing, time_in_turns
 from rlprune.layers import LayerInfo, neighbour_pairs
 from rlprune.policy import FLOAT_BITS, Choice, Pattern
+from rlprune.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +454,7 @@ class MeasuredModel(LatencyModel):
     def prepare(self, cells: Sequence[tuple[LayerInfo, Choice]], *, progress: bool | None = None) -> None:
         """Measure every grid entry the ``(layer, choice)`` cells need that is not cached yet.
 
-        Unsupported cells are left for :meth:`latency` to reject. Shows a tqdm bar (default:
+        Unsupported cells are left for :meth:`latency` to reject. Shows a progress bar (default:
         the config's ``progress``) and saves the cache once at the end.
         """
         needed: dict[str, Spec] = {}
@@ -468,24 +469,19 @@ class MeasuredModel(LatencyModel):
         if not specs:
             return
         parts = split_parts(specs)
-        bar = None
         started = time.perf_counter()
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(specs), desc=f"measuring {self.name}", unit="op", leave=False)
+        bar = StageProgress(f"measuring {self.name} ops", len(specs), transient=True) if progress else None
 
         def counted(part: Part) -> None:
             self.measurements += len(part)
             if bar is not None:
-                bar.update(len(part))
+                bar.advance(len(part))
 
         try:
-            self._time_parts(parts, counted)
-            self._verify(parts)
+            with bar or contextlib.nullcontext():
+                self._time_parts(parts, counted)
+                self._verify(parts)
         finally:
-            if bar is not None:
-                bar.close()
             self._save()
         log.info(
             "%s: measured %d ops in %.1f s, cached in %s",
