@@ -1,11 +1,11 @@
 """Progress bars of a run's long stages: training (the dense model, the finetune), the search,
 and measuring a latency table.
 
-Each is a context that shows the bar while it is entered, and a callable that the stage calls
-as it goes. The search's bar listens to the :class:`~rlprune.envs.problem.SearchProblem`, where
-every searcher spends its evaluations (warm start, agent, refinement; parallel workers' scores
-too, as the lead records them), so one bar covers any searcher from its first evaluation to its
-last. The bars fit an 80-column terminal; the report prints each stage's time.
+Each bar is shown while its context is entered and is told of progress as the stage goes. The
+search's bar listens to the :class:`~rlprune.envs.problem.SearchProblem`, where every searcher
+spends its evaluations (warm start, agent, refinement; parallel workers' scores too, as the
+lead records them), so one bar covers any searcher from its first evaluation to its last. The
+bars fit an 80-column terminal, which is why they show the time left and not the time spent.
 """
 
 from __future__ import annotations
