@@ -384,7 +384,8 @@ def build_space(
             steps[step], settings, nm, hardware.channel_multiple, without_filters or blocked[step]
         )
 
-    shapes, reasons = (list(column) for column in zip(*map(options, range(len(steps))), strict=True))
+    listed = [options(step) for step in range(len(steps))]
+    shapes, reasons = [found for found, _ in listed], [reason for _, reason in listed]
     while True:  # a step whose filters reach too far down keeps them, until every table is small
         terms = layer_costs.layer_terms(all_layers, steps, shapes, followers, couplings)
         wide = layer_costs.widest(terms, shapes, len(bits))

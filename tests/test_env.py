@@ -225,3 +225,12 @@ def test_space_settings_name_the_key_and_keep_canonical_patterns():
     ]:
         with pytest.raises(ConfigError, match=message):
             SpaceSettings(**kwargs)
+
+
+def test_a_space_with_no_searched_layer_is_empty_and_costs_the_whole_network_as_fixed():
+    model, x = MNIST1DCNN().eval(), torch.randn(2, 1, 40)
+    layers = discover_layers(model, x)
+    space = build_space(
+        layers, [], build_latency_model(hardware_config("arm_cpu")), SpaceSettings("kofn_weight")
+    )
+    assert len(space) == 0 and space.fixed_latency == space.dense_latency > 0
