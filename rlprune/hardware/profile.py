@@ -375,7 +375,7 @@ def parse_device_profile(data: Mapping[str, Any], where: str) -> DeviceProfile:
         raise reader.error("runtime", "a line naming the software modelled", runtime)
 
     peak_tops = _read_peaks(reader, (*bits, reference))
-    precisions = tuple(bits for bits, _ in peak_tops)
+    precisions = tuple(precision for precision, _ in peak_tops)
     bandwidth = reader.number("bandwidth_gbs", positive=True)
     eta_compute = reader.number("eta_compute", positive=True, maximum=1.0)
     eta_memory = reader.number("eta_memory", positive=True, maximum=1.0)
