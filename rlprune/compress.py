@@ -19,7 +19,15 @@ from torch.nn.utils import parametrize
 
 from rlprune.errors import ConfigError
 from rlprune.layers import FilterCoupling, is_depthwise, pruning_groups
-from rlprune.masks import GumbelTopKMask, compute_mask, importance, srste, tied_filter_masks
+from rlprune.masks import (
+    GumbelTopKMask,
+    compute_mask,
+    importance,
+    kept_filters,
+    pruned_filters,
+    srste,
+    tied_filter_masks,
+)
 from rlprune.policy import FLOAT_BITS, Choice, Pattern, Policy
 from rlprune.quant import ActivationQuantizer, fake_quantize_weight
 
@@ -204,17 +212,12 @@ def removed_inputs(
     removed: dict[str, set[int]] = {}
     pruning = [name for name, choice in policy if prunes_filters(choice)]
     for name, coupling in pruning_groups(pruning, couplings or {}):
-        pruned = (~kept_filters(masks[name])).nonzero().flatten().tolist()
+        pruned = pruned_filters(masks[name])
         for consumer, channels in coupling.feeds:
             removed.setdefault(consumer, set()).update(c for f in pruned for c in channels[f])
         for follower in coupling.followers:
             removed.setdefault(follower, set()).update(pruned)
     return {name: sorted(channels) for name, channels in removed.items()}
-
-
-def kept_filters(mask: torch.Tensor) -> torch.Tensor:
-    """Which filters (output channels) ``mask`` keeps: its rows that are not empty."""
-    return mask.flatten(1).any(1)
 
 
 def filter_feeders(policy: Policy, fed_by: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:

@@ -39,7 +39,7 @@ from torch import nn
 from rlprune.data import random_inputs
 from rlprune.errors import ConfigError, ModelError
 from rlprune.layers import PRUNABLE_TYPES, LayerInfo, dependency_graph, discover_layers, precision_sources
-from rlprune.masks import tied_filter_masks
+from rlprune.masks import pruned_filters, tied_filter_masks
 from rlprune.policy import Choice, Pattern, Policy
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def export_filter_pruned(model: nn.Module, policy: Policy, example: torch.Tensor
         coupled = tied_modules(group(name, [0]))
         tied = [n for n, _ in requests if n == name or modules[n] in coupled]
         kept = tied_filter_masks({n: modules[n].weight.detach().abs() for n in tied}, choice.keep)
-        drop |= {n: (~kept[n].flatten(1).any(1)).nonzero().flatten().tolist() for n in tied}
+        drop |= {n: pruned_filters(kept[n]) for n in tied}
     done: dict[nn.Module, int] = {}  # pruned module -> the filters its group keeps
     for name, choice in requests:
         module = modules[name]

@@ -26,7 +26,6 @@ from rlprune.compress import (
     dense_weight,
     feeding_layers,
     filter_feeders,
-    kept_filters,
     policy_masks,
     prunes_filters,
     recalibrate_batch_norms,
@@ -46,6 +45,7 @@ from rlprune.masks import (
     GumbelTopKMask,
     importance,
     input_norms,
+    kept_filters,
     log10_mask_diversity,
     sad,
 )

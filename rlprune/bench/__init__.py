@@ -7,12 +7,13 @@ Figures are compared side by side within one run, because these machines are sha
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from rlprune.api import Target
+    from rlprune.finetune import FinetuneSettings
     from rlprune.hardware import LatencyModel
     from rlprune.layers import FilterCoupling
     from rlprune.policy import Policy
@@ -52,24 +53,28 @@ def load(cfg: DictConfig) -> tuple[Target, LatencyModel]:
     return load_target(cfg), build_latency_model(OmegaConf.to_container(cfg.hardware, resolve=True))
 
 
+def finetune_settings(cfg: DictConfig, **changes: Any) -> FinetuneSettings:
+    """The finetune settings of ``cfg``: its ``finetune`` node with ``changes`` to its keys, at
+    its hardware's ``channel_multiple``."""
+    from omegaconf import OmegaConf
+
+    from rlprune.finetune import FinetuneSettings
+
+    node = OmegaConf.to_container(cfg.finetune, resolve=True)
+    return FinetuneSettings.from_config({**node, **changes}, cfg.hardware.get("channel_multiple", 1))
+
+
 def finetuned_test_accuracy(
     cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
 ) -> float:
     """Test accuracy of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
     short finetune every benchmark gives the policies it compares. With no epochs, the network
     the search scored (:func:`rlprune.api.searched_network`), as a run's test before finetune."""
-    from omegaconf import OmegaConf
-
     from rlprune.api import finetune_target, searched_network, test_score
-    from rlprune.finetune import FinetuneSettings
 
     if epochs == 0:
         return test_score(searched_network(cfg, target, policy, couplings), target.splits).accuracy
-    settings = FinetuneSettings.from_config(
-        {**OmegaConf.to_container(cfg.finetune, resolve=True), "epochs": epochs},
-        cfg.hardware.get("channel_multiple", 1),
-    )
-    tuned = finetune_target(cfg, target, policy, couplings, settings)
+    tuned = finetune_target(cfg, target, policy, couplings, finetune_settings(cfg, epochs=epochs))
     return test_score(tuned.model, target.splits).accuracy
 
 

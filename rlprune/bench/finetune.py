@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from rlprune.bench import QUIET, compose_config, load, machine
+from rlprune.bench import QUIET, compose_config, finetune_settings, load, machine
 from rlprune.io import write_json_atomic
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Choice, Pattern, Policy
@@ -61,13 +61,9 @@ def run_mode(
     from rlprune.api import finetune_target, test_score
     from rlprune.compress import bake
     from rlprune.export import export_filter_pruned
-    from rlprune.finetune import FinetuneSettings
 
-    settings = FinetuneSettings.from_config(
-        OmegaConf.to_container(cfg.finetune, resolve=True), cfg.hardware.get("channel_multiple", 1)
-    )
     splits = target.splits
-    tuned = finetune_target(cfg, target, policy, couplings, settings, seed)
+    tuned = finetune_target(cfg, target, policy, couplings, finetune_settings(cfg), seed)
     exported = export_filter_pruned(bake(tuned.model), tuned.policy, splits.train_x[:2])
     return {
         "seed": seed,

@@ -9,7 +9,15 @@ reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
 from rlprune.masks.compute import compute_mask
 from rlprune.masks.criteria import CRITERIA, importance, input_norms
 from rlprune.masks.gap import GapSchedule
-from rlprune.masks.kofn import GRANULARITIES, kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
+from rlprune.masks.kofn import (
+    GRANULARITIES,
+    kept_filters,
+    kofn_group_size,
+    kofn_mask,
+    pruned_filters,
+    tied_filter_masks,
+    unstructured_mask,
+)
 from rlprune.masks.learned import GumbelTopKMask
 from rlprune.masks.metrics import log10_mask_diversity, sad, transposable_tile_count
 from rlprune.masks.nm import nm_mask
@@ -26,10 +34,12 @@ __all__ = [
     "compute_mask",
     "importance",
     "input_norms",
+    "kept_filters",
     "kofn_group_size",
     "kofn_mask",
     "log10_mask_diversity",
     "nm_mask",
+    "pruned_filters",
     "sad",
     "srste",
     "tied_filter_masks",

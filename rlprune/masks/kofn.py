@@ -106,6 +106,16 @@ def tied_filter_masks(scores: Mapping[str, torch.Tensor], keep: int) -> dict[str
     return {name: expand_units(unit_mask, s.shape, "filter").to(s.device) for name, s in scores.items()}
 
 
+def kept_filters(mask: torch.Tensor) -> torch.Tensor:
+    """Which filters (output channels) ``mask`` keeps: its rows that are not empty."""
+    return mask.flatten(1).any(1)
+
+
+def pruned_filters(mask: torch.Tensor) -> list[int]:
+    """The indices of the filters ``mask`` empties, ascending."""
+    return (~kept_filters(mask)).nonzero().flatten().tolist()
+
+
 def unstructured_kept(numel: int, keep_ratio: float) -> int:
     """How many weights an unstructured mask keeps: ``round(keep_ratio * numel)``, at least 1."""
     return max(1, round(keep_ratio * numel))
