@@ -210,6 +210,7 @@ def test_workers_leave_ctrl_c_to_the_lead_and_a_killed_worker_closes_quietly():
     workers.reset()
     actions = np.zeros((2, env.action_size), dtype=np.float32)
     workers.step(actions)  # both still play
+    os.kill(second.pid, signal.SIGSTOP)  # so it cannot answer the next step before it is killed
     workers.step_async(actions)  # the lead waits on both when one dies
     os.kill(second.pid, signal.SIGKILL)
     second.join()
