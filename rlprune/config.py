@@ -126,21 +126,35 @@ def default_cache_dir() -> str:
     return os.environ.get("RLPRUNE_CACHE") or str(Path(os.environ.get("HOME", ".")) / ".cache" / "rlprune")
 
 
+def _from_root(key: str, default: Any, parent: Any, root: Any) -> Any:
+    """The root config's ``key`` when ``parent`` is composed into the full config, else ``default``."""
+    if parent._get_parent() is not None:
+        value = OmegaConf.select(root, key, default=None)
+        if value is not None:
+            return value
+    return default
+
+
 def _cache_dir_resolver(*, _parent_: Any, _root_: Any) -> str:
     # ``${rlprune.cache_dir:}`` in conf/hardware/local_cpu.yaml: the root config's ``cache_dir``
     # when the file is composed into the full config (hardware=local_cpu), the default cache
     # when the file is loaded on its own (a plain ``${cache_dir}`` would point at itself there).
     # Registered here, with the schema, so every process that composes the config has it
     # (a joblib or submitit worker resolves the config before any rlprune code runs).
-    if _parent_._get_parent() is not None:
-        value = OmegaConf.select(_root_, "cache_dir", default=None)
-        if value is not None:
-            return str(value)
-    return default_cache_dir()
+    return str(_from_root("cache_dir", default_cache_dir(), _parent_, _root_))
 
 
-if not OmegaConf.has_resolver("rlprune.cache_dir"):
-    OmegaConf.register_new_resolver("rlprune.cache_dir", _cache_dir_resolver)
+def _progress_bar_resolver(*, _parent_: Any, _root_: Any) -> bool:
+    # ``${rlprune.progress_bar:}``: the measured table's bar follows the root ``progress_bar``
+    return bool(_from_root("progress_bar", True, _parent_, _root_))
+
+
+for _name, _resolver in (
+    ("rlprune.cache_dir", _cache_dir_resolver),
+    ("rlprune.progress_bar", _progress_bar_resolver),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:

@@ -12,13 +12,14 @@ import torch
 import yaml
 
 from rlprune.hardware import MeasuredModel, build_latency_model, hardware_config_dir
-from rlprune.hardware.factory import model_fields
+from rlprune.hardware.factory import load_hardware_config, model_fields
 from rlprune.hardware.measured import EMPTY_CALL, int8_engine
 from rlprune.hardware.measured.cache import TableCache
 from rlprune.hardware.measured.ops import build_op
 from rlprune.hardware.measured.timing import Group, OnTimed, Timing
 from rlprune.layers import LayerInfo
 from rlprune.policy import Choice, Pattern
+from tests.support import compose_config
 
 CONV = LayerInfo("c", "conv1d", 16, 16, (3,), (1,), 1, (16, 20), (16, 20))
 LINEAR = LayerInfo("fc", "linear", 24, 16, (), (), 1, (24,), (16,))
@@ -147,6 +148,17 @@ def test_unresolved_cache_dir_falls_back_to_the_default(tmp_path, monkeypatch):
     cfg = plain_cfg(tmp_path)
     cfg["cache_dir"] = "${rlprune.cache_dir:}"
     assert str(build_latency_model(cfg).cache_path).startswith(str(tmp_path / "env"))
+
+
+@pytest.mark.parametrize("progress_bar", [True, False])
+def test_the_tables_bar_follows_the_runs_progress_bar(tmp_path, progress_bar):
+    cfg = compose_config("hardware=local_cpu", f"cache_dir={tmp_path}", f"progress_bar={progress_bar}")
+    assert build_latency_model(cfg.hardware).progress is progress_bar
+    alone = load_hardware_config("local_cpu")[0]  # read on its own: the bar is on
+    assert alone["progress"] is True and build_latency_model(alone).progress is True
+    raw = plain_cfg(tmp_path)
+    raw["progress"] = "${rlprune.progress_bar:}"  # read as plain YAML: unresolved
+    assert build_latency_model(raw).progress is True
 
 
 def test_interpolation_lies_between_grid_neighbours(tmp_path):

@@ -97,6 +97,8 @@ def read_settings(cfg: Mapping[str, Any], where: str = "hardware config") -> dic
     if nm_raw:
         raise reader.error("nm_options", "an empty list: PyTorch on a CPU runs N:M masks dense", nm_raw)
     progress = reader.raw("progress", True)
+    if isinstance(progress, str) and "${" in progress:  # read as plain YAML, not composed
+        progress = True
     if not isinstance(progress, bool):
         raise reader.error("progress", "true or false", progress)
     sources = reader.sources(MEASURED_SETTINGS)
