@@ -22,8 +22,8 @@ from rlprune.layers import FilterCoupling, is_depthwise, pruning_groups
 from rlprune.masks import (
     GumbelTopKMask,
     compute_mask,
-    importance,
     kept_filters,
+    magnitude,
     pruned_filters,
     srste,
     tied_filter_masks,
@@ -308,7 +308,7 @@ def policy_masks(
             weights = {n: dense_weight(model.get_submodule(n)) for n in ties.get(name, (name,))}
             if name in ties:
                 tied = tied_filter_masks(
-                    {n: scores[n] if n in scores else importance(w, "magnitude") for n, w in weights.items()},
+                    {n: scores[n] if n in scores else magnitude(w) for n, w in weights.items()},
                     choice.keep,
                 )
                 masks |= {n: mask for n, mask in tied.items() if n not in known}

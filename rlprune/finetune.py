@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rlprune.compress import (
     LearnedMaskedWeight,
@@ -40,18 +39,18 @@ from rlprune.data.augment import Augment
 from rlprune.errors import ConfigError
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.masks import (
-    CRITERIA,
+    Calibration,
     GapSchedule,
     GumbelTopKMask,
-    importance,
-    input_norms,
+    criterion_names,
+    get_criterion,
     kept_filters,
     log10_mask_diversity,
     sad,
 )
 from rlprune.patterns import SparsityPattern, channel_multiples, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
-from rlprune.training import TrainSettings, flat, train
+from rlprune.training import TrainSettings, train
 
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
 """The pattern a learned mask of each granularity keeps (``finetune.granularity``)."""
@@ -80,9 +79,10 @@ class FinetuneSettings:
             pattern's canonical name.
         nm: ``(keep N, group M)`` for the N:M patterns.
         granularity: ``weight``, ``kernel`` or ``filter``, for ``learned`` masks.
-        criterion: ``magnitude``, ``taylor``, ``random`` or ``wanda`` (``|w|`` times the norm of
-            its input, :func:`wanda_scores`): what the first masks keep (refreshes and GaP re-prune
-            by the magnitude of the current dense weights, as SR-STE does).
+        criterion: a registered :class:`~rlprune.masks.Criterion` (``magnitude``, ``taylor``,
+            ``random``, ``wanda``; :func:`~rlprune.masks.criterion_names`): what the first masks
+            keep (refreshes and GaP re-prune by the magnitude of the current dense weights, as
+            SR-STE does).
         srste_decay: ``None`` for plain masked training; a number trains with SR-STE.
         refresh_steps: recompute fixed masks from the dense weights every so many steps (0: never).
         entropy_weight: weight of the learned masks' entropy regulariser.
@@ -118,8 +118,8 @@ class FinetuneSettings:
             raise ConfigError(f"finetune.nm: N:M needs 0 < N < M, got keep={keep}, group={group}")
         if self.granularity not in LEARNED_PATTERNS:
             raise ConfigError(f"finetune.granularity={self.granularity!r}; valid: {list(LEARNED_PATTERNS)}")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"finetune.criterion={self.criterion!r}; valid: {list(CRITERIA)}")
+        if self.criterion not in criterion_names():
+            raise ConfigError(f"finetune.criterion={self.criterion!r}; valid: {criterion_names()}")
         if self.refresh_steps < 0 or self.gap_partitions < 0 or self.train.epochs < 0:
             raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
         if self.channel_multiple < 1:
@@ -200,30 +200,6 @@ def finetune_policy(
             recast = choice
         applied[name] = recast
     return Policy.of(applied), kept
-
-
-def wanda_scores(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Wanda's ``|w_ij| · ||x_j||_2`` per layer, the input norms measured on the first 512 inputs ``x``."""
-    norms = input_norms(model, names, list(x[:512].split(128)))
-    return {
-        name: importance(dense_weight(model.get_submodule(name)), "wanda", input_norms=norms[name])
-        for name in names
-    }
-
-
-def taylor_scores(
-    model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """First-order Taylor importance ``|w · ∂L/∂w|`` per layer, the gradient summed over a few batches."""
-    model.zero_grad(set_to_none=True)
-    for start in range(0, min(len(x), 512), 128):
-        F.cross_entropy(*flat(model(x[start : start + 128]), y[start : start + 128])).backward()
-    scores = {}
-    for name in names:
-        weight = dense_weight(model.get_submodule(name))
-        scores[name] = importance(weight, "taylor", grad=weight.grad)
-    model.zero_grad(set_to_none=True)
-    return scores
 
 
 @dataclass
@@ -385,18 +361,9 @@ def finetune(
     """
     applied, kept = finetune_policy(policy, layers, settings, couplings)
     names = [name for name, _ in applied]
-    scores: dict[str, torch.Tensor] = {}
-    if settings.criterion != "magnitude":
-        generator = torch.Generator().manual_seed(seed)
-        probe = compress(dense, Policy.of({name: Choice() for name in names}))
-        if settings.criterion == "taylor":
-            scores = taylor_scores(probe, names, splits.train_x, splits.train_y)
-        elif settings.criterion == "wanda":
-            scores = wanda_scores(dense, names, splits.train_x)
-        else:
-            scores = {
-                n: importance(dense.get_submodule(n).weight, "random", generator=generator) for n in names
-            }
+    generator = torch.Generator().manual_seed(seed)
+    data = Calibration(splits.train_x, splits.train_y, generator)
+    scores = get_criterion(settings.criterion).scores(dense, names, data)
     masks = policy_masks(dense, applied, pad, couplings, scores)
     model = compress(dense, applied, masks=masks, pad=pad, couplings=couplings)
     for name, choice in applied:

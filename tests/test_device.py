@@ -93,8 +93,9 @@ def test_mixed_precision_runs_products_in_bf16_on_the_gpu():
         {"mask": "nm_transposable", "nm": (2, 4), "srste_decay": 2e-4, "refresh_steps": 2},
         {"mask": "policy", "criterion": "wanda", "gap_partitions": 2},
         {"mask": "kofn_weight", "criterion": "taylor"},
+        {"mask": "policy", "criterion": "random"},
     ],
-    ids=["learned-filter-gap", "learned-kernel", "transposable-srste", "wanda-gap", "taylor"],
+    ids=["learned-filter-gap", "learned-kernel", "transposable-srste", "wanda-gap", "taylor", "random"],
 )
 def test_every_finetune_mode_trains_and_exports_on_the_device(device, mode):
     from rlprune.compress import bake

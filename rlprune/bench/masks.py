@@ -25,9 +25,9 @@ import torch
 from rlprune.io import write_json_atomic
 from rlprune.masks import (
     GumbelTopKMask,
-    importance,
     kofn_mask,
     log10_mask_diversity,
+    magnitude,
     nm_mask,
     transposable_mask,
     weight_view,
@@ -76,7 +76,7 @@ def bench_layer(
     conv = len(shape) > 2
     ms: dict[str, float | None] = {}
     notes: dict[str, str] = {}
-    ms["magnitude"], scores = median_time(lambda: importance(weight, "magnitude"), repeats)
+    ms["magnitude"], scores = median_time(lambda: magnitude(weight), repeats)
     n_weight = math.prod(shape[1:])
     ms["kofn_weight"], _ = median_time(lambda: kofn_mask(scores, n_weight // 2, "weight"), repeats)
     if conv:

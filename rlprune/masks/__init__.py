@@ -7,7 +7,15 @@ reduction dimension of the 2-D view (:func:`weight_view`, NVIDIA ASP's layout).
 """
 
 from rlprune.masks.compute import compute_mask
-from rlprune.masks.criteria import CRITERIA, importance, input_norms
+from rlprune.masks.criteria import (
+    Calibration,
+    Criterion,
+    criterion_names,
+    get_criterion,
+    input_norms,
+    magnitude,
+    register_criterion,
+)
 from rlprune.masks.gap import GapSchedule
 from rlprune.masks.kofn import (
     GRANULARITIES,
@@ -26,20 +34,24 @@ from rlprune.masks.transposable import METHODS, transposable_mask
 from rlprune.masks.views import unview, weight_view
 
 __all__ = [
-    "CRITERIA",
     "GRANULARITIES",
     "METHODS",
+    "Calibration",
+    "Criterion",
     "GapSchedule",
     "GumbelTopKMask",
     "compute_mask",
-    "importance",
+    "criterion_names",
+    "get_criterion",
     "input_norms",
     "kept_filters",
     "kofn_group_size",
     "kofn_mask",
     "log10_mask_diversity",
+    "magnitude",
     "nm_mask",
     "pruned_filters",
+    "register_criterion",
     "sad",
     "srste",
     "tied_filter_masks",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlprune.errors import ConfigError, ModelError
-from rlprune.masks.criteria import importance
+from rlprune.masks.criteria import magnitude
 from rlprune.patterns.base import get_pattern
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def compute_mask(
     if not pattern.sparse:
         return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
     if scores is None:
-        scores = importance(weight, "magnitude")
+        scores = magnitude(weight)
     elif scores.shape != weight.shape:
         raise ConfigError(
             f"layer {name!r}: scores have shape {tuple(scores.shape)}, the weight {tuple(weight.shape)}"

@@ -1,56 +1,158 @@
-"""Importance criteria: elementwise scores that decide which weights a mask keeps."""
+"""Importance criteria: what the first masks of a finetune keep, one object each.
+
+A criterion scores every weight of the named layers of a network (larger is kept first);
+``finetune.criterion`` names one. :func:`get_criterion` finds one by name and
+:func:`register_criterion` adds one (a :class:`Criterion` subclass), as patterns are found
+(:mod:`rlprune.patterns`). docs/algorithms.md, "Importance and selection", describes the
+built-ins.
+"""
 
 from __future__ import annotations
 
+import abc
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from rlprune.errors import ConfigError
-from rlprune.training import eval_mode
+from rlprune.training import eval_mode, flat
 
-CRITERIA = ("magnitude", "taylor", "random", "wanda")
+CALIBRATION_SAMPLES = 512  # training samples a data-aware criterion reads
+CALIBRATION_BATCH = 128
 
 
-def importance(
-    weight: torch.Tensor,
-    criterion: str,
-    grad: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    input_norms: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Elementwise importance of ``weight``, with the weight's shape (larger is kept first).
+@dataclass(frozen=True)
+class Calibration:
+    """What a criterion may read: training inputs ``x`` and labels ``y`` (on the network's device)
+    and a seeded random source (a CPU generator, so a seed draws the same on every device)."""
 
-    Args:
-        weight: the layer's dense weight.
-        criterion: ``magnitude`` ``|w|``; ``taylor`` ``|w * grad|`` (first-order Taylor, Molchanov
-            et al.), where ``grad`` is the loss gradient, accumulated by the caller over a few
-            batches; ``random`` uniform noise, a control, drawn from ``generator``; ``wanda``
-            ``|w_ij| * ||x_j||_2`` (Sun et al. 2024), where ``input_norms`` holds the norm of each
-            input the weight multiplies, measured on calibration batches (:func:`input_norms`).
-        grad: the gradient for ``taylor``; ignored otherwise.
-        generator: the random source for ``random``; ignored otherwise.
-        input_norms: for ``wanda``, broadcastable to the weight: ``(in,)`` for a Linear,
-            ``(1, in/g, *kernel)`` or ``(out, in/g, *kernel)`` for a conv; ignored otherwise.
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator
+
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first :data:`CALIBRATION_SAMPLES` samples in batches of :data:`CALIBRATION_BATCH`."""
+        x, y = self.x[:CALIBRATION_SAMPLES], self.y[:CALIBRATION_SAMPLES]
+        return list(zip(x.split(CALIBRATION_BATCH), y.split(CALIBRATION_BATCH), strict=True))
+
+
+class Criterion(abc.ABC):
+    """One importance criterion; subclass it, name it and :func:`register_criterion` the subclass."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def scores(self, model: nn.Module, names: Sequence[str], data: Calibration) -> dict[str, torch.Tensor]:
+        """A score per weight of each named layer of ``model``, in the weight's shape and on its
+        device. ``model`` is left as it was."""
+
+
+def magnitude(weight: torch.Tensor) -> torch.Tensor:
+    """``|w|``: the importance every mask falls back on (and every refresh and GaP re-prune uses)."""
+    return weight.detach().abs()
+
+
+def _weights(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {name: model.get_submodule(name).weight for name in names}
+
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Register a :class:`Criterion` subclass under its name; returns it (a class decorator).
+    Registering the same class again does nothing.
+
+    Raises:
+        ConfigError: when the class is not a criterion, or its name is taken by another one.
     """
-    weight = weight.detach()
-    if criterion == "magnitude":
-        return weight.abs()
-    if criterion == "taylor":
-        if grad is None:
-            raise ConfigError("criterion 'taylor' needs the weight's gradient (grad=...)")
-        if grad.shape != weight.shape:
-            raise ConfigError(f"grad has shape {tuple(grad.shape)}, the weight {tuple(weight.shape)}")
-        return (weight * grad.detach()).abs()
-    if criterion == "random":
-        return torch.rand(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
-    if criterion == "wanda":
-        if input_norms is None:
-            raise ConfigError("criterion 'wanda' needs the norms of the layer's inputs (input_norms=...)")
-        return weight.abs() * input_norms.to(weight).expand_as(weight)
-    raise ConfigError(f"unknown importance criterion {criterion!r}; valid: {list(CRITERIA)}")
+    if not (isinstance(cls, type) and issubclass(cls, Criterion)) or not isinstance(
+        getattr(cls, "name", None), str
+    ):
+        raise ConfigError(f"register_criterion needs a Criterion subclass with a name, got {cls!r}")
+    taken = _CRITERIA.get(cls.name)
+    if taken is not None and type(taken) is not cls:
+        raise ConfigError(
+            f"criterion name {cls.name!r} is taken by {type(taken).__qualname__}; choose another"
+        )
+    _CRITERIA[cls.name] = cls()
+    return cls
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registered criterion called ``name``.
+
+    Raises:
+        ConfigError: for an unknown name, listing the valid ones.
+    """
+    if not isinstance(name, str) or name not in _CRITERIA:
+        raise ConfigError(f"unknown importance criterion {name!r}; valid: {criterion_names()}")
+    return _CRITERIA[name]
+
+
+def criterion_names() -> list[str]:
+    """Names of the registered criteria, built-ins first."""
+    return list(_CRITERIA)
+
+
+@register_criterion
+class Magnitude(Criterion):
+    """``|w|``: the trained weights' own size."""
+
+    name = "magnitude"
+
+    def scores(self, model: nn.Module, names: Sequence[str], data: Calibration) -> dict[str, torch.Tensor]:
+        return {name: magnitude(weight) for name, weight in _weights(model, names).items()}
+
+
+@register_criterion
+class Taylor(Criterion):
+    """``|w · ∂L/∂w|``, first-order Taylor (Molchanov et al.): the cross-entropy's gradient summed
+    over the calibration batches, on a copy of the network in its own mode."""
+
+    name = "taylor"
+
+    def scores(self, model: nn.Module, names: Sequence[str], data: Calibration) -> dict[str, torch.Tensor]:
+        probe = copy.deepcopy(model)
+        probe.zero_grad(set_to_none=True)
+        for x, y in data.batches():
+            F.cross_entropy(*flat(probe(x), y)).backward()
+        return {
+            name: (weight * weight.grad).detach().abs() for name, weight in _weights(probe, names).items()
+        }
+
+
+@register_criterion
+class Random(Criterion):
+    """Uniform noise from the calibration's generator: the control every criterion should beat."""
+
+    name = "random"
+
+    def scores(self, model: nn.Module, names: Sequence[str], data: Calibration) -> dict[str, torch.Tensor]:
+        return {
+            name: torch.rand(weight.shape, generator=data.generator, dtype=weight.dtype).to(weight.device)
+            for name, weight in _weights(model, names).items()
+        }
+
+
+@register_criterion
+class Wanda(Criterion):
+    """``|w_ij| · ||x_j||_2`` (Sun et al. 2024): each weight by the norm of the inputs it multiplies
+    (:func:`input_norms`), measured on the calibration inputs."""
+
+    name = "wanda"
+
+    def scores(self, model: nn.Module, names: Sequence[str], data: Calibration) -> dict[str, torch.Tensor]:
+        norms = input_norms(model, names, [x for x, _ in data.batches()])
+        return {
+            name: magnitude(weight) * norms[name].to(weight).expand_as(weight)
+            for name, weight in _weights(model, names).items()
+        }
 
 
 def _input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlprune.errors import ConfigError
-from rlprune.masks import importance, kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
+from rlprune.masks import kofn_group_size, kofn_mask, tied_filter_masks, unstructured_mask
 from rlprune.masks.select import topk_rows
 from tests.masks.helpers import make_scores, reference_topk, weight_shapes
 
@@ -121,20 +121,6 @@ def test_unstructured_keeps_the_top_share(
 def test_unstructured_refuses_a_ratio_out_of_range() -> None:
     with pytest.raises(ConfigError, match="'fc'"):
         unstructured_mask(torch.rand(3, 3), 0.0, name="fc")
-
-
-def test_importance_criteria() -> None:
-    w = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
-    g = torch.tensor([[0.5, 0.5], [-1.0, 0.0]])
-    assert torch.equal(importance(w, "magnitude"), w.abs())
-    assert torch.equal(importance(w, "taylor", grad=g), torch.tensor([[0.5, 1.0], [3.0, 0.0]]))
-    r1 = importance(w, "random", generator=torch.Generator().manual_seed(3))
-    r2 = importance(w, "random", generator=torch.Generator().manual_seed(3))
-    assert torch.equal(r1, r2) and r1.shape == w.shape
-    with pytest.raises(ConfigError, match="needs the weight's gradient"):
-        importance(w, "taylor")
-    with pytest.raises(ConfigError, match=r"valid: \['magnitude', 'taylor', 'random', 'wanda'\]"):
-        importance(w, "hessian")
 
 
 def test_tied_layers_keep_the_same_filters_ranked_by_their_normalized_sums() -> None:

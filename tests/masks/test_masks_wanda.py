@@ -11,14 +11,19 @@ from torch.nn import functional as F
 
 from rlprune.compress import bake
 from rlprune.data import Splits
-from rlprune.errors import ConfigError
-from rlprune.finetune import FinetuneSettings, finetune, wanda_scores
+from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.layers import discover_layers
-from rlprune.masks import compute_mask, importance, input_norms
+from rlprune.masks import Calibration, compute_mask, get_criterion, input_norms
 from rlprune.models import MNIST1DCNN, DigitsCNN
 from rlprune.patterns import get_pattern
 from rlprune.policy import Choice, Pattern, Policy
 from rlprune.training import TrainSettings
+
+
+def wanda(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``wanda`` criterion's scores, calibrated on ``x``."""
+    data = Calibration(x, torch.zeros(len(x), dtype=torch.long), torch.Generator().manual_seed(0))
+    return get_criterion("wanda").scores(model, names, data)
 
 
 def _brute_norms(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +65,8 @@ def test_linear_input_norms_run_over_samples_and_tokens():
     x = torch.tensor([[[1.0, 0.0, 2.0], [2.0, 1.0, 0.0]], [[2.0, 0.0, 1.0], [0.0, 0.0, 2.0]]])  # (B, T, in)
     norms = input_norms(nn.Sequential(layer), ["0"], [x])["0"]
     assert torch.allclose(norms, torch.tensor([3.0, 1.0, 3.0]))
-    scores = importance(layer.weight, "wanda", input_norms=norms)
+    scores = wanda(nn.Sequential(layer), ["0"], x)["0"]
     assert torch.allclose(scores, layer.weight.detach().abs() * norms)
-    with pytest.raises(ConfigError, match=r"wanda.*input_norms"):
-        importance(layer.weight, "wanda")
 
 
 def _layer_case(kind: str) -> tuple[nn.Module, torch.Tensor]:
@@ -92,10 +95,9 @@ def test_wanda_keeps_other_weights_than_magnitude_and_loses_less_output(kind, pa
         pytest.skip("k-of-n kernels are for convs")
     group = get_pattern(pattern).group_size(tuple(layer.weight.shape)) or 4  # N:M: 2:4
     choice = Choice(pattern, group // 2, group)
-    norms = input_norms(nn.Sequential(layer), ["0"], [x])["0"]
     weight = layer.weight.detach()
     by_magnitude = compute_mask(weight, choice)
-    by_wanda = compute_mask(weight, choice, scores=importance(weight, "wanda", input_norms=norms))
+    by_wanda = compute_mask(weight, choice, scores=wanda(nn.Sequential(layer), ["0"], x)["0"])
     assert by_magnitude.sum() == by_wanda.sum()  # the same pattern and density
 
     def error(mask: torch.Tensor) -> float:
@@ -117,7 +119,7 @@ def test_finetune_criterion_wanda_starts_from_wanda_masks():
     layers = discover_layers(model, x)
     policy = Policy.of({layer.name: Choice(Pattern.UNSTRUCTURED, 1, 4) for layer in layers})
     names = [layer.name for layer in layers]
-    expected = wanda_scores(model, names, x)
+    expected = wanda(model, names, x)
     settings = FinetuneSettings(train=TrainSettings(epochs=0, batch_size=32), criterion="wanda")
     baked = bake(finetune(model, policy, layers, splits, settings, seed=0).model)
     magnitude = FinetuneSettings(train=TrainSettings(epochs=0, batch_size=32))
@@ -137,7 +139,7 @@ def test_wanda_on_a_2d_cnn_covers_every_layer():
     model = DigitsCNN().eval()
     x = torch.rand(16, 1, 8, 8)
     names = [layer.name for layer in discover_layers(model, x)]
-    scores = wanda_scores(model, names, x)
+    scores = wanda(model, names, x)
     for name in names:
         assert scores[name].shape == model.get_submodule(name).weight.shape
         assert torch.isfinite(scores[name]).all()
