@@ -164,10 +164,10 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
 def dense_cache_path(cfg: DictConfig) -> Path:
     """Where the dense baseline of this model (checkpoint content included), data and training is cached."""
     key = {"model": plain(cfg.model), "data": plain(cfg.data), "dense": plain(cfg.dense)}
-    if cfg.model.get("checkpoint"):
-        key["checkpoint_sha256"] = hashlib.sha256(
-            Path(cfg.model.checkpoint).expanduser().read_bytes()
-        ).hexdigest()
+    files = {"checkpoint": cfg.model.get("checkpoint"), "data": cfg.data.get("path")}
+    for name, path in files.items():  # a file rewritten in place trains a new baseline
+        if path and Path(path).expanduser().is_file():
+            key[f"{name}_sha256"] = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "dense" / f"{cfg.data.name}-{digest}.pt"
 
@@ -236,6 +236,8 @@ def describe(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[
         path=data.get("path"),
         tokenizer=data.get("tokenizer"),
         size=int(data.get("size") or 64),
+        dims=int(data.get("dims", 1)),
+        num_classes=data.num_classes,
     )
     if data.num_classes is not None and splits.num_classes > data.num_classes:
         raise DataError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from rlprune.data.arrays import load_npz_arrays
 from rlprune.data.embedded import Arrays, load_digits_arrays, load_mnist1d_arrays
 from rlprune.data.folders import (
     load_cifar10_arrays,
@@ -95,7 +96,7 @@ FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
     "fashion_mnist": load_idx_arrays,
     "image_folder": load_image_folder_arrays,
 }
-DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision", "text_file"])
+DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision", "text_file", "arrays"])
 
 
 def make_splits(
@@ -149,6 +150,8 @@ def load_splits(
     path: str | None = None,
     tokenizer: str | None = None,
     size: int = 64,
+    dims: int = 1,
+    num_classes: int | None = None,
 ) -> Splits:
     """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
 
@@ -158,6 +161,8 @@ def load_splits(
         dataset: the ``torchvision.datasets`` class a ``torchvision`` dataset reads.
         path, tokenizer, size: the file ``text_file`` reads, the folder of the tokenizer it reads
             it with, and the tokens per sequence.
+        path, channels, dims, size, num_classes: the ``.npz`` file ``arrays`` reads, and the
+            config its arrays must match (:func:`rlprune.data.arrays.load_npz_arrays`).
 
     Raises:
         ConfigError: for an unknown dataset name.
@@ -169,6 +174,8 @@ def load_splits(
         x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
     elif name == "text_file":
         x, y, x_test, y_test = load_text_file_arrays(path, tokenizer, size)
+    elif name == "arrays":
+        x, y, x_test, y_test = load_npz_arrays(path, channels, dims, size, num_classes)
     elif name == "torchvision":
         x, y, x_test, y_test = load_torchvision_arrays(str(dataset), root, image_size, channels)
     elif name in FROM_FOLDER:
