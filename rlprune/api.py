@@ -1,6 +1,7 @@
 """The programmatic API: the chain of docs/design.md as plain function calls.
 
-``run(cfg, run_dir)`` is what ``python -m rlprune`` calls; each stage is usable alone:
+``run(cfg, run_dir)`` is what ``python -m rlprune`` calls; ``run_network(model, data, run_dir,
+overrides)`` runs the same chain on a network and data held in Python. Each stage is usable alone:
 
     target = load_target(cfg)                    # data, dense model, layers
     hardware = build_latency_model(cfg.hardware)
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -26,13 +28,14 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from rlprune.agents import ALGORITHMS, SB3Search, check_agent, make_searcher
 from rlprune.compress import compress, recalibrate_batch_norms
-from rlprune.config import AUTO, plain, validate
-from rlprune.data import Splits, load_splits
+from rlprune.config import AUTO, compose_config, plain, validate
+from rlprune.data import Splits, load_splits, make_splits
+from rlprune.data.arrays import check_arrays
 from rlprune.data.augment import Augment
 from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
@@ -512,7 +515,84 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         TrackingError: after every output is written, when W&B tracking failed (it carries
             the report); the run itself finished.
     """
+    return _run_checked(cfg, Path(run_dir), describe)
+
+
+def run_network(
+    model: nn.Module,
+    data: Splits | Sequence[np.ndarray | torch.Tensor],
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """:func:`run` on a trained network and data held in Python, configured by Hydra
+    ``overrides`` as the command line is (``["hardware=local_cpu", "budget.latency=0.5"]``).
+
+    ``model`` is searched as it is, never trained again; a copy is searched and finetuned, so
+    the network passed is left untouched. ``data`` is a :class:`~rlprune.data.Splits`, or the
+    arrays or tensors ``(x_train, y_train, x_test, y_test)``, split as ``data=arrays`` splits
+    them (``data.reward_fraction``, ``data.split_seed`` and ``data.augment`` may be overridden).
+    The outputs land in ``run_dir`` as a command-line run's do, the config in ``config.yaml``.
+
+    Raises:
+        ConfigError: for a ``model=`` or ``data=`` override (the network and data are the
+            ones passed), or a bad value, as :func:`run` raises.
+        DataError: for arrays that are not four, or malformed (:func:`~rlprune.data.arrays.check_arrays`).
+    """
+    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in ("model", "data")]
+    if groups:
+        raise ConfigError(
+            f"run_network takes the network and data it is given; leave out {groups} "
+            "(data.reward_fraction, data.split_seed and data.augment may be set)"
+        )
+    cfg = compose_config(list(overrides))
+    splits = data if isinstance(data, Splits) else _splits_of(data, cfg.data)
+    network = copy.deepcopy(model)
+    kind = type(model)
+    with open_dict(cfg):
+        cfg.model = {
+            "_target_": f"{kind.__module__}.{kind.__qualname__}",
+            "checkpoint": None,
+            "train_dense": False,
+        }
+        cfg.data = {
+            "name": "in_memory",
+            "num_classes": splits.num_classes,
+            "reward_fraction": cfg.data.reward_fraction,
+            "split_seed": cfg.data.split_seed,
+            "augment": plain(cfg.data.get("augment")),
+        }
+
+    def described(cfg: DictConfig) -> tuple[nn.Module, Splits, list[LayerInfo], list[LayerInfo]]:
+        layers = discover_layers(network, splits.train_x[:1])
+        return (
+            network,
+            splits,
+            layers,
+            select_layers(layers, cfg.layers.exclude_first, cfg.layers.exclude_last),
+        )
+
     run_dir = Path(run_dir)
+    check_fresh_run_dir(run_dir, cfg.resume)  # before the config is written there
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+    return _run_checked(cfg, run_dir, described)
+
+
+def _splits_of(data: Sequence[np.ndarray | torch.Tensor], node: DictConfig) -> Splits:
+    """``(x_train, y_train, x_test, y_test)`` checked and split under the data config ``node``."""
+    if isinstance(data, str | bytes) or not isinstance(data, Sequence) or len(data) != 4:
+        raise DataError("run_network's data is a Splits, or four arrays: (x_train, y_train, x_test, y_test)")
+    arrays = tuple(a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a) for a in data)
+    check_arrays(arrays, "run_network's data")
+    return make_splits(*arrays, node.reward_fraction, node.split_seed)
+
+
+def _run_checked(
+    cfg: DictConfig,
+    run_dir: Path,
+    describe: Callable[[DictConfig], tuple[nn.Module, Splits, list[LayerInfo], list[LayerInfo]]],
+) -> dict[str, Any]:
+    """:func:`run` with the network, data and layers from ``describe``: every config check first."""
     check_fresh_run_dir(run_dir, cfg.resume)
     validate(cfg)
     sweep = list(dict.fromkeys(float(b) for b in cfg.budget.sweep)) if cfg.budget.sweep else None

@@ -258,6 +258,14 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
     return [list(job) for job in product(*choices)]
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """rlprune's config with Hydra ``overrides``, as ``python -m rlprune`` would see it."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
+        return compose(config_name="config", overrides=overrides)
+
+
 def check_sweep(overrides: list[str]) -> None:
     """Compose and :func:`validate` every job of a multirun before any starts.
 

@@ -48,9 +48,10 @@ def test_a_space_too_large_or_with_coupled_steps_is_refused_with_what_to_change(
 @pytest.mark.slow
 def test_no_search_beats_the_best_of_every_policy_within_budget(tmp_path):
     from rlprune.api import search
-    from rlprune.bench import QUIET, compose_config, load
+    from rlprune.bench import QUIET, load
     from rlprune.bench.optimum import main
     from rlprune.bench.search import TARGETS
+    from rlprune.config import compose_config
 
     overrides = ["dense.epochs=3", "search.bits=[8,16]"]
     out = tmp_path / "optimum.json"

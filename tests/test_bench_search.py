@@ -135,7 +135,8 @@ def test_a_kl_search_records_the_best_kl_and_marks_the_lowest(tmp_path, capsys):
 def test_with_no_finetune_epochs_a_batch_norm_network_is_scored_with_its_norms_re_estimated():
     from omegaconf import OmegaConf
 
-    from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load
+    from rlprune.bench import QUIET, finetuned_test_accuracy, load
+    from rlprune.config import compose_config
     from rlprune.layers import filter_couplings
     from rlprune.policy import Choice, Pattern, Policy
 
@@ -155,7 +156,8 @@ def test_with_no_finetune_epochs_the_test_scores_the_network_the_search_scored()
     import torch
 
     from rlprune.api import scorer, test_score
-    from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load
+    from rlprune.bench import QUIET, finetuned_test_accuracy, load
+    from rlprune.config import compose_config
     from rlprune.policy import Choice, Pattern, Policy
 
     cfg = compose_config([*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3"])

@@ -1,4 +1,5 @@
-"""Every ``python -m rlprune …`` command shown in README.md and docs/ runs as written.
+"""Every ``python -m rlprune …`` command shown in README.md and docs/ runs as written, and so
+does every Python block.
 
 Each command is run in its own temporary folder (so the run folders it names land there) with
 the default logger (W&B offline, its files under the folder too) and with only quick settings
@@ -135,6 +136,17 @@ def _param(command: Command) -> object:
 
 
 COMMANDS = documented_commands()
+PYTHON_FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def documented_python(documents: list[Path] = DOCUMENTS) -> list[pytest.param]:
+    """Every ``python`` code block of ``documents``, each a test case named by its place."""
+    blocks = []
+    for path in documents:
+        for number, block in enumerate(PYTHON_FENCE.findall(path.read_text()), 1):
+            source = f"{os.path.relpath(path, ROOT)} python block {number}"
+            blocks.append(pytest.param(block, id=source, marks=pytest.mark.slow))
+    return blocks
 
 
 def test_the_documents_show_commands_and_the_collector_finds_each_form(tmp_path: Path) -> None:
@@ -170,4 +182,23 @@ def test_documented_command_runs_as_written(command: Command, tmp_path: Path) ->
     for report in reports:
         assert report["latency"] <= report["budget"] + 1e-9, (
             f"{command.text}: {report['latency']} > {report['budget']}"
+        )
+
+
+@pytest.mark.parametrize("block", documented_python())
+def test_documented_python_runs_as_written(block: str, tmp_path: Path) -> None:
+    # in its own folder: the run folders it names land there; the session's cache holds the data
+    result = subprocess.run(
+        [sys.executable, "-c", block],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, f"exited {result.returncode}:\n{result.stderr[-3000:]}"
+    for path in tmp_path.rglob("report.json"):
+        report = json.loads(path.read_text())
+        assert report["latency"] <= report["budget"] + 1e-9, (
+            f"{path}: {report['latency']} > {report['budget']}"
         )

@@ -242,7 +242,8 @@ def test_a_short_finetune_of_a_batch_norm_network_starts_from_the_network_the_se
     from omegaconf import OmegaConf
 
     from rlprune.api import searched_network, test_score
-    from rlprune.bench import QUIET, compose_config, load
+    from rlprune.bench import QUIET, load
+    from rlprune.config import compose_config
 
     cfg = compose_config([*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3"])
     target, _ = load(cfg)

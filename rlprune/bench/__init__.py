@@ -31,14 +31,6 @@ BENCHMARKS = {
 }
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """rlprune's config with Hydra ``overrides``, as ``python -m rlprune`` would see it."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(version_base="1.3", config_module="rlprune.conf"):
-        return compose(config_name="config", overrides=overrides)
-
-
 # a benchmark's searches log nothing and draw no progress bar
 QUIET = ["wandb.mode=disabled", "progress_bar=false"]
 

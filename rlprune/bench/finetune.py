@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from rlprune.bench import QUIET, compose_config, finetune_settings, load, machine
+from rlprune.bench import QUIET, finetune_settings, load, machine
+from rlprune.config import compose_config
 from rlprune.io import write_json_atomic
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Choice, Pattern, Policy

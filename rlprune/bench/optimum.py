@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from rlprune.api import scorer
-from rlprune.bench import QUIET, compose_config, load, machine
+from rlprune.bench import QUIET, load, machine
 from rlprune.bench.search import TARGETS
+from rlprune.config import compose_config
 from rlprune.envs import SearchProblem, SearchSpace
 from rlprune.envs.space import Picks
 from rlprune.errors import ConfigError

@@ -24,8 +24,9 @@ from scipy.stats import spearmanr
 
 from rlprune.agents.baselines import play
 from rlprune.api import make_space, resolve_budget, scorer, test_score
-from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load, machine
+from rlprune.bench import QUIET, finetuned_test_accuracy, load, machine
 from rlprune.compress import compress, recalibrate_batch_norms
+from rlprune.config import compose_config
 from rlprune.envs import PruneEnv, SearchProblem
 from rlprune.envs.features import measure_sensitivity
 from rlprune.io import write_json_atomic

@@ -35,7 +35,8 @@ from omegaconf import OmegaConf
 from scipy.stats import t as t_dist
 
 from rlprune.api import make_space, search
-from rlprune.bench import QUIET, compose_config, finetuned_test_accuracy, load, machine
+from rlprune.bench import QUIET, finetuned_test_accuracy, load, machine
+from rlprune.config import compose_config
 from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
 from rlprune.io import write_atomic, write_json_atomic

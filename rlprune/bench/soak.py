@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from rlprune.api import search
-from rlprune.bench import QUIET, compose_config, load
+from rlprune.bench import QUIET, load
+from rlprune.config import compose_config
 from rlprune.envs import Outcome
 from rlprune.io import write_json_atomic
 

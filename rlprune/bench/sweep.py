@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from rlprune.api import make_space, search, search_budgets
-from rlprune.bench import QUIET, compose_config, load, machine
+from rlprune.bench import QUIET, load, machine
 from rlprune.bench.search import TARGETS
+from rlprune.config import compose_config
 from rlprune.io import write_json_atomic
 
 

@@ -46,40 +46,50 @@ def load_npz_arrays(path: str | None, channels: int, dims: int, size: int, num_c
             f"data.path={path} lacks {missing} (it holds {sorted(arrays)}); write it with {LAYOUT}"
         )
     x, y, x_test, y_test = (arrays[key] for key in KEYS)
-    for name, array in zip(KEYS, (x, y, x_test, y_test), strict=True):
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise DataError(f"data.path={path}: {name} holds {array.dtype}, not numbers")
-    _check_pairs(path, x, y, x_test, y_test)
-    _check_samples(path, x, x_test, y, channels, dims, size)
-    _check_labels(path, y, y_test, num_classes)
+    where = f"data.path={path}"
+    check_arrays((x, y, x_test, y_test), where)
+    _check_samples(where, x, y, channels, dims, size)
+    _check_num_classes(where, y, y_test, num_classes)
     return x, y, x_test, y_test
 
 
-def _check_pairs(path: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
-    """As many labels as inputs in each split, and the test samples shaped as the training ones."""
+def check_arrays(arrays: Arrays, where: str) -> None:
+    """``(x, y, x_test, y_test)`` hold numbers, as many labels as inputs in each split, test
+    samples shaped as the training ones, and integer labels >= 0.
+
+    Raises:
+        DataError: naming ``where`` the arrays come from and what is wrong.
+    """
+    for name, array in zip(KEYS, arrays, strict=True):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DataError(f"{where}: {name} holds {array.dtype}, not numbers")
+    x, y, x_test, y_test = arrays
     for split, inputs, labels in (("train", x, y), ("test", x_test, y_test)):
         if len(inputs) != len(labels):
-            raise DataError(f"data.path={path}: {len(inputs)} x_{split} but {len(labels)} y_{split}")
+            raise DataError(f"{where}: {len(inputs)} x_{split} but {len(labels)} y_{split}")
     if x.shape[1:] != x_test.shape[1:] or y.shape[1:] != y_test.shape[1:]:
         raise DataError(
-            f"data.path={path}: a training sample is {x.shape[1:]} with labels {y.shape[1:]}, "
+            f"{where}: a training sample is {x.shape[1:]} with labels {y.shape[1:]}, "
             f"a test sample {x_test.shape[1:]} with labels {y_test.shape[1:]}; they must match"
         )
+    if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_test.dtype, np.integer)):
+        raise DataError(f"{where}: labels must be integers, got {y.dtype} and {y_test.dtype}")
+    low = min(y.min(initial=0), y_test.min(initial=0))
+    if low < 0:
+        raise DataError(f"{where}: labels must be >= 0, the smallest is {low}")
 
 
-def _check_samples(
-    path: str, x: np.ndarray, x_test: np.ndarray, y: np.ndarray, channels: int, dims: int, size: int
-) -> None:
+def _check_samples(where: str, x: np.ndarray, y: np.ndarray, channels: int, dims: int, size: int) -> None:
     """The samples' shape against ``data.in_channels``, ``dims`` and ``size``, which the models read."""
     sample = x.shape[1:]
     if y.ndim > 1:  # a label per position: token ids
         if not np.issubdtype(x.dtype, np.integer) or y.shape != x.shape or len(sample) != 1:
             raise DataError(
-                f"data.path={path}: labels per position {y.shape[1:]} need integer token ids of "
+                f"{where}: labels per position {y.shape[1:]} need integer token ids of "
                 f"the same shape (N, T), got x_train {x.dtype} {sample}"
             )
         if sample[0] != size:
-            raise DataError(f"data.path={path}: sequences of {sample[0]} tokens; set data.size={sample[0]}")
+            raise DataError(f"{where}: sequences of {sample[0]} tokens; set data.size={sample[0]}")
         return
     wanted = (channels, *(size,) * dims)
     if sample != wanted:
@@ -88,23 +98,18 @@ def _check_samples(
             if len(sample) >= 2 and len(set(sample[1:])) == 1
             else "give inputs channels first, (N, C, L) or (N, C, S, S)"
         )
-        raise DataError(f"data.path={path}: samples are {sample}, the config reads {wanted}; {hint}")
+        raise DataError(f"{where}: samples are {sample}, the config reads {wanted}; {hint}")
 
 
-def _check_labels(path: str, y: np.ndarray, y_test: np.ndarray, num_classes: int | None) -> None:
-    """Integer labels from 0 to ``data.num_classes - 1``."""
-    if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_test.dtype, np.integer)):
-        raise DataError(f"data.path={path}: labels must be integers, got {y.dtype} and {y_test.dtype}")
-    low, high = min(y.min(initial=0), y_test.min(initial=0)), max(y.max(initial=0), y_test.max(initial=0))
-    if low < 0:
-        raise DataError(f"data.path={path}: labels must be >= 0, the smallest is {low}")
+def _check_num_classes(where: str, y: np.ndarray, y_test: np.ndarray, num_classes: int | None) -> None:
+    """Labels below ``data.num_classes``, which must be set."""
+    high = max(y.max(initial=0), y_test.max(initial=0))
     if num_classes is None:
         raise ConfigError(
-            f"data.num_classes is not set: the labels of {path} run 0..{high}; "
+            f"data.num_classes is not set: the labels ({where}) run 0..{high}; "
             f"set data.num_classes={high + 1}"
         )
     if high >= num_classes:
         raise DataError(
-            f"data.path={path}: a label is {high} but data.num_classes={num_classes}; "
-            f"set data.num_classes={high + 1}"
+            f"{where}: a label is {high} but data.num_classes={num_classes}; set data.num_classes={high + 1}"
         )
