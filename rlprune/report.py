@@ -103,6 +103,33 @@ def _layer_table(report: dict[str, Any]) -> Table:
     return table
 
 
+COSTLY_LOSS = 0.05
+"""A best policy this far under the dense network's reward-split accuracy gets a hint on the budget."""
+
+
+def budget_hint(report: dict[str, Any]) -> str | None:
+    """Why the best policy lost much of the dense accuracy, and what to change; ``None`` when it
+    lost under :data:`COSTLY_LOSS`.
+
+    On a device whose latency is bought only by removing filters (``local_cpu``), the budgets just
+    above its cheapest latency leave a few filters per layer: the budget, not the search, sets
+    the accuracy there.
+    """
+    acc = report["accuracy"]
+    lost = acc["dense_reward"] - acc["search_best_reward"]
+    if lost < COSTLY_LOSS:
+        return None
+    budget = f"budget {report['budget']}" + (" (auto)" if report.get("budget_auto") else "")
+    if (floor := report.get("cheapest_latency")) is not None:
+        budget += f" is {report['budget'] - floor:.3f} above the cheapest latency this device reaches"
+        budget += f" ({floor:.3f})"
+    return (
+        f"the best policy scores {acc['search_best_reward']:.4f} on the reward split, {lost:.4f} under "
+        f"the dense network; {budget}: a larger budget keeps more (budget.latency, "
+        "budget.auto_share, or budget.sweep=[...] for the whole trade-off)"
+    )
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the per-layer table and the headline numbers."""
     if console is None:
@@ -147,6 +174,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                 "made on the inputs that upstream filters leave, so they differ from the finetuned ones",
                 soft_wrap=True,
             )
+    if hint := budget_hint(report):
+        console.print(f"warning: {hint}", soft_wrap=True)
     if report["latency"] > report["budget"] + 1e-9:
         console.print(
             f"warning: finetune.mask={report['finetune']['mask']} recast the searched policy; "

@@ -109,3 +109,25 @@ def test_the_main_command_runs_within_the_default_budget(
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["budget_auto"] and report["cheapest_latency"] < report["budget"] < 1
     assert report["latency"] <= report["budget"] + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("best", "auto", "hinted"), [(0.93, True, False), (0.38, True, True), (0.38, False, True)]
+)
+def test_a_costly_budget_is_named_with_the_floor_and_what_to_change(best, auto, hinted):
+    from rich.console import Console
+
+    from rlprune.report import print_report
+    from tests.support import printable_report
+
+    report = printable_report(budget=0.423, budget_auto=auto, cheapest_latency=0.358)
+    report["accuracy"] |= {"dense_reward": 0.9625, "search_best_reward": best}
+    console = Console(record=True, width=400)
+    print_report(report, console)
+    text = console.export_text()
+    assert ("warning: the best policy scores" in text) is hinted
+    if hinted:
+        assert (
+            f"0.3800 on the reward split, 0.5825 under the dense network; budget 0.423{' (auto)' * auto} is "
+            "0.065 above the cheapest latency this device reaches (0.358): a larger budget keeps more" in text
+        )
