@@ -534,10 +534,14 @@ def run_network(
     The outputs land in ``run_dir`` as a command-line run's do, the config in ``config.yaml``.
 
     Raises:
-        ConfigError: for a ``model=`` or ``data=`` override (the network and data are the
-            ones passed), or a bad value, as :func:`run` raises.
+        ConfigError: for overrides given as one string, a ``model=`` or ``data=`` override (the
+            network and data are the ones passed), or a bad value, as :func:`run` raises.
         DataError: for arrays that are not four, or malformed (:func:`~rlprune.data.arrays.check_arrays`).
     """
+    if isinstance(overrides, str):
+        raise ConfigError(
+            f"run_network's overrides are a list of strings: [{overrides!r}], not {overrides!r}"
+        )
     groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in ("model", "data")]
     if groups:
         raise ConfigError(

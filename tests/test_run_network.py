@@ -81,6 +81,8 @@ def test_splits_are_taken_as_they_are(tmp_path, trained, monkeypatch):
         ([], "three", DataError, "a Splits, or four arrays"),
         ([], "float labels", DataError, "run_network's data: labels must be integers"),
         (["budget.latency=2"], None, ConfigError, "budget.latency=2"),
+        ("budget.latency=0.5", None, ConfigError, r"a list of strings: \['budget.latency=0.5'\]"),
+        ([], "float tokens", DataError, r"labels per position \(8,\) need integer token ids"),
     ],
 )
 def test_bad_calls_say_what_to_change(tmp_path, trained, overrides, data, error, message):
@@ -89,8 +91,11 @@ def test_bad_calls_say_what_to_change(tmp_path, trained, overrides, data, error,
         arrays = arrays[:3]
     elif data == "float labels":
         arrays = (arrays[0], arrays[1].astype(np.float32), *arrays[2:])
+    elif data == "float tokens":  # would be cast to ids: refused
+        arrays = tuple(np.ones((4, 8), dtype=np.float32 if i % 2 == 0 else np.int64) for i in range(4))
     with pytest.raises(error, match=message):
-        api.run_network(trained, arrays, tmp_path / "run", [*overrides, "wandb.mode=disabled"])
+        extra = overrides if isinstance(overrides, str) else [*overrides, "wandb.mode=disabled"]
+        api.run_network(trained, arrays, tmp_path / "run", extra)
 
 
 def test_an_untrained_network_and_a_finished_run_are_refused(tmp_path, trained):

@@ -55,7 +55,8 @@ def load_npz_arrays(path: str | None, channels: int, dims: int, size: int, num_c
 
 def check_arrays(arrays: Arrays, where: str) -> None:
     """``(x, y, x_test, y_test)`` hold numbers, as many labels as inputs in each split, test
-    samples shaped as the training ones, and integer labels >= 0.
+    samples shaped as the training ones, and integer labels >= 0; labels per position go with
+    integer token ids of their shape.
 
     Raises:
         DataError: naming ``where`` the arrays come from and what is wrong.
@@ -74,6 +75,11 @@ def check_arrays(arrays: Arrays, where: str) -> None:
         )
     if not (np.issubdtype(y.dtype, np.integer) and np.issubdtype(y_test.dtype, np.integer)):
         raise DataError(f"{where}: labels must be integers, got {y.dtype} and {y_test.dtype}")
+    if y.ndim > 1 and (not np.issubdtype(x.dtype, np.integer) or y.shape != x.shape or x.ndim != 2):
+        raise DataError(
+            f"{where}: labels per position {y.shape[1:]} need integer token ids of the same shape "
+            f"(N, T), got x_train {x.dtype} {x.shape[1:]}"
+        )
     low = min(y.min(initial=0), y_test.min(initial=0))
     if low < 0:
         raise DataError(f"{where}: labels must be >= 0, the smallest is {low}")
@@ -82,12 +88,7 @@ def check_arrays(arrays: Arrays, where: str) -> None:
 def _check_samples(where: str, x: np.ndarray, y: np.ndarray, channels: int, dims: int, size: int) -> None:
     """The samples' shape against ``data.in_channels``, ``dims`` and ``size``, which the models read."""
     sample = x.shape[1:]
-    if y.ndim > 1:  # a label per position: token ids
-        if not np.issubdtype(x.dtype, np.integer) or y.shape != x.shape or len(sample) != 1:
-            raise DataError(
-                f"{where}: labels per position {y.shape[1:]} need integer token ids of "
-                f"the same shape (N, T), got x_train {x.dtype} {sample}"
-            )
+    if y.ndim > 1:  # a label per position: token ids (N, T), checked by check_arrays
         if sample[0] != size:
             raise DataError(f"{where}: sequences of {sample[0]} tokens; set data.size={sample[0]}")
         return
