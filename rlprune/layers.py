@@ -165,7 +165,7 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         example: a batch of at least one input sample.
 
     Raises:
-        ModelError: when the model rejects the input or has no prunable layer.
+        ModelError: when the model rejects the input, returns no tensor, or has no prunable layer.
     """
     found: list[LayerInfo] = []
     seen: set[str] = set()
@@ -181,7 +181,7 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad(), eval_mode(model):
-            model(example[:1])
+            output = model(example[:1])
     except Exception as exc:  # the user's model: any failure means the shapes do not fit
         raise ModelError(
             f"the model rejects an input of shape {tuple(example[:1].shape)}: {exc}. "
@@ -190,6 +190,11 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     finally:
         for h in hooks:
             h.remove()
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(
+            f"{type(model).__name__} returns a {type(output).__name__}, not a tensor of logits: its "
+            "forward must return them (a Hugging Face causal LM: wrap it in rlprune.models.hf.CausalLM)"
+        )
     if not found:
         raise ModelError(
             f"{type(model).__name__} has no prunable layer (Conv1d, Conv2d or Linear) "

@@ -112,6 +112,26 @@ def test_loaded_model_is_searchable_layer_by_layer(saved):
     assert (embedding != 0).all()  # the head's mask left the (formerly tied) embedding whole
 
 
+def test_a_loaded_model_is_wrapped_as_it_is_and_a_bare_one_is_named(saved):
+    from rlprune.errors import ModelError
+
+    _, folder = saved
+    reference = CausalLM(str(folder)).eval()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tokens = torch.randint(len(_tokenizer_of(folder)), (2, 16))
+    with pytest.raises(
+        ModelError, match=r"returns a CausalLMOutput\w*, not a tensor of logits: .*models\.hf\.CausalLM"
+    ):
+        discover_layers(loaded, tokens)  # as a search of the bare model would
+    wrapped = CausalLM(model=loaded).eval()
+    assert wrapped.model is loaded  # adapted in place, not copied
+    with torch.no_grad():
+        assert torch.allclose(wrapped(tokens), reference(tokens), atol=1e-6)
+    assert [layer.name for layer in discover_layers(wrapped, tokens)] == [
+        layer.name for layer in discover_layers(reference, tokens)
+    ]
+
+
 def _tokenizer_of(folder: Path) -> transformers.PreTrainedTokenizerBase:
     return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
 

@@ -41,7 +41,8 @@ def linear_from_conv1d(model: nn.Module) -> int:
 
 
 class CausalLM(nn.Module):
-    """A causal LM read from ``path`` (``save_pretrained``'s folder): ``(B, T)`` token ids to
+    """A causal LM read from ``path`` (``save_pretrained``'s folder), or one already loaded
+    (``model``, adapted in place; it computes the same): ``(B, T)`` token ids to
     ``(B, T, vocabulary)`` logits.
 
     The head is untied from the token embedding (a copy of the shared weight), so that a mask or
@@ -54,23 +55,11 @@ class CausalLM(nn.Module):
         ModelError: when the folder holds no loadable causal LM.
     """
 
-    def __init__(self, path: str | None, num_classes: int | None = None) -> None:
+    def __init__(
+        self, path: str | None = None, num_classes: int | None = None, model: nn.Module | None = None
+    ) -> None:
         super().__init__()
-        if not path:
-            raise ConfigError("model.path is not set: name the folder save_pretrained wrote (model.path=...)")
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError as exc:
-            raise ConfigError(
-                "model=hf needs transformers: pip install 'rlprune[hf]' (or pip install transformers)"
-            ) from exc
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise ModelError(f"model.path={path}: no such folder (save_pretrained's output is a folder)")
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"model.path={path}: no causal LM can be loaded from it: {exc}") from exc
+        self.model = _load(path) if model is None else model.float()
         self.model.config.use_cache = False
         head, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         if head is not None and head.weight is embedding.weight:
@@ -86,3 +75,22 @@ class CausalLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=tokens, use_cache=False).logits
+
+
+def _load(path: str | None) -> nn.Module:
+    """``AutoModelForCausalLM`` from the folder ``path``, in float32, never downloaded."""
+    if not path:
+        raise ConfigError("model.path is not set: name the folder save_pretrained wrote (model.path=...)")
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:
+        raise ConfigError(
+            "model=hf needs transformers: pip install 'rlprune[hf]' (or pip install transformers)"
+        ) from exc
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"model.path={path}: no such folder (save_pretrained's output is a folder)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.path={path}: no causal LM can be loaded from it: {exc}") from exc
