@@ -189,3 +189,26 @@ def test_quick_search_from_the_cli(saved, text, tmp_path):
     assert lm["perplexity"]["dense_test"] < len(_tokenizer_of(folder)) / 2  # it learned something
     assert lm["kl_to_dense_test"] >= 0
     assert "perplexity: dense test" in result.stdout
+
+
+@pytest.mark.slow  # trains the tiny model briefly, then searches, finetunes and reports in process
+def test_a_loaded_model_runs_the_whole_chain_from_python(saved, tmp_path):
+    import numpy as np
+
+    from rlprune import api
+    from rlprune.training import TrainSettings, train
+
+    _, folder = saved
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    rows = np.asarray(generate_tokens(300, seed=5))[:, :33] % len(_tokenizer_of(folder))
+    x, y = rows[:, :-1], rows[:, 1:]  # (N, 32) ids, the next token at every position
+    model = CausalLM(model=loaded)
+    settings = TrainSettings(epochs=20, batch_size=32)
+    train(model, torch.from_numpy(x[:240]), torch.from_numpy(y[:240]), settings, seed=0)
+    quick = ["search.evaluations=20", "finetune.epochs=1", "progress_bar=false", "wandb.mode=disabled"]
+    report = api.run_network(model, (x[:240], y[:240], x[240:], y[240:]), tmp_path / "run", quick)
+    assert (
+        report["run"]["model"] == "rlprune.models.hf.CausalLM"
+        and report["latency"] <= report["budget"] + 1e-9
+    )
+    assert report["language_model"]["perplexity"]["dense_test"] < len(_tokenizer_of(folder)) / 2
