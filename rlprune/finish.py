@@ -316,8 +316,17 @@ def write_outputs(
             report["deployed"] = {"model": None, "skipped": str(exc)}
     write_json_atomic(run_dir / "report.json", report)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-    write_atomic(run_dir / "model.pt", lambda f: torch.save(baked.state_dict(), f))
+    write_atomic(run_dir / "model.pt", lambda f: torch.save(own_state_dict(baked, target.model), f))
     return outputs
+
+
+def own_state_dict(baked: nn.Module, network: nn.Module) -> dict[str, torch.Tensor]:
+    """``baked``'s state under the keys of ``network``, the class it was compressed from: what
+    ``network.load_state_dict`` takes. The search's bookkeeping (kept filters, activation
+    ranges) is left out: the weights already hold the masks, weight quantization and silenced
+    filters, and a deploy calibrates its own activation ranges."""
+    own = network.state_dict().keys()
+    return {key: value for key, value in baked.state_dict().items() if key in own}
 
 
 def log_outputs(tracker: Tracker, report: dict[str, Any], policy: Policy, outputs: Sequence[Path]) -> None:

@@ -248,3 +248,26 @@ def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatc
     assert result["model"] == "model_deployed.pt" and result["int8_layers"] == []
     assert torch.jit.load(tmp_path / "model_deployed.pt")(x).shape == (8, 10)
     assert result["measured_latency"] > 0
+
+
+def test_model_pt_loads_into_the_networks_own_class_and_computes_the_finetuned_weights():
+    from rlprune.compress import bake, compress, policy_masks, without_input_quantizers
+    from rlprune.finish import own_state_dict
+    from rlprune.layers import filter_couplings
+
+    torch.manual_seed(0)
+    model = ResNet20(in_channels=1, width=16, dims=2).eval()
+    x = torch.randn(4, 1, 8, 8)
+    layers = discover_layers(model, x)
+    couplings = filter_couplings(model, x[:1], layers)
+    keep = {layer.name: max(8, layer.out_channels // 2) for layer in layers[:-1]}
+    policy = Policy.of(
+        dict(filters(layers, keep).choices) | {layers[-1].name: Choice(Pattern.NM, 2, 4, 8, 8)}
+    )
+    masks = policy_masks(model, policy, True, couplings)
+    baked = bake(compress(model, policy, masks=masks, couplings=couplings)).eval()
+    plain = ResNet20(in_channels=1, width=16, dims=2).eval()
+    plain.load_state_dict(own_state_dict(baked, model))  # strict: the class's own keys, no others
+    # pruned filters are silent in the plain weights too (their biases and norms folded to zero)
+    assert torch.allclose(plain(x), without_input_quantizers(baked)(x), atol=1e-5)
+    assert not torch.allclose(plain(x), model(x), atol=1e-3)

@@ -50,6 +50,12 @@ def test_a_network_and_arrays_in_python_run_the_whole_chain_and_stay_untouched(t
     assert config["model"]["train_dense"] is False and config["data"]["num_classes"] == 10
     assert config["budget"]["latency"] == 0.5 and config["wandb"]["mode"] == "offline"
     assert list(run.glob("wandb/offline-run-*"))
+    tuned = DigitsCNN(channels=(16, 32, 32), hidden=64)
+    tuned.load_state_dict(torch.load(run / "model.pt", weights_only=True))  # the caller's class takes it
+    assert not torch.equal(tuned.conv2.weight, trained.conv2.weight)
+    # float activations where the finetune quantized them: close to the finetuned network's accuracy
+    float_test = evaluate(tuned.eval(), torch.from_numpy(x_test), torch.from_numpy(y_test)).accuracy
+    assert float_test == pytest.approx(report["accuracy"]["pruned_test_after_finetune"], abs=0.02)
     # the network passed is the caller's still: no masks attached, no weight moved
     assert not any(parametrize.is_parametrized(m) for m in trained.modules())
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
