@@ -122,6 +122,9 @@ def test_a_missing_unset_or_unreadable_file_says_so(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(DataError, match=r"is not a \.npz file of plain arrays"):
         load(str(tmp_path / "text.npz"))
+    np.save(tmp_path / "one.npy", GOOD["x_train"])
+    with pytest.raises(DataError, match=r"is not a \.npz file of plain arrays .* holds one ndarray"):
+        load(str(tmp_path / "one.npy"))
     np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match=r"is not a \.npz file of plain arrays"):  # no pickles are run
         load(str(tmp_path / "objects.npz"))

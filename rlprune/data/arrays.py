@@ -36,7 +36,10 @@ def load_npz_arrays(path: str | None, channels: int, dims: int, size: int, num_c
     if not file.is_file():
         raise DataError(f"data.path={path}: no such file")
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array
+            raise ValueError(f"it holds one {type(loaded).__name__}, not the four arrays")
+        with loaded as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"data.path={path} is not a .npz file of plain arrays ({LAYOUT}): {exc}") from exc
