@@ -32,7 +32,7 @@ from rlprune.finetune import FinetuneResult, FinetuneSettings
 from rlprune.hardware import LatencyModel, MeasuredModel, network_latency
 from rlprune.hardware.local_gpu import GpuTableModel
 from rlprune.io import write_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
-from rlprune.layers import FilterCoupling, LayerInfo
+from rlprune.layers import PRUNABLE_TYPES, FilterCoupling, LayerInfo
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, size_ratio
 from rlprune.tracking import Tracker
@@ -91,10 +91,14 @@ def _deploy_here(
             layer.name: hardware.runs_integer(policy.get(layer.name, dense_choice)) for layer in layers
         }
         int8 = [name for name, runs in integer.items() if runs]
+        left_float: list[str] = []
         if int8:
             floats = [name for name, runs in integer.items() if not runs]
             calibration = list(splits.train_x[:512].split(64))
             network = export_int8(network, example, calibration, float_layers=floats)
+            # torch.ao does not trace into torch.nn containers such as nn.TransformerEncoder
+            left_float = [name for name in int8 if type(network.get_submodule(name)) in PRUNABLE_TYPES]
+            int8 = [name for name in int8 if name not in left_float]
         deployed = hardware.deploy(network, example)
         write_atomic(run_dir / "model_deployed.pt", lambda f: torch.jit.save(deployed, f))
         x = splits.test_x[: hardware.batch_size]
@@ -108,6 +112,7 @@ def _deploy_here(
             "model": "model_deployed.pt",
             "device": "this CPU",
             "int8_layers": int8,
+            "int8_left_float": left_float,
             "test_accuracy": evaluate(deployed, splits.test_x, splits.test_y).accuracy,
             "measured_latency": deployed_s / dense_s,
             "dense_seconds": dense_s,

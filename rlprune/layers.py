@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from rlprune.errors import ModelError
 from rlprune.training import eval_mode
@@ -302,8 +303,8 @@ class FilterCoupling:
         if self.fixed or not self.tied:
             return self.fixed
         return (
-            f"its output channels are tied to {sorted(self.tied)} (a residual add), so they are pruned "
-            "only together with theirs"
+            f"its output channels are tied to {sorted(self.tied)} (they meet in an elementwise op: a "
+            "residual add, a gate), so they are pruned only together with theirs"
         )
 
 
@@ -348,6 +349,7 @@ def filter_couplings(
     names |= {param: name for name, param in model.named_parameters()}
     prunable = {layer.name for layer in layers}
     graph = dependency_graph(model, example)
+    split = split_channels(model, example, [layer.name for layer in layers])
     couplings = {}
     for layer in layers:
         module = model.get_submodule(layer.name)
@@ -388,7 +390,7 @@ def filter_couplings(
         tied = [name for name in dict.fromkeys(tied) if name not in followers]
         couplings[layer.name] = FilterCoupling(
             tuple((name, tuple(map(tuple, channels))) for name, channels in feeds.items()),
-            _fixed(module, unmapped, unmasked, grouped, feeds),
+            _fixed(module, unmapped, unmasked, grouped, feeds, layer.name in split),
             tuple(norms.items()),
             tuple(followers),
             tuple(tied),
@@ -397,9 +399,14 @@ def filter_couplings(
 
 
 def _fixed(
-    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], feeds: dict
+    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], feeds: dict, split: bool
 ) -> str | None:
     """Why a layer's filters cannot be pruned at all, or ``None``."""
+    if split:
+        return (
+            "its output channels are reshaped into groups (attention heads, a channel shuffle); "
+            "removing filters would regroup them"
+        )
     if is_depthwise(module):
         return "it is a depthwise conv: its channels are those of the layer that feeds it"
     if _grouped(module):
@@ -422,6 +429,61 @@ def _fixed(
     if not feeds:
         return "its outputs are the network's outputs"
     return None
+
+
+class _ChannelSplits(TorchFunctionMode):
+    """Watches reshapes of the tensors in ``outputs`` (id -> layer name, channel dim) and
+    collects the layers whose channel dim one splits into several dims."""
+
+    RESHAPES = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten})
+
+    def __init__(self, outputs: dict[int, tuple[str, int]]) -> None:
+        super().__init__()
+        self.outputs, self.split = outputs, set()
+
+    def __torch_function__(
+        self, func: Callable, types: Collection[type], args: tuple = (), kwargs: dict | None = None
+    ) -> object:
+        result = func(*args, **(kwargs or {}))
+        if func in self.RESHAPES and args and id(args[0]) in self.outputs and torch.is_tensor(result):
+            name, dim = self.outputs[id(args[0])]
+            before, after = tuple(args[0].shape), tuple(result.shape)
+            dim %= len(before)
+            # the dims around the channel dim are kept and more dims come out: it was split
+            if (
+                len(after) > len(before)
+                and after[:dim] == before[:dim]
+                and (dim == len(before) - 1 or after[-(len(before) - dim - 1) :] == before[dim + 1 :])
+            ):
+                self.split.add(name)
+        return result
+
+
+def split_channels(model: nn.Module, example: torch.Tensor, names: Collection[str]) -> set[str]:
+    """The layers among ``names`` whose output channels a reshape splits into several dims (the
+    heads of attention, the groups of a channel shuffle), seen in one forward pass on
+    ``example[:1]``. Their filters cannot be removed one by one: each group must keep its size,
+    and a rotary embedding pairs channels within a head."""
+    outputs: dict[int, tuple[str, int]] = {}
+    keep: list[torch.Tensor] = []  # alive until the pass ends, so that no id is reused
+
+    def record(module: nn.Module, _inputs: tuple, output: torch.Tensor, name: str) -> None:
+        if torch.is_tensor(output):
+            keep.append(output)
+            outputs[id(output)] = (name, -1 if isinstance(module, nn.Linear) else 1)
+
+    hooks = [
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
+        for name in names
+    ]
+    watcher = _ChannelSplits(outputs)
+    try:
+        with torch.no_grad(), eval_mode(model), watcher:
+            model(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return watcher.split
 
 
 def _inputs(module: nn.Module) -> int:

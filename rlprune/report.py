@@ -168,6 +168,12 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f"{report['latency']:.3f} predicted; test accuracy {deployed['test_accuracy']:.4f}",
             soft_wrap=True,
         )
+        if deployed.get("int8_left_float"):
+            console.print(
+                f"warning: torch.ao's int8 export left {deployed['int8_left_float']} in float (it does "
+                "not trace into the torch.nn module that holds them); the search costed them as int8",
+                soft_wrap=True,
+            )
         if deployed.get("remasked"):
             console.print(
                 f"warning: the deploy imposed 2:4 again on {deployed['remasked']}: their masks were not "

@@ -81,3 +81,44 @@ def test_a_model_fx_cannot_trace_has_its_forward_order_as_neighbours():
 
     layers = discover_layers(DataDependent(), torch.randn(1, 4))
     assert [layer.neighbours for layer in layers] == [(), ("a",)]
+
+
+class _Shuffle(nn.Module):
+    """conv -> channel shuffle (a view splitting the channels into groups) -> conv -> flatten -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x.view(x.shape[0], 2, 4, 8, 8).transpose(1, 2).reshape(x.shape[0], 8, 8, 8)
+        return self.fc(self.conv2(x).flatten(1))
+
+
+class _Heads(nn.Module):
+    """Attention written out as Hugging Face models do: q, k and v viewed as heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x[:, 0]
+        q, k, v = (p(tokens).view(*tokens.shape[:-1], 2, 4).transpose(1, 2) for p in (self.q, self.k, self.v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.fc(self.o(out).mean(1))
+
+
+def test_split_channels_finds_heads_and_shuffles_not_flattens():
+    from rlprune.layers import filter_couplings, split_channels
+
+    x = torch.randn(2, 1, 8, 8)
+    assert split_channels(_Shuffle(), x, ["conv1", "conv2", "fc"]) == {"conv1"}
+    assert split_channels(_Heads(), x, ["q", "k", "v", "o", "fc"]) == {"q", "k", "v"}
+    net = _Heads()
+    couplings = filter_couplings(net, x, discover_layers(net, x))
+    assert "attention heads" in couplings["q"].fixed and couplings["o"].fixed is None
