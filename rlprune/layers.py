@@ -194,7 +194,8 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     if not isinstance(output, torch.Tensor):
         raise ModelError(
             f"{type(model).__name__} returns a {type(output).__name__}, not a tensor of logits: its "
-            "forward must return them (a Hugging Face causal LM: wrap it in rlprune.models.hf.CausalLM)"
+            "forward must return them (a Hugging Face model: wrap it in rlprune.models.hf.CausalLM "
+            "or SequenceClassifier)"
         )
     if not found:
         raise ModelError(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlprune.api import dense_cache_path
-from rlprune.data import load_splits
+from rlprune.data import load_splits, make_splits
 from rlprune.errors import ConfigError, DataError
 from tests.support import compose_config
 from tests.test_cli import rlprune
@@ -46,6 +46,17 @@ def test_sequences_load_split_and_keep_the_test_arrays(tmp_path):
     assert torch.equal(splits.test_x, torch.from_numpy(x_test)) and torch.equal(
         splits.test_y, torch.from_numpy(y_test)
     )
+
+
+def test_token_ids_with_a_class_per_sample_stay_ids(tmp_path):
+    x = RNG.integers(0, 50, (20, 12))  # a sequence classifier's input: (N, T) token ids
+    y = np.arange(20) % 3
+    splits = load(write(tmp_path / "tok.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4]), size=12)
+    assert splits.test_x.dtype == torch.int64 and torch.equal(splits.test_x, torch.from_numpy(x[:4]))
+    assert not splits.per_token and splits.num_classes == 3
+    floats = x.astype(np.float32)  # (N, F) float features stay float
+    tabular = make_splits(floats, y, floats[:4], y[:4], 0.25, 0)
+    assert tabular.test_x.dtype == torch.float32
 
 
 def test_integer_images_become_float_inputs(tmp_path):

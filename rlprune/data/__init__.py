@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from rlprune.data.arrays import load_npz_arrays
+from rlprune.data.arrays import holds_tokens, load_npz_arrays
 from rlprune.data.embedded import Arrays, load_digits_arrays, load_mnist1d_arrays
 from rlprune.data.folders import (
     load_cifar10_arrays,
@@ -117,7 +117,7 @@ def make_splits(
     reward, train = order[:n_reward], order[n_reward:]
     labels = np.concatenate([y, y_test])
 
-    dtype = torch.int64 if y.ndim > 1 else torch.float32  # a label per position: the inputs are tokens
+    dtype = torch.int64 if holds_tokens(x, y) else torch.float32
 
     def tx(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)

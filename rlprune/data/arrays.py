@@ -3,7 +3,8 @@
 The file holds ``x_train``, ``y_train``, ``x_test`` and ``y_test`` (``numpy.savez(path, x_train=...,
 ...)``). Inputs are channels first, ``(N, C, L)`` or ``(N, C, H, W)``, of any numeric type (integer
 images are cast to float; ``data.normalize`` standardizes them), with one integer class per sample;
-or integer token ids ``(N, T)`` with the next token at every position ``(N, T)``. The arrays are
+or integer token ids ``(N, T)`` with one class per sample (a sequence classifier) or the next
+token at every position ``(N, T)`` (a language model). The arrays are
 checked against the config the models read (``data.in_channels``, ``dims``, ``size``,
 ``num_classes``), so a mismatch is named here and not deep inside the first layer.
 """
@@ -56,6 +57,12 @@ def load_npz_arrays(path: str | None, channels: int, dims: int, size: int, num_c
     return x, y, x_test, y_test
 
 
+def holds_tokens(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether inputs ``x`` are token ids: integers ``(N, T)`` (other inputs are channels first,
+    so they have 3 dims or more), or any inputs with a label per position (language modelling)."""
+    return y.ndim > 1 or (x.ndim == 2 and np.issubdtype(x.dtype, np.integer))
+
+
 def check_arrays(arrays: Arrays, where: str) -> None:
     """``(x, y, x_test, y_test)`` hold numbers, as many labels as inputs in each split, test
     samples shaped as the training ones, and integer labels >= 0; labels per position go with
@@ -91,7 +98,7 @@ def check_arrays(arrays: Arrays, where: str) -> None:
 def _check_samples(where: str, x: np.ndarray, y: np.ndarray, channels: int, dims: int, size: int) -> None:
     """The samples' shape against ``data.in_channels``, ``dims`` and ``size``, which the models read."""
     sample = x.shape[1:]
-    if y.ndim > 1:  # a label per position: token ids (N, T), checked by check_arrays
+    if holds_tokens(x, y):  # token ids (N, T), checked by check_arrays
         if sample[0] != size:
             raise DataError(f"{where}: sequences of {sample[0]} tokens; set data.size={sample[0]}")
         return

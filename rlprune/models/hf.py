@@ -1,7 +1,8 @@
-"""Hugging Face causal language models from a local folder (the optional ``hf`` extra).
+"""Hugging Face models from a local folder (the optional ``hf`` extra).
 
-:class:`CausalLM` loads ``AutoModelForCausalLM`` from a folder, never from the network
-(``local_files_only``), and runs it as every rlprune network runs: token ids in, logits out.
+:class:`CausalLM` loads ``AutoModelForCausalLM`` and :class:`SequenceClassifier`
+``AutoModelForSequenceClassification`` from a folder, never from the network
+(``local_files_only``), and run them as every rlprune network runs: token ids in, logits out.
 GPT-2's projections are ``transformers.pytorch_utils.Conv1D``, a Linear whose weight is stored
 transposed ``(in, out)``; :func:`linear_from_conv1d` swaps each for the ``nn.Linear`` that computes
 the same, so layer discovery, masks, latency models, finetune and export see one kind of layer
@@ -40,32 +41,45 @@ def linear_from_conv1d(model: nn.Module) -> int:
     return len(swaps)
 
 
-class CausalLM(nn.Module):
-    """A causal LM read from ``path`` (``save_pretrained``'s folder), or one already loaded
-    (``model``, adapted in place; it computes the same): ``(B, T)`` token ids to
-    ``(B, T, vocabulary)`` logits.
+class _Pretrained(nn.Module):
+    """A Hugging Face model read from ``path`` (``save_pretrained``'s folder) with the Auto class
+    ``auto``, or one already loaded (``model``, adapted in place; it computes the same): in
+    float32, without a key-value cache, GPT-2's ``Conv1D`` as ``nn.Linear``
+    (:func:`linear_from_conv1d`)."""
+
+    auto = ""
+
+    def __init__(self, path: str | None, model: nn.Module | None) -> None:
+        super().__init__()
+        self.model = _load(path, self.auto) if model is None else model.float()
+        self.model.config.use_cache = False
+        linear_from_conv1d(self.model)
+
+
+class CausalLM(_Pretrained):
+    """A causal LM (``AutoModelForCausalLM``) from ``path`` or ``model`` (:class:`_Pretrained`):
+    ``(B, T)`` token ids to ``(B, T, vocabulary)`` logits.
 
     The head is untied from the token embedding (a copy of the shared weight), so that a mask or
-    finetune of the head leaves the embedding as it is; GPT-2's ``Conv1D`` become ``nn.Linear``
-    (:func:`linear_from_conv1d`). ``num_classes`` (the data's), when given, is checked against the
-    model's vocabulary.
+    finetune of the head leaves the embedding as it is. ``num_classes`` (the data's), when
+    given, is checked against the model's vocabulary.
 
     Raises:
-        ConfigError: when ``path`` is unset or ``transformers`` is not installed.
+        ConfigError: when ``path`` is unset or ``transformers`` is not installed, or the data
+            holds more classes than the vocabulary.
         ModelError: when the folder holds no loadable causal LM.
     """
+
+    auto = "AutoModelForCausalLM"
 
     def __init__(
         self, path: str | None = None, num_classes: int | None = None, model: nn.Module | None = None
     ) -> None:
-        super().__init__()
-        self.model = _load(path) if model is None else model.float()
-        self.model.config.use_cache = False
+        super().__init__(path, model)
         head, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         if head is not None and head.weight is embedding.weight:
             head.weight = nn.Parameter(head.weight.detach().clone())
             self.model.config.tie_word_embeddings = False
-        linear_from_conv1d(self.model)
         vocabulary = self.model.config.get_text_config().vocab_size
         if num_classes is not None and num_classes > vocabulary:
             raise ConfigError(
@@ -77,20 +91,56 @@ class CausalLM(nn.Module):
         return self.model(input_ids=tokens, use_cache=False).logits
 
 
-def _load(path: str | None) -> nn.Module:
-    """``AutoModelForCausalLM`` from the folder ``path``, in float32, never downloaded."""
+class SequenceClassifier(_Pretrained):
+    """A sequence classifier (``AutoModelForSequenceClassification``: BERT, DistilBERT, RoBERTa,
+    GPT-2 or Llama with a classification head) from ``path`` or ``model`` (:class:`_Pretrained`):
+    ``(B, T)`` token ids to ``(B, classes)`` logits.
+
+    Positions holding the model's ``pad_token_id`` are masked out of the attention, as the
+    tokenizer's attention mask would; a model without one attends to every position.
+    ``num_classes`` (the data's), when given, is checked against the head's labels.
+
+    Raises:
+        ConfigError: when ``path`` is unset or ``transformers`` is not installed, or the data
+            holds more classes than the head has labels.
+        ModelError: when the folder holds no loadable sequence classifier.
+    """
+
+    auto = "AutoModelForSequenceClassification"
+
+    def __init__(
+        self, path: str | None = None, num_classes: int | None = None, model: nn.Module | None = None
+    ) -> None:
+        super().__init__(path, model)
+        self.pad = self.model.config.pad_token_id
+        labels = self.model.config.num_labels
+        if num_classes is not None and num_classes > labels:
+            raise ConfigError(
+                f"data.num_classes={num_classes} exceeds the {labels} labels of the model's "
+                "classification head; give the data the model's label ids"
+            )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = None if self.pad is None else (tokens != self.pad).long()
+        return self.model(input_ids=tokens, attention_mask=mask).logits
+
+
+def _load(path: str | None, auto: str) -> nn.Module:
+    """``transformers``' Auto class ``auto`` read from the folder ``path``, in float32, never downloaded."""
     if not path:
         raise ConfigError("model.path is not set: name the folder save_pretrained wrote (model.path=...)")
     try:
-        from transformers import AutoModelForCausalLM
+        import transformers
     except ImportError as exc:
         raise ConfigError(
-            "model=hf needs transformers: pip install 'rlprune[hf]' (or pip install transformers)"
+            "model=hf and model=hf_classifier need transformers: pip install 'rlprune[hf]' "
+            "(or pip install transformers)"
         ) from exc
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelError(f"model.path={path}: no such folder (save_pretrained's output is a folder)")
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float()
+        return getattr(transformers, auto).from_pretrained(folder, local_files_only=True).float()
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model.path={path}: no causal LM can be loaded from it: {exc}") from exc
+        kind = "causal LM" if auto == CausalLM.auto else "sequence classifier"
+        raise ModelError(f"model.path={path}: no {kind} can be loaded from it: {exc}") from exc
