@@ -341,6 +341,34 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
+class _Untraceable(torch.nn.Module):
+    """Two Linear layers with a Python branch on a tensor's size, which torch.fx cannot trace
+    (as in many Hugging Face models): no int8 export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        return self.fc2(h[:, : h.shape[1]] if h.shape[0] > 0 else h)
+
+
+def test_int8_is_left_out_for_a_network_without_an_int8_export(tmp_path, caplog):
+    from rlprune.models import MNIST1DCNN
+
+    x = torch.randn(2, 1, 8)
+    model, _ = faked(tmp_path, timer=FakeTimer(other=1e-4))
+    model.calibrate(_Untraceable().eval(), x)
+    assert model.bits == (32,) and "int8 is left out of the search" in caplog.text
+    again, _ = faked(tmp_path, timer=NoTimer())  # from the cache: the same
+    again.calibrate(_Untraceable().eval(), x)
+    assert again.bits == (32,)
+    if int8_engine() is not None:  # the next network has an int8 export: int8 is searched again
+        model.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
+        assert model.bits == (8, 32)
+
+
 @pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
 def test_a_cheaper_int8_glue_is_cached_and_read_back(tmp_path):
     # int8 glue cheaper than float glue is common since the export fuses ReLUs; its negative

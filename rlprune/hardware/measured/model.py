@@ -181,6 +181,7 @@ class MeasuredModel(LatencyModel):
         self.int8_fallbacks: set[str] = set()
         self._table: dict[str, float] = self.table_cache.load()
         self.calibration = Calibration()  # until calibrate(): every op as alone
+        self.configured_bits = self.bits  # calibrate() leaves int8 out for a network without an int8 export
 
     @classmethod
     def from_config(
@@ -224,6 +225,9 @@ class MeasuredModel(LatencyModel):
         latency, scaled by the channels it keeps. The stubs run from Python, but narrowing
         changes only the ops' work, so the split holds for the deployed network too.
 
+        Where torch.ao cannot export ``network`` to int8 on this CPU, int8 is left out of
+        :attr:`bits` (so out of the search): a policy would deploy in float whatever it chose.
+
         The whole network, deployed (:meth:`deploy`), is timed too, with a copy with half the
         filters of every layer that can lose them on its own, and where int8 is searched their
         int8 exports, its stubbed int8 export, and networks that mix float and int8 layers
@@ -246,11 +250,19 @@ class MeasuredModel(LatencyModel):
         prefix = f"network:{digest}:"
         outputs = layer_outputs(net, x)
         layers = discover_layers(net, x)
+        self.bits, int8 = self.configured_bits, None
+        if 8 in self.bits and prefix + "deployed:int8" not in self._table:
+            int8 = self._int8_export(net, x)
+            if int8 is None:
+                self.bits = tuple(b for b in self.bits if b != 8)
+                log.warning(
+                    "%s: int8 is left out of the search: the network has no int8 deploy here", self.name
+                )
         half = half_width(net, x, layers)
         half_layers = discover_layers(half, x) if half is not None else []
         for attempt in (1, 2):  # timings read in a busy stretch are taken once more, then refused
             if prefix + "deployed:float" not in self._table:
-                measured = self._measure_networks(net, x, outputs, half)
+                measured = self._measure_networks(net, x, outputs, half, int8)
                 self._table.update({prefix + k: v for k, v in measured.items()})
                 self._save()
             try:
@@ -300,11 +312,17 @@ class MeasuredModel(LatencyModel):
         ]
 
     def _measure_networks(
-        self, net: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor], half: nn.Module | None
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        outputs: dict[str, torch.Tensor],
+        half: nn.Module | None,
+        int8: nn.Module | None,
     ) -> dict[str, float]:
         """Seconds of ``net`` and its variants by key (:mod:`~rlprune.hardware.measured.calibration`),
         and ``glue:<layer>`` (:func:`width_glue` of each layer's narrowed stub:
-        :func:`narrowed_stubs`; 0 where none runs).
+        :func:`narrowed_stubs`; 0 where none runs). ``int8`` is ``net``'s int8 export, where int8
+        is searched.
 
         The deployed networks are timed apart from the stubbed ones, beside each other, as
         deployed networks are timed everywhere else: beside 22 stubbed resnet20s (eager), a
@@ -317,7 +335,6 @@ class MeasuredModel(LatencyModel):
         if half is not None:
             deployed["deployed:half"] = self.deploy(half, x)
         holding_int8: set[str] = set()  # timed with the int8 networks
-        int8 = self._int8_export(net, x) if 8 in self.bits else None
         if int8 is not None:
             with self._engine():  # the int8 engine
                 variants["stubbed:int8"] = stubbed(int8, record_outputs(int8, x, outputs))
@@ -417,7 +434,7 @@ class MeasuredModel(LatencyModel):
             with self._engine():  # the int8 engine
                 return export_int8(net, x, float_layers=float_layers)
         except ModelError as exc:
-            log.warning("%s: no int8 glue measured: %s", self.name, exc)
+            log.warning("%s: no int8 export: %s", self.name, exc)
             return None
 
     def _dense_ops(self, layers: list[LayerInfo], bits: int) -> list[float]:
