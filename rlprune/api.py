@@ -167,13 +167,21 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     return load_weights(model, loaded, path) if loaded is not None else model
 
 
-def dense_cache_path(cfg: DictConfig) -> Path:
-    """Where the dense baseline of this model (checkpoint content included), data and training is cached."""
+def dense_cache_path(cfg: DictConfig, splits: Splits) -> Path:
+    """Where the dense baseline of this model, training and training data is cached.
+
+    The key holds the content of the checkpoint and of the training split itself, so a file or
+    folder of data rewritten in place trains a new baseline, wherever the data came from.
+    """
     key = {"model": plain(cfg.model), "data": plain(cfg.data), "dense": plain(cfg.dense)}
-    files = {"checkpoint": cfg.model.get("checkpoint"), "data": cfg.data.get("path")}
-    for name, path in files.items():  # a file rewritten in place trains a new baseline
-        if path and Path(path).expanduser().is_file():
-            key[f"{name}_sha256"] = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    checkpoint = cfg.model.get("checkpoint")
+    if checkpoint and Path(checkpoint).expanduser().is_file():
+        key["checkpoint_sha256"] = hashlib.sha256(Path(checkpoint).expanduser().read_bytes()).hexdigest()
+    training = hashlib.sha256()
+    for tensor in (splits.train_x, splits.train_y):
+        training.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        training.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    key["training_sha256"] = training.hexdigest()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "dense" / f"{cfg.data.name}-{digest}.pt"
 
@@ -186,7 +194,7 @@ def train_dense(cfg: DictConfig, model: nn.Module, splits: Splits) -> nn.Module:
     """
     if not cfg.model.get("train_dense", True):
         return model.eval()
-    path = dense_cache_path(cfg)
+    path = dense_cache_path(cfg, splits)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()

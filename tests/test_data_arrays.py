@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlprune.api import dense_cache_path
+from rlprune.api import dense_cache_path, describe
 from rlprune.data import load_splits, make_splits
 from rlprune.errors import ConfigError, DataError
 from tests.support import compose_config
@@ -143,11 +143,17 @@ def test_a_missing_unset_or_unreadable_file_says_so(tmp_path):
 
 def test_a_file_rewritten_in_place_trains_a_new_dense_model(tmp_path):
     path = write(tmp_path / "d.npz", **GOOD)
-    cfg = compose_config("data=arrays", f"data.path={path}", f"cache_dir={tmp_path}")
-    before = dense_cache_path(cfg)
-    assert dense_cache_path(cfg) == before
+    cfg = compose_config(
+        "data=arrays",
+        f"data.path={path}",
+        "data.in_channels=2",
+        "data.num_classes=3",
+        f"cache_dir={tmp_path}",
+    )
+    before = dense_cache_path(cfg, describe(cfg)[1])
+    assert dense_cache_path(cfg, describe(cfg)[1]) == before
     write(tmp_path / "d.npz", **(GOOD | {"y_train": GOOD["y_train"][::-1].copy()}))
-    assert dense_cache_path(cfg) != before
+    assert dense_cache_path(cfg, describe(cfg)[1]) != before
 
 
 @pytest.mark.slow  # end to end: trains, searches and finetunes in a subprocess

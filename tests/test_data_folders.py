@@ -89,6 +89,27 @@ def test_image_folder(tmp_path):
     assert splits.input_shape == (1, 8, 8) and splits.num_classes == 2 and len(splits.test_y) == 8
 
 
+def test_a_folder_rewritten_in_place_trains_a_new_dense_model(tmp_path):
+    from rlprune.api import dense_cache_path, describe
+    from tests.support import compose_config
+
+    root = tmp_path / "images"
+    image_folder(root)
+    cfg = compose_config(
+        "data=image_folder",
+        f"data.root={root}",
+        "data.num_classes=2",
+        "data.image_size=8",
+        "model=digits_cnn",
+        "data.in_channels=3",
+        f"cache_dir={tmp_path}",
+    )
+    before = dense_cache_path(cfg, describe(cfg)[1])
+    assert dense_cache_path(cfg, describe(cfg)[1]) == before
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(root / "train" / "cat" / "0.png")
+    assert dense_cache_path(cfg, describe(cfg)[1]) != before
+
+
 def cifar100_without_files(root) -> None:
     (root / "cifar-100-python").mkdir()
 

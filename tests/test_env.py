@@ -49,8 +49,8 @@ def test_registered_id_alone_makes_the_default_problem_that_passes_both_checkers
     env = made.unwrapped
     cfg = compose_config(*quick)
     assert cfg.model._target_.endswith("MNIST1DCNN") and cfg.hardware.name == "arm_cpu"
-    assert dense_cache_path(cfg).is_file()  # the cached dense model of the app's config
     model, splits, layers, searched = describe(cfg)
+    assert dense_cache_path(cfg, splits).is_file()  # the cached dense model of the app's config
     arm = make_space(cfg, model, splits.train_x[:1], layers, searched, build_latency_model(cfg.hardware))
     assert env.space.patterns == arm.patterns == ("kofn_weight",)  # the Arm core's own pattern
     assert env.space.dense_latency == pytest.approx(arm.dense_latency)
