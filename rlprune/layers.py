@@ -334,7 +334,9 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
 
     with torch.enable_grad(), warnings.catch_warnings():  # the graph is traced through autograd
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+        # a tuple: a bare tensor is first unpacked along its batch dim (a forward on one unbatched
+        # sample, which may fail noisily or, worse, run)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=(example[:1],))
 
 
 def filter_couplings(

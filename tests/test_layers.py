@@ -122,3 +122,20 @@ def test_split_channels_finds_heads_and_shuffles_not_flattens():
     net = _Heads()
     couplings = filter_couplings(net, x, discover_layers(net, x))
     assert "attention heads" in couplings["q"].fixed and couplings["o"].fixed is None
+
+
+def test_the_dependency_graph_is_traced_on_the_batched_example_alone():
+    from rlprune.layers import dependency_graph
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.shapes = nn.Linear(8, 4), []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.shapes.append(tuple(x.shape))
+            return self.fc(x)
+
+    net = Recording()
+    dependency_graph(net, torch.randn(3, 8))
+    assert net.shapes == [(1, 8)]  # not first (8,): one unbatched sample, which a Linear accepts
