@@ -222,6 +222,12 @@ class SearchSpace:
         if not 0.0 < budget <= 1.0:
             raise ConfigError(f"budget.latency must be in (0, 1], got {budget}")
         cheapest = self.cheapest()
+        if cheapest > 1.0 + 1e-12:
+            raise BudgetError(
+                f"no policy is faster than the dense model on this hardware with "
+                f"search.pattern={list(map(str, self.patterns))} and search.bits={list(self.bits)}: the "
+                f"cheapest reaches {cheapest:.4f} of its latency; search other bits or patterns"
+            )
         if cheapest > budget + 1e-12:
             shrinks = any(get_pattern(p).shrinks_outputs for p in self.patterns)
             hint = "" if shrinks else ", or search.pattern=filter (fewer channels)"

@@ -57,7 +57,7 @@ from rlprune.finish import read_policy as read_policy  # re-exported: part of th
 from rlprune.hardware import LatencyModel, build_latency_model
 from rlprune.io import check_fresh_run_dir, write_atomic
 from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
-from rlprune.models.attention import split_attention
+from rlprune.models.attention import expose_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
 from rlprune.policy import Policy
@@ -119,14 +119,16 @@ def resolve_budget(latency: float | str, auto_share: float, space: SearchSpace) 
 
     Raises:
         BudgetError: when a number given is below the floor (the message names the lowest
-            reachable budget).
+            reachable budget), or no policy is faster than the dense model.
     """
     floor = space.cheapest()
     if latency == AUTO:
         derived = floor + auto_share * (1.0 - floor)
-        return Budget(min(1.0, math.ceil(derived * 1000 - 1e-9) / 1000), True, floor)
-    space.check_budget(float(latency))
-    return Budget(float(latency), False, floor)
+        budget = Budget(min(1.0, math.ceil(derived * 1000 - 1e-9) / 1000), True, floor)
+    else:
+        budget = Budget(float(latency), False, floor)
+    space.check_budget(budget.latency)
+    return budget
 
 
 def seed_everything(seed: int) -> None:
@@ -152,7 +154,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     path = model_cfg.get("checkpoint")
     loaded = read_checkpoint(path) if path else None
     if isinstance(loaded, nn.Module):
-        split_attention(loaded)
+        expose_layers(loaded)
         return loaded
     arguments = {k: v for k, v in model_cfg.items() if k not in MODEL_SETTINGS}
     if not arguments.get("_target_"):
@@ -163,7 +165,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         raise ModelError(f"cannot build model {model_cfg.get('_target_')!r}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"model._target_={model_cfg.get('_target_')!r} did not build a torch.nn.Module")
-    split_attention(model)
+    expose_layers(model)
     return load_weights(model, loaded, path) if loaded is not None else model
 
 
@@ -562,7 +564,7 @@ def run_network(
     cfg = compose_config(list(overrides))
     splits = data if isinstance(data, Splits) else _splits_of(data, cfg.data)
     network = copy.deepcopy(model)
-    split_attention(network)
+    expose_layers(network)
     kind = type(model)
     with open_dict(cfg):
         cfg.model = {

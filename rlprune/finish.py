@@ -96,7 +96,7 @@ def _deploy_here(
             floats = [name for name, runs in integer.items() if not runs]
             calibration = list(splits.train_x[:512].split(64))
             network = export_int8(network, example, calibration, float_layers=floats)
-            # torch.ao does not trace into torch.nn containers such as nn.TransformerEncoder
+            # torch.ao does not trace into torch.nn containers such as nn.TransformerDecoderLayer
             left_float = [name for name in int8 if type(network.get_submodule(name)) in PRUNABLE_TYPES]
             int8 = [name for name in int8 if name not in left_float]
         deployed = hardware.deploy(network, example)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune.models.attention import MultiheadAttention, split_attention
+from rlprune.models.attention import MultiheadAttention, expose_layers
 
 DIM, HEADS, BATCH, QUERIES, KEYS = 16, 4, 3, 5, 7
 
@@ -128,7 +128,7 @@ def test_split_network_computes_the_same_and_exposes_projections() -> None:
     with torch.no_grad():  # eval + no_grad: torch's fused (and nested-tensor) paths
         expected = net(x), net(x, padding)
     own_state = net.state_dict()
-    assert split_attention(net) == []
+    assert expose_layers(net) == []
     linear = {n for n, m in net.named_modules() if type(m) is nn.Linear}
     assert {f"encoder.layers.0.self_attn.{p}_proj" for p in "qkv"} <= linear
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_split_network_computes_the_same_and_exposes_projections() -> None:
 def test_unsupported_attention_is_left_as_it_is() -> None:
     net = nn.Sequential()
     net.add_module("attn", nn.MultiheadAttention(DIM, HEADS, add_bias_kv=True))
-    assert split_attention(net) == ["attn"]
+    assert expose_layers(net) == ["attn"]
     assert type(net.attn) is nn.MultiheadAttention
 
 
@@ -164,11 +164,27 @@ class _Block(nn.Module):
         return x + self.mlp(x)
 
 
+def test_the_encoder_is_traced_through_and_its_layers_go_int8() -> None:
+    from rlprune.export import export_int8, int8_supported
+
+    torch.manual_seed(0)
+    net = _Encoder().eval()
+    expose_layers(net)
+    graph = torch.fx.symbolic_trace(net)
+    called = {str(node.target) for node in graph.graph.nodes if node.op == "call_module"}
+    assert {"encoder.layers.1.linear1", "encoder.layers.1.self_attn.q_proj"} <= called
+    x = torch.randn(BATCH, QUERIES, DIM)
+    torch.testing.assert_close(graph(x), net(x))
+    if int8_supported():
+        quantized = export_int8(net, x)
+        assert ".quantized." in type(quantized.get_submodule("encoder.layers.0.linear2")).__module__
+
+
 @pytest.mark.parametrize("need_weights", [True, False])
 def test_fx_trace_keeps_projections_as_modules(need_weights: bool) -> None:
     torch.manual_seed(0)
     net = _Block(need_weights).eval()
-    split_attention(net)
+    expose_layers(net)
     graph = torch.fx.symbolic_trace(net)
     called = {str(node.target) for node in graph.graph.nodes if node.op == "call_module"}
     assert {"attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.out_proj"} <= called

@@ -93,6 +93,15 @@ def test_a_typed_budget_is_kept_and_an_unreachable_one_refused_naming_the_floor(
         resolve_budget(floor / 2, 0.1, space)
 
 
+def test_a_space_with_no_policy_faster_than_dense_says_so_not_a_budget_above_one(monkeypatch) -> None:
+    # as int8 alone on a toy network on local_cpu: every int8 op slower than the float one
+    space, _ = _space("mnist1d_cnn", "mnist1d", "arm_cpu")
+    monkeypatch.setattr(space, "cheapest", lambda: 1.0682)
+    for budget in ("auto", 1.0):
+        with pytest.raises(BudgetError, match=r"no policy is faster than the dense model .* 1\.0682"):
+            resolve_budget(budget, 0.1, space)
+
+
 @pytest.mark.parametrize(
     ("model", "data", "hardware"),
     [

@@ -250,36 +250,36 @@ def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatc
     assert result["measured_latency"] > 0
 
 
-class _Encoded(torch.nn.Module):
-    """A Linear, then torch's TransformerEncoder, whose layers torch.ao does not trace into."""
+class _Decoded(torch.nn.Module):
+    """A Linear, then torch's TransformerDecoderLayer, which torch.ao does not trace into."""
 
     def __init__(self) -> None:
         super().__init__()
         self.embed = torch.nn.Linear(8, 16)
-        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-        self.encoder = torch.nn.TransformerEncoder(layer, 1)
+        self.decoder = torch.nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embed(x[:, 0])).mean(1)[:, :10]
+        tokens = self.embed(x[:, 0])
+        return self.decoder(tokens, tokens).mean(1)[:, :10]
 
 
 def test_int8_layers_the_export_leaves_float_are_reported_as_float(tmp_path):
     from rlprune import finish
     from rlprune.data import Splits
     from rlprune.hardware import MeasuredModel
-    from rlprune.models.attention import split_attention
+    from rlprune.models.attention import expose_layers
 
     torch.manual_seed(0)
-    model, x, y = _Encoded().eval(), torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    split_attention(model)
+    model, x, y = _Decoded().eval(), torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    expose_layers(model)
     splits = Splits(x, y, x, y, x, y, 10)
     int8 = Choice(Pattern.DENSE, 1, 1, 8, 8)
-    policy = Policy.of({"embed": int8, "encoder.layers.0.linear1": int8})
+    policy = Policy.of({"embed": int8, "decoder.linear1": int8})
     hardware = MeasuredModel(cache_dir=tmp_path, rounds=1, block_time=1e-4, retries=0, progress=False)
     layers = discover_layers(model, x[:1])
     result = finish._deploy_here(model, copy.deepcopy(model), policy, layers, splits, hardware, tmp_path)
     assert result["int8_layers"] == ["embed"]
-    assert result["int8_left_float"] == ["encoder.layers.0.linear1"]
+    assert result["int8_left_float"] == ["decoder.linear1"]
 
 
 def test_model_pt_loads_into_the_networks_own_class_and_computes_the_finetuned_weights():

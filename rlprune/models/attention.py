@@ -1,11 +1,14 @@
-"""``nn.MultiheadAttention`` with its projections as ``nn.Linear`` layers, so they can be searched.
+"""torch.nn's attention and transformer layers opened up, so that their Linear layers are searched
+and deployed like any other.
 
 Torch's attention keeps the query, key and value projections in one fused parameter
 (``in_proj_weight``) that it multiplies functionally, and calls ``out_proj`` the same way: no
 ``nn.Linear`` runs, so a search over Linear and Conv layers never sees a quarter of a
-transformer block's weights. :func:`split_attention` swaps each such module, in place, for a
-:class:`MultiheadAttention` that computes the same through four ``nn.Linear`` layers and keeps
-torch's state-dict layout, so the weights of the network's own class load into it and back.
+transformer block's weights. And torch.ao's int8 export does not trace into torch.nn modules,
+so the Linear layers inside ``nn.TransformerEncoder`` would deploy in float. :func:`expose_layers`
+swaps each attention, in place, for a :class:`MultiheadAttention` that computes the same through
+four ``nn.Linear`` layers and keeps torch's state-dict layout (the weights of the network's own
+class load into it and back), and gives the encoder layers a forward FX can trace.
 """
 
 from __future__ import annotations
@@ -201,16 +204,72 @@ def _from_torch_layout(module: MultiheadAttention, state: dict[str, Any], prefix
         state.update({f"{prefix}{p}_proj.bias": b for p, b in zip(_PROJECTIONS, chunks, strict=True)})
 
 
-def split_attention(model: nn.Module) -> list[str]:
-    """Swap every ``nn.MultiheadAttention`` inside ``model`` for an equal
-    :class:`MultiheadAttention` (in place), so that its projections are layers a search sees.
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` computing torch's own steps without its fused fast path, in
+    a forward FX can trace: torch.ao's int8 export, which treats torch.nn modules as opaque,
+    then reaches its Linear layers."""
 
-    Attention with ``add_bias_kv`` or ``add_zero_attn`` stays as it is (its projections are
-    not searched). A ``nn.TransformerEncoder`` around split attention runs its layers one by
-    one: its nested-tensor path needs torch's fused attention.
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            out = self.self_attn(
+                x,
+                x,
+                x,
+                attn_mask=src_mask,
+                key_padding_mask=src_key_padding_mask,
+                need_weights=False,
+                is_causal=is_causal,
+            )[0]
+            return self.dropout1(out)
+
+        def feed_forward(x: torch.Tensor) -> torch.Tensor:
+            return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+        if self.norm_first:
+            src = src + attend(self.norm1(src))
+            return src + feed_forward(self.norm2(src))
+        src = self.norm1(src + attend(src))
+        return self.norm2(src + feed_forward(src))
+
+
+class TransformerEncoder(nn.TransformerEncoder):
+    """``nn.TransformerEncoder`` running its layers one after the other, without the
+    nested-tensor path (which needs torch's fused attention), in a forward FX can trace."""
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            src = layer(
+                src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)
+            )
+        return src if self.norm is None else self.norm(src)
+
+
+TRACEABLE = {nn.TransformerEncoderLayer: TransformerEncoderLayer, nn.TransformerEncoder: TransformerEncoder}
+
+
+def expose_layers(model: nn.Module) -> list[str]:
+    """Open the torch.nn modules of ``model`` that hide Linear layers, in place, computing the same.
+
+    Every ``nn.MultiheadAttention`` becomes a :class:`MultiheadAttention`, whose projections
+    are Linear layers a search sees; attention with ``add_bias_kv`` or ``add_zero_attn`` stays
+    as it is (its projections are not searched). ``nn.TransformerEncoderLayer`` and
+    ``nn.TransformerEncoder`` take the class of their traceable twins (:data:`TRACEABLE`), the
+    same module with a forward torch.ao's int8 export follows.
 
     Returns:
-        The names of the modules left as they are.
+        The names of the attention modules left as they are.
     """
     kept = []
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
@@ -223,6 +282,6 @@ def split_attention(model: nn.Module) -> list[str]:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, split)
     for module in model.modules():
-        if isinstance(module, nn.TransformerEncoder):
-            module.use_nested_tensor = False
+        if type(module) in TRACEABLE:
+            module.__class__ = TRACEABLE[type(module)]  # the same state, another forward
     return kept
