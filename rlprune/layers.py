@@ -452,11 +452,14 @@ class _ChannelSplits(TorchFunctionMode):
             name, dim = self.outputs[id(args[0])]
             before, after = tuple(args[0].shape), tuple(result.shape)
             dim %= len(before)
-            # the dims around the channel dim are kept and more dims come out: it was split
+            trailing = len(before) - dim - 1
+            # the dims around the channel dim are kept, and it became two or more dims above 1
+            # (not a view adding unit dims, as a squeeze-excite gate's (N, C) -> (N, C, 1, 1))
+            channel = after[dim : len(after) - trailing]
             if (
-                len(after) > len(before)
-                and after[:dim] == before[:dim]
-                and (dim == len(before) - 1 or after[-(len(before) - dim - 1) :] == before[dim + 1 :])
+                after[:dim] == before[:dim]
+                and after[len(after) - trailing :] == before[dim + 1 :]
+                and sum(size > 1 for size in channel) > 1
             ):
                 self.split.add(name)
         return result

@@ -113,11 +113,25 @@ class _Heads(nn.Module):
         return self.fc(self.o(out).mean(1))
 
 
-def test_split_channels_finds_heads_and_shuffles_not_flattens():
+class _Gate(nn.Module):
+    """A squeeze-excite gate whose (N, C) weights are viewed as (N, C, 1, 1): no split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gate, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        weights = torch.sigmoid(self.gate(x.mean((2, 3)))).view(x.shape[0], 8, 1, 1)
+        return self.fc((x * weights).mean((2, 3)))
+
+
+def test_split_channels_finds_heads_and_shuffles_not_flattens_or_unit_dims():
     from rlprune.layers import filter_couplings, split_channels
 
     x = torch.randn(2, 1, 8, 8)
     assert split_channels(_Shuffle(), x, ["conv1", "conv2", "fc"]) == {"conv1"}
+    assert split_channels(_Gate(), x, ["conv", "gate", "fc"]) == set()
     assert split_channels(_Heads(), x, ["q", "k", "v", "o", "fc"]) == {"q", "k", "v"}
     net = _Heads()
     couplings = filter_couplings(net, x, discover_layers(net, x))
