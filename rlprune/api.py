@@ -182,7 +182,7 @@ def dense_cache_path(cfg: DictConfig, splits: Splits) -> Path:
     training = hashlib.sha256()
     for tensor in (splits.train_x, splits.train_y):
         training.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        training.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        training.update(np.ascontiguousarray(tensor.detach().cpu().numpy()))  # no copy of the bytes
     key["training_sha256"] = training.hexdigest()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "dense" / f"{cfg.data.name}-{digest}.pt"

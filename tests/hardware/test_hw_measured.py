@@ -587,6 +587,24 @@ def test_networks_busy_twice_are_refused_with_the_fix_and_not_kept(tmp_path):
     assert [v for k, v in again.table.items() if k.endswith(":deployed:float")] == [2e-3]
 
 
+@pytest.mark.skipif(int8_engine() is None, reason="no int8 engine on this CPU")
+def test_busy_timings_cached_by_an_interrupted_calibration_are_timed_again_with_int8(tmp_path, monkeypatch):
+    per_calibration = readings_per_calibration(tmp_path / "quiet")
+    net, x, _ = mnist1d_net()
+    busy, _ = faked(tmp_path, timer=BusyFor(QUIET_NETWORKS, readings=per_calibration, other=3e-4))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after the networks' timings were cached, before their fit
+
+    monkeypatch.setattr(busy, "_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        busy.calibrate(net, x)
+    again, _ = faked(tmp_path, timer=FakeTimer(QUIET_NETWORKS, other=3e-4))
+    again.calibrate(net, x)  # the cached busy timings do not fit: forgotten, timed again
+    assert [v for k, v in again.table.items() if k.endswith(":deployed:int8")] == [1.2e-3]
+    assert again.bits == (8, 32)
+
+
 def test_a_model_that_prices_the_chosen_layers_at_zero_still_gives_report_rows(tmp_path):
     import dataclasses
 
