@@ -217,6 +217,28 @@ def test_latency_bench_quick_writes_json(tmp_path):
     assert model["policies"] >= 2 and "filter_budget_0.5" in model["speedup"]
 
 
+def test_latency_bench_samples_a_language_model_without_touching_its_heads(tmp_path):
+    from rlprune.bench.latency import main
+
+    results = main(
+        [
+            "--quick",
+            "--models",
+            "tiny_lm",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+    )
+    model = results["models"][0]
+    assert model["input_shape"] == [32]  # token ids
+    pruned = {name for record in model["records"] for name, keep in record["keep"].items()}
+    assert pruned and all(".fc1" in name or ".proj" in name or ".fc2" in name for name in pruned)
+    # the attention projections split into heads keep their filters; the LM head its classes
+    assert not any(name.endswith(("qkv", "head")) for name in pruned)
+
+
 def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatch):
     # the deployed network is an extra output: a model torch.ao cannot quantize must not cost
     # the run its report, policy and model

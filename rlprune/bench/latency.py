@@ -1,8 +1,9 @@
 """Latency model fidelity and real CPU speedup (docs/latency.md).
 
-For each zoo model (untrained weights: timing does not depend on them) sample random
-filter-pruning policies (per layer any keep count from 25% to 100% of its filters; the
-final classifier is never pruned), each with fp32 or int8 for the whole network or bits drawn
+For each zoo model, CNNs and transformers (untrained weights: timing does not depend on them)
+sample random filter-pruning policies (per layer any keep count from 5% to 100% of its filters,
+as the search's default ``min_density``; the final classifier and the layers whose filters are
+fixed, as attention heads, are never pruned), each with fp32 or int8 for the whole network or bits drawn
 per layer (``mixed``, as the search picks them; int8 where torch.ao quantizes the model on
 this CPU), plus the dense fp32 and dense int8 policies. Each policy is exported to a real
 network (Torch-Pruning, batch norms folded; FX int8 for the 8-bit layers),
@@ -52,14 +53,33 @@ from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.hardware import BopsModel, LatencyModel, MeasuredModel, load_latency_model, network_latency
 from rlprune.hardware.measured import cpu_model
 from rlprune.io import write_json_atomic
-from rlprune.layers import LayerInfo, discover_layers
-from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20
+from rlprune.layers import LayerInfo, discover_layers, filter_couplings
+from rlprune.models import MNIST1DCNN, DigitsCNN, ResNet20, TinyLM, ViT
 from rlprune.policy import Choice, Pattern, Policy
 
-MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "mnist1d_cnn": (lambda: MNIST1DCNN(in_channels=1, num_classes=10), (1, 40)),
-    "digits_cnn": (lambda: DigitsCNN(in_channels=1, num_classes=10), (1, 8, 8)),
-    "resnet20": (lambda: ResNet20(in_channels=1, num_classes=10, width=16, dims=2), (1, 8, 8)),
+# the fewest filters a sampled policy keeps: the search's default min_density
+MIN_KEEP = 0.05
+VOCABULARY = 64
+
+
+def _images(*shape: int) -> Callable[[int], torch.Tensor]:
+    return lambda batch: torch.randn((batch, *shape))
+
+
+def _tokens(batch: int) -> torch.Tensor:
+    return torch.randint(VOCABULARY, (batch, 32))
+
+
+# each model: how it is built, and a batch of its inputs of a given size
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor]]] = {
+    "mnist1d_cnn": (lambda: MNIST1DCNN(in_channels=1, num_classes=10), _images(1, 40)),
+    "digits_cnn": (lambda: DigitsCNN(in_channels=1, num_classes=10), _images(1, 8, 8)),
+    "resnet20": (lambda: ResNet20(in_channels=1, num_classes=10, width=16, dims=2), _images(1, 8, 8)),
+    "vit": (
+        lambda: ViT(in_channels=1, num_classes=10, image_size=8, patch=2, dim=128, depth=4, heads=4),
+        _images(1, 8, 8),
+    ),
+    "tiny_lm": (lambda: TinyLM(num_classes=VOCABULARY, length=32, dim=128, depth=4, heads=4), _tokens),
 }
 PREDICTORS = ("local_cpu", "arm_cpu", "flops", "bops")
 # the second timing of each network, scored as if it predicted the first: the ceiling
@@ -69,21 +89,18 @@ PRECISIONS = ("fp32", "int8", "mixed")
 
 
 def _keep_options(channels: int) -> list[int]:
-    """Keep counts from 25% to 100% of ``channels``: any count, as the search draws them."""
-    return list(range(max(1, math.ceil(0.25 * channels)), channels + 1))
+    """Keep counts from :data:`MIN_KEEP` to all of ``channels``: any count, as the search draws them."""
+    return list(range(max(1, math.ceil(MIN_KEEP * channels)), channels + 1))
 
 
 def _uniform_policy(layers: list[LayerInfo], ratio: float) -> Policy:
-    """Every layer but the classifier keeps ``ratio`` of its filters, rounded to a multiple of 8."""
+    """Each of ``layers`` keeps ``ratio`` of its filters, rounded to a multiple of 8."""
 
     def keep(c: int) -> int:
         return c if c <= 8 else max(8, min(c, round(ratio * c / 8) * 8))
 
     return Policy.of(
-        {
-            layer.name: Choice(Pattern.FILTER, keep(layer.out_channels), layer.out_channels)
-            for layer in layers[:-1]
-        }
+        {layer.name: Choice(Pattern.FILTER, keep(layer.out_channels), layer.out_channels) for layer in layers}
     )
 
 
@@ -177,15 +194,22 @@ def _fidelity(records: list[dict], kinds: Sequence[str]) -> dict[str, dict[str, 
 
 
 def _random_policy(layers: list[LayerInfo], rng: random.Random) -> Policy:
-    """Each layer but the classifier keeps any count of its filters from 25% to all."""
+    """Each of ``layers`` keeps any count of its filters from :data:`MIN_KEEP` to all."""
     return Policy.of(
         {
             layer.name: Choice(
                 Pattern.FILTER, rng.choice(_keep_options(layer.out_channels)), layer.out_channels
             )
-            for layer in layers[:-1]
+            for layer in layers
         }
     )
+
+
+def _prunable(model: nn.Module, x: torch.Tensor, layers: list[LayerInfo]) -> list[LayerInfo]:
+    """The layers whose filters a policy may remove: all but the classifier and those whose
+    filters are fixed (attention heads, a depthwise conv: :func:`rlprune.layers.filter_couplings`)."""
+    couplings = filter_couplings(model, x, layers)
+    return [layer for layer in layers[:-1] if not couplings[layer.name].fixed]
 
 
 def run_model(
@@ -197,12 +221,13 @@ def run_model(
     quick: bool = False,
 ) -> dict:
     """Fidelity and speedup figures for one zoo model."""
-    build, shape = MODELS[name]
+    build, inputs = MODELS[name]
     torch.manual_seed(0)
     model = build().eval()
-    x = torch.randn((local.batch_size, *shape))
+    x = inputs(local.batch_size)
     layers = discover_layers(model, x)
     names = [layer.name for layer in layers]
+    prunable = _prunable(model, x, layers)
     overhead = local.calibrate(model, x)
     predictors = Predictors(local, layers[0].name, overhead)
     int8_note = None
@@ -234,7 +259,7 @@ def run_model(
     # the dense network first, at fp32 (every ratio's reference) and int8
     samples = [(Policy(), kind, layer_bits(kind)) for kind in sample_kinds if kind != "mixed"]
     for _ in range(policies):
-        policy = _random_policy(layers, rng)
+        policy = _random_policy(prunable, rng)
         kind = rng.choice(sample_kinds)
         samples.append((policy, kind, layer_bits(kind)))
 
@@ -252,14 +277,14 @@ def run_model(
     dense_pred = predictors.local_seconds(layers, fp32)
 
     def predicted_ratio(ratio: float) -> float:
-        _, eff = pruned(_uniform_policy(layers, ratio))
+        _, eff = pruned(_uniform_policy(prunable, ratio))
         return predictors.local_seconds(eff, fp32) / dense_pred
 
     low, high = 0.05, 1.0
     for _ in range(4 if quick else 8):
         mid = (low + high) / 2
         low, high = (mid, high) if predicted_ratio(mid) <= 0.5 else (low, mid)
-    half_net, half_eff = deploy(_uniform_policy(layers, low), fp32)
+    half_net, half_eff = deploy(_uniform_policy(prunable, low), fp32)
     extra = {"dense": local.deploy(fold_batch_norms(model), x), "filter_budget_0.5": half_net}
     extra_bits = [32, 32]
     if "int8" in kinds:
@@ -316,7 +341,7 @@ def run_model(
     eager = {key.removesuffix(" eager"): t for key, t in timed.items() if key.endswith(" eager")}
     return {
         "model": name,
-        "input_shape": list(shape),
+        "input_shape": list(x.shape[1:]),
         "layers": len(layers),
         "precisions": kinds,
         "int8_note": int8_note,

@@ -341,6 +341,33 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
+def test_a_transformers_glue_follows_its_features_not_its_tokens(tmp_path):
+    """A transformer's Linear maps ``(N, T, C)``: its output is narrowed, and its glue charged,
+    by its ``C`` features, not by its ``T`` tokens at dim 1 as a conv's channels."""
+    from rlprune.hardware.measured.networks import layer_outputs, narrowed_stubs
+    from rlprune.layers import discover_layers
+    from rlprune.models import ViT
+
+    net = ViT(in_channels=1, num_classes=10, image_size=8, patch=2, dim=32, depth=1, heads=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    fc1 = next(layer for layer in discover_layers(net, x) if layer.name == "blocks.0.fc1")
+    outputs = layer_outputs(net, x)
+    assert outputs[fc1.name].shape[1] == 17 != fc1.out_channels  # 16 patches and the class token
+    stub, kept = narrowed_stubs(net, x, outputs)[fc1.name]
+    assert kept == fc1.out_channels // 4
+    assert stub.get_submodule(fc1.name).output.shape == (2, 17, kept)
+
+    model, timer = faked(tmp_path, timer=FakeTimer({"full": 1e-4, "again": 1e-4}, other=0.9e-4))
+    layers = discover_layers(net, x)
+    timer.networks["deployed:float"] = 1.5 * sum(model.latency(layer, dense(32)) for layer in layers)
+    model.calibrate(net, x)
+    glue, width = model.calibration.glue[fc1.name]
+    assert width == fc1.out_channels and glue > 0
+    # the dense layer pays its glue once; half its filters, half of it
+    assert model.calibration.glue_seconds(fc1.name, fc1.out_channels, False) == pytest.approx(glue)
+    assert model.calibration.glue_seconds(fc1.name, fc1.out_channels // 2, False) == pytest.approx(glue / 2)
+
+
 class _Untraceable(torch.nn.Module):
     """Two Linear layers with a Python branch on a tensor's size, which torch.fx cannot trace
     (as in many Hugging Face models): no int8 export."""

@@ -36,10 +36,10 @@ from rlprune.hardware.measured.calibration import (
 )
 from rlprune.hardware.measured.machine import cpu_key, int8_engine
 from rlprune.hardware.measured.networks import (
-    channels,
     half_width,
     layer_outputs,
     narrowed_stubs,
+    output_channels,
     record_outputs,
     stubbed,
 )
@@ -64,7 +64,8 @@ from rlprune.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
-# 17: half-width networks, float and int8, set how ops shrink inside a network (beside glue
+# 18: a Linear's glue follows its last dim (a transformer's features, not its tokens); 17:
+# half-width networks, float and int8, set how ops shrink inside a network (beside glue
 # and overhead too); 16: a marker's pace is its fastest round, deployed networks calibrated
 # apart from stubbed ones; 15: ops by their fastest block again, networks read against the marker; 14: mixed
 # networks whose halves differ (mixed_seconds); 13: ops and networks deployed in a memory
@@ -74,7 +75,7 @@ log = logging.getLogger(__name__)
 # (TorchScript); 9: the int8 export fuses torch.relu; 8: ops timed among their own precision;
 # 7: int8 glue may be cheaper; 6: int8 glue; 5: glue by narrowed stubs; 4: torch.relu
 # epilogue; 1: median
-CACHE_FORMAT = 17
+CACHE_FORMAT = 18
 # how often the precisions take turns in a calibration, each network keeping its median: over
 # 4 calibrations of the mnist1d CNN here, the mixed networks read with a cv of 2.6-5.0% at 3,
 # 0.7-1.1% at 9
@@ -268,7 +269,7 @@ class MeasuredModel(LatencyModel):
                 self._table.update({prefix + k: v for k, v in measured.items()})
                 self._save()
             try:
-                self.calibration = self._fit(prefix, layers, half_layers, outputs)
+                self.calibration = self._fit(prefix, layers, half_layers, output_channels(net, outputs))
                 break
             except ImplausibleTimings as exc:
                 self._table = self.table_cache.save(self._table, forget=prefix)  # never kept
@@ -288,15 +289,16 @@ class MeasuredModel(LatencyModel):
         prefix: str,
         layers: list[LayerInfo],
         half_layers: list[LayerInfo],
-        outputs: Mapping[str, torch.Tensor],
+        widths: Mapping[str, int],
     ) -> Calibration:
-        """:func:`~rlprune.hardware.measured.calibration.fit` to the networks cached under ``prefix``."""
+        """:func:`~rlprune.hardware.measured.calibration.fit` to the networks cached under ``prefix``;
+        ``widths``: the channels of each layer's output, whose glue was timed."""
         networks = {key.removeprefix(prefix): s for key, s in self._table.items() if key.startswith(prefix)}
         half_bits = [bits for bits in self._searched_bits() if HALF_KEYS[bits] in networks]
         return fit(
             self._fit_layers(layers, self._searched_bits()),
             self._fit_layers(half_layers, half_bits),
-            {name: (networks[f"glue:{name}"], channels(out)) for name, out in outputs.items()},
+            {name: (networks[f"glue:{name}"], width) for name, width in widths.items()},
             networks,
             neighbour_pairs(layers),
         )
@@ -363,10 +365,11 @@ class MeasuredModel(LatencyModel):
         # seconds only, never their differences: the cache keeps no negative entry
         measured = {"stubbed:float": full}
         measured.update((key, seconds.pop(key)) for key in [k for k in seconds if ":" in k])
+        widths = output_channels(net, outputs)
         glue = width_glue(  # what is left: the narrowed variants
             full,
             again,
-            {name: (s, channels(outputs[name]), narrowed[name][1]) for name, s in seconds.items()},
+            {name: (s, widths[name], narrowed[name][1]) for name, s in seconds.items()},
         )
         return {**measured, **{f"glue:{name}": glue.get(name, 0.0) for name in outputs}}
 

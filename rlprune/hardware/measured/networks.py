@@ -64,14 +64,19 @@ def stubbed(net: nn.Module, outputs: Mapping[str, torch.Tensor]) -> nn.Module:
     return copied
 
 
-def channels(output: torch.Tensor) -> int:
-    """Channels of a layer output: dim 1 of a conv map, the last dim of a Linear's."""
-    return output.shape[1] if output.dim() > 2 else output.shape[-1]
+def channel_dim(layer: nn.Module, output: torch.Tensor) -> int:
+    """The dim of ``layer``'s ``output`` that holds its channels: 1 for a conv, the last for a
+    Linear (a transformer's Linear maps ``(N, T, C)``: its tokens sit at dim 1)."""
+    return output.dim() - 1 if isinstance(layer, nn.Linear) else 1
 
 
-def narrow_channels(output: torch.Tensor, kept: int) -> torch.Tensor:
-    """``output`` with only its first ``kept`` channels (NHWC stays NHWC)."""
-    dim = 1 if output.dim() > 2 else output.dim() - 1
+def output_channels(net: nn.Module, outputs: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The channels of each of ``outputs``, recorded from the layers of ``net`` by name."""
+    return {name: out.shape[channel_dim(net.get_submodule(name), out)] for name, out in outputs.items()}
+
+
+def narrow_channels(output: torch.Tensor, dim: int, kept: int) -> torch.Tensor:
+    """``output`` with only its first ``kept`` channels along ``dim`` (NHWC stays NHWC)."""
     return output.narrow(dim, 0, kept).clone(memory_format=torch.preserve_format)
 
 
@@ -84,10 +89,11 @@ def narrowed_stubs(
     residual add has none)."""
     narrowed = {}
     for name, out in outputs.items():
-        kept = max(2, channels(out) // 4)
-        if channels(out) <= kept:
+        dim = channel_dim(net.get_submodule(name), out)
+        kept = max(2, out.shape[dim] // 4)
+        if out.shape[dim] <= kept:
             continue
-        copied = stubbed(net, {**outputs, name: narrow_channels(out, kept)})
+        copied = stubbed(net, {**outputs, name: narrow_channels(out, dim, kept)})
         try:  # quietly: a traced (FX) network prints the traceback of a failing call itself
             with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 copied(x)
