@@ -180,6 +180,50 @@ def test_the_encoder_is_traced_through_and_its_layers_go_int8() -> None:
         assert ".quantized." in type(quantized.get_submodule("encoder.layers.0.linear2")).__module__
 
 
+class _Seq2Seq(nn.Module):
+    """torch's whole Transformer, encoder and decoder, on one input: causal decoding with padding."""
+
+    def __init__(self, norm_first: bool) -> None:
+        super().__init__()
+        self.transformer = nn.Transformer(
+            DIM, HEADS, 2, 2, 32, dropout=0.0, batch_first=True, norm_first=norm_first
+        )
+        self.head = nn.Linear(DIM, 3)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(QUERIES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = x[..., 0] > 1.0  # a few positions of each sequence
+        out = self.transformer(
+            x, x, tgt_mask=self.causal, src_key_padding_mask=padding, memory_key_padding_mask=padding
+        )
+        return self.head(out[:, 0])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_decoder_and_the_whole_transformer_are_traced_through_and_go_int8(norm_first: bool) -> None:
+    from rlprune.export import export_int8, int8_supported
+
+    torch.manual_seed(0)
+    net = _Seq2Seq(norm_first).eval()
+    x = torch.randn(BATCH, QUERIES, DIM)
+    with torch.no_grad():
+        expected = net(x)
+    own_state = net.state_dict()
+    expose_layers(net)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+    assert net.state_dict().keys() == own_state.keys()
+    graph = torch.fx.symbolic_trace(net)
+    called = {str(node.target) for node in graph.graph.nodes if node.op == "call_module"}
+    decoder = "transformer.decoder.layers.1"
+    assert {f"{decoder}.linear1", f"{decoder}.multihead_attn.k_proj", f"{decoder}.self_attn.q_proj"} <= called
+    torch.testing.assert_close(graph(x), net(x))
+    if int8_supported():
+        quantized = export_int8(net, x)
+        for name in (f"{decoder}.linear2", f"{decoder}.multihead_attn.v_proj"):
+            assert ".quantized." in type(quantized.get_submodule(name)).__module__
+
+
 @pytest.mark.parametrize("need_weights", [True, False])
 def test_fx_trace_keeps_projections_as_modules(need_weights: bool) -> None:
     torch.manual_seed(0)

@@ -273,7 +273,8 @@ def test_a_policy_the_cpu_cannot_deploy_keeps_the_run_going(tmp_path, monkeypatc
 
 
 class _Decoded(torch.nn.Module):
-    """A Linear, then torch's TransformerDecoderLayer, which torch.ao does not trace into."""
+    """A Linear, then torch's TransformerDecoderLayer, which torch.ao does not trace into unless
+    :func:`~rlprune.models.attention.expose_layers` opens it (as every run does)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -285,7 +286,8 @@ class _Decoded(torch.nn.Module):
         return self.decoder(tokens, tokens).mean(1)[:, :10]
 
 
-def test_int8_layers_the_export_leaves_float_are_reported_as_float(tmp_path):
+@pytest.mark.parametrize("exposed", [False, True])
+def test_int8_layers_the_export_leaves_float_are_reported_as_float(tmp_path, exposed):
     from rlprune import finish
     from rlprune.data import Splits
     from rlprune.hardware import MeasuredModel
@@ -293,15 +295,18 @@ def test_int8_layers_the_export_leaves_float_are_reported_as_float(tmp_path):
 
     torch.manual_seed(0)
     model, x, y = _Decoded().eval(), torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    expose_layers(model)
+    if exposed:
+        expose_layers(model)
     splits = Splits(x, y, x, y, x, y, 10)
     int8 = Choice(Pattern.DENSE, 1, 1, 8, 8)
     policy = Policy.of({"embed": int8, "decoder.linear1": int8})
     hardware = MeasuredModel(cache_dir=tmp_path, rounds=1, block_time=1e-4, retries=0, progress=False)
     layers = discover_layers(model, x[:1])
     result = finish._deploy_here(model, copy.deepcopy(model), policy, layers, splits, hardware, tmp_path)
-    assert result["int8_layers"] == ["embed"]
-    assert result["int8_left_float"] == ["decoder.linear1"]
+    if exposed:  # the decoder's twin is traced through
+        assert result["int8_layers"] == ["embed", "decoder.linear1"] and result["int8_left_float"] == []
+    else:
+        assert result["int8_layers"] == ["embed"] and result["int8_left_float"] == ["decoder.linear1"]
 
 
 def test_model_pt_loads_into_the_networks_own_class_and_computes_the_finetuned_weights():

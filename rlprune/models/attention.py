@@ -5,10 +5,11 @@ Torch's attention keeps the query, key and value projections in one fused parame
 (``in_proj_weight``) that it multiplies functionally, and calls ``out_proj`` the same way: no
 ``nn.Linear`` runs, so a search over Linear and Conv layers never sees a quarter of a
 transformer block's weights. And torch.ao's int8 export does not trace into torch.nn modules,
-so the Linear layers inside ``nn.TransformerEncoder`` would deploy in float. :func:`expose_layers`
-swaps each attention, in place, for a :class:`MultiheadAttention` that computes the same through
-four ``nn.Linear`` layers and keeps torch's state-dict layout (the weights of the network's own
-class load into it and back), and gives the encoder layers a forward FX can trace.
+so the Linear layers inside ``nn.TransformerEncoder`` or ``nn.TransformerDecoder`` would deploy
+in float. :func:`expose_layers` swaps each attention, in place, for a :class:`MultiheadAttention`
+that computes the same through four ``nn.Linear`` layers and keeps torch's state-dict layout (the
+weights of the network's own class load into it and back), and gives the transformer modules a
+forward FX can trace.
 """
 
 from __future__ import annotations
@@ -256,7 +257,82 @@ class TransformerEncoder(nn.TransformerEncoder):
         return src if self.norm is None else self.norm(src)
 
 
-TRACEABLE = {nn.TransformerEncoderLayer: TransformerEncoderLayer, nn.TransformerEncoder: TransformerEncoder}
+class TransformerDecoderLayer(nn.TransformerDecoderLayer):
+    """``nn.TransformerDecoderLayer`` as it is (its forward has no fast path), under a class of
+    rlprune's own, which torch.ao's FX tracer enters instead of keeping it whole."""
+
+
+class TransformerDecoder(nn.TransformerDecoder):
+    """``nn.TransformerDecoder`` running its layers one after the other, without comparing
+    ``tgt_mask`` to a causal mask (a data-dependent test FX cannot trace): ``tgt_is_causal`` is
+    only a hint, and the mask is what is applied."""
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        tgt_key_padding_mask: torch.Tensor | None = None,
+        memory_key_padding_mask: torch.Tensor | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            tgt = layer(
+                tgt,
+                memory,
+                tgt_mask=tgt_mask,
+                memory_mask=memory_mask,
+                tgt_key_padding_mask=tgt_key_padding_mask,
+                memory_key_padding_mask=memory_key_padding_mask,
+                tgt_is_causal=bool(tgt_is_causal),
+                memory_is_causal=memory_is_causal,
+            )
+        return tgt if self.norm is None else self.norm(tgt)
+
+
+class Transformer(nn.Transformer):
+    """``nn.Transformer``: its encoder, then its decoder, without torch's checks of the inputs'
+    sizes (Python tests on traced sizes, which FX cannot follow)."""
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        tgt_key_padding_mask: torch.Tensor | None = None,
+        memory_key_padding_mask: torch.Tensor | None = None,
+        src_is_causal: bool | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> torch.Tensor:
+        memory = self.encoder(
+            src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal
+        )
+        return self.decoder(
+            tgt,
+            memory,
+            tgt_mask=tgt_mask,
+            memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal,
+        )
+
+
+# torch.nn's transformer modules and their twins: the same modules, in a forward FX can trace
+TRACEABLE: dict[type[nn.Module], type[nn.Module]] = {
+    nn.TransformerEncoderLayer: TransformerEncoderLayer,
+    nn.TransformerEncoder: TransformerEncoder,
+    nn.TransformerDecoderLayer: TransformerDecoderLayer,
+    nn.TransformerDecoder: TransformerDecoder,
+    nn.Transformer: Transformer,
+}
 
 
 def expose_layers(model: nn.Module) -> list[str]:
@@ -264,9 +340,9 @@ def expose_layers(model: nn.Module) -> list[str]:
 
     Every ``nn.MultiheadAttention`` becomes a :class:`MultiheadAttention`, whose projections
     are Linear layers a search sees; attention with ``add_bias_kv`` or ``add_zero_attn`` stays
-    as it is (its projections are not searched). ``nn.TransformerEncoderLayer`` and
-    ``nn.TransformerEncoder`` take the class of their traceable twins (:data:`TRACEABLE`), the
-    same module with a forward torch.ao's int8 export follows.
+    as it is (its projections are not searched). torch.nn's transformer modules (encoder and
+    decoder layers and stacks, ``nn.Transformer``) take the class of their traceable twins
+    (:data:`TRACEABLE`), the same module with a forward torch.ao's int8 export follows.
 
     Returns:
         The names of the attention modules left as they are.

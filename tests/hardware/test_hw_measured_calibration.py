@@ -9,6 +9,7 @@ import pytest
 from rlprune.hardware.measured.calibration import (
     Calibration,
     FitLayer,
+    ImplausibleTimings,
     fit,
     fit_switches,
     mixed_bits,
@@ -85,6 +86,33 @@ def test_the_half_width_network_is_fitted_less_its_glue_and_the_overhead():
     for found, key in ((dense, "deployed:float"), (half, "deployed:half")):
         assert predicted(cal, found, 32) == pytest.approx(networks[key])
     assert cal.float_scale == pytest.approx(0.9) and cal.float_saving == pytest.approx(-extra)
+
+
+def test_an_excess_the_half_width_network_shrinks_with_is_the_ops_read_from_memory():
+    # the ops run at 1.7x their time alone inside the network (their weights read from memory,
+    # not cache) beside an overhead of 0.05 of the ops and some glue; the int8 network, whose
+    # weights fit in cache, runs its ops as alone and costs less than that excess would
+    dense = layers()
+    half = layers(scale=0.4, channels=8)
+    ops, half_ops = sum(lay.ops[32] for lay in dense), sum(lay.ops[32] for lay in half)
+    int8_ops = sum(lay.ops[8] for lay in dense)
+    glue = 0.1 * ops / len(dense)
+    half_glue = sum(glue * h.channels / d.channels for d, h in zip(dense, half, strict=True))
+    networks = {
+        "deployed:float": 0.05 * ops + 0.1 * ops + 1.7 * ops,
+        "deployed:half": 0.05 * ops + half_glue + 1.7 * half_ops,
+        "stubbed:float": 1e-4,
+        "stubbed:int8": 1e-4,
+        "deployed:int8": 0.05 * ops + 0.1 * ops + int8_ops,
+    }
+    cal = fit(dense, half, {lay.name: (glue, lay.channels) for lay in dense}, networks, PAIRS)
+    assert cal.float_scale == pytest.approx(1.7) and cal.overhead == pytest.approx(0.05 * ops)
+    assert predicted(cal, half, 32) == pytest.approx(networks["deployed:half"])
+    for bits, key in ((32, "deployed:float"), (8, "deployed:int8")):
+        assert predicted(cal, dense, bits) == pytest.approx(networks[key])
+    # without the half-width network the excess is overhead, which the int8 network contradicts
+    with pytest.raises(ImplausibleTimings):
+        fit(dense, [], {lay.name: (glue, lay.channels) for lay in dense}, networks, PAIRS)
 
 
 def test_switching_precision_is_fitted_to_the_mixed_networks():

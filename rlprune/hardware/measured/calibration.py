@@ -111,11 +111,14 @@ def fit(
     them, and the rest is the overhead. How the ops shrink with width inside the network is
     set by the half-width copy: each op runs scaled by at most 1 less a share, so that the
     dense network is predicted as measured and the half-width one, less its glue and the
-    overhead, as near as the scale allows (:func:`scale_and_share`). Where int8 is searched,
-    an int8 layer's glue shrinks by the ratio of the two stubbed networks (never grows), and
-    the int8 ops are fitted as the float ones, to the int8 network and its half-width copy
-    less that glue and the overhead (quantize and dequantize are in the share); then the
-    mixed networks set what switching between float and int8 costs (:func:`mixing_seconds`).
+    overhead, as near as the scale allows (:func:`scale_and_share`). Where the dense network
+    spends beyond its ops and glue, the half-width copy splits that excess between the overhead
+    and a scale above 1 of the ops (:func:`_slowed_ops`: weights read from memory, not cache).
+    Where int8 is searched, an int8 layer's glue shrinks by the ratio of the two stubbed
+    networks (never grows), and the int8 ops are fitted as the float ones, to the int8 network
+    and its half-width copy less that glue and the overhead (quantize and dequantize are in the
+    share); then the mixed networks set what switching between float and int8 costs
+    (:func:`mixing_seconds`).
 
     Raises:
         ImplausibleTimings: when the int8 network measured no more than what the float
@@ -132,8 +135,12 @@ def fit(
         glue={name: (seconds * kept, channels) for name, (seconds, channels) in glue.items()},
         overhead=beyond_ops - kept * stub_total,
     )
-    scale, saving = _fit_ops(cal, layers, half, 32, deployed - beyond_ops, networks.get(HALF_KEYS[32]))
-    cal = dataclasses.replace(cal, float_scale=scale, float_saving=saving)
+    slowed = _slowed_ops(cal, layers, half, deployed, networks.get(HALF_KEYS[32]))
+    if slowed is not None:
+        cal = dataclasses.replace(cal, float_scale=slowed[0], overhead=slowed[1])
+    else:
+        scale, saving = _fit_ops(cal, layers, half, 32, deployed - beyond_ops, networks.get(HALF_KEYS[32]))
+        cal = dataclasses.replace(cal, float_scale=scale, float_saving=saving)
     if not int8:
         return cal
     if "deployed:int8" in networks:
@@ -150,6 +157,36 @@ def fit(
         cal = dataclasses.replace(cal, int8_scale=scale, int8_saving=saving)
     switch, mixed = mixing_seconds(cal, layers, networks, pairs)
     return dataclasses.replace(cal, switch_seconds=switch, mixed_seconds=mixed)
+
+
+def _slowed_ops(
+    cal: Calibration,
+    layers: Sequence[FitLayer],
+    half: Sequence[FitLayer],
+    deployed: float,
+    half_network: float | None,
+) -> tuple[float, float] | None:
+    """The scale above 1 at which the float ops run inside the network, and the overhead left,
+    where the network spends beyond its ops and glue and its half-width copy shows that this
+    excess shrinks with the ops; ``None`` otherwise (the excess is overhead).
+
+    Each op timed alone runs with its weights in cache; inside a network whose weights do not
+    fit, each layer reads them from memory. A transformer with 11 MB of float weights (width
+    256, 3 layers) ran its ops at 1.7x their time alone, and its dense and half-width networks
+    put all of the excess there (an overhead of 0); read as an overhead instead, the excess was
+    larger than the whole int8 network, whose weights fit.
+    """
+    if cal.overhead <= 0 or not half or half_network is None:
+        return None
+    ops, half_ops = sum(layer.ops[32] for layer in layers), sum(layer.ops[32] for layer in half)
+    network = deployed - _glue(cal, layers, False)
+    if ops <= half_ops:
+        return None
+    scale = (network - (half_network - _glue(cal, half, False))) / (ops - half_ops)
+    if scale <= 1.0:
+        return None
+    scale = min(scale, network / ops)
+    return scale, network - scale * ops
 
 
 def _glue(cal: Calibration, layers: Sequence[FitLayer], int8: bool) -> float:
