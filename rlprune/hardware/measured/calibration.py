@@ -22,6 +22,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+# how far below 0 the overhead the dense and half-width networks imply may read (noise), as a
+# share of the network, before they are taken to disagree
+SLACK = 0.1
 # the key of the half-width network timed at each bits
 HALF_KEYS = {32: "deployed:half", 8: "deployed:half:int8"}
 
@@ -174,7 +177,9 @@ def _slowed_ops(
     fit, each layer reads them from memory. A transformer with 11 MB of float weights (width
     256, 3 layers) ran its ops at 1.7x their time alone, and its dense and half-width networks
     put all of the excess there (an overhead of 0); read as an overhead instead, the excess was
-    larger than the whole int8 network, whose weights fit.
+    larger than the whole int8 network, whose weights fit. Where the two networks imply an
+    overhead below 0 (beyond :data:`SLACK`), one of them was read slow: ``None``, and the excess
+    stays overhead.
     """
     if cal.overhead <= 0 or not half or half_network is None:
         return None
@@ -183,8 +188,8 @@ def _slowed_ops(
     if ops <= half_ops:
         return None
     scale = (network - (half_network - _glue(cal, half, False))) / (ops - half_ops)
-    if scale <= 1.0:
-        return None
+    if scale <= 1.0 or network - scale * ops < -SLACK * network:
+        return None  # no excess in the ops, or the two disagree: one was read in a busy stretch
     scale = min(scale, network / ops)
     return scale, network - scale * ops
 
