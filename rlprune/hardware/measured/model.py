@@ -250,6 +250,7 @@ class MeasuredModel(LatencyModel):
         digest = hashlib.sha256(f"{net!r}|{tuple(x.shape)}|{self.memory_format}".encode()).hexdigest()[:16]
         prefix = f"network:{digest}:"
         outputs = layer_outputs(net, x)
+        widths = output_channels(net, outputs)
         layers = discover_layers(net, x)
         self.bits, int8 = self.configured_bits, None
         if 8 in self.bits and prefix + "deployed:int8" not in self._table:
@@ -265,11 +266,11 @@ class MeasuredModel(LatencyModel):
             if prefix + "deployed:float" not in self._table:
                 if int8 is None and 8 in self.bits:  # cached timings forgotten after a busy fit
                     int8 = self._int8_export(net, x)
-                measured = self._measure_networks(net, x, outputs, half, int8)
+                measured = self._measure_networks(net, x, outputs, widths, half, int8)
                 self._table.update({prefix + k: v for k, v in measured.items()})
                 self._save()
             try:
-                self.calibration = self._fit(prefix, layers, half_layers, output_channels(net, outputs))
+                self.calibration = self._fit(prefix, layers, half_layers, widths)
                 break
             except ImplausibleTimings as exc:
                 self._table = self.table_cache.save(self._table, forget=prefix)  # never kept
@@ -320,13 +321,14 @@ class MeasuredModel(LatencyModel):
         net: nn.Module,
         x: torch.Tensor,
         outputs: dict[str, torch.Tensor],
+        widths: Mapping[str, int],
         half: nn.Module | None,
         int8: nn.Module | None,
     ) -> dict[str, float]:
         """Seconds of ``net`` and its variants by key (:mod:`~rlprune.hardware.measured.calibration`),
         and ``glue:<layer>`` (:func:`width_glue` of each layer's narrowed stub:
-        :func:`narrowed_stubs`; 0 where none runs). ``int8`` is ``net``'s int8 export, where int8
-        is searched.
+        :func:`narrowed_stubs`; 0 where none runs). ``widths``: the channels of each of
+        ``outputs``; ``int8`` is ``net``'s int8 export, where int8 is searched.
 
         The deployed networks are timed apart from the stubbed ones, beside each other, as
         deployed networks are timed everywhere else: beside 22 stubbed resnet20s (eager), a
@@ -365,7 +367,6 @@ class MeasuredModel(LatencyModel):
         # seconds only, never their differences: the cache keeps no negative entry
         measured = {"stubbed:float": full}
         measured.update((key, seconds.pop(key)) for key in [k for k in seconds if ":" in k])
-        widths = output_channels(net, outputs)
         glue = width_glue(  # what is left: the narrowed variants
             full,
             again,
