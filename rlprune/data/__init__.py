@@ -28,7 +28,16 @@ from rlprune.data.text_file import load_text_file_arrays
 from rlprune.data.vision import load_torchvision_arrays
 from rlprune.errors import ConfigError, DataError
 
-__all__ = ["DATASETS", "Splits", "as_inputs", "load_splits", "make_splits", "random_inputs"]
+__all__ = [
+    "DATASETS",
+    "LOADERS",
+    "Source",
+    "Splits",
+    "as_inputs",
+    "load_splits",
+    "make_splits",
+    "random_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -84,19 +93,36 @@ def as_inputs(
     return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
 
 
-EMBEDDED: dict[str, Callable[[str], Arrays]] = {
-    "mnist1d": load_mnist1d_arrays,
-    "digits": load_digits_arrays,
-    "text": load_text_arrays,
+@dataclass(frozen=True)
+class Source:
+    """The settings a dataset is read with; each loader takes those it needs (see :func:`load_splits`)."""
+
+    cache_dir: str
+    root: str | None = None
+    image_size: int = 32
+    channels: int = 3
+    dataset: str | None = None
+    path: str | None = None
+    tokenizer: str | None = None
+    size: int = 64
+    dims: int = 1
+    num_classes: int | None = None
+
+
+LOADERS: dict[str, Callable[[Source], Arrays]] = {
+    "mnist1d": lambda s: load_mnist1d_arrays(s.cache_dir),
+    "digits": lambda s: load_digits_arrays(s.cache_dir),
+    "text": lambda s: load_text_arrays(s.cache_dir),
+    "cifar10": lambda s: load_cifar10_arrays(s.root),
+    "cifar100": lambda s: load_cifar100_arrays(s.root),
+    "mnist": lambda s: load_idx_arrays(s.root),
+    "fashion_mnist": lambda s: load_idx_arrays(s.root),
+    "image_folder": lambda s: load_image_folder_arrays(s.root, s.image_size, s.channels),
+    "torchvision": lambda s: load_torchvision_arrays(str(s.dataset), s.root, s.image_size, s.channels),
+    "text_file": lambda s: load_text_file_arrays(s.path, s.tokenizer, s.size),
+    "arrays": lambda s: load_npz_arrays(s.path, s.channels, s.dims, s.size, s.num_classes),
 }
-FROM_FOLDER: dict[str, Callable[..., Arrays]] = {
-    "cifar10": load_cifar10_arrays,
-    "cifar100": load_cifar100_arrays,
-    "mnist": load_idx_arrays,
-    "fashion_mnist": load_idx_arrays,
-    "image_folder": load_image_folder_arrays,
-}
-DATASETS = sorted([*EMBEDDED, *FROM_FOLDER, "torchvision", "text_file", "arrays"])
+DATASETS = sorted(LOADERS)
 
 
 def make_splits(
@@ -153,7 +179,8 @@ def load_splits(
     dims: int = 1,
     num_classes: int | None = None,
 ) -> Splits:
-    """Load dataset ``name`` (embedded, or from the folder ``root``) and split it.
+    """Load dataset ``name`` (a key of :data:`LOADERS`: embedded, or read from ``root`` or ``path``)
+    and split it.
 
     Args:
         normalize: standardize every input channel with the training data's mean and std.
@@ -168,20 +195,10 @@ def load_splits(
         ConfigError: for an unknown dataset name.
         DataError: for a missing, malformed or empty dataset.
     """
-    if name in EMBEDDED:
-        x, y, x_test, y_test = EMBEDDED[name](cache_dir)
-    elif name == "image_folder":
-        x, y, x_test, y_test = load_image_folder_arrays(root, image_size, channels)
-    elif name == "text_file":
-        x, y, x_test, y_test = load_text_file_arrays(path, tokenizer, size)
-    elif name == "arrays":
-        x, y, x_test, y_test = load_npz_arrays(path, channels, dims, size, num_classes)
-    elif name == "torchvision":
-        x, y, x_test, y_test = load_torchvision_arrays(str(dataset), root, image_size, channels)
-    elif name in FROM_FOLDER:
-        x, y, x_test, y_test = FROM_FOLDER[name](root)
-    else:
+    if name not in LOADERS:
         raise ConfigError(f"unknown dataset {name!r}; valid: {DATASETS}")
+    source = Source(cache_dir, root, image_size, channels, dataset, path, tokenizer, size, dims, num_classes)
+    x, y, x_test, y_test = LOADERS[name](source)
     if normalize:
         axes = (0, *range(2, x.ndim))  # every axis but the channels
         mean = x.mean(axis=axes, keepdims=True)[0]
