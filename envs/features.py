@@ -49,11 +49,11 @@ def static_features(space: SearchSpace, sensitivity: np.ndarray) -> np.ndarray:
     """Per-step features, ``[steps, 13 + sensitivity columns]``, each in [0, 1].
 
     A step that decides tied layers is described by its first layer, with the params and MACs
-    of all of them.
+    of all of them (the MACs of every call of a layer the network calls again).
     """
     layers = space.layers
     params = np.array([sum(m.params for m in members) for members in space.members], dtype=float)
-    macs = np.array([sum(m.macs for m in members) for members in space.members], dtype=float)
+    macs = np.array([sum(m.macs * m.calls for m in members) for members in space.members], dtype=float)
     count = len(layers)
     dense = space.step_seconds([(len(shapes) - 1, len(space.bits) - 1) for shapes in space.shapes])
     cheapest = space.min_latency

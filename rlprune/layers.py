@@ -50,6 +50,10 @@ class LayerInfo:
             the layer its input comes from (through pooling, activations and reshapes), and,
             where its output is summed with others' (a residual add runs at the precision of
             its first operand's layer), the layers those come from (:func:`precision_sources`).
+        calls: how often the layer runs in one forward pass: more than once for a module its
+            network calls again (a block applied repeatedly, as ALBERT's). Shapes and costs are
+            those of its first call; a latency model charges every call
+            (:meth:`rlprune.hardware.LatencyModel.latency`).
     """
 
     name: str
@@ -63,6 +67,7 @@ class LayerInfo:
     out_shape: tuple[int, ...]
     has_bias: bool = True
     neighbours: tuple[str, ...] = ()
+    calls: int = 1
 
     @property
     def reduction(self) -> int:
@@ -168,16 +173,16 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     Raises:
         ModelError: when the model rejects the input, returns no tensor, or has no prunable layer.
     """
-    found: list[LayerInfo] = []
-    seen: set[str] = set()
+    found: dict[str, LayerInfo] = {}  # in the order of their first calls
+    calls: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if type(module) in PRUNABLE_TYPES:
 
             def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
-                if name not in seen:  # a shared module is one layer, at its first call
-                    seen.add(name)
-                    found.append(_describe(name, mod, inputs[0], output))
+                if name not in found:  # a module called again is one layer, described at its first call
+                    found[name] = _describe(name, mod, inputs[0], output)
+                calls[name] = calls.get(name, 0) + 1
 
             hooks.append(module.register_forward_hook(hook))
     try:
@@ -202,8 +207,8 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             f"{type(model).__name__} has no prunable layer (Conv1d, Conv2d or Linear) "
             "on its forward path; rlprune needs at least one."
         )
-    neighbours = _neighbours(model, [layer.name for layer in found])
-    return [replace(layer, neighbours=neighbours[layer.name]) for layer in found]
+    neighbours = _neighbours(model, list(found))
+    return [replace(layer, neighbours=neighbours[name], calls=calls[name]) for name, layer in found.items()]
 
 
 def neighbour_pairs(layers: Sequence[LayerInfo]) -> list[tuple[str, str]]:

@@ -83,3 +83,23 @@ def printable_report(**extra: object) -> dict:
         "layers": [],
         **extra,
     }
+
+
+class RepeatedBlock(torch.nn.Module):
+    """A Linear block that the network calls ``times`` times, its weights shared (as ALBERT's
+    layers), between a stem and a neck and head; ``unrolled``: ``times`` blocks of their own
+    instead. The neck's filters can go (the block's cannot: it reads its own output)."""
+
+    def __init__(self, times: int = 3, width: int = 32, unrolled: bool = False) -> None:
+        super().__init__()
+        self.stem, self.neck = torch.nn.Linear(16, width), torch.nn.Linear(width, width)
+        self.head = torch.nn.Linear(width, 4)
+        count = times if unrolled else 1
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(count))
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        for i in range(self.times):
+            x = torch.relu(self.blocks[i % len(self.blocks)](x))
+        return self.head(torch.relu(self.neck(x)))

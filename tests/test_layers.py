@@ -33,6 +33,26 @@ def test_with_channels_scales_macs():
     assert half.out_shape[0] == conv.out_channels // 2
 
 
+def test_a_layer_called_again_is_one_layer_charged_for_every_call():
+    from rlprune.hardware import build_latency_model, network_latency
+    from rlprune.policy import Choice, Pattern
+    from tests.support import RepeatedBlock, hardware_config
+
+    x = torch.randn(2, 16)
+    repeated = discover_layers(RepeatedBlock(times=3), x)
+    assert {layer.name: layer.calls for layer in repeated} == {"stem": 1, "blocks.0": 3, "neck": 1, "head": 1}
+    unrolled = discover_layers(RepeatedBlock(times=3, unrolled=True), x)
+    assert [layer.calls for layer in unrolled] == [1] * 6
+    device = build_latency_model(hardware_config("a100"))
+    sparse = Choice(Pattern.NM, 2, 4, 16, 16)
+    for choice in (device.dense_choice(), sparse):  # the shared block costs its three calls
+        one = {"blocks.0": choice}
+        three = {f"blocks.{i}": choice for i in range(3)}
+        assert network_latency(device, repeated, one) == pytest.approx(
+            network_latency(device, unrolled, three)
+        )
+
+
 def test_model_without_prunable_layer_is_refused():
     with pytest.raises(ModelError, match="no prunable layer"):
         discover_layers(nn.Sequential(nn.ReLU(), nn.Flatten()), torch.randn(1, 4))

@@ -18,6 +18,7 @@ from rlprune.layers import discover_layers, filter_couplings
 from rlprune.models import ViT
 from rlprune.policy import Choice, Pattern, Policy
 from rlprune.quant import fake_quantize_activation, fake_quantize_weight
+from tests.support import RepeatedBlock
 
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (sparse tensor cores)"
@@ -127,11 +128,18 @@ def test_table_interpolates_measures_once_and_reads_its_cache(tmp_path):
     assert again.measurements == 0 and len(timer.timed) == timed
 
 
-def test_calibration_recovers_each_kernels_scale_and_the_constant(tmp_path):
+def repeated_block() -> tuple[nn.Module, torch.Tensor]:
+    """A network that calls its one block three times: the block's ops count at each call."""
+    torch.manual_seed(0)
+    return RepeatedBlock(times=3, width=64).eval(), torch.randn(2, 16)
+
+
+@pytest.mark.parametrize("network", [tiny_vit, repeated_block])
+def test_calibration_recovers_each_kernels_scale_and_the_constant(tmp_path, network):
     scales = {"dense": 1.3, "sparse": 1.9, "int8": 1.5, "int8_sparse": 2.2}
     timer = FakeTimer(constant=4e-5, scales=scales)
     model = table(tmp_path, timer)
-    net, x = tiny_vit()
+    net, x = network()
     constant = model.calibrate(net, x)
     assert constant == pytest.approx(4e-5, rel=1e-6)
     for kernel, scale in scales.items():

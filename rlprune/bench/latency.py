@@ -133,7 +133,7 @@ class Predictors:
         return {
             "local_cpu": self.local_seconds(layers, bits),
             "arm_cpu": net(self.arm),
-            "flops": float(sum(layer.macs for layer in layers)),
+            "flops": float(sum(layer.macs * layer.calls for layer in layers)),
             "bops": net(self.bops),
         }
 

@@ -112,7 +112,8 @@ class LatencyModel(abc.ABC):
     # -- the interface -------------------------------------------------------------------------
 
     def latency(self, layer: LayerInfo, choice: Choice) -> float:
-        """Seconds for one batch of ``batch_size`` samples through ``layer`` under ``choice``.
+        """Seconds for one batch of ``batch_size`` samples through ``layer`` under ``choice``:
+        :meth:`_latency` of one call, for each of the layer's :attr:`~rlprune.layers.LayerInfo.calls`.
 
         Raises:
             ConfigError: when the device cannot run ``choice`` (pattern or bits not supported,
@@ -123,7 +124,7 @@ class LatencyModel(abc.ABC):
         if cached is not None:
             return cached
         self.check(layer, choice)
-        seconds = float(self._latency(layer, choice))
+        seconds = float(self._latency(layer, choice)) * layer.calls
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = seconds
@@ -131,7 +132,7 @@ class LatencyModel(abc.ABC):
 
     @abc.abstractmethod
     def _latency(self, layer: LayerInfo, choice: Choice) -> float:
-        """The model's formula; ``choice`` has been checked by :meth:`check`."""
+        """The model's formula, for one call of ``layer``; ``choice`` has been checked by :meth:`check`."""
 
     def prepare(self, cells: Sequence[tuple[LayerInfo, Choice]]) -> None:
         """Get ready to cost every ``(layer, choice)`` of ``cells``; a measured table measures them now."""

@@ -272,7 +272,7 @@ class GpuTableModel(LatencyModel):
             sums = dict.fromkeys(KERNELS, 0.0)
             picked = [policy.get(layer.name, self.dense_choice()) for layer in layers]
             for layer, choice in effective_cells(layers, picked, couplings):
-                sums[self.kernel(layer, choice)] += self.op_total(layer, choice)
+                sums[self.kernel(layer, choice)] += self.op_total(layer, choice) * layer.calls
             features.append(sums)
         # a kernel whose ops are a sliver of the network (a classifier head) cannot be fitted
         keep = [

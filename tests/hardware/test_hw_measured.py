@@ -341,6 +341,30 @@ def test_calibrate_charges_glue_to_layers_and_caches_it(tmp_path):
         again.calibrate(MNIST1DCNN().eval(), torch.randn(2, 1, 40))
 
 
+def test_a_layer_called_again_is_calibrated_and_charged_for_every_call(tmp_path):
+    from dataclasses import replace
+
+    from rlprune.hardware import network_latency
+    from rlprune.layers import discover_layers
+    from tests.support import RepeatedBlock
+
+    net, x = RepeatedBlock(times=3).eval(), torch.randn(2, 16)
+    layers = discover_layers(net, x)
+    block = layers[1]
+    model, timer = faked(tmp_path, timer=FakeTimer({"full": 1e-4, "again": 1e-4}, other=0.9e-4))
+    assert model.latency(block, dense(32)) == pytest.approx(
+        3 * model.latency(replace(block, calls=1), dense(32))
+    )
+    ops = network_latency(model, layers, {})  # alone: the block's op three times
+    timer.networks["deployed:float"] = 1.5 * ops
+    overhead = model.calibrate(net, x)
+    # the dense deployed network is predicted as measured, its block fitted at each call
+    assert network_latency(model, layers, {}) + overhead == pytest.approx(1.5 * ops, rel=1e-9)
+    # narrowing the block's stub narrows its three outputs, as narrowing the stem's (as wide) its one
+    glue = model.calibration.glue
+    assert glue["stem"][0] > 0 and 3 * glue["blocks.0"][0] == pytest.approx(glue["stem"][0])
+
+
 def test_a_transformers_glue_follows_its_features_not_its_tokens(tmp_path):
     """A transformer's Linear maps ``(N, T, C)``: its output is narrowed, and its glue charged,
     by its ``C`` features, not by its ``T`` tokens at dim 1 as a conv's channels."""

@@ -35,7 +35,8 @@ class ImplausibleTimings(ValueError):
 
 @dataclass(frozen=True)
 class FitLayer:
-    """A prunable layer of the calibrated network as the fit sees it.
+    """A call of a prunable layer of the calibrated network, as the fit sees it (a layer the
+    network calls again is one of these per call).
 
     Attributes:
         name: its module name.
@@ -100,11 +101,11 @@ def fit(
     """The calibration that predicts the measured ``networks`` from their layers' ops.
 
     Args:
-        layers: the dense network's prunable layers, in forward order.
+        layers: the dense network's prunable layers, in forward order, each once per call.
         half: the half-width network's (empty where none was built); ``ops`` at the bits whose
             half-width network was timed (:data:`HALF_KEYS`).
-        glue: per layer output, the stubs' glue that follows its width (:func:`width_glue`)
-            and its channels.
+        glue: per layer, the stubs' glue that follows its width at each call (:func:`width_glue`
+            over its calls) and its channels.
         networks: measured seconds by key (see the module's docstring).
         pairs: the neighbouring layers, by name (:func:`rlprune.layers.neighbour_pairs`).
 
@@ -128,7 +129,7 @@ def fit(
             network says lies beyond its ops, which would price every int8 op at nothing.
     """
     int8 = all(8 in layer.ops for layer in layers)
-    stub_total = sum(seconds for seconds, _ in glue.values())
+    stub_total = sum(glue[layer.name][0] for layer in layers if layer.name in glue)
     # the dense deployed network, predicted as measured: its ops less their saving, then the
     # stubs' glue up to what is left, split over the layers as the stubs say
     deployed = networks["deployed:float"]
@@ -232,7 +233,7 @@ def mixing_seconds(
     alone, whatever their switch count.
     """
     counts, excess = [], []
-    for key, bits in mixed_bits([layer.name for layer in layers]).items():
+    for key, bits in mixed_bits(list(dict.fromkeys(layer.name for layer in layers))).items():
         switches = sum(bits[a] != bits[b] for a, b in pairs)
         if key not in networks or not switches:
             continue

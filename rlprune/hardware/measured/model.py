@@ -293,13 +293,14 @@ class MeasuredModel(LatencyModel):
         widths: Mapping[str, int],
     ) -> Calibration:
         """:func:`~rlprune.hardware.measured.calibration.fit` to the networks cached under ``prefix``;
-        ``widths``: the channels of each layer's output, whose glue was timed."""
+        ``widths``: the channels of each layer's output, whose glue was timed (over all its calls)."""
         networks = {key.removeprefix(prefix): s for key, s in self._table.items() if key.startswith(prefix)}
         half_bits = [bits for bits in self._searched_bits() if HALF_KEYS[bits] in networks]
+        calls = {layer.name: layer.calls for layer in layers}
         return fit(
             self._fit_layers(layers, self._searched_bits()),
             self._fit_layers(half_layers, half_bits),
-            {name: (networks[f"glue:{name}"], width) for name, width in widths.items()},
+            {name: (networks[f"glue:{name}"] / calls.get(name, 1), width) for name, width in widths.items()},
             networks,
             neighbour_pairs(layers),
         )
@@ -309,11 +310,13 @@ class MeasuredModel(LatencyModel):
         return sorted({FLOAT_BITS, *self.bits})
 
     def _fit_layers(self, layers: list[LayerInfo], bits: Sequence[int]) -> list[FitLayer]:
-        """``layers`` as the calibration fit takes them, their dense ops at ``bits`` timed alone."""
+        """``layers`` as the calibration fit takes them, once per call, their dense ops at
+        ``bits`` timed alone."""
         ops = {b: self._dense_ops(layers, b) for b in bits}
         return [
             FitLayer(layer.name, layer.out_channels, {b: ops[b][i] for b in bits})
             for i, layer in enumerate(layers)
+            for _ in range(layer.calls)
         ]
 
     def _measure_networks(
