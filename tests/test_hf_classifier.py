@@ -82,6 +82,34 @@ def test_attention_projections_keep_their_filters(saved):
         assert all("attention heads" in couplings[name].fixed for name in heads)
 
 
+def test_albert_s_shared_layers_are_charged_for_every_call(tmp_path):
+    """ALBERT runs one set of encoder weights at each of its layers: each of its Linear layers is
+    one layer of the search, charged as often as it runs, as a BERT of the same widths."""
+    from rlprune.hardware import build_latency_model
+    from tests.support import hardware_config
+
+    widths = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_labels": 3}
+    albert = transformers.AlbertConfig(
+        vocab_size=VOCABULARY, embedding_size=16, num_hidden_layers=3, num_hidden_groups=1, **widths
+    )
+    bert = transformers.BertConfig(vocab_size=VOCABULARY, num_hidden_layers=3, **widths)
+    torch.manual_seed(0)
+    transformers.AutoModelForSequenceClassification.from_config(albert).save_pretrained(tmp_path)
+    ids = torch.from_numpy(_tokens(2, seed=1)[0])
+    layers = discover_layers(SequenceClassifier(str(tmp_path)).eval(), ids)
+    shared = [layer for layer in layers if ".albert_layers.0." in layer.name]
+    assert len(shared) == 6 and {layer.calls for layer in shared} == {3}
+    assert {layer.calls for layer in layers if layer not in shared} == {1}
+    own = transformers.AutoModelForSequenceClassification.from_config(bert)
+    bert_layers = discover_layers(SequenceClassifier(model=own).eval(), ids)
+    device = build_latency_model(hardware_config("a100"))
+
+    def encoder(found: list, part: str) -> float:
+        return sum(device.latency(layer, device.dense_choice()) for layer in found if part in layer.name)
+
+    assert encoder(layers, ".albert_layers.0.") == pytest.approx(encoder(bert_layers, ".encoder.layer."))
+
+
 def test_bad_folders_and_labels_are_named(tmp_path, saved):
     _, folder = saved
     with pytest.raises(ModelError, match="no sequence classifier"):
