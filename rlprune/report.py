@@ -29,7 +29,7 @@ def layer_rows(
     couplings: Mapping[str, FilterCoupling] | None = None,
     steps: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per prunable layer: its choice, latency share, size, and mask metrics.
+    """One row per prunable layer: its choice, latency share (of all its calls), size, and mask metrics.
 
     Every row has the same keys, in the same order; a metric that does not apply to a layer
     (a dense layer has no mask, only SR-STE refreshes give SAD) is ``None``.
@@ -54,6 +54,7 @@ def layer_rows(
                 "layer": layer.name,
                 "step": steps.get(layer.name),
                 "kind": layer.kind,
+                "calls": layer.calls,
                 "pattern": str(choice.pattern),
                 "keep": choice.keep,
                 "group": choice.group,
@@ -90,7 +91,7 @@ def _layer_table(report: dict[str, Any]) -> Table:
     for row in report["layers"]:
         pattern = row["pattern"] + ("" if row["searched"] else " (fixed)")
         table.add_row(
-            row["layer"],
+            row["layer"] + (f" (x{row['calls']})" if row["calls"] > 1 else ""),  # its share is of all calls
             "" if row["step"] is None else str(row["step"]),
             row["kind"],
             pattern,

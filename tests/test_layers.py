@@ -34,9 +34,12 @@ def test_with_channels_scales_macs():
 
 
 def test_a_layer_called_again_is_one_layer_charged_for_every_call():
+    from rich.console import Console
+
     from rlprune.hardware import build_latency_model, network_latency
-    from rlprune.policy import Choice, Pattern
-    from tests.support import RepeatedBlock, hardware_config
+    from rlprune.policy import Choice, Pattern, Policy
+    from rlprune.report import layer_rows, print_report
+    from tests.support import RepeatedBlock, hardware_config, printable_report
 
     x = torch.randn(2, 16)
     repeated = discover_layers(RepeatedBlock(times=3), x)
@@ -51,6 +54,12 @@ def test_a_layer_called_again_is_one_layer_charged_for_every_call():
         assert network_latency(device, repeated, one) == pytest.approx(
             network_latency(device, unrolled, three)
         )
+    # the report's row and table say how often it runs
+    rows = layer_rows(repeated, Policy(), device, {})
+    assert [row["calls"] for row in rows] == [1, 3, 1, 1]
+    console = Console(width=200, record=True)
+    print_report(printable_report(layers=rows), console)
+    assert "blocks.0 (x3)" in console.export_text() and "stem (x" not in console.export_text()
 
 
 def test_model_without_prunable_layer_is_refused():
