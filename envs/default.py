@@ -11,7 +11,7 @@ rlprune cache), its hardware, search space, budget, reward split and agent's wal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ def default_problem(cfg: DictConfig) -> tuple[SearchProblem, np.ndarray]:
 
 def make_env(
     problem: SearchProblem | None = None,
-    sensitivity: np.ndarray | None = None,
+    sensitivity: np.ndarray | Callable[[], np.ndarray] | None = None,
     overrides: Sequence[str] = (),
     **kwargs: Any,
 ) -> PruneEnv:
@@ -72,7 +72,8 @@ def make_env(
 
     Args:
         problem: a search problem; ``None`` builds the one of the app's config with ``overrides``.
-        sensitivity: the problem's per-layer sensitivity (required with ``problem``).
+        sensitivity: the problem's per-step sensitivity, or the function that measures it
+            (required with ``problem``).
         overrides: Hydra overrides of the app's config (e.g. ``["dense.epochs=2"]``); only
             without ``problem``.
         kwargs: further :class:`PruneEnv` arguments (``baseline_momentum``, ``wall``,

@@ -14,13 +14,15 @@ ends, lowers choices from the last layer back until the policy fits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-from rlprune.envs.features import DYNAMIC_FEATURES, static_features
+from rlprune.envs.features import DYNAMIC_FEATURES, SENSITIVITY_COLUMNS, static_features
 from rlprune.envs.problem import Outcome, SearchProblem
 
 from rlprune.config import WALLS
@@ -47,7 +49,10 @@ class PruneEnv(gym.Env):
 
     Args:
         problem: the search problem; every finished episode spends one of its evaluations.
-        sensitivity: per-layer sensitivity features, ``[layers, k]`` in [0, 1].
+        sensitivity: per-step sensitivity features, ``[steps, 3]`` in [0, 1]
+            (:func:`~rlprune.envs.features.measure_sensitivity`), or a function that measures
+            them, called when an observation first needs them: a searcher that only scores
+            policies through :attr:`problem` (evolution, uniform) never pays for them.
         baseline_momentum: when set, the reward is the score minus a moving average of past
             scores (AMC's variance reduction); ``None`` gives the raw score.
         wall: ``band`` (keep the episode feasible and use the budget), ``feasible`` (AMC's:
@@ -58,6 +63,7 @@ class PruneEnv(gym.Env):
 
     Raises:
         ConfigError: for an unknown wall.
+        ValueError: for sensitivity features of another shape, or outside [0, 1].
         BudgetError: for a budget no policy meets, or (HAQ's wall) one that even the lowest
             choice of every layer misses.
     """
@@ -67,7 +73,7 @@ class PruneEnv(gym.Env):
     def __init__(
         self,
         problem: SearchProblem,
-        sensitivity: np.ndarray,
+        sensitivity: np.ndarray | Callable[[], np.ndarray],
         baseline_momentum: float | None = None,
         wall: str = "band",
         budgets: Sequence[float] | None = None,
@@ -88,15 +94,45 @@ class PruneEnv(gym.Env):
                     "or use agent.wall=band"
                 )
         self.budget = self.budgets[0]
-        self.sensitivity = sensitivity
-        self.features = static_features(self.space, sensitivity)
+        self._measure = sensitivity if callable(sensitivity) else None
+        if self._measure is None:
+            self.sensitivity = self._checked(sensitivity)
+        self.sensitivity_seconds = 0.0  # spent measuring them, when measured here
+        self.shape_features = static_features(self.space)
         self.baseline_momentum = baseline_momentum
         self.baseline: float | None = None
         self.action_size = 2 if len(self.space.patterns) == 1 else 3
-        size = self.features.shape[1] + DYNAMIC_FEATURES + self.action_size
+        size = self.shape_features.shape[1] + SENSITIVITY_COLUMNS + DYNAMIC_FEATURES + self.action_size
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(size,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_size,), dtype=np.float32)
         self._start_episode()
+
+    @cached_property
+    def sensitivity(self) -> np.ndarray:
+        """Per-step sensitivity features, ``[steps, 3]``: measured on first read, when the env was
+        given the function that measures them."""
+        start = time.perf_counter()
+        measured = self._checked(self._measure())
+        self.sensitivity_seconds = time.perf_counter() - start
+        return measured
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """Per-step static features: shape and cost, then the sensitivity."""
+        return np.concatenate([self.shape_features, self.sensitivity], axis=1).astype(np.float32)
+
+    def _checked(self, sensitivity: np.ndarray) -> np.ndarray:
+        sensitivity = np.asarray(sensitivity, dtype=np.float32)
+        shape = (len(self.space), SENSITIVITY_COLUMNS)
+        if sensitivity.shape != shape:
+            raise ValueError(
+                f"sensitivity features are {shape}, a row per step of the space "
+                f"(rlprune.envs.features.measure_sensitivity), not {sensitivity.shape}"
+            )
+        outside = sensitivity[~((sensitivity >= 0.0) & (sensitivity <= 1.0))]  # NaN fails both
+        if outside.size:
+            raise ValueError(f"sensitivity features lie in [0, 1], not {outside[:3].tolist()}")
+        return sensitivity
 
     def _start_episode(self, budget: float | None = None) -> None:
         if budget is not None:

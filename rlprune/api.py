@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from rlprune.data.arrays import check_arrays
 from rlprune.data.augment import Augment
 from rlprune.device import out_of_memory_explained, resolve_device
 from rlprune.envs import PolicyEvaluator, PruneEnv, SearchProblem, SearchSpace, SpaceSettings, build_space
-from rlprune.envs.features import measure_sensitivity
+from rlprune.envs.features import measure_sensitivity, sensitivity_scores
 from rlprune.envs.problem import Outcome
 from rlprune.errors import ConfigError, DataError, ModelError
 from rlprune.finetune import FinetuneResult, FinetuneSettings, finetune
@@ -61,7 +62,7 @@ from rlprune.models.attention import expose_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
 from rlprune.policy import Policy
-from rlprune.progress import SearchProgress, TrainingProgress
+from rlprune.progress import SearchProgress, StageProgress, TrainingProgress
 from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker, import_wandb
@@ -92,6 +93,7 @@ class SearchResult:
     evaluations: int
     forward_passes: int
     seconds: float
+    sensitivity_seconds: float = 0.0  # of ``seconds``: measuring the layers' sensitivity, where read
 
 
 @dataclass(frozen=True)
@@ -376,8 +378,9 @@ def search(
             searcher.search(env, cfg.seed)
     if problem.best is None:
         raise ConfigError("the search evaluated no policy within budget; raise search.evaluations")
+    seconds = time.perf_counter() - start
     return SearchResult(
-        problem.best, space, problem.used, evaluator.forward_passes, time.perf_counter() - start
+        problem.best, space, problem.used, evaluator.forward_passes, seconds, env.sensitivity_seconds
     )
 
 
@@ -392,14 +395,22 @@ def _env(
     evaluator: PolicyEvaluator,
     budgets: Sequence[float] | None = None,
 ) -> PruneEnv:
-    """The search env of ``problem``: sensitivity measured, the agent's wall and reward shaping."""
+    """The search env of ``problem``, with the agent's wall and reward shaping; the layers'
+    sensitivity is measured when the searcher first observes the env."""
     return PruneEnv(
         problem,
-        measure_sensitivity(problem.space, evaluator),
+        partial(_sensitivity, cfg, problem.space, evaluator),
         cfg.reward.baseline_momentum,
         wall=cfg.agent.get("wall", "band"),
         budgets=budgets,
     )
+
+
+def _sensitivity(cfg: DictConfig, space: SearchSpace, evaluator: PolicyEvaluator) -> np.ndarray:
+    """:func:`measure_sensitivity` with a bar of its scores, shown under the search's bar."""
+    bar = StageProgress("sensitivity", sensitivity_scores(space), transient=True)
+    with _shown(cfg, bar) as shown:
+        return measure_sensitivity(space, evaluator, shown.advance if shown else None)
 
 
 def _checkpoint(cfg: DictConfig, problem: SearchProblem, searcher: Any, run_dir: Path) -> None:
@@ -511,7 +522,12 @@ def search_budgets(
     seconds = time.perf_counter() - start
     return {
         budget: SearchResult(
-            problem.best_by_budget[budget], space, problem.used, evaluator.forward_passes, seconds
+            problem.best_by_budget[budget],
+            space,
+            problem.used,
+            evaluator.forward_passes,
+            seconds,
+            env.sensitivity_seconds,
         )
         for budget in budgets
     }

@@ -279,6 +279,7 @@ def build_report(
             "best_reward_kl": result.best.kl,
             "latency": result.best.latency,
             "seconds": result.seconds,
+            "sensitivity_seconds": result.sensitivity_seconds,
         },
         "finetune": asdict(settings),
         "skipped": result.space.skipped,

@@ -131,6 +131,13 @@ def budget_hint(report: dict[str, Any]) -> str | None:
     )
 
 
+def _sensitivity_share(search: Mapping[str, Any]) -> str:
+    """The share of the search's time that measured the layers' sensitivity, which its evaluations
+    do not count ("" where the searcher never read it)."""
+    seconds = search.get("sensitivity_seconds", 0.0)  # reports written before it was recorded
+    return f" ({seconds:.1f} s of it measuring each layer's sensitivity)" if seconds else ""
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the per-layer table and the headline numbers."""
     if console is None:
@@ -147,7 +154,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         f"search best (reward split) {acc['search_best_reward']:.4f} | "
         f"test before finetune {acc['pruned_test_before_finetune']:.4f} | "
         f"after finetune {acc['pruned_test_after_finetune']:.4f}\n"
-        f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s",
+        f"search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s"
+        + _sensitivity_share(report["search"]),
         soft_wrap=True,
     )
     if lm := report.get("language_model"):

@@ -7,8 +7,10 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rlprune.agents import EvolutionSearch, UniformSearch
 from rlprune.envs import ENV_ID, PruneEnv, SpaceSettings, build_space
 from rlprune.envs.default import default_config
+from rlprune.envs.features import measure_sensitivity
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from rlprune.api import dense_cache_path, describe, make_space, resolve_budget
@@ -234,3 +236,77 @@ def test_a_space_with_no_searched_layer_is_empty_and_costs_the_whole_network_as_
         layers, [], build_latency_model(hardware_config("arm_cpu")), SpaceSettings("kofn_weight")
     )
     assert len(space) == 0 and space.fixed_latency == space.dense_latency > 0
+
+
+class Counted:
+    """A sensitivity measurement that counts its calls."""
+
+    def __init__(self, env: PruneEnv) -> None:
+        self.calls, self.env = 0, env
+
+    def __call__(self) -> np.ndarray:
+        self.calls += 1
+        return measure_sensitivity(self.env.space, self.env.problem.evaluator)
+
+
+def test_sensitivity_is_measured_once_when_an_observation_first_needs_it():
+    eager = make_env(samples=16, evaluations=8)
+    measure = Counted(eager)
+    env = PruneEnv(eager.problem, measure)
+    UniformSearch().search(env, 0)  # scores policies through the problem: no observation
+    assert measure.calls == 0 and env.sensitivity_seconds == 0.0
+    observation, _ = env.reset()
+    assert measure.calls == 1 and env.sensitivity_seconds > 0
+    np.testing.assert_array_equal(observation, eager.reset()[0])
+    env.reset()
+    assert measure.calls == 1
+
+
+@pytest.mark.parametrize("searcher", [EvolutionSearch, UniformSearch])
+def test_searchers_that_only_score_policies_never_measure_the_sensitivity(searcher):
+    eager = make_env(samples=16, evaluations=20)
+    measure = Counted(eager)
+    searcher().search(PruneEnv(eager.problem, measure), 0)
+    assert eager.problem.used > 0 and measure.calls == 0
+
+
+def test_sensitivity_of_another_shape_or_outside_0_1_is_refused_naming_it():
+    env = make_env(samples=16)
+    steps = len(env.space)
+    shape = rf"\({steps}, 3\), a row per step of the space .*, not \({steps}, 2\)"
+    with pytest.raises(ValueError, match=shape):
+        PruneEnv(env.problem, np.zeros((steps, 2)))
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\], not \[nan, nan, nan\]"):
+        PruneEnv(env.problem, np.where(np.eye(steps, 3) > 0, np.nan, 0.0))
+    late = PruneEnv(env.problem, lambda: np.full((steps, 3), 2.0))  # a measurement is checked when read
+    with pytest.raises(ValueError, match=r"not \[2.0, 2.0, 2.0\]"):
+        late.reset()
+
+
+def test_a_run_reports_the_time_its_searcher_spent_measuring_the_sensitivity():
+    from rich.console import Console
+
+    from rlprune.api import load_target, search
+    from rlprune.report import print_report
+    from tests.support import printable_report
+
+    base = ["dense.epochs=3", "search.evaluations=12", "wandb.mode=disabled", "progress_bar=false"]
+    cfg = compose_config(*base, "agent=evolution")
+    target = load_target(cfg)
+    hardware = build_latency_model(hardware_config("a100"))
+    scored = []
+    evolved = search(cfg, target, hardware, listeners=[lambda outcome, improved: scored.append(outcome)])
+    assert evolved.sensitivity_seconds == 0.0
+    assert evolved.forward_passes <= len(scored)  # each pass a counted score (at some fidelity)
+    learned = search(compose_config(*base, "agent=ppo"), target, hardware)
+    assert 0 < learned.sensitivity_seconds < learned.seconds
+    assert learned.forward_passes > 3 * len(learned.space)  # the sensitivity's scores, uncounted
+
+    for seconds, shown in [(0.0, False), (2.5, True)]:
+        console = Console(record=True, width=400)
+        report = printable_report()
+        report["search"]["sensitivity_seconds"] = seconds
+        print_report(report, console)
+        text = console.export_text()
+        assert "search: 10 evaluations in 1.0 s" in text
+        assert ("(2.5 s of it measuring each layer's sensitivity)" in text) is shown
