@@ -19,9 +19,19 @@ def test_weight_quantization_is_per_channel_with_few_levels():
 
 
 def test_straight_through_gradient_is_identity():
-    w = torch.randn(4, 8, requires_grad=True)
-    fake_quantize_weight(w, 3).sum().backward()
-    assert torch.equal(w.grad, torch.ones_like(w))
+    for bits in (3, 16):
+        w = torch.randn(4, 8, requires_grad=True)
+        fake_quantize_weight(w, bits).sum().backward()
+        assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_half_rounding_is_the_same_with_and_without_autograd():
+    x = torch.randn(64, 33) * torch.logspace(-6, 4, 33)  # subnormal to wide halves
+    x.requires_grad_(True)
+    with torch.no_grad():
+        scored = fake_quantize_activation(x, 16, x.min(), x.max())
+    trained = fake_quantize_activation(x, 16, x.min(), x.max())
+    assert torch.equal(scored, trained.detach()) and torch.equal(scored, x.detach().half().float())
 
 
 def test_activation_quantization_range_and_levels():
