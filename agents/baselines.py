@@ -12,10 +12,7 @@ from rlprune.envs.space import SearchSpace
 
 def play(env: PruneEnv, rng: np.random.Generator) -> None:
     """One episode of uniformly random actions, through the action wall."""
-    env.reset()
-    done = False
-    while not done:
-        _, _, done, _, _ = env.step(rng.uniform(-1.0, 1.0, size=env.action_size).astype(np.float32))
+    env.outcome_of(rng.uniform(-1.0, 1.0, size=(len(env.space), env.action_size)))
 
 
 @dataclass
@@ -119,7 +116,8 @@ class GreedySearch:
 
 @dataclass
 class TPESearch:
-    """Optuna's TPE sampler over the per-layer actions, each trial played through the action wall."""
+    """Optuna's TPE sampler over the per-layer actions, each trial played through the action wall;
+    its objective is the search's value (accuracy, or minus the loss or KL)."""
 
     def search(self, env: PruneEnv, seed: int) -> None:
         """One Optuna trial per evaluation until the evaluations are spent."""
@@ -129,12 +127,9 @@ class TPESearch:
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
         def objective(trial: optuna.Trial) -> float:
-            env.reset()
-            reward = 0.0
-            for i in range(len(env.space)):
-                action = [trial.suggest_float(f"{i}.{k}", -1.0, 1.0) for k in range(env.action_size)]
-                _, reward, _, _, _ = env.step(np.array(action, dtype=np.float32))
-            return reward
+            steps, size = range(len(env.space)), range(env.action_size)
+            actions = [[trial.suggest_float(f"{i}.{k}", -1.0, 1.0) for k in size] for i in steps]
+            return env.problem.value(env.outcome_of(np.array(actions)))
 
         while not env.problem.exhausted:
             study.optimize(objective, n_trials=1)

@@ -52,7 +52,8 @@ class PruneEnv(gym.Env):
         sensitivity: per-step sensitivity features, ``[steps, 3]`` in [0, 1]
             (:func:`~rlprune.envs.features.measure_sensitivity`), or a function that measures
             them, called when an observation first needs them: a searcher that only scores
-            policies through :attr:`problem` (evolution, uniform) never pays for them.
+            policies through :attr:`problem` (evolution) or plays episodes with :meth:`outcome_of`
+            (TPE, random) never pays for them.
         baseline_momentum: when set, the reward is the score minus a moving average of past
             scores (AMC's variance reduction); ``None`` gives the raw score.
         wall: ``band`` (keep the episode feasible and use the budget), ``feasible`` (AMC's:
@@ -173,6 +174,26 @@ class PruneEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Decide the current layer; the last step evaluates the policy and returns its reward."""
+        outcome = self._decide(action)
+        if outcome is None:
+            return self._observation(), 0.0, False, False, {}
+        return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
+
+    def outcome_of(self, actions: np.ndarray) -> Outcome:
+        """One episode that takes ``actions[t]`` at step ``t`` through the wall (one evaluation),
+        never observed: a searcher that needs only outcomes (TPE, random) has the sensitivity
+        features left unmeasured."""
+        actions = np.asarray(actions, dtype=np.float32)
+        if len(actions) != len(self.space) or not len(actions):
+            raise ValueError(
+                f"an episode takes one action per step: {len(self.space)} steps, {len(actions)} actions"
+            )
+        self._start_episode()
+        decided = [self._decide(action) for action in actions]
+        return decided[-1]
+
+    def _decide(self, action: np.ndarray) -> Outcome | None:
+        """Take ``action`` at the current step; once the last step is decided, score the policy."""
         action = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_size), -1.0, 1.0)
         space, t = self.space, self.layer
         densities = [s.density for s in space.shapes[t]]
@@ -192,11 +213,10 @@ class PruneEnv(gym.Env):
         self.previous = action
         self.layer += 1
         if self.layer < len(space):
-            return self._observation(), 0.0, False, False, {}
+            return None
         if self.wall == "final":
             self.picks = space.lower_until_within(self.picks, budget)
-        outcome = self.problem.score(self.picks, budget=self.budget)
-        return self._observation(), self._reward(outcome), True, False, {"outcome": outcome}
+        return self.problem.score(self.picks, budget=self.budget)
 
     def play(self, action: np.ndarray) -> Outcome:
         """One episode that takes ``action`` at every step (one evaluation); its outcome."""

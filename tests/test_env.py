@@ -7,7 +7,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rlprune.agents import EvolutionSearch, UniformSearch
+from rlprune.agents import EvolutionSearch, RandomSearch, TPESearch, UniformSearch
 from rlprune.envs import ENV_ID, PruneEnv, SpaceSettings, build_space
 from rlprune.envs.default import default_config
 from rlprune.envs.features import measure_sensitivity
@@ -262,8 +262,8 @@ def test_sensitivity_is_measured_once_when_an_observation_first_needs_it():
     assert measure.calls == 1
 
 
-@pytest.mark.parametrize("searcher", [EvolutionSearch, UniformSearch])
-def test_searchers_that_only_score_policies_never_measure_the_sensitivity(searcher):
+@pytest.mark.parametrize("searcher", [EvolutionSearch, UniformSearch, TPESearch, RandomSearch])
+def test_searchers_that_never_read_an_observation_never_measure_the_sensitivity(searcher):
     eager = make_env(samples=16, evaluations=20)
     measure = Counted(eager)
     searcher().search(PruneEnv(eager.problem, measure), 0)
@@ -310,3 +310,13 @@ def test_a_run_reports_the_time_its_searcher_spent_measuring_the_sensitivity():
         text = console.export_text()
         assert "search: 10 evaluations in 1.0 s" in text
         assert ("(2.5 s of it measuring each layer's sensitivity)" in text) is shown
+
+
+def test_an_episode_of_given_actions_is_the_one_the_steps_play(env):
+    actions = np.random.default_rng(3).uniform(-1, 1, size=(len(env.space), 2))
+    stepped = play(env, actions)["outcome"]
+    given = env.outcome_of(actions)
+    assert given.policy == stepped.policy and given.latency == stepped.latency
+    assert given.accuracy == stepped.accuracy and given.episode == stepped.episode + 1
+    with pytest.raises(ValueError, match=f"one action per step: {len(env.space)} steps, 2 actions"):
+        env.outcome_of(actions[:2])

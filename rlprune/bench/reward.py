@@ -16,6 +16,7 @@ differences but leaves less data to train on (the dense model is retrained for e
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def measure(
     problem = SearchProblem(space, evaluator, budget, policies, "kl")
     outcomes: list = []
     problem.listeners.append(lambda outcome, improved: outcomes.append(outcome))
-    env = PruneEnv(problem, measure_sensitivity(space, evaluator))
+    env = PruneEnv(problem, partial(measure_sensitivity, space, evaluator))  # random play never reads it
     rng = np.random.default_rng(seed)
     while not problem.exhausted:
         play(env, rng)
