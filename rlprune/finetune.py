@@ -50,6 +50,7 @@ from rlprune.masks import (
 )
 from rlprune.patterns import SparsityPattern, channel_multiples, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
+from rlprune.reconstruct import Reconstruction, reconstruct
 from rlprune.training import TrainSettings, train
 
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
@@ -90,6 +91,8 @@ class FinetuneSettings:
         gap_epochs_per_step: epochs a partition stays grown.
         channel_multiple: a recast that removes filters keeps a multiple of this many (the
             hardware's ``channel_multiple``, as the search does).
+        reconstruct: before training, re-fit each compressed layer's kept weights to its dense
+            output on calibration inputs (:func:`rlprune.reconstruct.reconstruct`).
     """
 
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -103,6 +106,7 @@ class FinetuneSettings:
     gap_partitions: int = 0
     gap_epochs_per_step: int = 1
     channel_multiple: int = 1
+    reconstruct: bool = False
 
     def __post_init__(self) -> None:
         if self.mask not in ("policy", "learned"):
@@ -122,6 +126,8 @@ class FinetuneSettings:
             raise ConfigError(f"finetune.criterion={self.criterion!r}; valid: {criterion_names()}")
         if self.refresh_steps < 0 or self.gap_partitions < 0 or self.train.epochs < 0:
             raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"finetune.reconstruct must be true or false, got {self.reconstruct!r}")
         if self.channel_multiple < 1:
             raise ConfigError(f"hardware.channel_multiple must be >= 1, got {self.channel_multiple}")
 
@@ -146,6 +152,7 @@ class FinetuneSettings:
             gap_partitions=cfg["gap"]["partitions"],
             gap_epochs_per_step=cfg["gap"]["epochs_per_step"],
             channel_multiple=channel_multiple,
+            reconstruct=cfg["reconstruct"],
         )
 
 
@@ -384,6 +391,12 @@ def finetune(
     # dense ones misfit it, and a short finetune does not move them back
     recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
     calibrate_activations(model, splits.train_x)
+    fits = {}
+    if settings.reconstruct:
+        calls = {layer.name: layer.calls for layer in layers}
+        fits = reconstruct(model, names, [x for x, _ in data.batches()], calls)
+        recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
+        calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
     trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings, masks)
     if settings.train.epochs > 0:
@@ -404,10 +417,12 @@ def finetune(
         # the running statistics average the last few steps, taken under older weights and masks
         # (GaP prunes its last partition back an epoch before the end)
         recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
-    return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer))
+    return FinetuneResult(model, applied, kept, _metrics(model, applied, trainer, fits))
 
 
-def _metrics(model: nn.Module, policy: Policy, trainer: _MaskTrainer) -> dict[str, dict[str, float]]:
+def _metrics(
+    model: nn.Module, policy: Policy, trainer: _MaskTrainer, fits: Mapping[str, Reconstruction]
+) -> dict[str, dict[str, float]]:
     metrics = {}
     for name, choice in policy:
         layer = model.get_submodule(name)
@@ -420,5 +435,8 @@ def _metrics(model: nn.Module, policy: Policy, trainer: _MaskTrainer) -> dict[st
             row["diversity"] = parametrization.sampler.diversity()
         if trainer.sads[name]:
             row["sad"] = trainer.sads[name][-1]
+        if name in fits:
+            row["output_error_compressed"] = fits[name].compressed
+            row["output_error_fitted"] = fits[name].fitted
         metrics[name] = row
     return metrics

@@ -17,6 +17,8 @@ METRIC_HEADERS = {
     "sad": "SAD",
     "confidence": "confidence",
     "diversity": "diversity",
+    "output_error_compressed": "out err",
+    "output_error_fitted": "out err fitted",
 }
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from rlprune.bench.finetune import main
+import pytest
+
+from rlprune.bench.finetune import every_layer, main
+from rlprune.errors import ConfigError
 
 
 def test_each_schedule_exports_the_network_it_finetuned(tmp_path):
@@ -19,3 +22,22 @@ def test_each_schedule_exports_the_network_it_finetuned(tmp_path):
     for runs in results["rows"].values():
         (run,) = runs
         assert run["exported_test_accuracy"] == run["test_accuracy"] > 0.1
+
+
+def test_one_choice_on_every_layer_and_the_reconstruction_beside_plain_masking(tmp_path):
+    out = tmp_path / "every.json"
+    overrides = ["dense.epochs=3", "finetune.epochs=0"]
+    args = ["--every", "nm:2:4:4", "--modes", "plain", "reconstruct", "--seeds", "0", "--out", str(out)]
+    results = main([*args, "--overrides", *overrides])
+    assert {(c["pattern"], c["keep"], c["group"], c["w_bits"]) for c in results["policy"].values()} == {
+        ("nm", 2, 4, 4)
+    }
+    assert len(results["policy"]) == 6  # every searched layer of the MNIST-1D CNN
+    ((plain,), (fitted,)) = results["rows"]["plain"], results["rows"]["reconstruct"]
+    assert fitted["test_loss"] < plain["test_loss"]
+
+
+@pytest.mark.parametrize("every", ["nm:2", "nm:2:four", "nm:2:4:4:32:1"])
+def test_a_malformed_every_names_the_form(every):
+    with pytest.raises(ConfigError, match="PATTERN:KEEP:GROUP"):
+        every_layer(every, [])

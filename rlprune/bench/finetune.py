@@ -1,20 +1,24 @@
 """How each finetune schedule recovers one policy (docs/benchmarks.md, "Finetune schedules").
 
-On one target, one policy: a run's ``policy.yaml`` (``--policy``), or by default every layer
-whose filters can be pruned on their own keeping ``--keep`` of them, at the top bit-width the
-hardware runs (for ResNet-20: each block's ``conv1``). It is finetuned under each of
+On one target, one policy: a run's ``policy.yaml`` (``--policy``), one choice for every searched
+layer (``--every nm:2:4:4``: pattern, keep, group, weight bits, activation bits), or by default
+every layer whose filters can be pruned on their own keeping ``--keep`` of them, at the top
+bit-width the hardware runs (for ResNet-20: each block's ``conv1``). It is finetuned under each of
 ``--modes`` (:data:`MODES`: Hydra overrides of the ``finetune`` node) for each of ``--seeds``.
 Reported side by side: the test accuracy of the finetuned network and of its export (the
 filters removed for real), and how many layers ended on other units than they started with
 (SAD > 0).
 
     python -m rlprune.bench finetune --overrides model=resnet20 data=digits --seeds 0 1
+    python -m rlprune.bench finetune --every nm:2:4:4 --modes plain reconstruct --seeds 0 \
+        --overrides model=tiny_lm data=text finetune.epochs=0
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +27,7 @@ from omegaconf import DictConfig
 
 from rlprune.bench import QUIET, finetune_settings, load, machine
 from rlprune.config import compose_config
+from rlprune.errors import ConfigError
 from rlprune.io import write_json_atomic
 from rlprune.layers import FilterCoupling, LayerInfo
 from rlprune.policy import Choice, Pattern, Policy
@@ -36,9 +41,11 @@ MODES: dict[str, list[str]] = {
     "gap2": ["finetune.gap.partitions=2"],
     "gap1": ["finetune.gap.partitions=1"],
     "learned_filter": ["finetune.mask=learned", "finetune.granularity=filter"],
+    "reconstruct": ["finetune.reconstruct=true"],
 }
 """The finetune schedules a run can ask for, by name: plain masked training, SR-STE with mask
-refresh, grow-and-prune over two partitions and over one, and learned (Gumbel) filter masks."""
+refresh, grow-and-prune over two partitions and over one, learned (Gumbel) filter masks, and
+plain training after the kept weights are re-fit to each layer's dense output."""
 
 
 def filter_policy(
@@ -55,6 +62,19 @@ def filter_policy(
     return Policy.of(choices)
 
 
+def every_layer(text: str, layers: Sequence[LayerInfo]) -> Policy:
+    """``PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]]`` (bits float unless given) for every layer of ``layers``.
+
+    Raises:
+        ConfigError: when ``text`` is not of that form.
+    """
+    pattern, *numbers = text.split(":")
+    if not 2 <= len(numbers) <= 4 or not all(n.isdigit() for n in numbers):
+        raise ConfigError(f"--every {text!r}: expected PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]], e.g. nm:2:4:4")
+    choice = Choice(pattern, *map(int, numbers))
+    return Policy.of({layer.name: choice for layer in layers})
+
+
 def run_mode(
     cfg: DictConfig, target: Target, policy: Policy, couplings: Mapping[str, FilterCoupling], seed: int
 ) -> dict[str, Any]:
@@ -64,18 +84,28 @@ def run_mode(
     from rlprune.export import export_filter_pruned
 
     splits = target.splits
+    start = time.perf_counter()
     tuned = finetune_target(cfg, target, policy, couplings, finetune_settings(cfg), seed)
+    seconds = time.perf_counter() - start
     exported = export_filter_pruned(bake(tuned.model), tuned.policy, splits.train_x[:2])
+    score = test_score(tuned.model, splits)
     return {
         "seed": seed,
-        "test_accuracy": test_score(tuned.model, splits).accuracy,
+        "test_accuracy": score.accuracy,
+        "test_loss": score.loss,
         "exported_test_accuracy": test_score(exported, splits).accuracy,
         "moved_layers": sum(row.get("sad", 0) > 0 for row in tuned.metrics.values()),
+        "seconds": seconds,
     }
 
 
 def measure(
-    overrides: list[str], modes: list[str], seeds: list[int], keep: float, policy_path: Path | None
+    overrides: list[str],
+    modes: list[str],
+    seeds: list[int],
+    keep: float,
+    policy_path: Path | None,
+    every: str | None = None,
 ) -> dict[str, Any]:
     """Every mode's finetunes of one policy on the target of ``overrides``."""
     from rlprune.finish import read_policy
@@ -85,9 +115,12 @@ def measure(
     target, hardware = load(cfg)
     couplings = filter_couplings(target.model, target.splits.train_x[:1], target.layers)
     top_bits = max(hardware.bits)
-    policy = (
-        read_policy(policy_path) if policy_path else filter_policy(target.searched, couplings, keep, top_bits)
-    )
+    if policy_path:
+        policy = read_policy(policy_path)
+    elif every:
+        policy = every_layer(every, target.searched)
+    else:
+        policy = filter_policy(target.searched, couplings, keep, top_bits)
     rows = {}
     for mode in modes:
         mode_cfg = compose_config([*QUIET, *overrides, *MODES[mode]])
@@ -108,25 +141,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--keep", type=float, default=0.5, help="the default policy's share of filters")
     parser.add_argument("--policy", type=Path, default=None, help="a run's policy.yaml instead")
+    parser.add_argument("--every", help="PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]] on every layer instead")
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the target")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
     args = parser.parse_args(argv)
     results = {
         "benchmark": "finetune",
         "machine": machine(),
-        **measure(args.overrides, args.modes, args.seeds, args.keep, args.policy),
+        **measure(args.overrides, args.modes, args.seeds, args.keep, args.policy, args.every),
     }
     write_json_atomic(args.out, results)
     print(f"finetune schedules: {len(results['policy'])} layers pruned, {results['finetune_epochs']} epochs")
-    print(f"{'mode':<15} {'seed':>4} {'test':>7} {'exported':>9} {'moved':>5}")
+    print(f"{'mode':<15} {'seed':>4} {'test':>7} {'loss':>7} {'exported':>9} {'moved':>5} {'seconds':>8}")
     for mode, runs in results["rows"].items():
         for run in runs:
             print(
-                f"{mode:<15} {run['seed']:>4} {run['test_accuracy']:>7.4f} "
-                f"{run['exported_test_accuracy']:>9.4f} {run['moved_layers']:>5}"
+                f"{mode:<15} {run['seed']:>4} {run['test_accuracy']:>7.4f} {run['test_loss']:>7.4f} "
+                f"{run['exported_test_accuracy']:>9.4f} {run['moved_layers']:>5} {run['seconds']:>8.1f}"
             )
         mean = statistics.fmean(run["test_accuracy"] for run in runs)
-        print(f"{mode:<15} {'mean':>4} {mean:>7.4f}")
+        loss = statistics.fmean(run["test_loss"] for run in runs)
+        print(f"{mode:<15} {'mean':>4} {mean:>7.4f} {loss:>7.4f}")
     print(f"\nwritten to {args.out}")
     return results
 

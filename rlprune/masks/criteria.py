@@ -155,7 +155,7 @@ class Wanda(Criterion):
         }
 
 
-def _input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The inputs each weight of ``layer`` multiplies, one row per output position: ``(rows, in)``
     for a Linear, ``(rows, in * prod(kernel))`` for a conv (its input unfolded over the kernel window,
     padding included, in the weight's ``(in, *kernel)`` order)."""
@@ -167,7 +167,10 @@ def _input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     else:
         kernel, stride, padding, dilation = layer.kernel_size, layer.stride, layer.padding, layer.dilation
     if isinstance(padding, str):
-        raise ConfigError(f"criterion 'wanda' needs numeric conv padding, not padding={padding!r}")
+        raise ConfigError(
+            f"pairing a conv's inputs with its weights (criterion 'wanda', finetune.reconstruct) needs "
+            f"numeric padding, not padding={padding!r}"
+        )
     cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, in·k, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -198,7 +201,7 @@ def input_norms(
     for name in names:
 
         def record(layer: nn.Module, args: tuple, name: str = name) -> None:
-            columns = _input_columns(layer, args[0].float())
+            columns = input_columns(layer, args[0].float())
             total = columns.square().sum(0)
             squares[name] = squares[name] + total if name in squares else total
 

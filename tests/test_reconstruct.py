@@ -1,0 +1,230 @@
+"""Layer-wise reconstruction (rlprune/reconstruct.py): each fit solves what it says it does, and a
+reconstructed network computes closer to the dense one than the masked one did."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlprune.compress import compress, dense_weight, weight_parametrization
+from rlprune.data import Splits
+from rlprune.errors import ConfigError
+from rlprune.finetune import FinetuneSettings, finetune
+from rlprune.hardware.factory import load_latency_model
+from rlprune.layers import discover_layers
+from rlprune.models import MNIST1DCNN
+from rlprune.policy import Choice, Pattern, Policy
+from rlprune.quant import fake_quantize_weight
+from rlprune.reconstruct import (
+    DAMPING,
+    input_hessians,
+    least_squares_fit,
+    quantized_fit,
+    reconstruct,
+    reconstructed_layers,
+)
+from rlprune.report import layer_rows
+from rlprune.training import TrainSettings, evaluate
+
+
+def correlated_inputs(samples: int, columns: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(columns, columns, generator=generator) / columns**0.5
+    return torch.randn(samples, columns, generator=generator) @ mixing + 0.3
+
+
+def output_error(weight: torch.Tensor, dense: torch.Tensor, hessian: torch.Tensor) -> float:
+    difference = (weight - dense).double()
+    return float(torch.einsum("grc,gcd,grd->", difference, hessian.double(), difference))
+
+
+@pytest.fixture
+def problem():
+    """Two groups of 6 rows over 40 correlated inputs, half of each row's weights kept at random."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.stack([correlated_inputs(500, 40, seed) for seed in (1, 2)])
+    hessian = x.transpose(1, 2) @ x
+    weight = torch.randn(2, 6, 40, generator=generator)
+    keep = torch.rand(2, 6, 40, generator=generator) < 0.5
+    return weight, keep, hessian
+
+
+def test_least_squares_fit_solves_each_rows_own_system(problem):
+    weight, keep, hessian = problem
+    fitted = least_squares_fit(weight, keep, hessian)
+    assert torch.equal(fitted[~keep], torch.zeros_like(fitted[~keep]))
+    for g in range(2):
+        damped = hessian[g].double()
+        damped += DAMPING * damped.diagonal().mean() * torch.eye(40, dtype=torch.float64)
+        for r in range(6):
+            kept, pruned, w = keep[g, r], ~keep[g, r], weight[g, r].double()
+            # minimise (v - w) H (v - w)ᵀ over v zero where pruned: H_KK v_K = H_KK w_K + H_KP w_P
+            exact = w[kept] + torch.linalg.solve(damped[kept][:, kept], damped[kept][:, pruned] @ w[pruned])
+            torch.testing.assert_close(fitted[g, r, kept].double(), exact, rtol=1e-3, atol=1e-3)
+    assert output_error(fitted, weight, hessian) < 0.7 * output_error(weight * keep, weight, hessian)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantized_fit_stays_on_the_grid_the_forward_pass_derives_and_beats_rounding(problem, bits):
+    weight, keep, hessian = problem
+    masked = weight * keep
+    fitted = quantized_fit(masked, keep, hessian, bits)
+    assert torch.equal(fitted[~keep], torch.zeros_like(fitted[~keep]))
+    rows = fitted.reshape(12, 40)
+    # the forward pass rounds again with the step it derives from the row: nothing moves
+    assert torch.equal(fake_quantize_weight(rows, bits), rows)
+    rounded = fake_quantize_weight(masked.reshape(12, 40), bits).reshape_as(masked)
+    assert output_error(fitted, masked, hessian) < 0.9 * output_error(rounded, masked, hessian)
+
+
+def test_input_hessians_pair_each_group_with_the_inputs_it_multiplies():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        nn.Conv2d(6, 6, 3, stride=2, groups=6),
+        nn.Flatten(),
+        nn.Linear(54, 5),
+    )
+    x = torch.randn(3, 4, 8, 8)
+    names = ["0", "1", "3"]
+    hessians = input_hessians(model, names, [x[:2], x[2:]])
+    inputs = {"0": x, "1": model[0](x), "3": model[2](model[1](model[0](x)))}
+    for name in names:
+        layer, seen = model.get_submodule(name), inputs[name]
+        if isinstance(layer, nn.Linear):
+            groups, columns = 1, seen[None]
+        else:
+            unfolded = F.unfold(seen, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+            groups = layer.groups
+            rows = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+            columns = rows.reshape(len(rows), groups, -1).transpose(0, 1)
+        assert hessians[name].shape[0] == groups
+        torch.testing.assert_close(hessians[name], columns.transpose(1, 2) @ columns, rtol=1e-4, atol=1e-4)
+
+
+class ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(2, 16, 5, padding=2)
+        self.conv2 = nn.Conv1d(16, 16, 3, padding=1)
+        self.depthwise = nn.Conv1d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16 * 12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.depthwise(F.relu(self.conv2(x))))
+        return self.fc(x.flatten(1))
+
+
+def test_reconstruct_brings_the_network_back_towards_dense_and_touches_only_kept_weights():
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    policy = Policy.of(
+        {
+            "conv1": Choice(Pattern.FILTER, 10, 16),  # conv2 then reads six silent channels
+            "conv2": Choice(Pattern.NM, 2, 4, 4, 32),
+            "depthwise": Choice(Pattern.KOFN_WEIGHT, 2, 3),
+            "fc": Choice(Pattern.DENSE),  # float and dense: nothing to fit
+        }
+    )
+    compressed = compress(model, policy)
+    before = {name: dense_weight(compressed.get_submodule(name)).detach().clone() for name, _ in policy}
+    calibration, held_out = torch.randn(256, 2, 12), torch.randn(256, 2, 12)
+    with torch.no_grad():
+        masked_error = F.mse_loss(compressed(held_out), model(held_out))
+        report = reconstruct(compressed, [name for name, _ in policy], list(calibration.split(64)))
+        fitted_error = F.mse_loss(compressed(held_out), model(held_out))
+    assert list(report) == ["conv1", "conv2", "depthwise"]
+    # a pruned filter's row has nothing left to fit; the other layers have
+    assert report["conv1"].fitted == pytest.approx(report["conv1"].compressed)
+    assert report["conv2"].fitted < 0.8 * report["conv2"].compressed
+    assert report["depthwise"].fitted < 0.8 * report["depthwise"].compressed
+    assert fitted_error < masked_error  # the filters conv1 lost stay lost: most of the error
+    for name, _ in policy:
+        weight, mask = (
+            dense_weight(compressed.get_submodule(name)),
+            weight_parametrization(compressed.get_submodule(name)).mask,
+        )
+        assert torch.equal(weight[~mask], before[name][~mask])  # the pruned keep their dense values
+        assert torch.isfinite(weight).all()
+    assert torch.equal(dense_weight(compressed.fc), before["fc"])
+
+
+@pytest.fixture(scope="module")
+def target():
+    torch.manual_seed(0)
+    model = MNIST1DCNN(channels=(8, 16, 16, 16), hidden=16).eval()
+    x = torch.randn(160, 1, 40)
+    y = model(x).argmax(1)  # labels the dense network gets right: the masks are what costs
+    splits = Splits(x[:96], y[:96], x[96:128], y[96:128], x[128:], y[128:], num_classes=10)
+    layers = discover_layers(model, x)
+    policy = Policy.of({layer.name: Choice(Pattern.NM, 2, 4, 4, 32) for layer in layers})
+    return model, splits, layers, policy
+
+
+def settings(**kwargs) -> FinetuneSettings:
+    return FinetuneSettings(train=TrainSettings(epochs=0, lr=1e-3, batch_size=32, weight_decay=0.0), **kwargs)
+
+
+def test_a_one_shot_finetune_with_reconstruction_scores_better_and_reports_each_layers_fit(target):
+    model, splits, layers, policy = target
+    plain = finetune(model, policy, layers, splits, settings(), seed=0)
+    fitted = finetune(model, policy, layers, splits, settings(reconstruct=True), seed=0)
+    assert (
+        evaluate(fitted.model, splits.test_x, splits.test_y).loss
+        < evaluate(plain.model, splits.test_x, splits.test_y).loss
+    )
+    for name, _ in policy:
+        metrics = fitted.metrics[name]
+        assert metrics["output_error_fitted"] < metrics["output_error_compressed"]
+        assert "output_error_fitted" not in plain.metrics[name]
+    rows = layer_rows(layers, fitted.policy, load_latency_model("a100"), {}, fitted.metrics)
+    assert all(row["output_error_fitted"] is not None for row in rows)
+
+
+def test_learned_masks_are_not_fitted(target):
+    model, splits, layers, policy = target
+    tuned = finetune(model, policy, layers, splits, settings(reconstruct=True, mask="learned"), seed=0)
+    quantized = [name for name, choice in policy if choice.w_bits <= 8]
+    assert reconstructed_layers(tuned.model, [name for name, _ in policy]) == []
+    assert quantized and all("output_error_fitted" not in tuned.metrics[name] for name in quantized)
+
+
+def test_reconstruct_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"finetune\.reconstruct must be true or false"):
+        settings(reconstruct="yes")
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(16, 16) for _ in range(4))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 4, dim=-1)
+        return self.head(F.relu(self.out(weights @ self.v(x)))).mean(1)
+
+
+def test_layers_reading_one_tensor_share_a_pass_that_ends_early_and_fit_the_same():
+    torch.manual_seed(0)
+    model = Attention().eval()
+    names = ["q", "k", "v", "out", "head"]
+    policy = Policy.of({name: Choice(Pattern.NM, 2, 4, 4, 8) for name in names})
+    batches = list(torch.randn(4, 8, 6, 16))
+    fitted, head_calls = {}, {}
+    for mode, calls in (("alone", None), ("shared", dict.fromkeys(names, 1))):
+        compressed = compress(model, policy)
+        head_calls[mode] = 0
+
+        def count(*_, mode: str = mode) -> None:
+            head_calls[mode] += 1
+
+        compressed.head.register_forward_hook(count)
+        reconstruct(compressed, names, batches, calls)
+        fitted[mode] = {name: dense_weight(compressed.get_submodule(name)).detach() for name in names}
+    for name in names:
+        torch.testing.assert_close(fitted["shared"][name], fitted["alone"][name], rtol=1e-5, atol=1e-6)
+    # alone: five layers, four whole passes each; shared: q, k and v in one pass that ends where
+    # `out` reads, `out`'s ends where `head` reads, and only `head`'s own pass runs it
+    assert head_calls == {"alone": 20, "shared": 4}
