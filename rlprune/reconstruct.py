@@ -87,6 +87,8 @@ def input_hessians(
     what the others read). When the first is called once, a pass ends at the first call of any
     other named layer that reads something else. Only the layers read are returned.
     """
+    if not names:
+        return {}
     first = names[0]
     shared = calls is not None and calls.get(first) == 1
     sums: dict[str, torch.Tensor] = {}

@@ -102,6 +102,13 @@ def test_input_hessians_pair_each_group_with_the_inputs_it_multiplies():
         torch.testing.assert_close(hessians[name], columns.transpose(1, 2) @ columns, rtol=1e-4, atol=1e-4)
 
 
+def test_no_layers_no_pass():
+    model = nn.Sequential(nn.Linear(4, 2))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    assert input_hessians(model, [], [torch.randn(3, 4)]) == {} and calls == []
+
+
 class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
