@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from rlprune.bench.finetune import every_layer, main
-from rlprune.errors import ConfigError
+from rlprune.bench.finetune import main
 
 
 def test_each_schedule_exports_the_network_it_finetuned(tmp_path):
@@ -37,7 +36,11 @@ def test_one_choice_on_every_layer_and_the_reconstruction_beside_plain_masking(t
     assert fitted["test_loss"] < plain["test_loss"]
 
 
-@pytest.mark.parametrize("every", ["nm:2", "nm:2:four", "nm:2:4:4:32:1"])
-def test_a_malformed_every_names_the_form(every):
-    with pytest.raises(ConfigError, match="PATTERN:KEEP:GROUP"):
-        every_layer(every, [])
+@pytest.mark.parametrize(
+    ("every", "message"),
+    [("nm:2", "PATTERN:KEEP:GROUP"), ("nm:2:four", "PATTERN:KEEP:GROUP"), ("nm:5:4", "keep must be in")],
+)
+def test_a_malformed_every_is_refused_before_any_training(every, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["--every", every, "--overrides", "model=no_such_model"])
+    assert message in capsys.readouterr().err

@@ -62,17 +62,20 @@ def filter_policy(
     return Policy.of(choices)
 
 
-def every_layer(text: str, layers: Sequence[LayerInfo]) -> Policy:
-    """``PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]]`` (bits float unless given) for every layer of ``layers``.
+def every_layer_choice(text: str) -> Choice:
+    """The choice of ``--every``: ``PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]]`` (bits float unless given).
 
     Raises:
-        ConfigError: when ``text`` is not of that form.
+        argparse.ArgumentTypeError: when ``text`` is not of that form, or names no valid choice.
     """
     pattern, *numbers = text.split(":")
     if not 2 <= len(numbers) <= 4 or not all(n.isdigit() for n in numbers):
-        raise ConfigError(f"--every {text!r}: expected PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]], e.g. nm:2:4:4")
-    choice = Choice(pattern, *map(int, numbers))
-    return Policy.of({layer.name: choice for layer in layers})
+        form = "PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]], e.g. nm:2:4:4"
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {form}")
+    try:
+        return Choice(pattern, *map(int, numbers))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
 def run_mode(
@@ -105,7 +108,7 @@ def measure(
     seeds: list[int],
     keep: float,
     policy_path: Path | None,
-    every: str | None = None,
+    every: Choice | None = None,
 ) -> dict[str, Any]:
     """Every mode's finetunes of one policy on the target of ``overrides``."""
     from rlprune.finish import read_policy
@@ -117,8 +120,8 @@ def measure(
     top_bits = max(hardware.bits)
     if policy_path:
         policy = read_policy(policy_path)
-    elif every:
-        policy = every_layer(every, target.searched)
+    elif every is not None:
+        policy = Policy.of({layer.name: every for layer in target.searched})
     else:
         policy = filter_policy(target.searched, couplings, keep, top_bits)
     rows = {}
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--keep", type=float, default=0.5, help="the default policy's share of filters")
     parser.add_argument("--policy", type=Path, default=None, help="a run's policy.yaml instead")
-    parser.add_argument("--every", help="PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]] on every layer instead")
+    parser.add_argument(
+        "--every", type=every_layer_choice, help="PATTERN:KEEP:GROUP[:W_BITS[:A_BITS]] on every layer instead"
+    )
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the target")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
     args = parser.parse_args(argv)
