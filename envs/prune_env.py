@@ -219,12 +219,11 @@ class PruneEnv(gym.Env):
         return self.problem.score(self.picks, budget=self.budget)
 
     def play(self, action: np.ndarray) -> Outcome:
-        """One episode that takes ``action`` at every step (one evaluation); its outcome."""
-        self.reset()
-        done = False
-        while not done:
-            _, _, done, _, info = self.step(action)
-        return info["outcome"]
+        """One episode that takes ``action`` at every step (one evaluation); its outcome. Its
+        reward moves the baseline (``baseline_momentum``) as a stepped episode's does."""
+        outcome = self.outcome_of(np.tile(np.asarray(action, dtype=np.float32), (len(self.space), 1)))
+        self._reward(outcome)
+        return outcome
 
     def action_of(self, picks: Sequence[tuple[int, int]]) -> np.ndarray:
         """The action that wishes for ``picks``, one per step, averaged over the steps: the inverse

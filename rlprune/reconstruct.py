@@ -14,19 +14,15 @@ docs/algorithms.md, "Reconstruction", says how and what it measured.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from rlprune.compress import MaskedQuantizedWeight, dense_weight, weight_parametrization
 from rlprune.errors import RlpruneError
-from rlprune.masks import input_columns
-from rlprune.training import eval_mode
+from rlprune.masks import EndPass, input_columns, read_inputs
 
 DAMPING = 0.01  # added to the Hessian's diagonal, as a share of its mean (SparseGPT's default)
 TOLERANCE = 1e-4  # conjugate gradients stop at this share of the residual they started from
@@ -54,10 +50,6 @@ def _grouped(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     group's inputs feed (a Linear or plain conv is one group)."""
     groups = _groups(layer)
     return tensor.reshape(groups, tensor.shape[0] // groups, -1)
-
-
-class _Enough(Exception):
-    """Ends a calibration pass: what follows cannot add to the inputs it is read for."""
 
 
 def _input_product(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -92,34 +84,21 @@ def input_hessians(
     first = names[0]
     shared = calls is not None and calls.get(first) == 1
     sums: dict[str, torch.Tensor] = {}
-    read_by_first: list[torch.Tensor] = []
+    read_by_first: list[torch.Tensor] = []  # this batch's
 
-    def record(layer: nn.Module, args: tuple, name: str) -> None:
+    def record(name: str, layer: nn.Module, x: torch.Tensor) -> None:
         if name == first:
-            read_by_first.append(args[0])
-        elif calls is not None:
+            read_by_first.append(x)
+        elif calls is not None:  # shared: the others count where they read what the first read
             if not read_by_first:  # called before the first: it reads something the fits ahead may change
                 return
-            if not (shared and calls.get(name) == 1 and args[0] is read_by_first[0]):
-                if shared:
-                    raise _Enough
-                return
-        product = _input_product(layer, args[0])
+            if calls.get(name) != 1 or x is not read_by_first[0]:
+                raise EndPass
+        product = _input_product(layer, x)
         sums[name] = sums[name] + product if name in sums else product
 
-    handles = [
-        model.get_submodule(name).register_forward_pre_hook(partial(record, name=name), prepend=True)
-        for name in names
-    ]
-    try:
-        with eval_mode(model), parametrize.cached():  # each masked, rounded weight made once
-            for batch in batches:
-                read_by_first.clear()
-                with contextlib.suppress(_Enough):
-                    model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    readers = names if calls is None or shared else names[:1]
+    read_inputs(model, readers, batches, record, new_batch=read_by_first.clear)
     missing = [n for n in (names if calls is None else [first]) if n not in sums]
     if missing:
         raise RlpruneError(f"reconstruction: layers {missing} saw no input on the calibration batches")

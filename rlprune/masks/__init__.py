@@ -10,11 +10,13 @@ from rlprune.masks.compute import compute_mask
 from rlprune.masks.criteria import (
     Calibration,
     Criterion,
+    EndPass,
     criterion_names,
     get_criterion,
     input_columns,
     input_norms,
     magnitude,
+    read_inputs,
     register_criterion,
 )
 from rlprune.masks.gap import GapSchedule
@@ -39,6 +41,7 @@ __all__ = [
     "METHODS",
     "Calibration",
     "Criterion",
+    "EndPass",
     "GapSchedule",
     "GumbelTopKMask",
     "compute_mask",
@@ -53,6 +56,7 @@ __all__ = [
     "magnitude",
     "nm_mask",
     "pruned_filters",
+    "read_inputs",
     "register_criterion",
     "sad",
     "srste",

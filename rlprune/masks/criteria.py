@@ -10,14 +10,16 @@ built-ins.
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 from rlprune.errors import ConfigError
 from rlprune.training import eval_mode, flat
@@ -185,34 +187,57 @@ def _as_weight(layer: nn.Module, squares: torch.Tensor) -> torch.Tensor:
     return per_group.repeat_interleave(out // groups, dim=0)  # output o reads its group's inputs
 
 
+class EndPass(Exception):
+    """Raised by a :func:`read_inputs` reader to end the current batch's pass early."""
+
+
 @torch.no_grad()
+def read_inputs(
+    model: nn.Module,
+    names: Sequence[str],
+    batches: Sequence[torch.Tensor],
+    read: Callable[[str, nn.Module, torch.Tensor], None],
+    new_batch: Callable[[], None] = lambda: None,
+) -> None:
+    """Pass ``batches`` through ``model`` in eval mode, calling ``read(name, layer, x)`` with each
+    named layer's input ``x`` whenever the layer is called, before its own pre-hooks (an input
+    quantizer). ``new_batch()`` is called before each batch; a reader may raise :class:`EndPass`
+    to end that batch's pass. Each parametrized weight is made once per pass; the model is left
+    unchanged.
+    """
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda layer, args, name=name: read(name, layer, args[0]), prepend=True
+        )
+        for name in names
+    ]
+    try:
+        with eval_mode(model), parametrize.cached():
+            for batch in batches:
+                new_batch()
+                with contextlib.suppress(EndPass):
+                    model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def input_norms(
     model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Wanda's ``||x_j||_2`` for each named Linear or conv layer of ``model`` over ``batches``.
 
-    Forward hooks record each layer's input; a Linear's input channel ``j`` is normed over every
-    row (samples and tokens), a conv's over every output position of the unfolded input, so each
-    weight ``w[o, c, k]`` is paired with the norm of exactly the inputs it multiplies. The model
-    runs in eval mode and is left unchanged.
+    :func:`read_inputs` reads each layer's input; a Linear's input channel ``j`` is normed over
+    every row (samples and tokens), a conv's over every output position of the unfolded input,
+    so each weight ``w[o, c, k]`` is paired with the norm of exactly the inputs it multiplies.
     """
     squares: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name in names:
 
-        def record(layer: nn.Module, args: tuple, name: str = name) -> None:
-            columns = input_columns(layer, args[0].float())
-            total = columns.square().sum(0)
-            squares[name] = squares[name] + total if name in squares else total
+    def record(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        total = input_columns(layer, x.float()).square().sum(0)
+        squares[name] = squares[name] + total if name in squares else total
 
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
-    try:
-        with eval_mode(model):
-            for batch in batches:
-                model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    read_inputs(model, names, batches, record)
     missing = [n for n in names if n not in squares]
     if missing:
         raise ConfigError(f"criterion 'wanda': layers {missing} saw no input on the calibration batches")
