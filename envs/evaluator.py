@@ -18,15 +18,55 @@ from rlprune.compress import (
     filter_feeders,
     policy_masks,
     recalibrate_batch_norms,
+    removed_inputs,
     set_choice,
     tied_filters,
 )
 from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
+from rlprune.masks.criteria import CALIBRATION_BATCH
 from rlprune.policy import DENSE_FLOAT, Policy
+from rlprune.reconstruct import LayerFits, compresses
 from rlprune.training import Score, eval_mode, evaluate
 
 MASK_BYTES = 1 << 29  # cached masks kept at most: a large network's options stay within memory
+FIT_BYTES = 1 << 31  # cached fitted weights kept at most (search.reconstruct)
+
+
+class TensorCache:
+    """Tensors by key, the least recently used dropped once they hold more than ``max_bytes``
+    (never the ``pinned`` most recent, which one policy needs together)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._tensors: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors stored."""
+        return self._bytes
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        """The tensor stored under ``key`` (now the most recently used), or ``None``."""
+        if key not in self._tensors:
+            return None
+        self._tensors.move_to_end(key)
+        return self._tensors[key]
+
+    def put(self, key: tuple, tensor: torch.Tensor, pinned: int = 0) -> None:
+        """Store ``tensor`` under ``key``, then drop the least recently used past ``max_bytes``."""
+        self._tensors[key] = tensor
+        self._bytes += tensor.nbytes
+        while self._bytes > self.max_bytes and len(self._tensors) > pinned:
+            self._bytes -= self._tensors.popitem(last=False)[1].nbytes
+
+    def to(self, device: torch.device | str) -> None:
+        """Move every stored tensor to ``device``."""
+        self._tensors = OrderedDict((key, t.to(device)) for key, t in self._tensors.items())
 
 
 class PolicyEvaluator:
@@ -40,6 +80,11 @@ class PolicyEvaluator:
     A policy can be scored on the first ``samples`` of the reward split only (multi-fidelity
     search); the split is drawn in a seeded random order (:func:`rlprune.data.make_splits`), so
     its first samples are a fixed random subset of it.
+
+    With ``fit_inputs`` (``search.reconstruct``), each compressed layer is scored re-fit to its
+    dense output (:class:`rlprune.reconstruct.LayerFits`: alone, on the dense network's inputs),
+    the fitted weights cached per layer and option as the masks are, the least recently used
+    dropped past ``FIT_BYTES``.
 
     It pickles as its arguments (the attached copy cannot be pickled), so a parallel env's
     worker process rebuilds its own (:mod:`rlprune.envs.parallel`).
@@ -57,6 +102,7 @@ class PolicyEvaluator:
         recalibration_batch: the batch size of that pass.
         reference: also measure KL(dense ‖ policy) of the output distributions, against the
             dense network's outputs computed once here.
+        fit_inputs: calibration inputs of the layers' fits (``None``: no fits).
     """
 
     def __init__(
@@ -71,6 +117,7 @@ class PolicyEvaluator:
         recalibration: torch.Tensor | None = None,
         recalibration_batch: int = 100,
         reference: bool = False,
+        fit_inputs: torch.Tensor | None = None,
     ) -> None:
         self._arguments = (
             model,
@@ -83,17 +130,22 @@ class PolicyEvaluator:
             recalibration,
             recalibration_batch,
             reference,
+            fit_inputs,
         )
         self.model = copy.deepcopy(model).eval()
         self.reference = _log_probs(self.model, x) if reference else None  # before masks go in
+        self.fits = None
+        if fit_inputs is not None:  # before masks go in: the dense network's inputs
+            self.fits = LayerFits(self.model, names, fit_inputs.split(CALIBRATION_BATCH))
         self.recalibration, self.recalibration_batch = recalibration, recalibration_batch
         attach(self.model, names, couplings)
         self.couplings = couplings
         self._fed_by = feeding_layers(couplings)
         self.names = list(names)
         self.x, self.y, self.pad, self.memo_size = x, y, pad, memo_size
-        self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._mask_bytes = 0
+        self._masks = TensorCache(MASK_BYTES)
+        self._fitted = TensorCache(FIT_BYTES)
+        self._dense = self._weights()
         self._memo: OrderedDict[tuple[Policy, int], Score] = OrderedDict()
         self.forward_passes = 0
 
@@ -101,14 +153,19 @@ class PolicyEvaluator:
         return type(self), self._arguments
 
     def to(self, device: torch.device | str) -> PolicyEvaluator:
-        """This evaluator with its network, data and cached masks on ``device``."""
+        """This evaluator with its network, data, cached masks and fits on ``device``."""
+        self._restore_dense()  # the network's own weights move; the fitted ones move with the cache
         self.model.to(device)
+        self._dense = self._weights()
         self.x, self.y = self.x.to(device), self.y.to(device)
         if self.recalibration is not None:
             self.recalibration = self.recalibration.to(device)
         if self.reference is not None:
             self.reference = self.reference.to(device)
-        self._masks = OrderedDict((key, mask.to(device)) for key, mask in self._masks.items())
+        self._masks.to(device)
+        if self.fits is not None:
+            self.fits.to(device)
+            self._fitted.to(device)
         return self
 
     @property
@@ -131,9 +188,13 @@ class PolicyEvaluator:
         known = self._recall(key)
         if known is not None:
             return known
-        masks = self._policy_masks(policy)
+        self._restore_dense()  # masks are taken from the dense weights
+        keys = self._mask_keys(policy)
+        masks = self._policy_masks(policy, keys)
         for name, choice in policy:
             set_choice(self.model.get_submodule(name), choice, masks[name])
+        if self.fits is not None:
+            self._use_fits(policy, masks, keys)
         with parametrize.cached():  # each masked, quantized weight made once for all the passes below
             if self.recalibration is not None:  # a share of the split: that share of its batches
                 batches = math.ceil(len(self.recalibration) / self.recalibration_batch)
@@ -151,21 +212,42 @@ class PolicyEvaluator:
         self._store(key, score)
         return score
 
-    def _policy_masks(self, policy: Policy) -> dict[str, torch.Tensor]:
-        """Every layer's mask under ``policy``: cached ones, the others made and cached."""
-        keys = self._mask_keys(policy)
-        masks = {name: self._masks[key] for name, key in keys.items() if key in self._masks}
+    def _policy_masks(self, policy: Policy, keys: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
+        """Every layer's mask under ``policy`` (``keys``: :meth:`_mask_keys`): cached ones, the
+        others made and cached."""
+        masks = {name: mask for name, key in keys.items() if (mask := self._masks.get(key)) is not None}
         if len(masks) < len(keys):
-            masks |= policy_masks(self.model, policy, self.pad, self.couplings, known=masks)
-        for name, key in keys.items():
-            if key in self._masks:
-                self._masks.move_to_end(key)
-            else:
-                self._masks[key] = masks[name]
-                self._mask_bytes += masks[name].numel()
-        while self._mask_bytes > MASK_BYTES and len(self._masks) > len(keys):
-            self._mask_bytes -= self._masks.popitem(last=False)[1].numel()
+            made = policy_masks(self.model, policy, self.pad, self.couplings, known=masks)
+            for name, mask in made.items():
+                self._masks.put(keys[name], mask, pinned=len(keys))
+            masks |= made
         return masks
+
+    def _use_fits(self, policy: Policy, masks: Mapping[str, torch.Tensor], keys: Mapping[str, tuple]) -> None:
+        """Point each layer that ``policy`` compresses at its fitted weight: cached per mask, weight
+        bit-width and input channels that filter pruning silences; the others keep their dense ones."""
+        removed = removed_inputs(policy, masks, self.couplings)
+        for name, choice in policy:
+            layer = self.model.get_submodule(name)
+            if not compresses(layer):
+                continue
+            silenced = tuple(removed.get(name, ()))
+            key = (keys[name], choice.w_bits, silenced)
+            fitted = self._fitted.get(key)
+            if fitted is None:
+                fitted = nn.Parameter(self.fits.weight(self.model, name, silenced), requires_grad=False)
+                self._fitted.put(key, fitted, pinned=len(keys))
+            layer.parametrizations.weight.original = fitted
+
+    def _weights(self) -> dict[str, nn.Parameter]:
+        """The weight each searched layer's parametrization reads now."""
+        return {name: self.model.get_submodule(name).parametrizations.weight.original for name in self.names}
+
+    def _restore_dense(self) -> None:
+        """Every searched layer back on its dense weight (from a fitted one)."""
+        if self.fits is not None:
+            for name, weight in self._dense.items():
+                self.model.get_submodule(name).parametrizations.weight.original = weight
 
     def _mask_keys(self, policy: Policy) -> dict[str, tuple]:
         """What each layer's mask depends on: its choice, the layers tied to it (they keep the

@@ -58,11 +58,13 @@ from rlprune.finish import read_policy as read_policy  # re-exported: part of th
 from rlprune.hardware import LatencyModel, build_latency_model
 from rlprune.io import check_fresh_run_dir, write_atomic
 from rlprune.layers import FilterCoupling, LayerInfo, discover_layers, filter_couplings, select_layers
+from rlprune.masks.criteria import CALIBRATION_BATCH, CALIBRATION_SAMPLES
 from rlprune.models.attention import expose_layers
 from rlprune.models.checkpoint import load_weights, read_checkpoint
 from rlprune.patterns import get_pattern
 from rlprune.policy import Policy
 from rlprune.progress import SearchProgress, StageProgress, TrainingProgress
+from rlprune.reconstruct import LayerFits
 from rlprune.report import print_report
 from rlprune.resume import SearchCheckpoint
 from rlprune.tracking import Tracker, import_wandb
@@ -450,8 +452,15 @@ def scorer(
         recalibration=_recalibration_inputs(cfg, target.splits),
         recalibration_batch=cfg.dense.batch_size,
         reference=cfg.reward.metric == "kl",
+        fit_inputs=_fit_inputs(cfg, target.splits),
     )
     return space, evaluator
+
+
+def _fit_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
+    """The training inputs the search's layer fits read (``search.reconstruct``): the finetune's
+    reconstruction's (:data:`rlprune.masks.criteria.CALIBRATION_SAMPLES`)."""
+    return splits.train_x[:CALIBRATION_SAMPLES] if cfg.search.reconstruct else None
 
 
 def _recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | None:
@@ -463,9 +472,13 @@ def _recalibration_inputs(cfg: DictConfig, splits: Splits) -> torch.Tensor | Non
 def searched_network(
     cfg: DictConfig, target: Target, policy: Policy, couplings: Mapping[str, FilterCoupling] | None
 ) -> nn.Module:
-    """``policy`` applied to a copy of the dense network with its batch norms re-estimated under
-    it (``reward.bn_recalibration``): the network the search scored, before any finetune."""
+    """``policy`` applied to a copy of the dense network (its compressed layers re-fit with
+    ``search.reconstruct``), its batch norms re-estimated under it (``reward.bn_recalibration``):
+    the network the search scored, before any finetune."""
     masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
+    if (inputs := _fit_inputs(cfg, target.splits)) is not None:
+        names = [name for name, _ in policy]
+        LayerFits(target.model, names, inputs.split(CALIBRATION_BATCH)).apply(masked, policy, couplings)
     if (inputs := _recalibration_inputs(cfg, target.splits)) is not None:
         recalibrate_batch_norms(masked, inputs, cfg.dense.batch_size)
     return masked

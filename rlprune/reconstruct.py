@@ -20,12 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rlprune.compress import MaskedQuantizedWeight, dense_weight, weight_parametrization
+from rlprune.compress import MaskedQuantizedWeight, dense_weight, removed_inputs, weight_parametrization
 from rlprune.errors import RlpruneError
+from rlprune.layers import FilterCoupling, is_depthwise
 from rlprune.masks import EndPass, input_columns, read_inputs
+from rlprune.policy import Policy
 
 DAMPING = 0.01  # added to the Hessian's diagonal, as a share of its mean (SparseGPT's default)
-TOLERANCE = 1e-4  # conjugate gradients stop at this share of the residual they started from
+PROGRESS = 1e-3  # conjugate gradients stop once a step lowers the output error by less than this share of it
 ITERATIONS = 100
 BLOCK = 128  # columns rounded one by one before the rest of the row takes their errors at once
 QUANTIZED_BITS = 8  # weights at this many bits or fewer are rounded by quantized_fit (16: half, left)
@@ -125,25 +127,29 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.T
     All per group: ``weight`` and ``keep`` ``(groups, rows, columns)``, ``hessian``
     ``(groups, columns, columns)`` (damped here, :func:`_damped`). Each row has its own kept
     columns, so its own system ``H_KK v_K = (H w_r)_K``; all rows are solved at once by conjugate
-    gradients on ``x ↦ keep ⊙ (x H)`` with a Jacobi preconditioner, from the masked weights,
-    until the residual falls below :data:`TOLERANCE` of where it started (at most
-    :data:`ITERATIONS` steps). Returns a new float32 tensor.
+    gradients on ``x ↦ keep ⊙ (x H)`` with a Jacobi preconditioner, from the masked weights. A step
+    lowers that error by ``step · rᵀz`` exactly, so the error left is known as it goes; the steps
+    stop once one lowers it by less than :data:`PROGRESS` of what is left (at most
+    :data:`ITERATIONS`). Returns a new float32 tensor.
     """
     hessian = _damped(hessian)
     weight, kept = weight.float(), keep.float()
     inverse_diagonal = 1.0 / hessian.diagonal(dim1=1, dim2=2).unsqueeze(1)
     fitted = weight * kept
-    residual = kept * ((weight - fitted) @ hessian)
+    gap = weight - fitted
+    left = float(torch.einsum("grc,gcd,grd->", gap, hessian, gap))
+    residual = kept * (gap @ hessian)
     direction = residual * inverse_diagonal
     product = (residual * direction).sum(-1, keepdim=True)
-    start = product.sum().sqrt()
     for _ in range(ITERATIONS):
-        if product.sum().sqrt() <= TOLERANCE * start:
-            break
         curvature = kept * (direction @ hessian)
         step = product / (direction * curvature).sum(-1, keepdim=True).clamp_min(1e-30)
         fitted += step * direction
         residual -= step * curvature
+        lowered = float((step * product).sum())
+        left -= lowered
+        if lowered <= PROGRESS * left:
+            break
         preconditioned = residual * inverse_diagonal
         previous, product = product, (residual * preconditioned).sum(-1, keepdim=True)
         direction = preconditioned + product / previous.clamp_min(1e-30) * direction
@@ -199,7 +205,10 @@ def _relative_error(weight: torch.Tensor, dense: torch.Tensor, hessian: torch.Te
     return float(torch.einsum("grc,gcd,grd->", difference, hessian, difference) / energy.clamp_min(1e-30))
 
 
-def _compresses(parametrization: nn.Module) -> bool:
+def compresses(layer: nn.Module) -> bool:
+    """Whether a reconstruction fits this attached layer: a fixed mask that prunes something, or
+    weights of :data:`QUANTIZED_BITS` or fewer."""
+    parametrization = weight_parametrization(layer)
     return isinstance(parametrization, MaskedQuantizedWeight) and (
         not parametrization.mask.all() or parametrization.bits <= QUANTIZED_BITS
     )
@@ -207,34 +216,59 @@ def _compresses(parametrization: nn.Module) -> bool:
 
 def reconstructed_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The named layers a reconstruction updates: those with a fixed mask that prunes something,
-    or weights of :data:`QUANTIZED_BITS` or fewer."""
-    return [name for name in names if _compresses(weight_parametrization(model.get_submodule(name)))]
+    or weights of :data:`QUANTIZED_BITS` or fewer (:func:`compresses`)."""
+    return [name for name in names if compresses(model.get_submodule(name))]
+
+
+def _without_inputs(layer: nn.Module, tensor: torch.Tensor, removed: Sequence[int]) -> torch.Tensor:
+    """A weight-shaped ``tensor`` with the ``removed`` input channels' entries zeroed (a
+    depthwise conv's channels are its rows), as :func:`rlprune.compress.mask_on_kept_inputs` drops them."""
+    if not removed:
+        return tensor
+    axis = 0 if is_depthwise(layer) else 1
+    return tensor.index_fill(axis, torch.as_tensor(list(removed), device=tensor.device), 0)
 
 
 @torch.no_grad()
-def fit_layer(layer: nn.Module, hessian: torch.Tensor) -> Reconstruction:
-    """Re-fit one attached layer's kept weights, in place, to its dense output under ``hessian``
-    (:func:`input_hessians`): :func:`least_squares_fit` under its mask, then
-    :func:`quantized_fit` at its weight bit-width when that is :data:`QUANTIZED_BITS` or fewer.
+def fitted_weight(
+    layer: nn.Module, hessian: torch.Tensor, removed: Sequence[int] = ()
+) -> tuple[torch.Tensor, Reconstruction]:
+    """One attached layer's weight re-fit to its dense output under ``hessian`` (:func:`input_hessians`):
+    :func:`least_squares_fit` under its mask, then :func:`quantized_fit` at its weight bit-width
+    when that is :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged.
 
     Only the kept weights change: the pruned ones keep their dense values (masked out of the
     forward pass), so a mask recomputed from the dense weights later (SR-STE's refresh, GaP)
-    still sees them.
+    still sees them. ``removed``: input channels that upstream filter pruning silences while
+    ``hessian`` was read with them live (the dense network's); the fit leaves them out, and
+    their weights are zeroed, since they multiply zeros.
+
+    Returns the weight (the dense weight's shape and dtype) and the layer's :class:`Reconstruction`.
     """
     parametrization = weight_parametrization(layer)
     weight = dense_weight(layer)
-    dense = _grouped(layer, weight.detach().float().clone())  # the weight itself is overwritten below
-    keep = _grouped(layer, parametrization.mask)
+    dense = _grouped(layer, weight.detach().float())
+    keep = _grouped(layer, _without_inputs(layer, parametrization.mask, removed))
     fitted = least_squares_fit(dense, keep, hessian)
     if parametrization.bits <= QUANTIZED_BITS:
         fitted = quantized_fit(fitted, keep, hessian, parametrization.bits)
+    unkept = _grouped(layer, _without_inputs(layer, weight.detach().float(), removed))
+    fitted = torch.where(keep, fitted, unkept).reshape_as(weight).to(weight.dtype)
 
     def as_computed(grouped: torch.Tensor) -> torch.Tensor:  # what the forward pass multiplies
         return _grouped(layer, parametrization(grouped.reshape_as(weight).to(weight.dtype)).float())
 
     compressed = _relative_error(as_computed(dense), dense, hessian)
-    weight.copy_(torch.where(keep, fitted, dense).reshape_as(weight))
-    return Reconstruction(compressed, _relative_error(as_computed(fitted), dense, hessian))
+    return fitted, Reconstruction(compressed, _relative_error(as_computed(fitted), dense, hessian))
+
+
+@torch.no_grad()
+def fit_layer(layer: nn.Module, hessian: torch.Tensor) -> Reconstruction:
+    """Re-fit one attached layer's kept weights, in place, to its dense output under ``hessian``
+    (:func:`fitted_weight`)."""
+    fitted, reconstruction = fitted_weight(layer, hessian)
+    dense_weight(layer).copy_(fitted)
+    return reconstruction
 
 
 @torch.no_grad()
@@ -262,3 +296,46 @@ def reconstruct(
             report[name] = fit_layer(model.get_submodule(name), hessians[name])
         remaining = [n for n in remaining if n not in report]
     return report
+
+
+class LayerFits:
+    """Each layer fit alone to the dense network's inputs: what a search scores as the
+    reconstruction a policy would get (``search.reconstruct``), after one calibration pass in all.
+
+    :func:`reconstruct` fits layer after layer, each to the inputs the layers fit before it pass
+    on, so its passes depend on the whole policy. Here every layer's Hessian is read once, from
+    the dense network, and a layer's fit depends on its own mask and bit-width only, so a search
+    can cache it per layer and option (as EvoPress, Sieberling et al. 2024, does per layer and
+    compression level).
+
+    Args:
+        model: the dense network (read, left unchanged; attached or not).
+        names: the layers that may be fit.
+        batches: calibration inputs.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor]) -> None:
+        self.hessians = input_hessians(model, names, batches)
+
+    def to(self, device: torch.device | str) -> LayerFits:
+        """These fits with their Hessians on ``device``."""
+        self.hessians = {name: hessian.to(device) for name, hessian in self.hessians.items()}
+        return self
+
+    def weight(self, model: nn.Module, name: str, removed: Sequence[int] = ()) -> torch.Tensor:
+        """Layer ``name`` of attached ``model`` re-fit under its mask and bit-width
+        (:func:`fitted_weight`; ``removed``: its input channels that filter pruning silences)."""
+        return fitted_weight(model.get_submodule(name), self.hessians[name], removed)[0]
+
+    @torch.no_grad()
+    def apply(
+        self, model: nn.Module, policy: Policy, couplings: Mapping[str, FilterCoupling] | None = None
+    ) -> None:
+        """Re-fit, in place, each layer of ``policy`` that it compresses in attached ``model``
+        (its masks and bit-widths set, :func:`rlprune.compress.compress`)."""
+        masks = {name: weight_parametrization(model.get_submodule(name)).mask for name, _ in policy}
+        removed = removed_inputs(policy, masks, couplings)
+        for name, _ in policy:
+            if compresses(model.get_submodule(name)):
+                fitted = self.weight(model, name, removed.get(name, ()))
+                dense_weight(model.get_submodule(name)).copy_(fitted)

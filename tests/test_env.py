@@ -194,7 +194,8 @@ def test_cached_masks_stay_within_their_bytes_and_score_as_fresh_ones(monkeypatc
     evaluator = PolicyEvaluator(scored.model, names, scored.x, scored.y, memo_size=1)
     for policy in [*policies, policies[0]]:  # the first one's masks are made again
         assert evaluator(policy) == PolicyEvaluator(scored.model, names, scored.x, scored.y)(policy)
-        assert evaluator._mask_bytes == sum(m.numel() for m in evaluator._masks.values()) <= 2 * one_policy
+        stored = sum(mask.nbytes for mask in evaluator._masks._tensors.values())
+        assert evaluator._masks.nbytes == stored <= 2 * one_policy
     assert len(evaluator._masks) == 2 * len(names)
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rlprune.hardware import LatencyModel
     from rlprune.layers import FilterCoupling
     from rlprune.policy import Policy
+    from rlprune.training import Score
 
 BENCHMARKS = {
     "search": "rlprune.bench.search",
@@ -56,18 +57,26 @@ def finetune_settings(cfg: DictConfig, **changes: Any) -> FinetuneSettings:
     return FinetuneSettings.from_config({**node, **changes}, cfg.hardware.get("channel_multiple", 1))
 
 
+def finetuned_test_score(
+    cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
+) -> Score:
+    """Test score of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
+    short finetune every benchmark gives the policies it compares. With no epochs, the network
+    the search scored (:func:`rlprune.api.searched_network`), as a run's test before finetune;
+    with ``finetune.reconstruct``, the finetune stage's one-shot reconstruction of it."""
+    from rlprune.api import finetune_target, searched_network, test_score
+
+    if epochs == 0 and not cfg.finetune.reconstruct:
+        return test_score(searched_network(cfg, target, policy, couplings), target.splits)
+    tuned = finetune_target(cfg, target, policy, couplings, finetune_settings(cfg, epochs=epochs))
+    return test_score(tuned.model, target.splits)
+
+
 def finetuned_test_accuracy(
     cfg: DictConfig, target: Target, policy: Policy, couplings: dict[str, FilterCoupling], epochs: int
 ) -> float:
-    """Test accuracy of ``policy`` after the configured finetune cut to ``epochs`` epochs: the
-    short finetune every benchmark gives the policies it compares. With no epochs, the network
-    the search scored (:func:`rlprune.api.searched_network`), as a run's test before finetune."""
-    from rlprune.api import finetune_target, searched_network, test_score
-
-    if epochs == 0:
-        return test_score(searched_network(cfg, target, policy, couplings), target.splits).accuracy
-    tuned = finetune_target(cfg, target, policy, couplings, finetune_settings(cfg, epochs=epochs))
-    return test_score(tuned.model, target.splits).accuracy
+    """The accuracy of :func:`finetuned_test_score`."""
+    return finetuned_test_score(cfg, target, policy, couplings, epochs).accuracy
 
 
 def machine() -> str:

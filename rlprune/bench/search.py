@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from scipy.stats import t as t_dist
 
 from rlprune.api import make_space, search
-from rlprune.bench import QUIET, finetuned_test_accuracy, load, machine
+from rlprune.bench import QUIET, finetuned_test_score, load, machine
 from rlprune.config import compose_config
 from rlprune.envs import SearchSpace
 from rlprune.errors import RlpruneError
@@ -108,13 +108,14 @@ def resolve(budget: float | str, cheapest: float) -> float:
 def run_cell(cfg: Any, target: Any, hardware: Any, space: Any, finetune_epochs: int) -> dict[str, Any]:
     """One search and its short finetune; the numbers of one seed."""
     result = search(cfg, target, hardware, space=space)
-    after = finetuned_test_accuracy(cfg, target, result.best.policy, space.couplings, finetune_epochs)
+    after = finetuned_test_score(cfg, target, result.best.policy, space.couplings, finetune_epochs)
     return {
         "seed": int(cfg.seed),
         "accuracy": result.best.accuracy,
         "loss": result.best.loss,
         "kl": result.best.kl,  # None unless reward.metric=kl
-        "test_after_finetune": after,
+        "test_after_finetune": after.accuracy,
+        "test_loss_after_finetune": after.loss,
         "latency": result.best.latency,
         "bits": sorted({choice.w_bits for _, choice in result.best.policy}),
         "density": float(np.mean([choice.density for _, choice in result.best.policy])),
