@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_search_bench_scores_feasible_budgets_and_lists_infeasible_ones(tmp_path, monkeypatch, capsys):
     from rlprune.bench import search
@@ -152,7 +154,8 @@ def test_with_no_finetune_epochs_a_batch_norm_network_is_scored_with_its_norms_r
     assert recalibrated > finetuned_test_accuracy(dense_statistics, target, policy, couplings, 0) + 0.2
 
 
-def test_with_no_finetune_epochs_the_test_scores_the_network_the_search_scored():
+@pytest.mark.parametrize("fits", [[], ["search.reconstruct=true"]], ids=["masks", "fits"])
+def test_with_no_finetune_epochs_the_test_scores_the_network_the_search_scored(fits):
     import torch
 
     from rlprune.api import scorer, test_score
@@ -160,7 +163,9 @@ def test_with_no_finetune_epochs_the_test_scores_the_network_the_search_scored()
     from rlprune.config import compose_config
     from rlprune.policy import Choice, Pattern, Policy
 
-    cfg = compose_config([*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3"])
+    cfg = compose_config(
+        [*QUIET, "model=resnet20", "data=digits", "search.pattern=filter", "dense.epochs=3", *fits]
+    )
     target, hardware = load(cfg)
     space, evaluator = scorer(cfg, target, hardware, None)
     # pruned and quantized: activation ranges taken before the norms are re-estimated misfit them
