@@ -75,7 +75,7 @@ class SearchConfig:
     levels: int = 20
     min_density: float = 0.05
     nm_pad: bool = True
-    reconstruct: bool = False  # conf/config.yaml: finetune.reconstruct's value
+    reconstruct: bool = False
     checkpoint_every: int = 100
 
 

@@ -326,7 +326,7 @@ def test_fits_are_cached_per_layer_and_option():
     assert len(evaluator._fitted) == len(names) + 1
 
 
-def test_search_reconstruct_follows_finetune_reconstruct_unless_set():
+def test_search_reconstruct_is_off_unless_set():
     assert compose_config().search.reconstruct is False
-    assert compose_config("finetune.reconstruct=true").search.reconstruct is True
-    assert compose_config("finetune.reconstruct=true", "search.reconstruct=false").search.reconstruct is False
+    assert compose_config("finetune.reconstruct=true").search.reconstruct is False
+    assert compose_config("search.reconstruct=true").search.reconstruct is True
