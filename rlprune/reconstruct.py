@@ -299,14 +299,15 @@ def reconstruct(
 
 
 class LayerFits:
-    """Each layer fit alone to the dense network's inputs: what a search scores as the
-    reconstruction a policy would get (``search.reconstruct``), after one calibration pass in all.
+    """Each layer fit alone to the dense network's inputs, after one calibration pass in all: a
+    search's estimate of what :func:`reconstruct` makes of a policy (``search.reconstruct``).
 
     :func:`reconstruct` fits layer after layer, each to the inputs the layers fit before it pass
     on, so its passes depend on the whole policy. Here every layer's Hessian is read once, from
-    the dense network, and a layer's fit depends on its own mask and bit-width only, so a search
-    can cache it per layer and option (as EvoPress, Sieberling et al. 2024, does per layer and
-    compression level).
+    the dense network, and a layer's fit depends only on its own mask and bit-width and on the
+    inputs that filter pruning silences, so a search can cache it per layer and option (as
+    EvoPress, Sieberling et al. 2024, does per layer and compression level). How far the
+    estimate holds is measured in docs/language_models.md, "In the search".
 
     Args:
         model: the dense network (read, left unchanged; attached or not).
