@@ -137,8 +137,9 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.T
     inverse_diagonal = 1.0 / hessian.diagonal(dim1=1, dim2=2).unsqueeze(1)
     fitted = weight * kept
     gap = weight - fitted
-    left = float(torch.einsum("grc,gcd,grd->", gap, hessian, gap))
-    residual = kept * (gap @ hessian)
+    pulled = gap @ hessian
+    left = float((pulled * gap).sum())
+    residual = kept * pulled
     direction = residual * inverse_diagonal
     product = (residual * direction).sum(-1, keepdim=True)
     for _ in range(ITERATIONS):
@@ -230,45 +231,42 @@ def _without_inputs(layer: nn.Module, tensor: torch.Tensor, removed: Sequence[in
 
 
 @torch.no_grad()
-def fitted_weight(
-    layer: nn.Module, hessian: torch.Tensor, removed: Sequence[int] = ()
-) -> tuple[torch.Tensor, Reconstruction]:
+def fitted_weight(layer: nn.Module, hessian: torch.Tensor, removed: Sequence[int] = ()) -> torch.Tensor:
     """One attached layer's weight re-fit to its dense output under ``hessian`` (:func:`input_hessians`):
     :func:`least_squares_fit` under its mask, then :func:`quantized_fit` at its weight bit-width
-    when that is :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged.
+    when that is :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged; the weight returned
+    has the dense weight's shape and dtype.
 
     Only the kept weights change: the pruned ones keep their dense values (masked out of the
     forward pass), so a mask recomputed from the dense weights later (SR-STE's refresh, GaP)
     still sees them. ``removed``: input channels that upstream filter pruning silences while
     ``hessian`` was read with them live (the dense network's); the fit leaves them out, and
     their weights are zeroed, since they multiply zeros.
-
-    Returns the weight (the dense weight's shape and dtype) and the layer's :class:`Reconstruction`.
     """
     parametrization = weight_parametrization(layer)
-    weight = dense_weight(layer)
-    dense = _grouped(layer, weight.detach().float())
+    weight = dense_weight(layer).detach()
     keep = _grouped(layer, _without_inputs(layer, parametrization.mask, removed))
-    fitted = least_squares_fit(dense, keep, hessian)
+    fitted = least_squares_fit(_grouped(layer, weight), keep, hessian)
     if parametrization.bits <= QUANTIZED_BITS:
         fitted = quantized_fit(fitted, keep, hessian, parametrization.bits)
-    unkept = _grouped(layer, _without_inputs(layer, weight.detach().float(), removed))
-    fitted = torch.where(keep, fitted, unkept).reshape_as(weight).to(weight.dtype)
-
-    def as_computed(grouped: torch.Tensor) -> torch.Tensor:  # what the forward pass multiplies
-        return _grouped(layer, parametrization(grouped.reshape_as(weight).to(weight.dtype)).float())
-
-    compressed = _relative_error(as_computed(dense), dense, hessian)
-    return fitted, Reconstruction(compressed, _relative_error(as_computed(fitted), dense, hessian))
+    unkept = _grouped(layer, _without_inputs(layer, weight.float(), removed))
+    return torch.where(keep, fitted, unkept).reshape_as(weight).to(weight.dtype)
 
 
 @torch.no_grad()
 def fit_layer(layer: nn.Module, hessian: torch.Tensor) -> Reconstruction:
     """Re-fit one attached layer's kept weights, in place, to its dense output under ``hessian``
-    (:func:`fitted_weight`)."""
-    fitted, reconstruction = fitted_weight(layer, hessian)
-    dense_weight(layer).copy_(fitted)
-    return reconstruction
+    (:func:`fitted_weight`), and say how far its output strayed before and after."""
+    parametrization = weight_parametrization(layer)
+    weight = dense_weight(layer)
+    dense = _grouped(layer, weight.detach().float().clone())  # the weight itself is overwritten below
+
+    def as_computed(tensor: torch.Tensor) -> torch.Tensor:  # what the forward pass multiplies
+        return _grouped(layer, parametrization(tensor.reshape_as(weight).to(weight.dtype)).float())
+
+    compressed = _relative_error(as_computed(dense), dense, hessian)
+    weight.copy_(fitted_weight(layer, hessian))
+    return Reconstruction(compressed, _relative_error(as_computed(weight), dense, hessian))
 
 
 @torch.no_grad()
@@ -326,7 +324,7 @@ class LayerFits:
     def weight(self, model: nn.Module, name: str, removed: Sequence[int] = ()) -> torch.Tensor:
         """Layer ``name`` of attached ``model`` re-fit under its mask and bit-width
         (:func:`fitted_weight`; ``removed``: its input channels that filter pruning silences)."""
-        return fitted_weight(model.get_submodule(name), self.hessians[name], removed)[0]
+        return fitted_weight(model.get_submodule(name), self.hessians[name], removed)
 
     @torch.no_grad()
     def apply(
@@ -337,6 +335,6 @@ class LayerFits:
         masks = {name: weight_parametrization(model.get_submodule(name)).mask for name, _ in policy}
         removed = removed_inputs(policy, masks, couplings)
         for name, _ in policy:
-            if compresses(model.get_submodule(name)):
-                fitted = self.weight(model, name, removed.get(name, ()))
-                dense_weight(model.get_submodule(name)).copy_(fitted)
+            layer = model.get_submodule(name)
+            if compresses(layer):
+                dense_weight(layer).copy_(fitted_weight(layer, self.hessians[name], removed.get(name, ())))
