@@ -26,7 +26,7 @@ from rlprune.errors import RlpruneError
 from rlprune.layers import FilterCoupling
 from rlprune.masks.criteria import CALIBRATION_BATCH
 from rlprune.policy import DENSE_FLOAT, Policy
-from rlprune.reconstruct import LayerFits, compresses
+from rlprune.reconstruct import LayerFits, fits
 from rlprune.training import Score, eval_mode, evaluate
 
 MASK_BYTES = 1 << 29  # cached masks kept at most: a large network's options stay within memory
@@ -224,14 +224,14 @@ class PolicyEvaluator:
         return masks
 
     def _use_fits(self, policy: Policy, masks: Mapping[str, torch.Tensor], keys: Mapping[str, tuple]) -> None:
-        """Point each layer that ``policy`` compresses at its fitted weight: cached per mask, weight
-        bit-width and input channels that filter pruning silences; the others keep their dense ones."""
+        """Point each layer that ``policy`` compresses, or whose inputs its filter choices remove
+        (:func:`rlprune.reconstruct.fits`), at its fitted weight: cached per mask, weight bit-width
+        and removed inputs; the others keep their dense ones."""
         removed = removed_inputs(policy, masks, self.couplings)
         for name, choice in policy:
-            layer = self.model.get_submodule(name)
-            if not compresses(layer):
+            layer, silenced = self.model.get_submodule(name), tuple(removed.get(name, ()))
+            if not fits(layer, silenced):
                 continue
-            silenced = tuple(removed.get(name, ()))
             key = (keys[name], choice.w_bits, silenced)
             fitted = self._fitted.get(key)
             if fitted is None:

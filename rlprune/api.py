@@ -477,7 +477,7 @@ def searched_network(
     the network the search scored, before any finetune."""
     masked = compress(target.model, policy, pad=cfg.search.nm_pad, couplings=couplings)
     if (inputs := _fit_inputs(cfg, target.splits)) is not None:
-        names = [name for name, _ in policy]
+        names = [layer.name for layer in target.searched]
         LayerFits(target.model, names, inputs.split(CALIBRATION_BATCH)).apply(masked, policy, couplings)
     if (inputs := _recalibration_inputs(cfg, target.splits)) is not None:
         recalibrate_batch_norms(masked, inputs, cfg.dense.batch_size)

@@ -28,6 +28,7 @@ from rlprune.compress import (
     policy_masks,
     prunes_filters,
     recalibrate_batch_norms,
+    removed_inputs,
     set_mask,
     silence_pruned_filters,
     tied_filters,
@@ -394,7 +395,9 @@ def finetune(
     fits = {}
     if settings.reconstruct:
         calls = {layer.name: layer.calls for layer in layers}
-        fits = reconstruct(model, names, [x for x, _ in data.batches()], calls)
+        removed = removed_inputs(applied, masks, couplings)
+        to_fit = [layer.name for layer in layers if layer.name in masks or layer.name in removed]
+        fits = reconstruct(model, dense, to_fit, [x for x, _ in data.batches()], calls, removed)
         recalibrate_batch_norms(model, splits.train_x, settings.train.batch_size)
         calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)

@@ -14,11 +14,12 @@ docs/algorithms.md, "Reconstruction", says how and what it measured.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from rlprune.compress import MaskedQuantizedWeight, dense_weight, removed_inputs, weight_parametrization
 from rlprune.errors import RlpruneError
@@ -54,38 +55,54 @@ def _grouped(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(groups, tensor.shape[0] // groups, -1)
 
 
-def _input_product(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``X Xᵀ`` of one input ``x`` as ``layer`` multiplies it (after its input quantizer, if it
-    has one), per group: ``(groups, inputs per group, inputs per group)``, float32."""
-    quantizer = getattr(layer, "input_quantizer", None)
+def _columns(layer: nn.Module, x: torch.Tensor, quantized: bool = True) -> torch.Tensor:
+    """Input ``x`` as ``layer`` multiplies it (after its input quantizer, if it has one and
+    ``quantized``), one row per output position, per group: ``(groups, rows, inputs per group)``."""
+    quantizer = getattr(layer, "input_quantizer", None) if quantized else None
     columns = input_columns(layer, (x if quantizer is None else quantizer(x)).float())
-    grouped = columns.reshape(len(columns), _groups(layer), -1).transpose(0, 1)
-    return grouped.transpose(1, 2) @ grouped
+    return columns.reshape(len(columns), _groups(layer), -1).transpose(0, 1)
 
 
-@torch.no_grad()
-def input_hessians(
+@dataclass(frozen=True)
+class LayerInputs:
+    """Second moments of one layer's calibration inputs, per group, each
+    ``(groups, inputs per group, inputs per group)`` float32: ``hessian`` ``X Xᵀ`` of the inputs
+    the compressed network passes it (what the fitted weights multiply), ``dense`` ``X_d X_dᵀ`` of
+    the dense network's (what the dense weights multiplied), ``cross`` ``X_d Xᵀ``.
+
+    A fit makes the layer's output ``W' X`` as close as it can to the dense network's ``W X_d``,
+    so it also makes up for what the layers before it changed in its inputs.
+    """
+
+    hessian: torch.Tensor
+    cross: torch.Tensor
+    dense: torch.Tensor
+
+    @classmethod
+    def unchanged(cls, hessian: torch.Tensor) -> LayerInputs:
+        """Inputs the layers before left as the dense network's: ``X = X_d``."""
+        return cls(hessian, hessian, hessian)
+
+    def __add__(self, other: LayerInputs) -> LayerInputs:
+        return LayerInputs(self.hessian + other.hessian, self.cross + other.cross, self.dense + other.dense)
+
+    def to(self, device: torch.device | str) -> LayerInputs:
+        """These moments on ``device``."""
+        if self.cross is self.hessian and self.dense is self.hessian:
+            return LayerInputs.unchanged(self.hessian.to(device))
+        return LayerInputs(self.hessian.to(device), self.cross.to(device), self.dense.to(device))
+
+
+def _read_counted(
     model: nn.Module,
     names: Sequence[str],
     batches: Sequence[torch.Tensor],
-    calls: Mapping[str, int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """``X Xᵀ`` of the inputs each named layer multiplies over ``batches``, per group
-    (:func:`_input_product`; a conv's input unfolded over its kernel window,
-    :func:`rlprune.masks.input_columns`). The model runs in eval mode and is left unchanged.
-
-    Without ``calls``, every named layer is read over whole passes. With ``calls`` (each layer's
-    calls per forward pass, :attr:`rlprune.layers.LayerInfo.calls`) and ``names`` in forward order,
-    a pass reads for the first of ``names``, and for each other named layer, called once, that
-    reads the very tensor it read (q, k and v of one attention: fitting one of them cannot change
-    what the others read). When the first is called once, a pass ends at the first call of any
-    other named layer that reads something else. Only the layers read are returned.
-    """
-    if not names:
-        return {}
+    calls: Mapping[str, int] | None,
+    read: Callable[[str, nn.Module, torch.Tensor], None],
+) -> None:
+    """:func:`rlprune.masks.read_inputs` of the calls a pass of :func:`layer_inputs` counts."""
     first = names[0]
     shared = calls is not None and calls.get(first) == 1
-    sums: dict[str, torch.Tensor] = {}
     read_by_first: list[torch.Tensor] = []  # this batch's
 
     def record(name: str, layer: nn.Module, x: torch.Tensor) -> None:
@@ -96,50 +113,128 @@ def input_hessians(
                 return
             if calls.get(name) != 1 or x is not read_by_first[0]:
                 raise EndPass
-        product = _input_product(layer, x)
-        sums[name] = sums[name] + product if name in sums else product
+        read(name, layer, x)
 
     readers = names if calls is None or shared else names[:1]
     read_inputs(model, readers, batches, record, new_batch=read_by_first.clear)
-    missing = [n for n in (names if calls is None else [first]) if n not in sums]
+
+
+def _read_paired(
+    model: nn.Module,
+    dense: nn.Module,
+    names: Sequence[str],
+    batch: torch.Tensor,
+    calls: Mapping[str, int] | None,
+    read: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None],
+) -> None:
+    """:func:`_read_counted` on one batch, ``read(name, layer, x, dense_x)`` given each call's
+    input in ``model`` and the same call's in ``dense``."""
+    dense_reads: dict[str, list[torch.Tensor]] = {}
+    _read_counted(dense, names, [batch], calls, lambda name, _, x: dense_reads.setdefault(name, []).append(x))
+    _read_counted(
+        model, names, [batch], calls, lambda name, layer, x: read(name, layer, x, dense_reads[name].pop(0))
+    )
+
+
+@torch.no_grad()
+def layer_inputs(
+    model: nn.Module,
+    names: Sequence[str],
+    batches: Sequence[torch.Tensor],
+    calls: Mapping[str, int] | None = None,
+    dense: nn.Module | None = None,
+) -> dict[str, LayerInputs]:
+    """The :class:`LayerInputs` of each named layer of ``model`` over ``batches``, per group (a
+    conv's input unfolded over its kernel window, :func:`rlprune.masks.input_columns`); those of
+    the dense network from ``dense``, run on the same batches (``None``: ``model`` is the dense
+    network, ``X = X_d``). Both run in eval mode and are left unchanged.
+
+    Without ``calls``, every named layer is read over whole passes. With ``calls`` (each layer's
+    calls per forward pass, :attr:`rlprune.layers.LayerInfo.calls`) and ``names`` in forward order,
+    a pass reads for the first of ``names``, and for each other named layer, called once, that
+    reads the very tensor it read (q, k and v of one attention: fitting one of them cannot change
+    what the others read). When the first is called once, a pass ends at the first call of any
+    other named layer that reads something else. Only the layers read are returned.
+    """
+    if not names:
+        return {}
+    sums: dict[str, LayerInputs] = {}
+
+    def add(name: str, moments: LayerInputs) -> None:
+        sums[name] = sums[name] + moments if name in sums else moments
+
+    def read_alone(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        add(name, LayerInputs.unchanged(_product(_columns(layer, x))))
+
+    def read_paired(name: str, layer: nn.Module, x: torch.Tensor, dense_x: torch.Tensor) -> None:
+        columns, dense_columns = _columns(layer, x), _columns(layer, dense_x, quantized=False)
+        cross = dense_columns.transpose(1, 2) @ columns
+        add(name, LayerInputs(_product(columns), cross, _product(dense_columns)))
+
+    if dense is None:
+        _read_counted(model, names, batches, calls, read_alone)
+    else:
+        for batch in batches:
+            _read_paired(model, dense, names, batch, calls, read_paired)
+    missing = [n for n in (names if calls is None else names[:1]) if n not in sums]
     if missing:
         raise RlpruneError(f"reconstruction: layers {missing} saw no input on the calibration batches")
     return sums
 
 
-def _damped(hessian: torch.Tensor) -> torch.Tensor:
-    """``hessian`` plus :data:`DAMPING` times its mean diagonal on the diagonal, per group.
-
-    Inputs that are always zero (a pruned filter upstream) get a unit diagonal first, so the
-    system stays positive definite and their weights receive no update.
-    """
-    hessian = hessian.float().clone()
-    diagonal = hessian.diagonal(dim1=1, dim2=2)
-    diagonal[diagonal == 0] = 1.0
-    diagonal += DAMPING * diagonal.mean(-1, keepdim=True)
-    return hessian
+def _product(columns: torch.Tensor) -> torch.Tensor:
+    """``X Xᵀ`` per group of :func:`_columns`."""
+    return columns.transpose(1, 2) @ columns
 
 
-def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
-    """The masked weights closest to ``weight`` in output: per row ``r``, ``v`` minimising
-    ``(v − w_r) H (v − w_r)ᵀ`` with ``v`` zero where ``keep`` is false.
+def _ridge(hessian: torch.Tensor) -> torch.Tensor:
+    """What a fit adds to its moments' diagonals, per group ``(groups, columns)``: :data:`DAMPING`
+    times the Hessian's mean diagonal; and 1 for inputs that are always zero (a pruned filter
+    upstream), so the system stays positive definite and their weights receive no update.
 
-    All per group: ``weight`` and ``keep`` ``(groups, rows, columns)``, ``hessian``
-    ``(groups, columns, columns)`` (damped here, :func:`_damped`). Each row has its own kept
-    columns, so its own system ``H_KK v_K = (H w_r)_K``; all rows are solved at once by conjugate
-    gradients on ``x ↦ keep ⊙ (x H)`` with a Jacobi preconditioner, from the masked weights. A step
-    lowers that error by ``step · rᵀz`` exactly, so the error left is known as it goes; the steps
-    stop once one lowers it by less than :data:`PROGRESS` of what is left (at most
+    Added to all three moments of :class:`LayerInputs`, it is a penalty ``ridge · (v − w)²`` on
+    each fitted weight's move away from its dense value."""
+    diagonal = hessian.diagonal(dim1=1, dim2=2).float()
+    silent = (diagonal == 0).float()
+    return silent + DAMPING * (diagonal + silent).mean(-1, keepdim=True)
+
+
+def _damped(matrix: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (float32) with ``ridge`` added to its diagonals (:func:`_ridge`)."""
+    matrix = matrix.float().clone()
+    matrix.diagonal(dim1=1, dim2=2).add_(ridge)
+    return matrix
+
+
+def _output_error(fitted: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
+    """``‖W X_d − W' X‖²`` of ``fitted`` ``W'`` (float32, grouped) against ``dense`` ``W``, from
+    the moments: ``Σ w D wᵀ − 2 w C vᵀ + v H vᵀ`` over rows, summed in float64."""
+    energy = torch.einsum("grc,grc->", dense.double(), (dense @ inputs.dense.float()).double())
+    crossed = torch.einsum("grc,grc->", (dense @ inputs.cross.float()).double(), fitted.double())
+    fitted_energy = torch.einsum("grc,grc->", (fitted @ inputs.hessian.float()).double(), fitted.double())
+    return float(energy - 2 * crossed + fitted_energy)
+
+
+def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+    """The masked weights whose output comes closest to the dense one: per row, ``v`` minimising
+    ``‖w X_d − v X‖²`` (plus :func:`_ridge`'s penalty) with ``v`` zero where ``keep`` is false.
+
+    All per group: ``weight`` (the dense ``w``) and ``keep`` ``(groups, rows, columns)``,
+    ``inputs`` :class:`LayerInputs`. Each row has its own kept columns, so its own system
+    ``H_KK v_K = (w C)_K``; all rows are solved at once by conjugate gradients on
+    ``x ↦ keep ⊙ (x H)`` with a Jacobi preconditioner, from the masked weights. A step lowers the
+    output error by ``step · rᵀz`` exactly, so the error left is known as it goes; the steps stop
+    once one lowers it by less than :data:`PROGRESS` of what is left (at most
     :data:`ITERATIONS`). Returns a new float32 tensor.
     """
-    hessian = _damped(hessian)
+    ridge = _ridge(inputs.hessian)
+    damped = LayerInputs(*(_damped(m, ridge) for m in (inputs.hessian, inputs.cross, inputs.dense)))
+    hessian = damped.hessian
     weight, kept = weight.float(), keep.float()
     inverse_diagonal = 1.0 / hessian.diagonal(dim1=1, dim2=2).unsqueeze(1)
     fitted = weight * kept
-    gap = weight - fitted
-    pulled = gap @ hessian
-    left = float((pulled * gap).sum())
-    residual = kept * pulled
+    left = max(_output_error(fitted, weight, damped), 0.0)
+    residual = kept * (weight @ damped.cross - fitted @ hessian)
     direction = residual * inverse_diagonal
     product = (residual * direction).sum(-1, keepdim=True)
     for _ in range(ITERATIONS):
@@ -148,7 +243,7 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.T
         fitted += step * direction
         residual -= step * curvature
         lowered = float((step * product).sum())
-        left -= lowered
+        left = max(left - lowered, 0.0)
         if lowered <= PROGRESS * left:
             break
         preconditioned = residual * inverse_diagonal
@@ -159,7 +254,8 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.T
 
 def _inverse_factor(hessian: torch.Tensor) -> torch.Tensor:
     """The upper Cholesky factor ``U`` of the damped Hessian's inverse, per group."""
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(_damped(hessian))), upper=True)
+    damped = _damped(hessian, _ridge(hessian))
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
 
 
 def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor, bits: int) -> torch.Tensor:
@@ -198,27 +294,34 @@ def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tenso
     return weight
 
 
-def _relative_error(weight: torch.Tensor, dense: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``‖(W − W') X‖² / ‖W X‖²`` of ``weight`` ``W'`` against ``dense`` ``W``, from the Hessian:
-    ``Σ tr(D H Dᵀ) / Σ tr(W H Wᵀ)`` over the groups, ``D = W − W'``."""
-    difference = dense - weight
-    energy = torch.einsum("grc,gcd,grd->", dense, hessian, dense)
-    return float(torch.einsum("grc,gcd,grd->", difference, hessian, difference) / energy.clamp_min(1e-30))
+def _relative_error(weight: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
+    """``‖W X_d − W' X‖² / ‖W X_d‖²`` of ``weight`` ``W'`` against ``dense`` ``W`` (both grouped)."""
+    energy = torch.einsum("grc,grc->", dense.double(), (dense @ inputs.dense.float()).double())
+    return max(_output_error(weight, dense, inputs), 0.0) / max(float(energy), 1e-30)
 
 
 def compresses(layer: nn.Module) -> bool:
-    """Whether a reconstruction fits this attached layer: a fixed mask that prunes something, or
-    weights of :data:`QUANTIZED_BITS` or fewer."""
-    parametrization = weight_parametrization(layer)
-    return isinstance(parametrization, MaskedQuantizedWeight) and (
+    """Whether this layer is attached with a fixed mask that prunes something, or with weights of
+    :data:`QUANTIZED_BITS` or fewer."""
+    parametrization = _fixed_parametrization(layer)
+    return parametrization is not None and (
         not parametrization.mask.all() or parametrization.bits <= QUANTIZED_BITS
     )
 
 
-def reconstructed_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """The named layers a reconstruction updates: those with a fixed mask that prunes something,
-    or weights of :data:`QUANTIZED_BITS` or fewer (:func:`compresses`)."""
-    return [name for name in names if compresses(model.get_submodule(name))]
+def _fixed_parametrization(layer: nn.Module) -> MaskedQuantizedWeight | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    parametrization = weight_parametrization(layer)
+    return parametrization if isinstance(parametrization, MaskedQuantizedWeight) else None
+
+
+def fits(layer: nn.Module, removed: Sequence[int] = ()) -> bool:
+    """Whether a reconstruction re-fits this layer: it :func:`compresses`, or it loses the inputs
+    ``removed`` to filter pruning upstream and has no learned mask (the kept inputs then make up
+    for the removed ones, as in channel pruning's reconstruction, He et al. 2017)."""
+    learned = parametrize.is_parametrized(layer, "weight") and _fixed_parametrization(layer) is None
+    return compresses(layer) or (bool(removed) and not learned)
 
 
 def _without_inputs(layer: nn.Module, tensor: torch.Tensor, removed: Sequence[int]) -> torch.Tensor:
@@ -231,67 +334,75 @@ def _without_inputs(layer: nn.Module, tensor: torch.Tensor, removed: Sequence[in
 
 
 @torch.no_grad()
-def fitted_weight(layer: nn.Module, hessian: torch.Tensor, removed: Sequence[int] = ()) -> torch.Tensor:
-    """One attached layer's weight re-fit to its dense output under ``hessian`` (:func:`input_hessians`):
-    :func:`least_squares_fit` under its mask, then :func:`quantized_fit` at its weight bit-width
-    when that is :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged; the weight returned
-    has the dense weight's shape and dtype.
+def fitted_weight(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = ()) -> torch.Tensor:
+    """One layer's weight re-fit to the dense network's output under ``inputs``
+    (:func:`layer_inputs`): :func:`least_squares_fit` under its mask (none where it is not
+    attached), then :func:`quantized_fit` at its weight bit-width when that is
+    :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged; the weight returned has the dense
+    weight's shape and dtype.
 
     Only the kept weights change: the pruned ones keep their dense values (masked out of the
     forward pass), so a mask recomputed from the dense weights later (SR-STE's refresh, GaP)
-    still sees them. ``removed``: input channels that upstream filter pruning silences while
-    ``hessian`` was read with them live (the dense network's); the fit leaves them out, and
-    their weights are zeroed, since they multiply zeros.
+    still sees them. ``removed``: input channels that upstream filter pruning removes; the fit
+    leaves them out, and their weights are zeroed, since they multiply zeros.
     """
-    parametrization = weight_parametrization(layer)
+    parametrization = _fixed_parametrization(layer)
     weight = dense_weight(layer).detach()
-    keep = _grouped(layer, _without_inputs(layer, parametrization.mask, removed))
-    fitted = least_squares_fit(_grouped(layer, weight), keep, hessian)
-    if parametrization.bits <= QUANTIZED_BITS:
-        fitted = quantized_fit(fitted, keep, hessian, parametrization.bits)
+    mask = torch.ones_like(weight, dtype=torch.bool) if parametrization is None else parametrization.mask
+    keep = _grouped(layer, _without_inputs(layer, mask, removed))
+    fitted = least_squares_fit(_grouped(layer, weight), keep, inputs)
+    if parametrization is not None and parametrization.bits <= QUANTIZED_BITS:
+        fitted = quantized_fit(fitted, keep, inputs.hessian, parametrization.bits)
     unkept = _grouped(layer, _without_inputs(layer, weight.float(), removed))
     return torch.where(keep, fitted, unkept).reshape_as(weight).to(weight.dtype)
 
 
 @torch.no_grad()
-def fit_layer(layer: nn.Module, hessian: torch.Tensor) -> Reconstruction:
-    """Re-fit one attached layer's kept weights, in place, to its dense output under ``hessian``
+def fit_layer(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = ()) -> Reconstruction:
+    """Re-fit one layer's kept weights, in place, to the dense network's output under ``inputs``
     (:func:`fitted_weight`), and say how far its output strayed before and after."""
-    parametrization = weight_parametrization(layer)
+    parametrization = _fixed_parametrization(layer)
     weight = dense_weight(layer)
     dense = _grouped(layer, weight.detach().float().clone())  # the weight itself is overwritten below
 
     def as_computed(tensor: torch.Tensor) -> torch.Tensor:  # what the forward pass multiplies
-        return _grouped(layer, parametrization(tensor.reshape_as(weight).to(weight.dtype)).float())
+        tensor = tensor.reshape_as(weight).to(weight.dtype)
+        return _grouped(layer, (tensor if parametrization is None else parametrization(tensor)).float())
 
-    compressed = _relative_error(as_computed(dense), dense, hessian)
-    weight.copy_(fitted_weight(layer, hessian))
-    return Reconstruction(compressed, _relative_error(as_computed(weight), dense, hessian))
+    compressed = _relative_error(as_computed(dense), dense, inputs)
+    weight.copy_(fitted_weight(layer, inputs, removed))
+    return Reconstruction(compressed, _relative_error(as_computed(weight), dense, inputs))
 
 
 @torch.no_grad()
 def reconstruct(
     model: nn.Module,
+    dense: nn.Module,
     names: Sequence[str],
     batches: Sequence[torch.Tensor],
     calls: Mapping[str, int] | None = None,
+    removed: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Reconstruction]:
-    """Re-fit each of ``names`` (attached layers, :func:`rlprune.compress.attach`) to its dense
-    output on ``batches`` (:func:`fit_layer`), in place, in the order given (forward order).
+    """Re-fit each of ``names`` that :func:`fits` to the dense network's output on ``batches``
+    (:func:`fit_layer`), in place, in the order given (forward order).
 
-    Each layer is fit to the inputs it receives through the layers fit before it, from a
-    calibration pass that follows those fits. With ``calls`` (:func:`input_hessians`), layers that
-    read the same tensor share a pass, and a pass ends where the next layer to fit reads
-    something else; without, each layer has whole passes of its own. Layers with a learned mask,
-    or neither pruned nor quantized to :data:`QUANTIZED_BITS` or fewer, are left alone. Returns
-    each fitted layer's :class:`Reconstruction`.
+    Each layer's weights multiply the inputs it receives through the layers fit before it, from
+    a calibration pass that follows those fits, and their output is fit to the one the layer
+    computes in ``dense`` (the network ``model`` was compressed from, left unchanged), on the
+    same batch, so a layer also makes up for what the layers before it lost (the asymmetric
+    target of GPTAQ, Li et al. 2025). With ``calls`` (:func:`layer_inputs`),
+    layers that read the same tensor share a pass, and a pass ends where the next layer to fit
+    reads something else; without, each layer has whole passes of its own. ``removed``: the
+    input channels each layer loses to filter pruning upstream
+    (:func:`rlprune.compress.removed_inputs`). Returns each fitted layer's :class:`Reconstruction`.
     """
-    remaining = reconstructed_layers(model, names)
+    removed = removed or {}
+    remaining = [name for name in names if fits(model.get_submodule(name), removed.get(name, ()))]
     report = {}
     while remaining:
-        hessians = input_hessians(model, remaining if calls else remaining[:1], batches, calls)
-        for name in [n for n in remaining if n in hessians]:
-            report[name] = fit_layer(model.get_submodule(name), hessians[name])
+        inputs = layer_inputs(model, remaining if calls else remaining[:1], batches, calls, dense)
+        for name in [n for n in remaining if n in inputs]:
+            report[name] = fit_layer(model.get_submodule(name), inputs[name], removed.get(name, ()))
         remaining = [n for n in remaining if n not in report]
     return report
 
@@ -314,27 +425,28 @@ class LayerFits:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], batches: Sequence[torch.Tensor]) -> None:
-        self.hessians = input_hessians(model, names, batches)
+        self.inputs = layer_inputs(model, names, batches)
 
     def to(self, device: torch.device | str) -> LayerFits:
         """These fits with their Hessians on ``device``."""
-        self.hessians = {name: hessian.to(device) for name, hessian in self.hessians.items()}
+        self.inputs = {name: inputs.to(device) for name, inputs in self.inputs.items()}
         return self
 
     def weight(self, model: nn.Module, name: str, removed: Sequence[int] = ()) -> torch.Tensor:
         """Layer ``name`` of attached ``model`` re-fit under its mask and bit-width
         (:func:`fitted_weight`; ``removed``: its input channels that filter pruning silences)."""
-        return fitted_weight(model.get_submodule(name), self.hessians[name], removed)
+        return fitted_weight(model.get_submodule(name), self.inputs[name], removed)
 
     @torch.no_grad()
     def apply(
         self, model: nn.Module, policy: Policy, couplings: Mapping[str, FilterCoupling] | None = None
     ) -> None:
-        """Re-fit, in place, each layer of ``policy`` that it compresses in attached ``model``
-        (its masks and bit-widths set, :func:`rlprune.compress.compress`)."""
+        """Re-fit, in place, each layer of ``model`` (``policy`` applied,
+        :func:`rlprune.compress.compress`) that :func:`fits`: those ``policy`` compresses, and
+        those whose inputs its filter choices remove."""
         masks = {name: weight_parametrization(model.get_submodule(name)).mask for name, _ in policy}
         removed = removed_inputs(policy, masks, couplings)
-        for name, _ in policy:
-            layer = model.get_submodule(name)
-            if compresses(layer):
-                dense_weight(layer).copy_(fitted_weight(layer, self.hessians[name], removed.get(name, ())))
+        for name in self.inputs:
+            layer, lost = model.get_submodule(name), removed.get(name, ())
+            if fits(layer, lost):
+                dense_weight(layer).copy_(fitted_weight(layer, self.inputs[name], lost))

@@ -1,6 +1,7 @@
 """Layer-wise reconstruction (rlprune/reconstruct.py): each fit solves what it says it does, and a
 reconstructed network computes closer to the dense one than the masked one did."""
 
+import copy
 import pickle
 
 import pytest
@@ -22,11 +23,12 @@ from rlprune.quant import fake_quantize_weight
 from rlprune.reconstruct import (
     DAMPING,
     LayerFits,
-    input_hessians,
+    LayerInputs,
+    fits,
+    layer_inputs,
     least_squares_fit,
     quantized_fit,
     reconstruct,
-    reconstructed_layers,
 )
 from rlprune.report import layer_rows
 from rlprune.training import TrainSettings, evaluate
@@ -57,7 +59,7 @@ def problem():
 
 def test_least_squares_fit_solves_each_rows_own_system(problem):
     weight, keep, hessian = problem
-    fitted = least_squares_fit(weight, keep, hessian)
+    fitted = least_squares_fit(weight, keep, LayerInputs.unchanged(hessian))
     assert torch.equal(fitted[~keep], torch.zeros_like(fitted[~keep]))
     recovered = []
     for g in range(2):
@@ -77,6 +79,38 @@ def test_least_squares_fit_solves_each_rows_own_system(problem):
     assert min(recovered) > 0.99
 
 
+def test_least_squares_fit_brings_the_output_on_changed_inputs_back_to_the_dense_one():
+    generator = torch.Generator().manual_seed(3)
+    dense_x = correlated_inputs(500, 40, 1)[None]
+    x = dense_x + 0.2 * torch.randn(dense_x.shape, generator=generator)  # what compressed layers pass on
+    x[..., :4] = 0  # inputs a pruned filter upstream silenced
+    xt, dense_xt = x.transpose(1, 2), dense_x.transpose(1, 2)
+    inputs = LayerInputs(xt @ x, dense_xt @ x, dense_xt @ dense_x)
+    weight = torch.randn(1, 6, 40, generator=generator)
+    keep = torch.rand(1, 6, 40, generator=generator) < 0.5
+    fitted = least_squares_fit(weight, keep, inputs)
+    assert torch.equal(fitted[~keep], torch.zeros_like(fitted[~keep]))
+    ridge = DAMPING * (inputs.hessian[0].diagonal().sum() + 4) / 40 + (torch.arange(40) < 4)
+    hessian, cross = (
+        moment[0].double() + torch.diag(ridge).double() for moment in (inputs.hessian, inputs.cross)
+    )
+
+    def error(v: torch.Tensor, w: torch.Tensor) -> float:  # ‖w X_d − v X‖², the ridge on v − w
+        gap = dense_x[0].double() @ w - x[0].double() @ v
+        return float((gap**2).sum() + ((v - w) ** 2 * ridge).sum())
+
+    for r in range(6):
+        kept, w = keep[0, r], weight[0, r].double()
+        exact = torch.zeros_like(w)  # H_KK v_K = (w C)_K
+        exact[kept] = torch.linalg.solve(hessian[kept][:, kept], (w @ cross)[kept])
+        masked, reached, best = (error(v, w) for v in (w * kept, fitted[0, r].double(), exact))
+        assert (masked - reached) > 0.99 * (masked - best)
+        # the weights' own inputs are not the target: fit to them, the row recovers less
+        own = torch.zeros_like(w)
+        own[kept] = torch.linalg.solve(hessian[kept][:, kept], (w @ hessian)[kept])
+        assert reached < error(own, w)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_fit_stays_on_the_grid_the_forward_pass_derives_and_beats_rounding(problem, bits):
     weight, keep, hessian = problem
@@ -90,36 +124,54 @@ def test_quantized_fit_stays_on_the_grid_the_forward_pass_derives_and_beats_roun
     assert output_error(fitted, masked, hessian) < 0.9 * output_error(rounded, masked, hessian)
 
 
-def test_input_hessians_pair_each_group_with_the_inputs_it_multiplies():
+def grouped_columns(layer: nn.Module, seen: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return seen[None]
+    unfolded = F.unfold(seen, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+    rows = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+    return rows.reshape(len(rows), layer.groups, -1).transpose(0, 1)
+
+
+def test_layer_inputs_pair_each_group_with_the_inputs_it_multiplies_and_the_dense_networks():
     torch.manual_seed(0)
-    model = nn.Sequential(
+    dense = nn.Sequential(
         nn.Conv2d(4, 6, 3, padding=1, groups=2),
         nn.Conv2d(6, 6, 3, stride=2, groups=6),
         nn.Flatten(),
         nn.Linear(54, 5),
     )
+    model = copy.deepcopy(dense)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
     x = torch.randn(3, 4, 8, 8)
     names = ["0", "1", "3"]
-    hessians = input_hessians(model, names, [x[:2], x[2:]])
-    inputs = {"0": x, "1": model[0](x), "3": model[2](model[1](model[0](x)))}
+    alone = layer_inputs(model, names, [x[:2], x[2:]])
+    paired = layer_inputs(model, names, [x[:2], x[2:]], dense=dense)
+
+    def reads(network: nn.Module) -> dict[str, torch.Tensor]:
+        return {"0": x, "1": network[0](x), "3": network[2](network[1](network[0](x)))}
+
+    seen, dense_seen = reads(model), reads(dense)
     for name in names:
-        layer, seen = model.get_submodule(name), inputs[name]
-        if isinstance(layer, nn.Linear):
-            groups, columns = 1, seen[None]
-        else:
-            unfolded = F.unfold(seen, layer.kernel_size, padding=layer.padding, stride=layer.stride)
-            groups = layer.groups
-            rows = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
-            columns = rows.reshape(len(rows), groups, -1).transpose(0, 1)
-        assert hessians[name].shape[0] == groups
-        torch.testing.assert_close(hessians[name], columns.transpose(1, 2) @ columns, rtol=1e-4, atol=1e-4)
+        layer = model.get_submodule(name)
+        columns, dense_columns = grouped_columns(layer, seen[name]), grouped_columns(layer, dense_seen[name])
+        expected = {
+            "hessian": columns.transpose(1, 2) @ columns,
+            "cross": dense_columns.transpose(1, 2) @ columns,
+            "dense": dense_columns.transpose(1, 2) @ dense_columns,
+        }
+        for part, product in expected.items():
+            torch.testing.assert_close(getattr(paired[name], part), product, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(getattr(alone[name], part), expected["hessian"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(paired["3"].cross, paired["3"].hessian)  # the perturbation shows
 
 
 def test_no_layers_no_pass():
     model = nn.Sequential(nn.Linear(4, 2))
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    assert input_hessians(model, [], [torch.randn(3, 4)]) == {} and calls == []
+    assert layer_inputs(model, [], [torch.randn(3, 4)]) == {} and calls == []
 
 
 class ConvNet(nn.Module):
@@ -152,14 +204,15 @@ def test_reconstruct_brings_the_network_back_towards_dense_and_touches_only_kept
     calibration, held_out = torch.randn(256, 2, 12), torch.randn(256, 2, 12)
     with torch.no_grad():
         masked_error = F.mse_loss(compressed(held_out), model(held_out))
-        report = reconstruct(compressed, [name for name, _ in policy], list(calibration.split(64)))
+        report = reconstruct(compressed, model, [name for name, _ in policy], list(calibration.split(64)))
         fitted_error = F.mse_loss(compressed(held_out), model(held_out))
     assert list(report) == ["conv1", "conv2", "depthwise"]
-    # a pruned filter's row has nothing left to fit; the other layers have
+    # a pruned filter's row has nothing left to fit; the other layers come closer to the dense
+    # network's output, conv2 also making up for conv1's lost filters
     assert report["conv1"].fitted == pytest.approx(report["conv1"].compressed)
-    assert report["conv2"].fitted < 0.8 * report["conv2"].compressed
-    assert report["depthwise"].fitted < 0.8 * report["depthwise"].compressed
-    assert fitted_error < masked_error  # the filters conv1 lost stay lost: most of the error
+    assert report["conv2"].fitted < 0.6 * report["conv2"].compressed
+    assert report["depthwise"].fitted < report["depthwise"].compressed
+    assert fitted_error < 0.8 * masked_error
     for name, _ in policy:
         weight, mask = (
             dense_weight(compressed.get_submodule(name)),
@@ -168,6 +221,26 @@ def test_reconstruct_brings_the_network_back_towards_dense_and_touches_only_kept
         assert torch.equal(weight[~mask], before[name][~mask])  # the pruned keep their dense values
         assert torch.isfinite(weight).all()
     assert torch.equal(dense_weight(compressed.fc), before["fc"])
+
+
+def test_a_layer_the_policy_leaves_dense_makes_up_for_the_filters_pruned_before_it():
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    policy = Policy.of({"conv1": Choice(Pattern.FILTER, 10, 16)})
+    example = torch.randn(1, 2, 12)
+    couplings = filter_couplings(model, example, discover_layers(model, example))
+    compressed = compress(model, policy, couplings=couplings)
+    removed = removed_inputs(policy, {"conv1": weight_parametrization(compressed.conv1).mask}, couplings)
+    calibration, held_out = torch.randn(256, 2, 12), torch.randn(256, 2, 12)
+    names = ["conv1", "conv2", "depthwise", "fc"]
+    with torch.no_grad():
+        masked_error = F.mse_loss(compressed(held_out), model(held_out))
+        report = reconstruct(compressed, model, names, list(calibration.split(64)), removed=removed)
+        fitted_error = F.mse_loss(compressed(held_out), model(held_out))
+    assert list(report) == ["conv1", "conv2"]  # conv2 loses six inputs; the others keep theirs
+    assert report["conv2"].fitted < 0.6 * report["conv2"].compressed
+    assert (compressed.conv2.weight[:, removed["conv2"]] == 0).all()
+    assert fitted_error < 0.8 * masked_error
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +279,7 @@ def test_learned_masks_are_not_fitted(target):
     model, splits, layers, policy = target
     tuned = finetune(model, policy, layers, splits, settings(reconstruct=True, mask="learned"), seed=0)
     quantized = [name for name, choice in policy if choice.w_bits <= 8]
-    assert reconstructed_layers(tuned.model, [name for name, _ in policy]) == []
+    assert not any(fits(tuned.model.get_submodule(name)) for name, _ in policy)
     assert quantized and all("output_error_fitted" not in tuned.metrics[name] for name in quantized)
 
 
@@ -241,7 +314,7 @@ def test_layers_reading_one_tensor_share_a_pass_that_ends_early_and_fit_the_same
             head_calls[mode] += 1
 
         compressed.head.register_forward_hook(count)
-        reconstruct(compressed, names, batches, calls)
+        reconstruct(compressed, model, names, batches, calls)
         fitted[mode] = {name: dense_weight(compressed.get_submodule(name)).detach() for name in names}
     for name in names:
         torch.testing.assert_close(fitted["shared"][name], fitted["alone"][name], rtol=1e-5, atol=1e-6)
