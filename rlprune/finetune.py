@@ -92,8 +92,9 @@ class FinetuneSettings:
         gap_epochs_per_step: epochs a partition stays grown.
         channel_multiple: a recast that removes filters keeps a multiple of this many (the
             hardware's ``channel_multiple``, as the search does).
-        reconstruct: before training, re-fit each compressed layer's kept weights to its dense
-            output on calibration inputs (:func:`rlprune.reconstruct.reconstruct`).
+        reconstruct: before training, re-fit each compressed layer's kept weights, and those of
+            a layer that loses inputs to pruned filters, to the dense network's output on
+            calibration inputs (:func:`rlprune.reconstruct.reconstruct`).
     """
 
     train: TrainSettings = field(default_factory=TrainSettings)

@@ -1,13 +1,16 @@
-"""Layer-wise reconstruction: the kept weights of each masked layer re-fit to its dense output.
+"""Layer-wise reconstruction: the kept weights of each compressed layer re-fit to the dense output.
 
-Masking a layer drops the pruned weights' share of its output. The kept weights of the same rows
-can make up for much of it: for the inputs ``X`` the layer sees on calibration data, the masked
-weights ``W'`` that minimise ``‖W X − W' X‖²`` given the mask, a least-squares problem per row
-in the input Hessian ``X Xᵀ``. SparseGPT (Frantar & Alistarh 2023) approximates it with one
-inverse Hessian for all rows, which is close when it also picks the mask on the way. Under a
-mask fixed beforehand (the policy's, of any pattern) it left most of what the exact solution
-recovers, so each row's own system is solved, all rows at once, by conjugate gradients. Weights
-of 8 bits or fewer are then rounded as GPTQ does.
+Masking a layer drops the pruned weights' share of its output, and the layers compressed before
+it have already changed what it reads. The kept weights of the same rows can make up for much of
+both: for the inputs ``X`` the layer reads in the compressed network and ``X_d`` it read in the
+dense one, on the same calibration data, the masked weights ``W'`` that minimise
+``‖W X_d − W' X‖²`` given the mask, a least-squares problem per row in the moments ``X Xᵀ`` and
+``X_d Xᵀ`` (GPTAQ's asymmetric target, Li et al. 2025; channel pruning's, He et al. 2017, for a
+layer whose inputs pruned filters remove). SparseGPT (Frantar & Alistarh 2023) approximates such
+a fit with one inverse Hessian for all rows, which is close when it also picks the mask on the
+way. Under a mask fixed beforehand (the policy's, of any pattern) it left most of what the exact
+solution recovers, so each row's own system is solved, all rows at once, by conjugate gradients.
+Weights of 8 bits or fewer are then rounded as GPTQ does.
 
 docs/algorithms.md, "Reconstruction", says how and what it measured.
 """
@@ -36,9 +39,9 @@ QUANTIZED_BITS = 8  # weights at this many bits or fewer are rounded by quantize
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """How far one layer's output strays from its dense output on the calibration inputs,
-    relative to that output (``‖(W − W') X‖² / ‖W X‖²``, ``W'`` masked and rounded as the forward
-    pass computes it): as the policy compressed it, and fitted."""
+    """How far one layer's output strays from the dense network's on the calibration inputs,
+    relative to that output (``‖W X_d − W' X‖² / ‖W X_d‖²``, :class:`LayerInputs`, ``W'`` masked and
+    rounded as the forward pass computes it): as the policy compressed it, and fitted."""
 
     compressed: float
     fitted: float
@@ -83,14 +86,23 @@ class LayerInputs:
         """Inputs the layers before left as the dense network's: ``X = X_d``."""
         return cls(hessian, hessian, hessian)
 
+    @property
+    def is_unchanged(self) -> bool:
+        """Whether these are :meth:`unchanged` inputs: one tensor for all three moments."""
+        return self.cross is self.hessian and self.dense is self.hessian
+
     def __add__(self, other: LayerInputs) -> LayerInputs:
         return LayerInputs(self.hessian + other.hessian, self.cross + other.cross, self.dense + other.dense)
 
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> LayerInputs:
+        """``function`` of each moment (of the one tensor, once, for :meth:`unchanged` inputs)."""
+        if self.is_unchanged:
+            return LayerInputs.unchanged(function(self.hessian))
+        return LayerInputs(function(self.hessian), function(self.cross), function(self.dense))
+
     def to(self, device: torch.device | str) -> LayerInputs:
         """These moments on ``device``."""
-        if self.cross is self.hessian and self.dense is self.hessian:
-            return LayerInputs.unchanged(self.hessian.to(device))
-        return LayerInputs(self.hessian.to(device), self.cross.to(device), self.dense.to(device))
+        return self.map(lambda moment: moment.to(device))
 
 
 def _read_counted(
@@ -158,22 +170,24 @@ def layer_inputs(
     """
     if not names:
         return {}
-    sums: dict[str, LayerInputs] = {}
+    if dense is None:  # one sum, shared by the three moments
+        hessians: dict[str, torch.Tensor] = {}
 
-    def add(name: str, moments: LayerInputs) -> None:
-        sums[name] = sums[name] + moments if name in sums else moments
+        def read_alone(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+            product = _product(_columns(layer, x))
+            hessians[name] = hessians[name] + product if name in hessians else product
 
-    def read_alone(name: str, layer: nn.Module, x: torch.Tensor) -> None:
-        add(name, LayerInputs.unchanged(_product(_columns(layer, x))))
-
-    def read_paired(name: str, layer: nn.Module, x: torch.Tensor, dense_x: torch.Tensor) -> None:
-        columns, dense_columns = _columns(layer, x), _columns(layer, dense_x, quantized=False)
-        cross = dense_columns.transpose(1, 2) @ columns
-        add(name, LayerInputs(_product(columns), cross, _product(dense_columns)))
-
-    if dense is None:
         _read_counted(model, names, batches, calls, read_alone)
+        sums = {name: LayerInputs.unchanged(hessian) for name, hessian in hessians.items()}
     else:
+        sums: dict[str, LayerInputs] = {}
+
+        def read_paired(name: str, layer: nn.Module, x: torch.Tensor, dense_x: torch.Tensor) -> None:
+            columns, dense_columns = _columns(layer, x), _columns(layer, dense_x, quantized=False)
+            cross = dense_columns.transpose(1, 2) @ columns
+            moments = LayerInputs(_product(columns), cross, _product(dense_columns))
+            sums[name] = sums[name] + moments if name in sums else moments
+
         for batch in batches:
             _read_paired(model, dense, names, batch, calls, read_paired)
     missing = [n for n in (names if calls is None else names[:1]) if n not in sums]
@@ -208,7 +222,12 @@ def _damped(matrix: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
 
 def _output_error(fitted: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
     """``‖W X_d − W' X‖²`` of ``fitted`` ``W'`` (float32, grouped) against ``dense`` ``W``, from
-    the moments: ``Σ w D wᵀ − 2 w C vᵀ + v H vᵀ`` over rows, summed in float64."""
+    the moments: ``Σ w D wᵀ − 2 w C vᵀ + v H vᵀ`` over rows, summed in float64 (for
+    :meth:`~LayerInputs.unchanged` inputs ``Σ (w − v) H (w − v)ᵀ``, which has no difference of
+    large sums)."""
+    if inputs.is_unchanged:
+        gap = dense - fitted
+        return float(torch.einsum("grc,grc->", (gap @ inputs.hessian.float()).double(), gap.double()))
     energy = torch.einsum("grc,grc->", dense.double(), (dense @ inputs.dense.float()).double())
     crossed = torch.einsum("grc,grc->", (dense @ inputs.cross.float()).double(), fitted.double())
     fitted_energy = torch.einsum("grc,grc->", (fitted @ inputs.hessian.float()).double(), fitted.double())
@@ -228,7 +247,7 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInp
     :data:`ITERATIONS`). Returns a new float32 tensor.
     """
     ridge = _ridge(inputs.hessian)
-    damped = LayerInputs(*(_damped(m, ridge) for m in (inputs.hessian, inputs.cross, inputs.dense)))
+    damped = inputs.map(lambda moment: _damped(moment, ridge))
     hessian = damped.hessian
     weight, kept = weight.float(), keep.float()
     inverse_diagonal = 1.0 / hessian.diagonal(dim1=1, dim2=2).unsqueeze(1)
@@ -263,6 +282,8 @@ def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tenso
     column, each column's rounding error spread over the row's later kept columns (GPTQ, Frantar
     et al. 2023): ``U`` the upper Cholesky factor of the inverse Hessian, column ``j``'s error
     ``(w_j − q_j) / U[j, j]`` is subtracted along ``U[j, j+1:]``, :data:`BLOCK` columns at a time.
+    Away from :func:`least_squares_fit`'s optimum ``w`` the output error grows by
+    ``(v − w) H (v − w)ᵀ`` whatever the fit's target, so ``hessian`` (``X Xᵀ``) is all it needs.
 
     The grid is :func:`rlprune.quant.fake_quantize_weight`'s: symmetric per output channel (row),
     its step the row's largest magnitude over ``2^(bits−1) − 1``. That entry is rounded to the
@@ -358,7 +379,7 @@ def fitted_weight(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] 
 
 
 @torch.no_grad()
-def fit_layer(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = ()) -> Reconstruction:
+def fit_layer(layer: nn.Module, inputs: LayerInputs) -> Reconstruction:
     """Re-fit one layer's kept weights, in place, to the dense network's output under ``inputs``
     (:func:`fitted_weight`), and say how far its output strayed before and after."""
     parametrization = _fixed_parametrization(layer)
@@ -370,7 +391,7 @@ def fit_layer(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = ()
         return _grouped(layer, (tensor if parametrization is None else parametrization(tensor)).float())
 
     compressed = _relative_error(as_computed(dense), dense, inputs)
-    weight.copy_(fitted_weight(layer, inputs, removed))
+    weight.copy_(fitted_weight(layer, inputs))
     return Reconstruction(compressed, _relative_error(as_computed(weight), dense, inputs))
 
 
@@ -392,9 +413,13 @@ def reconstruct(
     same batch, so a layer also makes up for what the layers before it lost (the asymmetric
     target of GPTAQ, Li et al. 2025). With ``calls`` (:func:`layer_inputs`),
     layers that read the same tensor share a pass, and a pass ends where the next layer to fit
-    reads something else; without, each layer has whole passes of its own. ``removed``: the
-    input channels each layer loses to filter pruning upstream
-    (:func:`rlprune.compress.removed_inputs`). Returns each fitted layer's :class:`Reconstruction`.
+    reads something else; without, each layer has whole passes of its own.
+
+    ``removed``: the input channels each layer loses to filter pruning upstream
+    (:func:`rlprune.compress.removed_inputs`); such a layer is fit whatever its own choice. The
+    weights those channels fed are left as they are: they multiply zeros here, and a filter mask
+    that moves in training (learned masks, GaP, SR-STE's refresh) may bring a channel back.
+    Returns each fitted layer's :class:`Reconstruction`.
     """
     removed = removed or {}
     remaining = [name for name in names if fits(model.get_submodule(name), removed.get(name, ()))]
@@ -402,19 +427,19 @@ def reconstruct(
     while remaining:
         inputs = layer_inputs(model, remaining if calls else remaining[:1], batches, calls, dense)
         for name in [n for n in remaining if n in inputs]:
-            report[name] = fit_layer(model.get_submodule(name), inputs[name], removed.get(name, ()))
+            report[name] = fit_layer(model.get_submodule(name), inputs[name])
         remaining = [n for n in remaining if n not in report]
     return report
 
 
 class LayerFits:
-    """Each layer fit alone to the dense network's inputs, after one calibration pass in all: a
+    """Each layer fit alone on the dense network's inputs, after one calibration pass in all: a
     search's estimate of what :func:`reconstruct` makes of a policy (``search.reconstruct``).
 
-    :func:`reconstruct` fits layer after layer, each to the inputs the layers fit before it pass
+    :func:`reconstruct` fits layer after layer, each on the inputs the layers fit before it pass
     on, so its passes depend on the whole policy. Here every layer's Hessian is read once, from
-    the dense network, and a layer's fit depends only on its own mask and bit-width and on the
-    inputs that filter pruning silences, so a search can cache it per layer and option (as
+    the dense network (``X = X_d``), and a layer's fit depends only on its own mask and bit-width
+    and on the inputs that filter pruning removes, so a search can cache it per layer and option (as
     EvoPress, Sieberling et al. 2024, does per layer and compression level). How far the
     estimate holds is measured in docs/language_models.md, "In the search".
 
@@ -428,7 +453,7 @@ class LayerFits:
         self.inputs = layer_inputs(model, names, batches)
 
     def to(self, device: torch.device | str) -> LayerFits:
-        """These fits with their Hessians on ``device``."""
+        """These fits with their inputs' moments on ``device``."""
         self.inputs = {name: inputs.to(device) for name, inputs in self.inputs.items()}
         return self
 
