@@ -170,6 +170,7 @@ def layer_inputs(
     """
     if not names:
         return {}
+    sums: dict[str, LayerInputs]
     if dense is None:  # one sum, shared by the three moments
         hessians: dict[str, torch.Tensor] = {}
 
@@ -180,7 +181,7 @@ def layer_inputs(
         _read_counted(model, names, batches, calls, read_alone)
         sums = {name: LayerInputs.unchanged(hessian) for name, hessian in hessians.items()}
     else:
-        sums: dict[str, LayerInputs] = {}
+        sums = {}
 
         def read_paired(name: str, layer: nn.Module, x: torch.Tensor, dense_x: torch.Tensor) -> None:
             columns, dense_columns = _columns(layer, x), _columns(layer, dense_x, quantized=False)
