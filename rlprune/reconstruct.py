@@ -221,18 +221,9 @@ def _damped(matrix: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
-def _output_error(fitted: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
-    """``‖W X_d − W' X‖²`` of ``fitted`` ``W'`` (float32, grouped) against ``dense`` ``W``, from
-    the moments: ``Σ w D wᵀ − 2 w C vᵀ + v H vᵀ`` over rows, summed in float64 (for
-    :meth:`~LayerInputs.unchanged` inputs ``Σ (w − v) H (w − v)ᵀ``, which has no difference of
-    large sums)."""
-    if inputs.is_unchanged:
-        gap = dense - fitted
-        return float(torch.einsum("grc,grc->", (gap @ inputs.hessian.float()).double(), gap.double()))
-    energy = torch.einsum("grc,grc->", dense.double(), (dense @ inputs.dense.float()).double())
-    crossed = torch.einsum("grc,grc->", (dense @ inputs.cross.float()).double(), fitted.double())
-    fitted_energy = torch.einsum("grc,grc->", (fitted @ inputs.hessian.float()).double(), fitted.double())
-    return float(energy - 2 * crossed + fitted_energy)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``Σ a ⊙ b``, summed in float64."""
+    return float(torch.einsum("grc,grc->", a.double(), b.double()))
 
 
 def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
@@ -253,8 +244,18 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInp
     weight, kept = weight.float(), keep.float()
     inverse_diagonal = 1.0 / hessian.diagonal(dim1=1, dim2=2).unsqueeze(1)
     fitted = weight * kept
-    left = max(_output_error(fitted, weight, damped), 0.0)
-    residual = kept * (weight @ damped.cross - fitted @ hessian)
+    # pulled = w C − v H; the error w D wᵀ − 2 w C vᵀ + v H vᵀ is w D wᵀ − (w C + pulled) vᵀ, or
+    # (w − v) · pulled where X = X_d (no difference of large sums)
+    if damped.is_unchanged:
+        gap = weight - fitted
+        pulled = gap @ hessian
+        left = _dot(pulled, gap)
+    else:
+        target = weight @ damped.cross
+        pulled = target - fitted @ hessian
+        left = _dot(weight @ damped.dense, weight) - _dot(target + pulled, fitted)
+    left = max(left, 0.0)
+    residual = kept * pulled
     direction = residual * inverse_diagonal
     product = (residual * direction).sum(-1, keepdim=True)
     for _ in range(ITERATIONS):
@@ -317,9 +318,20 @@ def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tenso
 
 
 def _relative_error(weight: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
-    """``‖W X_d − W' X‖² / ‖W X_d‖²`` of ``weight`` ``W'`` against ``dense`` ``W`` (both grouped)."""
-    energy = torch.einsum("grc,grc->", dense.double(), (dense @ inputs.dense.float()).double())
-    return max(_output_error(weight, dense, inputs), 0.0) / max(float(energy), 1e-30)
+    """``‖W X_d − W' X‖² / ‖W X_d‖²`` of ``weight`` ``W'`` against ``dense`` ``W`` (both grouped),
+    from the moments: ``w D wᵀ − 2 w C vᵀ + v H vᵀ`` over rows (``(w − v) H (w − v)ᵀ`` where
+    ``X = X_d``, which has no difference of large sums)."""
+    energy = _dot(dense @ inputs.dense.float(), dense)
+    if inputs.is_unchanged:
+        gap = dense - weight
+        error = _dot(gap @ inputs.hessian.float(), gap)
+    else:
+        error = (
+            energy
+            - 2 * _dot(dense @ inputs.cross.float(), weight)
+            + _dot(weight @ inputs.hessian.float(), weight)
+        )
+    return max(error, 0.0) / max(energy, 1e-30)
 
 
 def compresses(layer: nn.Module) -> bool:
