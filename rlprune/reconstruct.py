@@ -143,9 +143,24 @@ def _read_paired(
     input in ``model`` and the same call's in ``dense``."""
     dense_reads: dict[str, list[torch.Tensor]] = {}
     _read_counted(dense, names, [batch], calls, lambda name, _, x: dense_reads.setdefault(name, []).append(x))
-    _read_counted(
-        model, names, [batch], calls, lambda name, layer, x: read(name, layer, x, dense_reads[name].pop(0))
-    )
+
+    def read_pair(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        if not dense_reads.get(name):
+            raise RlpruneError(
+                f"reconstruction: layer {name!r} is called more often in the compressed network than in "
+                "the dense one on the same batch, so its calls cannot be paired; calls are paired by "
+                "order, and the network's control flow must not depend on its weights"
+            )
+        dense_x = dense_reads[name].pop(0)
+        if dense_x.shape != x.shape:
+            raise RlpruneError(
+                f"reconstruction: layer {name!r} reads an input of shape {tuple(x.shape)} in the "
+                f"compressed network and {tuple(dense_x.shape)} in the dense one; give both the same "
+                "layers (compress with masks, not by removing channels, before reconstructing)"
+            )
+        read(name, layer, x, dense_x)
+
+    _read_counted(model, names, [batch], calls, read_pair)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from rlprune.compress import compress, dense_weight, removed_inputs, weight_parametrization
 from rlprune.data import Splits
-from rlprune.errors import ConfigError
+from rlprune.errors import ConfigError, RlpruneError
 from rlprune.finetune import FinetuneSettings, finetune
 from rlprune.hardware.factory import load_latency_model
 from rlprune.layers import discover_layers, filter_couplings
@@ -165,6 +165,31 @@ def test_layer_inputs_pair_each_group_with_the_inputs_it_multiplies_and_the_dens
             torch.testing.assert_close(getattr(paired[name], part), product, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(getattr(alone[name], part), expected["hessian"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(paired["3"].cross, paired["3"].hessian)  # the perturbation shows
+
+
+class Repeat(nn.Module):
+    """A Linear applied ``times`` times after ``pre``: control flow that differs between two copies."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times, self.pre, self.linear = times, nn.Identity(), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        for _ in range(self.times):
+            x = self.linear(x)
+        return x
+
+
+def test_layer_inputs_refuse_calls_the_dense_network_did_not_make():
+    dense = Repeat(1)
+    model = copy.deepcopy(dense)
+    model.times = 2
+    with pytest.raises(RlpruneError, match="'linear' is called more often in the compressed network"):
+        layer_inputs(model, ["linear"], [torch.randn(3, 4)], dense=dense)
+    dense.pre, dense.linear = nn.Linear(4, 3), nn.Linear(3, 4)  # the first calls pair, not their inputs
+    with pytest.raises(RlpruneError, match=r"shape \(3, 4\) in the compressed network and \(3, 3\)"):
+        layer_inputs(model, ["linear"], [torch.randn(3, 4)], dense=dense)
 
 
 def test_no_layers_no_pass():
