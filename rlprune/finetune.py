@@ -442,5 +442,7 @@ def _metrics(
         if name in fits:
             row["output_error_compressed"] = fits[name].compressed
             row["output_error_fitted"] = fits[name].fitted
+            if fits[name].damping is not None:
+                row["fit_ridge"] = fits[name].damping
         metrics[name] = row
     return metrics

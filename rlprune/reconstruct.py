@@ -17,6 +17,7 @@ docs/algorithms.md, "Reconstruction", says how and what it measured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ from rlprune.masks import EndPass, input_columns, read_inputs
 from rlprune.policy import Policy
 
 DAMPING = 0.01  # added to the Hessian's diagonal, as a share of its mean (SparseGPT's default)
+# the shares a reconstruction tries, smallest first, judged on calibration batches the fit did not
+# see: few inputs per weight (a classifier's Linear reads one column per sample) need a stronger one
+DAMPINGS = (DAMPING, 0.1, 1.0, 10.0)
 PROGRESS = 1e-3  # conjugate gradients stop once a step lowers the output error by less than this share of it
 ITERATIONS = 100
 BLOCK = 128  # columns rounded one by one before the rest of the row takes their errors at once
@@ -41,10 +45,12 @@ QUANTIZED_BITS = 8  # weights at this many bits or fewer are rounded by quantize
 class Reconstruction:
     """How far one layer's output strays from the dense network's on the calibration inputs,
     relative to that output (``‖W X_d − W' X‖² / ‖W X_d‖²``, :class:`LayerInputs`, ``W'`` masked and
-    rounded as the forward pass computes it): as the policy compressed it, and fitted."""
+    rounded as the forward pass computes it): as the policy compressed it, and fitted; and the
+    ridge share the fit took (``None``: no fit did better on held-out batches, the layer was left)."""
 
     compressed: float
     fitted: float
+    damping: float | None = DAMPING
 
 
 def _groups(layer: nn.Module) -> int:
@@ -217,8 +223,8 @@ def _product(columns: torch.Tensor) -> torch.Tensor:
     return columns.transpose(1, 2) @ columns
 
 
-def _ridge(hessian: torch.Tensor) -> torch.Tensor:
-    """What a fit adds to its moments' diagonals, per group ``(groups, columns)``: :data:`DAMPING`
+def _ridge(hessian: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """What a fit adds to its moments' diagonals, per group ``(groups, columns)``: ``damping``
     times the Hessian's mean diagonal; and 1 for inputs that are always zero (a pruned filter
     upstream), so the system stays positive definite and their weights receive no update.
 
@@ -226,7 +232,7 @@ def _ridge(hessian: torch.Tensor) -> torch.Tensor:
     each fitted weight's move away from its dense value."""
     diagonal = hessian.diagonal(dim1=1, dim2=2).float()
     silent = (diagonal == 0).float()
-    return silent + DAMPING * (diagonal + silent).mean(-1, keepdim=True)
+    return silent + damping * (diagonal + silent).mean(-1, keepdim=True)
 
 
 def _damped(matrix: torch.Tensor, ridge: torch.Tensor) -> torch.Tensor:
@@ -241,9 +247,12 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.einsum("grc,grc->", a.double(), b.double()))
 
 
-def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+def least_squares_fit(
+    weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInputs, damping: float = DAMPING
+) -> torch.Tensor:
     """The masked weights whose output comes closest to the dense one: per row, ``v`` minimising
-    ``‖w X_d − v X‖²`` (plus :func:`_ridge`'s penalty) with ``v`` zero where ``keep`` is false.
+    ``‖w X_d − v X‖²`` (plus :func:`_ridge`'s penalty, ``damping`` of the Hessian's mean diagonal)
+    with ``v`` zero where ``keep`` is false.
 
     All per group: ``weight`` (the dense ``w``) and ``keep`` ``(groups, rows, columns)``,
     ``inputs`` :class:`LayerInputs`. Each row has its own kept columns, so its own system
@@ -253,7 +262,7 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInp
     once one lowers it by less than :data:`PROGRESS` of what is left (at most
     :data:`ITERATIONS`). Returns a new float32 tensor.
     """
-    ridge = _ridge(inputs.hessian)
+    ridge = _ridge(inputs.hessian, damping)
     damped = inputs.map(lambda moment: _damped(moment, ridge))
     hessian = damped.hessian
     weight, kept = weight.float(), keep.float()
@@ -288,13 +297,15 @@ def least_squares_fit(weight: torch.Tensor, keep: torch.Tensor, inputs: LayerInp
     return fitted * kept
 
 
-def _inverse_factor(hessian: torch.Tensor) -> torch.Tensor:
+def _inverse_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     """The upper Cholesky factor ``U`` of the damped Hessian's inverse, per group."""
-    damped = _damped(hessian, _ridge(hessian))
+    damped = _damped(hessian, _ridge(hessian, damping))
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
 
 
-def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor, bits: int) -> torch.Tensor:
+def quantized_fit(
+    weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor, bits: int, damping: float = DAMPING
+) -> torch.Tensor:
     """``weight`` (masked, ``(groups, rows, columns)``) rounded to its ``bits``-bit grid column by
     column, each column's rounding error spread over the row's later kept columns (GPTQ, Frantar
     et al. 2023): ``U`` the upper Cholesky factor of the inverse Hessian, column ``j``'s error
@@ -313,7 +324,7 @@ def quantized_fit(weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tenso
     largest = weight.abs() == weight.abs().amax(-1, keepdim=True)
     largest &= largest.cumsum(-1) == 1  # the first, where two tie
     end_of_grid = weight.sign() * top * step
-    factor = _inverse_factor(hessian)
+    factor = _inverse_factor(hessian, damping)
     columns = weight.shape[-1]
     for start in range(0, columns, BLOCK):
         end = min(start + BLOCK, columns)
@@ -383,12 +394,14 @@ def _without_inputs(layer: nn.Module, tensor: torch.Tensor, removed: Sequence[in
 
 
 @torch.no_grad()
-def fitted_weight(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = ()) -> torch.Tensor:
+def fitted_weight(
+    layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] = (), damping: float = DAMPING
+) -> torch.Tensor:
     """One layer's weight re-fit to the dense network's output under ``inputs``
     (:func:`layer_inputs`): :func:`least_squares_fit` under its mask (none where it is not
     attached), then :func:`quantized_fit` at its weight bit-width when that is
-    :data:`QUANTIZED_BITS` or fewer. The layer is left unchanged; the weight returned has the dense
-    weight's shape and dtype.
+    :data:`QUANTIZED_BITS` or fewer, both with the ridge share ``damping``. The layer is left
+    unchanged; the weight returned has the dense weight's shape and dtype.
 
     Only the kept weights change: the pruned ones keep their dense values (masked out of the
     forward pass), so a mask recomputed from the dense weights later (SR-STE's refresh, GaP)
@@ -399,28 +412,53 @@ def fitted_weight(layer: nn.Module, inputs: LayerInputs, removed: Sequence[int] 
     weight = dense_weight(layer).detach()
     mask = torch.ones_like(weight, dtype=torch.bool) if parametrization is None else parametrization.mask
     keep = _grouped(layer, _without_inputs(layer, mask, removed))
-    fitted = least_squares_fit(_grouped(layer, weight), keep, inputs)
+    fitted = least_squares_fit(_grouped(layer, weight), keep, inputs, damping)
     if parametrization is not None and parametrization.bits <= QUANTIZED_BITS:
-        fitted = quantized_fit(fitted, keep, inputs.hessian, parametrization.bits)
+        fitted = quantized_fit(fitted, keep, inputs.hessian, parametrization.bits, damping)
     unkept = _grouped(layer, _without_inputs(layer, weight.float(), removed))
     return torch.where(keep, fitted, unkept).reshape_as(weight).to(weight.dtype)
 
 
-@torch.no_grad()
-def fit_layer(layer: nn.Module, inputs: LayerInputs) -> Reconstruction:
-    """Re-fit one layer's kept weights, in place, to the dense network's output under ``inputs``
-    (:func:`fitted_weight`), and say how far its output strayed before and after."""
+def _output_error(layer: nn.Module, weight: torch.Tensor, dense: torch.Tensor, inputs: LayerInputs) -> float:
+    """:func:`_relative_error` of the layer computing with ``weight`` (its mask and rounding
+    applied, as the forward pass does) against its weight before any fit, ``dense``."""
     parametrization = _fixed_parametrization(layer)
+    weight = weight.to(dense.dtype)
+    computed = weight if parametrization is None else parametrization(weight)
+    return _relative_error(_grouped(layer, computed.float()), _grouped(layer, dense.float()), inputs)
+
+
+@torch.no_grad()
+def held_out_damping(layer: nn.Module, fold: LayerInputs, held_out: LayerInputs) -> float | None:
+    """The ridge share of :data:`DAMPINGS` whose fit on ``fold`` leaves the least output error on
+    ``held_out``, calibration batches the fit did not see; ``None`` where no fit leaves less
+    there than the layer's weights as they are. The shares are tried from the smallest and stop
+    at the first that does worse than the one before (the error falls, then rises)."""
+    dense = dense_weight(layer).detach()
+    best, lowest = None, _output_error(layer, dense, dense, held_out)
+    previous = math.inf
+    for damping in DAMPINGS:
+        error = _output_error(layer, fitted_weight(layer, fold, damping=damping), dense, held_out)
+        if error < lowest:
+            best, lowest = damping, error
+        if error > previous:
+            break
+        previous = error
+    return best
+
+
+@torch.no_grad()
+def fit_layer(layer: nn.Module, inputs: LayerInputs, damping: float | None = DAMPING) -> Reconstruction:
+    """Re-fit one layer's kept weights, in place, to the dense network's output under ``inputs``
+    (:func:`fitted_weight` with the ridge share ``damping``; ``None`` leaves them as they are),
+    and say how far its output strayed before and after."""
     weight = dense_weight(layer)
-    dense = _grouped(layer, weight.detach().float().clone())  # the weight itself is overwritten below
-
-    def as_computed(tensor: torch.Tensor) -> torch.Tensor:  # what the forward pass multiplies
-        tensor = tensor.reshape_as(weight).to(weight.dtype)
-        return _grouped(layer, (tensor if parametrization is None else parametrization(tensor)).float())
-
-    compressed = _relative_error(as_computed(dense), dense, inputs)
-    weight.copy_(fitted_weight(layer, inputs))
-    return Reconstruction(compressed, _relative_error(as_computed(weight), dense, inputs))
+    dense = weight.detach().clone()  # the weight itself is overwritten below
+    compressed = _output_error(layer, dense, dense, inputs)
+    if damping is None:
+        return Reconstruction(compressed, compressed, None)
+    weight.copy_(fitted_weight(layer, inputs, damping=damping))
+    return Reconstruction(compressed, _output_error(layer, weight.detach(), dense, inputs), damping)
 
 
 @torch.no_grad()
@@ -443,6 +481,11 @@ def reconstruct(
     layers that read the same tensor share a pass, and a pass ends where the next layer to fit
     reads something else; without, each layer has whole passes of its own.
 
+    The ridge of each fit is chosen on held-out data: the even batches fit the layer at each
+    share of :data:`DAMPINGS`, the odd ones judge the fits (:func:`held_out_damping`), and the
+    share that leaves the least error there fits the layer on all batches; a layer no fit helps
+    there is left as it is. With one batch, the fit takes :data:`DAMPING`.
+
     ``removed``: the input channels each layer loses to filter pruning upstream
     (:func:`rlprune.compress.removed_inputs`); such a layer is fit whatever its own choice. The
     weights those channels fed are left as they are: they multiply zeros here, and a filter mask
@@ -453,9 +496,20 @@ def reconstruct(
     remaining = [name for name in names if fits(model.get_submodule(name), removed.get(name, ()))]
     report = {}
     while remaining:
-        inputs = layer_inputs(model, remaining if calls else remaining[:1], batches, calls, dense)
+        group = remaining if calls else remaining[:1]
+        if len(batches) < 2:  # nothing to hold out
+            inputs = layer_inputs(model, group, batches, calls, dense)
+            dampings = dict.fromkeys(inputs, DAMPING)
+        else:
+            fold = layer_inputs(model, group, batches[0::2], calls, dense)
+            held_out = layer_inputs(model, group, batches[1::2], calls, dense)
+            inputs = {name: fold[name] + held_out[name] for name in fold.keys() & held_out.keys()}
+            dampings = {
+                name: held_out_damping(model.get_submodule(name), fold[name], held_out[name])
+                for name in inputs
+            }
         for name in [n for n in remaining if n in inputs]:
-            report[name] = fit_layer(model.get_submodule(name), inputs[name])
+            report[name] = fit_layer(model.get_submodule(name), inputs[name], dampings[name])
         remaining = [n for n in remaining if n not in report]
     return report
 

@@ -19,6 +19,7 @@ METRIC_HEADERS = {
     "diversity": "diversity",
     "output_error_compressed": "out err",
     "output_error_fitted": "out err fitted",
+    "fit_ridge": "ridge",  # empty where a fit's layer was left: no fit did better on held-out batches
 }
 
 

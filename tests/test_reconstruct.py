@@ -24,6 +24,7 @@ from rlprune.reconstruct import (
     DAMPING,
     LayerFits,
     LayerInputs,
+    fit_layer,
     fits,
     layer_inputs,
     least_squares_fit,
@@ -267,6 +268,31 @@ def test_a_layer_the_policy_leaves_dense_makes_up_for_the_filters_pruned_before_
     lost = removed["conv2"]  # they feed zeros: left as they were, for a filter mask that moves in training
     assert torch.equal(compressed.conv2.weight[:, lost], model.conv2.weight[:, lost])
     assert fitted_error < 0.8 * masked_error
+
+
+@pytest.mark.parametrize("samples", [64, 2048])
+def test_the_ridge_is_chosen_on_held_out_batches_where_samples_are_few(samples):
+    """A Linear reads one column per sample: 64 samples for 96 inputs let the smallest ridge fit
+    the calibration noise, so the held-out batches choose a stronger one, which computes closer
+    to dense on fresh inputs; 2048 samples need none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 8)).eval()
+    compressed = compress(model, Policy.of({"0": Choice(Pattern.KOFN_WEIGHT, 24, 96)}))
+    fixed = copy.deepcopy(compressed)
+    inputs = correlated_inputs(samples + 4096, 96, seed=1)  # one distribution
+    batches, fresh = list(inputs[:samples].split(samples // 4)), inputs[samples:]
+    with torch.no_grad():
+        masked = F.mse_loss(compressed(fresh), model(fresh)).item()
+        chosen = reconstruct(compressed, model, ["0"], batches)["0"].damping
+        fit_layer(fixed.get_submodule("0"), layer_inputs(fixed, ["0"], batches)["0"], DAMPING)
+        errors = {net: F.mse_loss(net(fresh), model(fresh)).item() for net in (compressed, fixed)}
+    assert errors[compressed] < 0.9 * masked
+    if samples == 64:
+        assert chosen is not None and chosen > DAMPING
+        assert errors[compressed] < 0.9 * errors[fixed]  # which did worse than the masks alone
+    else:
+        assert chosen == DAMPING
+        assert errors[compressed] == pytest.approx(errors[fixed], rel=1e-4)
 
 
 @pytest.fixture(scope="module")
