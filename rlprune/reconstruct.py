@@ -10,7 +10,9 @@ layer whose inputs pruned filters remove). SparseGPT (Frantar & Alistarh 2023) a
 a fit with one inverse Hessian for all rows, which is close when it also picks the mask on the
 way. Under a mask fixed beforehand (the policy's, of any pattern) it left most of what the exact
 solution recovers, so each row's own system is solved, all rows at once, by conjugate gradients.
-Weights of 8 bits or fewer are then rounded as GPTQ does.
+Weights of 8 bits or fewer are then rounded as GPTQ does. The ridge that keeps each system well
+posed is chosen per layer on calibration batches the fit did not see, since a layer that reads
+few input vectors per weight otherwise fits their noise.
 
 docs/algorithms.md, "Reconstruction", says how and what it measured.
 """
