@@ -52,7 +52,7 @@ class Reconstruction:
 
     compressed: float
     fitted: float
-    damping: float | None = DAMPING
+    damping: float | None
 
 
 def _groups(layer: nn.Module) -> int:
