@@ -52,7 +52,7 @@ from rlprune.masks import (
 from rlprune.patterns import SparsityPattern, channel_multiples, get_pattern, pattern_names
 from rlprune.policy import Choice, Pattern, Policy
 from rlprune.reconstruct import Reconstruction, reconstruct
-from rlprune.training import TrainSettings, train
+from rlprune.training import Distillation, TrainSettings, train
 
 LEARNED_PATTERNS = {"weight": Pattern.KOFN_WEIGHT, "kernel": Pattern.KOFN_KERNEL, "filter": Pattern.FILTER}
 """The pattern a learned mask of each granularity keeps (``finetune.granularity``)."""
@@ -95,6 +95,9 @@ class FinetuneSettings:
         reconstruct: before training, re-fit each compressed layer's kept weights, and those of
             a layer that loses inputs to pruned filters, to the dense network's output on
             calibration inputs (:func:`rlprune.reconstruct.reconstruct`).
+        distill_weight: the share of the loss that is the KL divergence from the dense
+            network's outputs (:class:`~rlprune.training.Distillation`), in [0, 1]; 0: none.
+        distill_temperature: the temperature both outputs are softened by.
     """
 
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -109,6 +112,8 @@ class FinetuneSettings:
     gap_epochs_per_step: int = 1
     channel_multiple: int = 1
     reconstruct: bool = False
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mask not in ("policy", "learned"):
@@ -130,6 +135,10 @@ class FinetuneSettings:
             raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
         if not isinstance(self.reconstruct, bool):
             raise ConfigError(f"finetune.reconstruct must be true or false, got {self.reconstruct!r}")
+        if not (_is_number(self.distill_weight) and 0 <= self.distill_weight <= 1):
+            raise ConfigError(f"finetune.distill.weight must lie in [0, 1], got {self.distill_weight!r}")
+        if not (_is_number(self.distill_temperature) and self.distill_temperature > 0):
+            raise ConfigError(f"finetune.distill.temperature must be > 0, got {self.distill_temperature!r}")
         if self.channel_multiple < 1:
             raise ConfigError(f"hardware.channel_multiple must be >= 1, got {self.channel_multiple}")
 
@@ -155,7 +164,13 @@ class FinetuneSettings:
             gap_epochs_per_step=cfg["gap"]["epochs_per_step"],
             channel_multiple=channel_multiple,
             reconstruct=cfg["reconstruct"],
+            distill_weight=cfg["distill"]["weight"],
+            distill_temperature=cfg["distill"]["temperature"],
         )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Choice | str:
@@ -366,7 +381,8 @@ def finetune(
 
     ``couplings`` name the batch norms that a pruned filter silences (:func:`compress.attach`)
     and which layers' filters a learned filter mask may prune (:func:`finetune_policy`).
-    ``progress`` is told each step's loss (:func:`rlprune.training.train`).
+    ``progress`` is told each step's loss (:func:`rlprune.training.train`). With
+    ``settings.distill_weight``, ``dense`` is the teacher the training distills from.
     """
     applied, kept = finetune_policy(policy, layers, settings, couplings)
     names = [name for name, _ in applied]
@@ -403,6 +419,11 @@ def finetune(
         calibrate_activations(model, splits.train_x)
     steps = settings.train.epochs * math.ceil(len(splits.train_x) / settings.train.batch_size)
     trainer = _MaskTrainer(model, applied, settings, steps, pad, couplings, masks)
+    distill = (
+        Distillation(dense, settings.distill_weight, settings.distill_temperature)
+        if settings.distill_weight > 0
+        else None
+    )
     if settings.train.epochs > 0:
         train(
             model,
@@ -415,6 +436,7 @@ def finetune(
             on_step=trainer.on_step,
             augment=augment if augment is not None and augment.active else None,
             progress=progress,
+            distill=distill,
         )
     trainer.follow_filters()
     if settings.train.epochs > 0:

@@ -94,6 +94,31 @@ def kl_divergence(model: nn.Module, reference: nn.Module, x: torch.Tensor, batch
     return total / count
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015; docs/algorithms.md, "Distillation"): the
+    training loss becomes ``(1 − weight) · CE(labels) + weight · T² · KL(teacher_T ‖ model_T)``,
+    the KL between the outputs softened by the temperature ``T``, per sample or per token.
+
+    The teacher (the dense network) runs each batch in eval mode without gradients; the ``T²``
+    keeps the KL's gradients on the scale of the cross-entropy's as ``T`` grows.
+    """
+
+    teacher: nn.Module
+    weight: float
+    temperature: float = 1.0
+
+    def loss(self, logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mixed loss of the outputs ``logits`` that the trained model gave on ``inputs``."""
+        with torch.no_grad(), eval_mode(self.teacher):
+            target = self.teacher(inputs)
+        t = self.temperature
+        log_q = (logits / t).flatten(0, -2).log_softmax(-1)  # one row per sample or token
+        log_p = (target / t).flatten(0, -2).log_softmax(-1)
+        kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+        return (1 - self.weight) * F.cross_entropy(*flat(logits, labels)) + self.weight * t * t * kl
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -106,6 +131,7 @@ def train(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     bf16: bool = False,
     progress: Callable[[int, float], None] | None = None,
+    distill: Distillation | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``(x, y)`` and return it.
 
@@ -122,6 +148,7 @@ def train(
             (:func:`rlprune.device.mixed_precision`); a dense network only.
         progress: called after each step with the steps taken and that step's loss
             (:class:`rlprune.progress.TrainingProgress`).
+        distill: train towards a teacher's outputs as well as the labels.
 
     Raises:
         RlpruneError: when the loss becomes NaN or infinite.
@@ -142,7 +169,11 @@ def train(
             batch = order[start : start + settings.batch_size]
             inputs = x[batch] if augment is None else augment(x[batch], generator)
             with precision:
-                loss = F.cross_entropy(*flat(model(inputs), y[batch]))
+                logits = model(inputs)
+                if distill is None:
+                    loss = F.cross_entropy(*flat(logits, y[batch]))
+                else:
+                    loss = distill.loss(logits, inputs, y[batch])
             if extra_loss is not None:
                 loss = loss + extra_loss()
             value = loss.item()

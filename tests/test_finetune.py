@@ -11,7 +11,7 @@ from rlprune.layers import discover_layers, filter_couplings
 from rlprune.masks import weight_view
 from rlprune.models import MNIST1DCNN
 from rlprune.policy import Choice, Pattern, Policy
-from rlprune.training import TrainSettings
+from rlprune.training import TrainSettings, kl_divergence
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +216,15 @@ def test_a_finetuned_network_ends_with_the_batch_norm_statistics_of_its_final_ma
         torch.testing.assert_close(result.model(x), again(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_distilled_finetune_learns_from_the_dense_network(setup):
+    model, splits, layers, policy = setup  # random labels: training on them pulls away from dense
+    kls = {}
+    for weight in (0.0, 1.0):
+        tuned = finetune(model, policy, layers, splits, settings(distill_weight=weight), seed=0).model
+        kls[weight] = kl_divergence(tuned, model, splits.train_x)
+    assert kls[1.0] < 0.5 * kls[0.0]
+
+
 def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
     assert settings(mask="transposable").mask == "nm_transposable"
     assert settings(mask="kofn").mask == "kofn_weight"
@@ -230,6 +239,9 @@ def test_finetune_mask_takes_the_old_spellings_and_keeps_the_canonical_names():
         ({"nm": (4, 4)}, "N:M needs 0 < N < M"),
         ({"criterion": "vibes"}, "finetune.criterion='vibes'"),
         ({"granularity": "row"}, "finetune.granularity='row'"),
+        ({"distill_weight": 1.5}, r"finetune.distill.weight must lie in \[0, 1\], got 1.5"),
+        ({"distill_weight": "half"}, r"finetune.distill.weight must lie in \[0, 1\], got 'half'"),
+        ({"distill_temperature": 0.0}, "finetune.distill.temperature must be > 0, got 0.0"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):

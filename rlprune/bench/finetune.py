@@ -42,10 +42,13 @@ MODES: dict[str, list[str]] = {
     "gap1": ["finetune.gap.partitions=1"],
     "learned_filter": ["finetune.mask=learned", "finetune.granularity=filter"],
     "reconstruct": ["finetune.reconstruct=true"],
+    "distill": ["finetune.distill.weight=0.5"],
+    "distill_only": ["finetune.distill.weight=1.0"],
 }
 """The finetune schedules a run can ask for, by name: plain masked training, SR-STE with mask
-refresh, grow-and-prune over two partitions and over one, learned (Gumbel) filter masks, and
-plain training after the kept weights are re-fit to each layer's dense output."""
+refresh, grow-and-prune over two partitions and over one, learned (Gumbel) filter masks,
+plain training after the kept weights are re-fit to each layer's dense output, and training
+towards the dense network's outputs: half the loss (``distill``) or all of it (``distill_only``)."""
 
 
 def filter_policy(
