@@ -31,8 +31,9 @@ from rlprune.export import export_filter_pruned, export_int8, fold_batch_norms
 from rlprune.finetune import FinetuneResult, FinetuneSettings
 from rlprune.hardware import LatencyModel, MeasuredModel, network_latency
 from rlprune.hardware.local_gpu import GpuTableModel
-from rlprune.io import write_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
+from rlprune.io import write_atomic, write_dir_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
 from rlprune.layers import PRUNABLE_TYPES, FilterCoupling, LayerInfo
+from rlprune.models.hf import Pretrained
 from rlprune.policy import Pattern, Policy
 from rlprune.report import layer_rows, size_ratio
 from rlprune.tracking import Tracker
@@ -320,10 +321,30 @@ def write_outputs(
         except (ConfigError, ModelError) as exc:  # the run's other outputs stay
             print(f"no model_deployed_gpu.pt: {exc}")
             report["deployed"] = {"model": None, "skipped": str(exc)}
-    write_json_atomic(run_dir / "report.json", report)
+    state = own_state_dict(baked, target.model)
     write_policy(run_dir / "policy.yaml", result.best, hardware.name)
-    write_atomic(run_dir / "model.pt", lambda f: torch.save(own_state_dict(baked, target.model), f))
+    write_atomic(run_dir / "model.pt", lambda f: torch.save(state, f))
+    if isinstance(target.model, Pretrained):
+        report["model_hf"] = _export_hugging_face(target.model, state, run_dir)
+        if report["model_hf"]["folder"]:
+            outputs.append(run_dir / "model_hf")
+    write_json_atomic(run_dir / "report.json", report)  # last: a folder with a report holds a finished run
     return outputs
+
+
+def _export_hugging_face(
+    network: Pretrained, state: Mapping[str, torch.Tensor], run_dir: Path
+) -> dict[str, Any]:
+    """The compressed model in ``transformers``' own format, ``model_hf/``: what
+    ``AutoModel….from_pretrained`` loads without rlprune, with its tokenizer where the model's
+    folder has one (:meth:`~rlprune.models.hf.Pretrained.save_pretrained`). A model that
+    ``transformers`` cannot save keeps the run's other outputs; the report says why."""
+    try:
+        folder = write_dir_atomic(run_dir / "model_hf", lambda d: network.save_pretrained(d, state))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"no model_hf/: {exc}")
+        return {"folder": None, "skipped": str(exc)}
+    return {"folder": folder.name, "tokenizer": (folder / "tokenizer_config.json").exists()}
 
 
 def own_state_dict(baked: nn.Module, network: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Atomic file output: every file is written to a temporary name, then renamed into place.
+"""Atomic file output: every file (or folder) is written to a temporary name, then renamed into place.
 
 A reader therefore sees either the old file or the complete new one, never a partial write,
 even when the process is killed midway.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,24 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_dir_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(folder)`` on a temporary folder beside ``path`` and rename it to ``path``
+    (a folder already there is replaced)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual mode
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 

@@ -172,13 +172,16 @@ class Tracker:
                 self.run.summary[key] = value
 
     def log_artifact(self, name: str, kind: str, files: Sequence[Path]) -> None:
-        """Log existing files as one artifact."""
+        """Log existing files and folders as one artifact."""
         if self.run is None:
             return
         with self.guard(f"artifact {name}"):
             artifact = self._wandb.Artifact(name, type=kind)
             for path in files:
-                artifact.add_file(str(path))
+                if path.is_dir():
+                    artifact.add_dir(str(path), name=path.name)
+                else:
+                    artifact.add_file(str(path))
             self.run.log_artifact(artifact)
 
     def finish(self, exit_code: int = 0) -> None:

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 
 from rlprune.compress import bake, compress  # noqa: E402
 from rlprune.errors import ConfigError, DataError  # noqa: E402
+from rlprune.finish import own_state_dict  # noqa: E402
 from rlprune.layers import discover_layers  # noqa: E402
 from rlprune.models.hf import CausalLM, linear_from_conv1d  # noqa: E402
 from rlprune.policy import Choice, Pattern, Policy  # noqa: E402
@@ -80,10 +81,36 @@ def test_conv1d_becomes_the_linear_that_computes_the_same():
     net = torch.nn.Sequential(Conv1D(6, 4), torch.nn.ReLU(), Conv1D(3, 6))
     x = torch.randn(2, 5, 4)
     before = net(x)
-    assert linear_from_conv1d(net) == 2
+    assert linear_from_conv1d(net) == ["0", "2"]
     assert [type(m) for m in net] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
     assert net[0].weight.shape == (6, 4)  # (out, in), as every Linear: N:M groups run along the input
     assert torch.allclose(net(x), before, atol=1e-6)
+
+
+def test_a_compressed_model_is_saved_in_transformers_own_format(saved, tmp_path):
+    from transformers.pytorch_utils import Conv1D
+
+    kind, folder = saved
+    model = CausalLM(str(folder)).eval()
+    tokens = torch.randint(len(_tokenizer_of(folder)), (2, 16))
+    names = [layer.name for layer in discover_layers(model, tokens)]
+    policy = Policy.of({name: Choice(Pattern.NM, 2, 4, 4, 32) for name in names})  # 2:4, 4-bit weights
+    baked = bake(compress(model, policy)).eval()
+    model.save_pretrained(tmp_path / "out", own_state_dict(baked, model))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True).eval()
+    with torch.no_grad():
+        expected = baked(tokens)
+        assert not torch.allclose(expected, model(tokens), atol=1e-3)  # the compression changed it
+        assert torch.allclose(loaded(input_ids=tokens).logits, expected, atol=1e-5)
+    projection = (
+        loaded.transformer.h[0].attn.c_attn if kind == "gpt2" else loaded.model.layers[0].self_attn.q_proj
+    )
+    assert isinstance(projection, Conv1D if kind == "gpt2" else torch.nn.Linear)
+    assert loaded.config.use_cache  # the key-value cache rlprune turned off is back for generation
+    assert _tokenizer_of(tmp_path / "out").get_vocab() == _tokenizer_of(folder).get_vocab()
+    assert model.model.config.use_cache is False and isinstance(
+        model.get_submodule(names[0]), torch.nn.Linear
+    )
 
 
 def test_loaded_model_is_searchable_layer_by_layer(saved):
@@ -189,6 +216,14 @@ def test_quick_search_from_the_cli(saved, text, tmp_path):
     assert lm["perplexity"]["dense_test"] < len(_tokenizer_of(folder)) / 2  # it learned something
     assert lm["kl_to_dense_test"] >= 0
     assert "perplexity: dense test" in result.stdout
+    # the compressed model loads without rlprune, and computes what model.pt does
+    assert report["model_hf"] == {"folder": "model_hf", "tokenizer": True}
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model_hf", local_files_only=True)
+    compressed = CausalLM(str(folder))
+    compressed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    tokens = _tokenizer_of(tmp_path / "model_hf")(text.read_text(), return_tensors="pt").input_ids[:, :32]
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(input_ids=tokens).logits, compressed.eval()(tokens), atol=1e-5)
 
 
 @pytest.mark.slow  # trains the tiny model briefly, then searches, finetunes and reports in process
@@ -212,3 +247,7 @@ def test_a_loaded_model_runs_the_whole_chain_from_python(saved, tmp_path):
         and report["latency"] <= report["budget"] + 1e-9
     )
     assert report["language_model"]["perplexity"]["dense_test"] < len(_tokenizer_of(folder)) / 2
+    assert report["model_hf"] == {"folder": "model_hf", "tokenizer": False}  # no folder to take one from
+    assert transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "run" / "model_hf", local_files_only=True
+    )

@@ -146,3 +146,22 @@ def test_quick_search_from_the_cli(saved, tmp_path):
     assert report["accuracy"]["dense_test"] > 0.9 and report["latency"] <= report["budget"] + 1e-9
     tuned = SequenceClassifier(str(folder))
     tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # its own class takes it
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "model_hf")
+    assert report["model_hf"] == {"folder": "model_hf", "tokenizer": False}  # the folder holds none
+    ids = torch.from_numpy(x[800:832])
+    with torch.no_grad():
+        mask = (ids != PAD).long()
+        assert torch.allclose(
+            loaded.eval()(input_ids=ids, attention_mask=mask).logits, tuned.eval()(ids), atol=1e-5
+        )
+
+
+def test_a_config_without_a_cache_setting_is_saved_without_one(tmp_path):
+    albert = transformers.AlbertConfig(
+        vocab_size=VOCABULARY, embedding_size=16, hidden_size=32, num_attention_heads=4, intermediate_size=64
+    )
+    transformers.AutoModelForSequenceClassification.from_config(albert).save_pretrained(tmp_path / "in")
+    model = SequenceClassifier(str(tmp_path / "in"))
+    model.save_pretrained(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "use_cache" not in saved and saved["model_type"] == "albert"

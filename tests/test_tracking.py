@@ -58,6 +58,17 @@ def test_a_table_of_records_with_different_keys_is_logged_with_every_column(tmp_
     assert table["data"] == [["a", 0.5, None], ["b", None, None], ["c", None, 1.0]]
 
 
+def test_an_artifact_takes_files_and_folders(tmp_path: Path) -> None:
+    # a Hugging Face model's output is a folder (model_hf/) beside the run's files
+    (tmp_path / "model_hf").mkdir()
+    (tmp_path / "model_hf" / "config.json").write_text("{}")
+    (tmp_path / "report.json").write_text("{}")
+    tracker = Tracker("offline", "rlprune-test", tmp_path, {})
+    tracker.log_artifact("compressed", "model", [tmp_path / "report.json", tmp_path / "model_hf"])
+    tracker.finish()
+    assert tracker.failures == []
+
+
 def test_a_logging_failure_is_recorded_in_one_line_and_the_rest_is_still_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,10 +7,14 @@ GPT-2's projections are ``transformers.pytorch_utils.Conv1D``, a Linear whose we
 transposed ``(in, out)``; :func:`linear_from_conv1d` swaps each for the ``nn.Linear`` that computes
 the same, so layer discovery, masks, latency models, finetune and export see one kind of layer
 whose weight is ``(out, in)`` with N:M groups along the input, as on every other Linear.
+:meth:`Pretrained.save_pretrained` writes a compressed model back in ``transformers``' own format,
+with ``Conv1D``'s ``(in, out)`` weights.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,11 +23,11 @@ from torch import nn
 from rlprune.errors import ConfigError, ModelError
 
 
-def linear_from_conv1d(model: nn.Module) -> int:
+def linear_from_conv1d(model: nn.Module) -> list[str]:
     """Replace every ``transformers`` ``Conv1D`` inside ``model`` by an equal ``nn.Linear`` (in place).
 
     ``Conv1D`` computes ``x @ W + b`` with ``W`` shaped ``(in, out)``; the Linear gets ``W.T``.
-    Returns how many were replaced.
+    Returns the names of the layers replaced.
     """
     from transformers.pytorch_utils import Conv1D
 
@@ -38,10 +42,14 @@ def linear_from_conv1d(model: nn.Module) -> int:
                 linear.bias.copy_(conv.bias)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, linear)
-    return len(swaps)
+    return [name for name, _ in swaps]
 
 
-class _Pretrained(nn.Module):
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+"""Files that ``save_pretrained`` of a tokenizer writes: a model folder with one holds a tokenizer."""
+
+
+class Pretrained(nn.Module):
     """A Hugging Face model read from ``path`` (``save_pretrained``'s folder) with the Auto class
     ``auto``, or one already loaded (``model``, adapted in place; it computes the same): in
     float32, without a key-value cache, GPT-2's ``Conv1D`` as ``nn.Linear``
@@ -51,13 +59,51 @@ class _Pretrained(nn.Module):
 
     def __init__(self, path: str | None, model: nn.Module | None) -> None:
         super().__init__()
+        self.path = path
         self.model = _load(path, self.auto) if model is None else model.float()
+        self.use_cache = getattr(self.model.config, "use_cache", None)  # None: the config has no such key
         self.model.config.use_cache = False
-        linear_from_conv1d(self.model)
+        self.conv1d = linear_from_conv1d(self.model)
+
+    def save_pretrained(self, folder: str | Path, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Save the model as ``transformers`` does, so that ``from_pretrained(folder)`` loads it
+        without rlprune.
+
+        ``state`` (this module's state dict, as a run's ``model.pt`` holds it; by default its
+        own) gives the weights, which the model saved takes as they are, without a copy of the
+        network: the layers that were ``Conv1D`` get their weights transposed back to
+        ``(in, out)``. The config keeps the key-value cache setting it came with, and the
+        tokenizer in ``path``, where that folder has one, is saved too.
+        """
+        weights = {key.removeprefix("model."): value for key, value in (state or self.state_dict()).items()}
+        for name in self.conv1d:
+            weights[f"{name}.weight"] = weights[f"{name}.weight"].T.contiguous()
+        config = copy.deepcopy(self.model.config)
+        if self.use_cache is None:
+            del config.use_cache
+        else:
+            config.use_cache = self.use_cache
+        with torch.device("meta"):  # no memory for weights about to be replaced
+            model = type(self.model)(config)
+        model.load_state_dict(weights, assign=True)
+        model.save_pretrained(folder)
+        tokenizer = self._tokenizer()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    def _tokenizer(self) -> object | None:
+        """The tokenizer saved in ``path``, or None (no path, or none there)."""
+        folder = None if self.path is None else Path(self.path).expanduser()
+        # without its files AutoTokenizer builds one of special tokens alone from the model's type
+        if folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-class CausalLM(_Pretrained):
-    """A causal LM (``AutoModelForCausalLM``) from ``path`` or ``model`` (:class:`_Pretrained`):
+class CausalLM(Pretrained):
+    """A causal LM (``AutoModelForCausalLM``) from ``path`` or ``model`` (:class:`Pretrained`):
     ``(B, T)`` token ids to ``(B, T, vocabulary)`` logits.
 
     The head is untied from the token embedding (a copy of the shared weight), so that a mask or
@@ -91,9 +137,9 @@ class CausalLM(_Pretrained):
         return self.model(input_ids=tokens, use_cache=False).logits
 
 
-class SequenceClassifier(_Pretrained):
+class SequenceClassifier(Pretrained):
     """A sequence classifier (``AutoModelForSequenceClassification``: BERT, DistilBERT, RoBERTa,
-    GPT-2 or Llama with a classification head) from ``path`` or ``model`` (:class:`_Pretrained`):
+    GPT-2 or Llama with a classification head) from ``path`` or ``model`` (:class:`Pretrained`):
     ``(B, T)`` token ids to ``(B, classes)`` logits.
 
     Positions holding the model's ``pad_token_id`` are masked out of the attention, as the
