@@ -39,8 +39,9 @@ def _tokenizer(text: Path) -> transformers.PreTrainedTokenizerFast:
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
-def _save(kind: str, folder: Path, text: Path) -> Path:
-    """A tiny randomly initialised ``kind`` (gpt2 or llama) model and its tokenizer, saved in ``folder``."""
+def _save(kind: str, folder: Path, text: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A tiny randomly initialised ``kind`` (gpt2 or llama) model in ``dtype`` and its tokenizer,
+    saved in ``folder``."""
     tokenizer = _tokenizer(text)
     vocab = len(tokenizer)
     if kind == "gpt2":
@@ -56,7 +57,7 @@ def _save(kind: str, folder: Path, text: Path) -> Path:
             max_position_embeddings=64,
         )
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -111,6 +112,18 @@ def test_a_compressed_model_is_saved_in_transformers_own_format(saved, tmp_path)
     assert model.model.config.use_cache is False and isinstance(
         model.get_submodule(names[0]), torch.nn.Linear
     )
+
+
+def test_a_bfloat16_checkpoint_is_saved_back_in_bfloat16_unchanged(tmp_path, text):
+    from safetensors.torch import load_file
+
+    folder = _save("gpt2", tmp_path / "in", text, torch.bfloat16)
+    model = CausalLM(str(folder))
+    assert next(model.parameters()).dtype == torch.float32  # searched and trained in float32
+    model.save_pretrained(tmp_path / "out")
+    before, after = load_file(folder / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert before.keys() <= after.keys()  # and the untied head
+    assert all(after[key].dtype == torch.bfloat16 and torch.equal(after[key], before[key]) for key in before)
 
 
 def test_loaded_model_is_searchable_layer_by_layer(saved):

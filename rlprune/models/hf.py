@@ -60,7 +60,9 @@ class Pretrained(nn.Module):
     def __init__(self, path: str | None, model: nn.Module | None) -> None:
         super().__init__()
         self.path = path
-        self.model = _load(path, self.auto) if model is None else model.float()
+        loaded = _load(path, self.auto) if model is None else model
+        self.saved_dtype = next(loaded.parameters()).dtype  # what save_pretrained writes
+        self.model = loaded.float()
         self.use_cache = getattr(self.model.config, "use_cache", None)  # None: the config has no such key
         self.model.config.use_cache = False
         self.conv1d = linear_from_conv1d(self.model)
@@ -72,10 +74,14 @@ class Pretrained(nn.Module):
         ``state`` (this module's state dict, as a run's ``model.pt`` holds it; by default its
         own) gives the weights, which the model saved takes as they are, without a copy of the
         network: the layers that were ``Conv1D`` get their weights transposed back to
-        ``(in, out)``. The config keeps the key-value cache setting it came with, and the
-        tokenizer in ``path``, where that folder has one, is saved too.
+        ``(in, out)``. They are saved in the dtype the model was loaded in (``saved_dtype``;
+        transformers 5 loads a checkpoint in its own). The config keeps the key-value cache
+        setting it came with, and the tokenizer in ``path``, where that folder has one, is saved too.
         """
-        weights = {key.removeprefix("model."): value for key, value in (state or self.state_dict()).items()}
+        weights = {
+            key.removeprefix("model."): value.to(self.saved_dtype) if value.is_floating_point() else value
+            for key, value in (state or self.state_dict()).items()
+        }
         for name in self.conv1d:
             weights[f"{name}.weight"] = weights[f"{name}.weight"].T.contiguous()
         config = copy.deepcopy(self.model.config)
@@ -172,7 +178,7 @@ class SequenceClassifier(Pretrained):
 
 
 def _load(path: str | None, auto: str) -> nn.Module:
-    """``transformers``' Auto class ``auto`` read from the folder ``path``, in float32, never downloaded."""
+    """``transformers``' Auto class ``auto`` read from the folder ``path``, never downloaded."""
     if not path:
         raise ConfigError("model.path is not set: name the folder save_pretrained wrote (model.path=...)")
     try:
@@ -186,7 +192,7 @@ def _load(path: str | None, auto: str) -> nn.Module:
     if not folder.is_dir():
         raise ModelError(f"model.path={path}: no such folder (save_pretrained's output is a folder)")
     try:
-        return getattr(transformers, auto).from_pretrained(folder, local_files_only=True).float()
+        return getattr(transformers, auto).from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         kind = "causal LM" if auto == CausalLM.auto else "sequence classifier"
         raise ModelError(f"model.path={path}: no {kind} can be loaded from it: {exc}") from exc
