@@ -172,16 +172,21 @@ class Tracker:
                 self.run.summary[key] = value
 
     def log_artifact(self, name: str, kind: str, files: Sequence[Path]) -> None:
-        """Log existing files and folders as one artifact."""
+        """Log existing files and folders as one artifact.
+
+        They are referenced where they lie (W&B's ``immutable`` policy), not copied: a run's
+        outputs are written once, and W&B's copies in its staging folder outlive an offline run,
+        a whole network each.
+        """
         if self.run is None:
             return
         with self.guard(f"artifact {name}"):
             artifact = self._wandb.Artifact(name, type=kind)
             for path in files:
                 if path.is_dir():
-                    artifact.add_dir(str(path), name=path.name)
+                    artifact.add_dir(str(path), name=path.name, policy="immutable")
                 else:
-                    artifact.add_file(str(path))
+                    artifact.add_file(str(path), policy="immutable")
             self.run.log_artifact(artifact)
 
     def finish(self, exit_code: int = 0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,15 +59,22 @@ def test_a_table_of_records_with_different_keys_is_logged_with_every_column(tmp_
     assert table["data"] == [["a", 0.5, None], ["b", None, None], ["c", None, 1.0]]
 
 
-def test_an_artifact_takes_files_and_folders(tmp_path: Path) -> None:
+def _staged() -> set[Path]:
+    """The files in W&B's staging folder (under WANDB_DATA_DIR, which conftest points at a temporary one)."""
+    return set((Path(os.environ["WANDB_DATA_DIR"]) / "artifacts" / "staging").rglob("*"))
+
+
+def test_an_artifact_takes_files_and_folders_and_copies_none(tmp_path: Path) -> None:
     # a Hugging Face model's output is a folder (model_hf/) beside the run's files
     (tmp_path / "model_hf").mkdir()
-    (tmp_path / "model_hf" / "config.json").write_text("{}")
-    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "model_hf" / "model.safetensors").write_bytes(b"\0" * 4096)
+    (tmp_path / "model.pt").write_bytes(b"\0" * 4096)
+    staged = _staged()
     tracker = Tracker("offline", "rlprune-test", tmp_path, {})
-    tracker.log_artifact("compressed", "model", [tmp_path / "report.json", tmp_path / "model_hf"])
+    tracker.log_artifact("compressed", "model", [tmp_path / "model.pt", tmp_path / "model_hf"])
     tracker.finish()
     assert tracker.failures == []
+    assert _staged() == staged  # an offline run is never uploaded: a staged copy would stay for good
 
 
 def test_a_logging_failure_is_recorded_in_one_line_and_the_rest_is_still_logged(
