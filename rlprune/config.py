@@ -173,7 +173,8 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """Whether a config value is an int or a float (YAML's ``true`` is neither)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -183,7 +184,7 @@ def validate(cfg: DictConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         (
             "budget.latency",
-            latency == AUTO or (_is_number(latency) and 0.0 < latency <= 1.0),
+            latency == AUTO or (is_number(latency) and 0.0 < latency <= 1.0),
             f"a share of the dense latency in (0, 1], or {AUTO} (derived from the reachable range)",
         ),
         ("budget.auto_share", 0.0 < cfg.budget.auto_share <= 1.0, "a share of the reachable range in (0, 1]"),
@@ -200,7 +201,7 @@ def validate(cfg: DictConfig) -> None:
     ]
     sweep = plain(cfg.budget.sweep)
     if sweep is not None and (
-        not isinstance(sweep, list) or not sweep or not all(_is_number(b) and 0.0 < b <= 1.0 for b in sweep)
+        not isinstance(sweep, list) or not sweep or not all(is_number(b) and 0.0 < b <= 1.0 for b in sweep)
     ):
         raise _fail("budget.sweep", sweep, "null or a list of budgets in (0, 1]")
     wall = cfg.agent.get("wall", "band")

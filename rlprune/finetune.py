@@ -35,6 +35,7 @@ from rlprune.compress import (
     use_learned_mask,
     weight_parametrization,
 )
+from rlprune.config import is_number
 from rlprune.data import Splits
 from rlprune.data.augment import Augment
 from rlprune.errors import ConfigError
@@ -135,9 +136,9 @@ class FinetuneSettings:
             raise ConfigError("finetune.epochs, refresh_steps and gap.partitions must be >= 0")
         if not isinstance(self.reconstruct, bool):
             raise ConfigError(f"finetune.reconstruct must be true or false, got {self.reconstruct!r}")
-        if not (_is_number(self.distill_weight) and 0 <= self.distill_weight <= 1):
+        if not (is_number(self.distill_weight) and 0 <= self.distill_weight <= 1):
             raise ConfigError(f"finetune.distill.weight must lie in [0, 1], got {self.distill_weight!r}")
-        if not (_is_number(self.distill_temperature) and self.distill_temperature > 0):
+        if not (is_number(self.distill_temperature) and self.distill_temperature > 0):
             raise ConfigError(f"finetune.distill.temperature must be > 0, got {self.distill_temperature!r}")
         if self.channel_multiple < 1:
             raise ConfigError(f"hardware.channel_multiple must be >= 1, got {self.channel_multiple}")
@@ -167,10 +168,6 @@ class FinetuneSettings:
             distill_weight=cfg["distill"]["weight"],
             distill_temperature=cfg["distill"]["temperature"],
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _recast(layer: LayerInfo, choice: Choice, settings: FinetuneSettings) -> Choice | str:
