@@ -178,6 +178,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def is_integer(value: Any) -> bool:
+    """Whether a config value is an int (YAML's ``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the ranges of a composed config; raise :class:`ConfigError` on the first bad key."""
     latency = cfg.budget.latency

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from rlprune.config import is_integer
 from rlprune.errors import ConfigError
 
 
@@ -34,7 +35,7 @@ class Augment:
             raise ConfigError(f"data.augment has unknown key(s) {sorted(cfg)}; it takes flip, crop_padding")
         if not isinstance(flip, bool):
             raise ConfigError(f"data.augment.flip must be true or false, got {flip!r}")
-        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        if not is_integer(padding) or padding < 0:
             raise ConfigError(f"data.augment.crop_padding must be an integer >= 0, got {padding!r}")
         return cls(flip, padding)
 

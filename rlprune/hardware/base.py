@@ -35,6 +35,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from rlprune.config import is_integer
 from rlprune.errors import ConfigError
 from rlprune.layers import FilterCoupling, LayerInfo, neighbour_pairs, pruning_groups
 from rlprune.patterns import get_pattern, pattern_names
@@ -90,7 +91,7 @@ class LatencyModel(abc.ABC):
         patterns: Sequence[str] = (Pattern.DENSE, Pattern.FILTER),
     ) -> None:
         where = f"hardware '{name}'"
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ConfigError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
         bad = [b for b in bits if b not in SUPPORTED_BITS]
         if bad or not bits:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rlprune.config import is_integer
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.profile import ConfigReader, read_common
 from rlprune.layers import LayerInfo
@@ -60,7 +61,7 @@ def parse_bops_profile(data: Mapping[str, Any], where: str) -> BopsProfile:
     nm_options = []
     for pair in nm_raw if isinstance(nm_raw, list | tuple) else [nm_raw]:
         ok = isinstance(pair, list | tuple) and len(pair) == 2
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        ok = ok and all(is_integer(v) for v in pair)
         if not ok or not 0 < pair[0] < pair[1]:
             raise reader.error("nm_options", "a list of [keep, group] pairs with 0 < keep < group", nm_raw)
         nm_options.append((pair[0], pair[1]))

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from rlprune.config import plain
+from rlprune.config import is_integer, plain
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LatencyModel
 from rlprune.hardware.bitfusion import BitFusionModel
@@ -93,7 +93,7 @@ def with_search_fields(
         ConfigError: a search field that is not valid for ``model``.
     """
     multiple = data.get("channel_multiple", 1)
-    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+    if not is_integer(multiple) or multiple < 1:
         raise ConfigError(
             f"{where}: field 'channel_multiple' must be a positive integer (8: filter pruning keeps "
             f"multiples of 8 channels, as tensor cores want; 1: any count), got {multiple!r}"

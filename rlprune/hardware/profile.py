@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlprune.config import is_integer, is_number
 from rlprune.errors import ConfigError
 from rlprune.hardware.base import LAYER_KINDS
 from rlprune.patterns import Pattern, get_pattern, pattern_names
@@ -81,7 +82,7 @@ class ConfigReader:
         """An int (not a bool), at least ``minimum``."""
         expected = "an integer" + (f" >= {minimum}" if minimum is not None else "")
         value = self.raw(key, default, expected)
-        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        if not is_integer(value) or (minimum is not None and value < minimum):
             raise self.error(key, expected, value)
         return value
 
@@ -104,7 +105,7 @@ class ConfigReader:
             parts.append(f"<= {maximum}")
         expected = "a number" + (f" {' and '.join(parts)}" if parts else "")
         value = self.raw(key, default, expected)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = is_number(value)
         if ok:
             ok = value == value and value not in (float("inf"), float("-inf"))
             ok = ok and not (positive and value <= 0)
@@ -130,7 +131,7 @@ class ConfigReader:
         if (
             not isinstance(value, list | tuple)
             or not value
-            or any(not isinstance(b, int) or isinstance(b, bool) or b not in allowed for b in value)
+            or any(not is_integer(b) or b not in allowed for b in value)
             or len(set(value)) != len(value)
         ):
             raise self.error(key, expected, value)
@@ -212,7 +213,7 @@ def check_source(note: Any, where: str) -> str:
 
 def precision_bits(key: Any, where: str) -> int:
     """The bit-width a peak key names: ``int8 -> 8``, ``fp16 -> 16``, ``"32" -> 32``, ``4 -> 4``."""
-    if isinstance(key, int) and not isinstance(key, bool):
+    if is_integer(key):
         bits = key
     else:
         match = _PRECISION_KEY.match(str(key).strip().lower())
@@ -420,7 +421,7 @@ def _read_peaks(reader: ConfigReader, used_bits: Sequence[int]) -> tuple[tuple[i
         precision = precision_bits(key, f"{where}: peak_tops")
         if precision in peaks:
             raise ConfigError(f"{where}: peak_tops names {precision} bits twice")
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        if not is_number(value) or not value > 0:
             raise reader.error(f"peak_tops.{key}", "a positive number of TOPS", value)
         peaks[precision] = float(value)
     peak_tops = tuple(sorted(peaks.items()))
