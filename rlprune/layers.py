@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -344,6 +345,13 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGr
         return tp.DependencyGraph().build_dependency(model, example_inputs=(example[:1],))
 
 
+# why the filters of a layer whose output channels are split into heads stay (split_channels)
+SPLIT_CHANNELS = (
+    "its output channels are reshaped into groups (attention heads, a channel shuffle); "
+    "removing filters would regroup them"
+)
+
+
 def filter_couplings(
     model: nn.Module, example: torch.Tensor, layers: list[LayerInfo]
 ) -> dict[str, FilterCoupling]:
@@ -360,6 +368,11 @@ def filter_couplings(
     split = split_channels(model, example, [layer.name for layer in layers])
     couplings = {}
     for layer in layers:
+        if layer.name in split:
+            # never pruned; and from such a layer Torch-Pruning's search of the graph may not end
+            # (from a Llama's queries and keys, through the rotary embedding)
+            couplings[layer.name] = FilterCoupling(fixed=SPLIT_CHANNELS)
+            continue
         module = model.get_submodule(layer.name)
         prune = tp.prune_linear_out_channels if layer.kind == "linear" else tp.prune_conv_out_channels
         filters = list(range(layer.out_channels))
@@ -398,7 +411,7 @@ def filter_couplings(
         tied = [name for name in dict.fromkeys(tied) if name not in followers]
         couplings[layer.name] = FilterCoupling(
             tuple((name, tuple(map(tuple, channels))) for name, channels in feeds.items()),
-            _fixed(module, unmapped, unmasked, grouped, feeds, layer.name in split),
+            _fixed(module, unmapped, unmasked, grouped, feeds),
             tuple(norms.items()),
             tuple(followers),
             tuple(tied),
@@ -407,14 +420,9 @@ def filter_couplings(
 
 
 def _fixed(
-    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], feeds: dict, split: bool
+    module: nn.Module, unmapped: list[str], unmasked: list[str], grouped: list[str], feeds: dict
 ) -> str | None:
     """Why a layer's filters cannot be pruned at all, or ``None``."""
-    if split:
-        return (
-            "its output channels are reshaped into groups (attention heads, a channel shuffle); "
-            "removing filters would regroup them"
-        )
     if is_depthwise(module):
         return "it is a depthwise conv: its channels are those of the layer that feeds it"
     if _grouped(module):
@@ -440,54 +448,106 @@ def _fixed(
 
 
 class _ChannelSplits(TorchFunctionMode):
-    """Watches reshapes of the tensors in ``outputs`` (id -> layer name, channel dim) and
-    collects the layers whose channel dim one splits into several dims."""
+    """Follows the output channels of some layers through one forward pass and collects the
+    layers whose channel dim a reshape splits into several dims.
+
+    A tensor carries its layers' channels when it is one of their outputs, a slice of one along
+    the channel dim (the queries of a fused ``qkv`` projection), or the result of any op with the
+    shape of one (a scale, a norm, a residual add, a dtype cast): attention often scales or
+    normalizes the queries before it splits them into heads.
+    """
 
     RESHAPES = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten})
+    SLICES = frozenset(
+        {
+            torch.Tensor.__getitem__,
+            torch.Tensor.split,
+            torch.split,
+            torch.Tensor.chunk,
+            torch.chunk,
+            torch.Tensor.narrow,
+            torch.narrow,
+            torch.Tensor.tensor_split,
+            torch.tensor_split,
+        }
+    )
 
-    def __init__(self, outputs: dict[int, tuple[str, int]]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.outputs, self.split = outputs, set()
+        # tensor id -> (the tensor, weakly, so that none is kept alive; its layers; its channel dim)
+        self.carried: dict[int, tuple[weakref.ref, frozenset[str], int]] = {}
+        self.split: set[str] = set()
+
+    def carry(self, tensor: torch.Tensor, names: frozenset[str], dim: int) -> None:
+        """Mark ``tensor`` as carrying the channels of ``names`` along ``dim``."""
+        self.carried[id(tensor)] = (weakref.ref(tensor), names, dim % tensor.dim())
+
+    def channels(self, value: object) -> tuple[frozenset[str], int] | None:
+        """The layers whose channels ``value`` carries and its channel dim, or ``None``."""
+        entry = self.carried.get(id(value))
+        if entry is None or entry[0]() is not value:  # a freed tensor's id may be reused
+            return None
+        return entry[1], entry[2]
 
     def __torch_function__(
         self, func: Callable, types: Collection[type], args: tuple = (), kwargs: dict | None = None
     ) -> object:
         result = func(*args, **(kwargs or {}))
-        if func in self.RESHAPES and args and id(args[0]) in self.outputs and torch.is_tensor(result):
-            name, dim = self.outputs[id(args[0])]
-            before, after = tuple(args[0].shape), tuple(result.shape)
-            dim %= len(before)
-            trailing = len(before) - dim - 1
-            # the dims around the channel dim are kept, and it became two or more dims above 1
-            # (not a view adding unit dims, as a squeeze-excite gate's (N, C) -> (N, C, 1, 1))
-            channel = after[dim : len(after) - trailing]
-            if (
-                after[:dim] == before[:dim]
-                and after[len(after) - trailing :] == before[dim + 1 :]
-                and sum(size > 1 for size in channel) > 1
-            ):
-                self.split.add(name)
+        sources = [(a, seen) for a in (*args, *(kwargs or {}).values()) if (seen := self.channels(a))]
+        if not sources:
+            return result
+        if func in self.RESHAPES and sources[0][0] is args[0] and torch.is_tensor(result):
+            names, dim = sources[0][1]
+            if _splits(tuple(args[0].shape), dim, tuple(result.shape)):
+                self.split |= names
+            return result
+        names = frozenset().union(*(seen[0] for _, seen in sources))
+        for out in result if isinstance(result, tuple | list) else (result,):
+            for source, (_, dim) in sources if torch.is_tensor(out) else ():
+                sliced = func in self.SLICES and _narrowed(source.shape, dim, out.shape)
+                if out.shape == source.shape or sliced:
+                    self.carry(out, names, dim)
+                    break
         return result
+
+
+def _splits(before: tuple[int, ...], dim: int, after: tuple[int, ...]) -> bool:
+    """Whether a reshape from ``before`` to ``after`` splits dim ``dim`` into two or more dims above
+    1 and keeps the others (not a view adding unit dims, as a squeeze-excite gate's
+    ``(N, C) -> (N, C, 1, 1)``)."""
+    trailing = len(before) - dim - 1
+    channel = after[dim : len(after) - trailing]
+    return (
+        after[:dim] == before[:dim]
+        and after[len(after) - trailing :] == before[dim + 1 :]
+        and sum(size > 1 for size in channel) > 1
+    )
+
+
+def _narrowed(before: torch.Size, dim: int, after: torch.Size) -> bool:
+    """Whether ``after`` is ``before`` with fewer channels along ``dim`` and every other dim kept."""
+    return (
+        len(after) == len(before)
+        and 0 < after[dim] < before[dim]
+        and all(a == b for i, (a, b) in enumerate(zip(after, before, strict=True)) if i != dim)
+    )
 
 
 def split_channels(model: nn.Module, example: torch.Tensor, names: Collection[str]) -> set[str]:
     """The layers among ``names`` whose output channels a reshape splits into several dims (the
     heads of attention, the groups of a channel shuffle), seen in one forward pass on
-    ``example[:1]``. Their filters cannot be removed one by one: each group must keep its size,
-    and a rotary embedding pairs channels within a head."""
-    outputs: dict[int, tuple[str, int]] = {}
-    keep: list[torch.Tensor] = []  # alive until the pass ends, so that no id is reused
+    ``example[:1]`` (:class:`_ChannelSplits`). Their filters cannot be removed one by one: each
+    group must keep its size, and a rotary embedding pairs channels within a head."""
+    watcher = _ChannelSplits()
 
     def record(module: nn.Module, _inputs: tuple, output: torch.Tensor, name: str) -> None:
         if torch.is_tensor(output):
-            keep.append(output)
-            outputs[id(output)] = (name, -1 if isinstance(module, nn.Linear) else 1)
+            watcher.carry(output, frozenset({name}), -1 if isinstance(module, nn.Linear) else 1)
 
     hooks = [
         model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
         for name in names
     ]
-    watcher = _ChannelSplits(outputs)
     try:
         with torch.no_grad(), eval_mode(model), watcher:
             model(example[:1])

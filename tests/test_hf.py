@@ -3,7 +3,10 @@ projections transformers' Conv1D) and a Llama style one (nn.Linear), built from 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -150,6 +153,46 @@ def test_loaded_model_is_searchable_layer_by_layer(saved):
         assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
     embedding = baked.model.get_input_embeddings().weight
     assert (embedding != 0).all()  # the head's mask left the (formerly tied) embedding whole
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Fail the block after ``seconds``: a search of a graph that never ends fails the test."""
+
+    def expire(*_args: object) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    except TimeoutError:
+        raise AssertionError(f"still running after {seconds} s") from None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_filter_couplings_of_rotary_and_fused_attention_end_and_keep_the_heads():
+    """From a Llama's queries and keys Torch-Pruning's walk of the dependency graph did not end
+    (the rotary embedding); Phi-3's fused qkv projection was taken for prunable filters."""
+    from rlprune.layers import SPLIT_CHANNELS, filter_couplings
+
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, pad_token_id=0,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    tokens = torch.randint(64, (2, 16))
+    for config, heads, mlp in (
+        (transformers.LlamaConfig(**shape), ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
+        (transformers.Phi3Config(**shape), ("qkv_proj",), ()),
+    ):
+        torch.manual_seed(0)
+        model = CausalLM(model=transformers.AutoModelForCausalLM.from_config(config)).eval()
+        layers = discover_layers(model, tokens)
+        with _deadline(120):
+            couplings = filter_couplings(model, tokens, layers)
+        fixed = {name.rsplit(".", 1)[-1]: c.fixed for name, c in couplings.items() if ".layers.0." in name}
+        assert all(fixed[name] == SPLIT_CHANNELS for name in heads), (config.model_type, fixed)
+        assert all(fixed[name] is None for name in mlp), (config.model_type, fixed)
 
 
 def test_a_loaded_model_is_wrapped_as_it_is_and_a_bare_one_is_named(saved):

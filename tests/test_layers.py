@@ -155,6 +155,26 @@ class _Gate(nn.Module):
         return self.fc((x * weights).mean((2, 3)))
 
 
+class _FusedHeads(nn.Module):
+    """Attention as Phi-3, OPT and OLMo-2 write it: one projection sliced into q, k and v, the
+    queries scaled and normalized before they are viewed as heads, the output added to the
+    residual stream, which is normalized too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.qkv, self.o = nn.Linear(8, 8), nn.Linear(8, 24), nn.Linear(8, 8)
+        self.norm, self.fc = nn.LayerNorm(8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x[:, 0])
+        qkv = self.qkv(tokens)
+        q = self.norm(qkv[..., :8] * 0.5)
+        k, v = qkv[..., 8:].split(8, dim=-1)
+        heads = [t.view(*t.shape[:-1], 2, 4).transpose(1, 2) for t in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2).flatten(2)
+        return self.fc(self.norm(tokens + self.o(out)).mean(1))
+
+
 def test_split_channels_finds_heads_and_shuffles_not_flattens_or_unit_dims():
     from rlprune.layers import filter_couplings, split_channels
 
@@ -165,6 +185,16 @@ def test_split_channels_finds_heads_and_shuffles_not_flattens_or_unit_dims():
     net = _Heads()
     couplings = filter_couplings(net, x, discover_layers(net, x))
     assert "attention heads" in couplings["q"].fixed and couplings["o"].fixed is None
+
+
+def test_split_channels_follows_the_channels_through_slices_scales_and_norms():
+    from rlprune.layers import SPLIT_CHANNELS, filter_couplings, split_channels
+
+    x = torch.randn(2, 1, 8, 8)
+    net = _FusedHeads()
+    # the residual stream (embed, o) is normalized and pooled, never split into heads
+    assert split_channels(net, x, ["embed", "qkv", "o", "fc"]) == {"qkv"}
+    assert filter_couplings(net, x, discover_layers(net, x))["qkv"].fixed == SPLIT_CHANNELS
 
 
 def test_the_dependency_graph_is_traced_on_the_batched_example_alone():
