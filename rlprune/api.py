@@ -324,10 +324,15 @@ def train_target(
     dense_reward = evaluate(model, splits.reward_x, splits.reward_y)
     majority = torch.bincount(splits.reward_y.flatten()).max().item() / splits.reward_y.numel()
     if dense_reward.accuracy <= majority + 0.01:
+        fix = (
+            "train it longer (dense.epochs) or check the model and data"
+            if cfg.model.get("train_dense", True)
+            else "it is searched as it is (model.train_dense=false): start from trained weights "
+            "(model.checkpoint, model.path, a trained network), or set model.train_dense=true to train it"
+        )
         raise ModelError(
             f"the dense model's reward-split accuracy {dense_reward.accuracy:.3f} is no better than always "
-            f"answering the most frequent class ({majority:.3f}): it has not learned; train it longer "
-            "(dense.epochs) or check the model and data"
+            f"answering the most frequent class ({majority:.3f}): it has not learned; {fix}"
         )
     return Target(
         splits=splits,

@@ -110,7 +110,9 @@ def test_an_untrained_network_and_a_finished_run_are_refused(tmp_path, trained):
     with torch.no_grad():
         untrained.fc2.weight.zero_()  # every class scores the same: no better than the majority
         untrained.fc2.bias.zero_()
-    with pytest.raises(ModelError, match="has not learned"):
+    with pytest.raises(
+        ModelError, match=r"has not learned; it is searched as it is \(model\.train_dense=false\)"
+    ):
         api.run_network(untrained, digits(), tmp_path / "untrained", ["wandb.mode=disabled"])
     finished = tmp_path / "finished"
     finished.mkdir()
