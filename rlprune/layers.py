@@ -364,7 +364,11 @@ def filter_couplings(
     names = {module: name for name, module in model.named_modules()}
     names |= {param: name for name, param in model.named_parameters()}
     prunable = {layer.name for layer in layers}
-    graph = dependency_graph(model, example)
+    try:
+        graph = dependency_graph(model, example)
+    except Exception as exc:  # Torch-Pruning fails on some graphs (torchvision's ShuffleNetV2)
+        why = f"Torch-Pruning cannot trace the network's channel dependencies ({type(exc).__name__}: {exc})"
+        return {layer.name: FilterCoupling(fixed=why) for layer in layers}
     split = split_channels(model, example, [layer.name for layer in layers])
     couplings = {}
     for layer in layers:

@@ -197,6 +197,25 @@ def test_split_channels_follows_the_channels_through_slices_scales_and_norms():
     assert filter_couplings(net, x, discover_layers(net, x))["qkv"].fixed == SPLIT_CHANNELS
 
 
+def test_a_network_torch_pruning_cannot_trace_keeps_its_filters_with_the_reason(monkeypatch):
+    import torch_pruning as tp
+
+    from rlprune.layers import filter_couplings
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise ZeroDivisionError("integer division or modulo by zero")  # as on torchvision's ShuffleNetV2
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fail)
+    x = torch.randn(2, 1, 8, 8)
+    net = _Heads()
+    couplings = filter_couplings(net, x, discover_layers(net, x))
+    assert set(couplings) == {"q", "k", "v", "o", "fc"}
+    assert all(
+        c.fixed.startswith("Torch-Pruning cannot trace") and "ZeroDivisionError" in c.fixed
+        for c in couplings.values()
+    )
+
+
 def test_the_dependency_graph_is_traced_on_the_batched_example_alone():
     from rlprune.layers import dependency_graph
 
